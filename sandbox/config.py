@@ -1,0 +1,260 @@
+"""Sandbox configuration: typed, validated, and shippable as JSON to the launcher.
+
+Everything a user can get wrong is checked here, before any namespace exists, so a bad value
+becomes one clear line (``ConfigError``) instead of a half-made box. The same objects are turned
+into plain dicts (``to_dict``/``from_dict``) to cross to the fork-server: JSON only, never pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+MountKind = Literal["ro-bind", "bind", "overlay", "tmpfs"]
+NetworkMode = Literal["none", "host"]
+
+# Defaults, documented in README ("Limits and defaults"). The output cap and the tmpfs size are
+# never unlimited by default: a box must not be able to fill the host's memory through them.
+DEFAULT_MEMORY = 512 * MiB
+DEFAULT_PIDS = 256
+DEFAULT_CPU_TIME = 60.0
+DEFAULT_WALL_TIME = 60.0
+DEFAULT_OUTPUT_LIMIT = 16 * MiB
+DEFAULT_TMPFS_SIZE = 256 * MiB
+DEFAULT_NOFILE = 1024
+DEFAULT_FSIZE = 256 * MiB
+DEFAULT_UID = 1000
+DEFAULT_GID = 1000
+DEFAULT_HOSTNAME = "sandbox"
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_TIME_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+_TIME_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration; ``str()`` is one line naming the value and what is valid."""
+
+
+def parse_size(value: int | str | None, what: str, *, allow_none: bool = True) -> int | None:
+    """``"256M"`` → bytes. Accepts plain bytes, K/M/G/T suffixes (binary), optional ``iB``/``B``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited")):
+        if allow_none:
+            return None
+        raise ConfigError(f"{what}: a limit is required here (e.g. 64M); 'unlimited' is not allowed")
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: {value!r} is not a size; use bytes or a number with K/M/G (e.g. 256M)")
+    if isinstance(value, int | float):
+        n = int(value)
+    else:
+        m = _SIZE_RE.match(str(value))
+        if not m:
+            raise ConfigError(
+                f"{what}: {value!r} is not a size; use bytes or a number with K/M/G (e.g. 256M)"
+            )
+        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise ConfigError(f"{what}: {value!r} must be positive (e.g. 256M)")
+    return n
+
+
+def parse_duration(value: float | int | str | None, what: str) -> float | None:
+    """``"5s"``/``"500ms"``/``"2m"``/``3`` → seconds."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited")):
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: {value!r} is not a duration; use e.g. 5s, 500ms, 2m")
+    if isinstance(value, int | float):
+        secs = float(value)
+    else:
+        m = _TIME_RE.match(str(value))
+        if not m:
+            raise ConfigError(f"{what}: {value!r} is not a duration; use e.g. 5s, 500ms, 2m")
+        secs = float(m.group(1)) * _TIME_UNITS[m.group(2)]
+    if secs <= 0:
+        raise ConfigError(f"{what}: {value!r} must be positive (e.g. 5s)")
+    return secs
+
+
+def parse_count(value: int | str | None, what: str, *, minimum: int = 1) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited")):
+        return None
+    try:
+        n = int(str(value).strip()) if not isinstance(value, bool) else None
+    except ValueError:
+        n = None
+    if n is None or n < minimum:
+        raise ConfigError(f"{what}: {value!r} is not a whole number >= {minimum}")
+    return n
+
+
+@dataclass
+class Limits:
+    """Resource limits. ``None`` means unlimited where that is allowed."""
+
+    memory: int | None = DEFAULT_MEMORY
+    pids: int | None = DEFAULT_PIDS
+    cpu_time: float | None = DEFAULT_CPU_TIME
+    wall_time: float | None = DEFAULT_WALL_TIME
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    tmpfs_size: int = DEFAULT_TMPFS_SIZE
+    nofile: int | None = DEFAULT_NOFILE
+    fsize: int | None = DEFAULT_FSIZE
+    cpus: float | None = None  # cgroup cpu.max share; None = no throttle
+    swap: int = 0  # memory.swap.max when a cgroup enforces memory
+
+    @classmethod
+    def parse(cls, **kw: Any) -> Limits:
+        """Build from user-facing values (``memory="256M"``, ``wall_time="2s"``, ...)."""
+        lim = cls()
+        for key, raw in kw.items():
+            if key in ("memory", "fsize", "swap"):
+                v: Any = parse_size(raw, key.replace("_", "-"))
+                if key == "swap" and v is None:
+                    v = 0
+            elif key in ("output_limit", "tmpfs_size"):
+                v = parse_size(raw, key.replace("_", "-"), allow_none=False)
+            elif key in ("cpu_time", "wall_time"):
+                v = parse_duration(raw, key.replace("_", "-"))
+            elif key in ("pids", "nofile"):
+                v = parse_count(raw, key)
+            elif key == "cpus":
+                v = _parse_cpus(raw)
+            else:
+                raise ConfigError(f"unknown limit {key!r}; valid: {', '.join(f.name for f in dataclasses.fields(cls))}")
+            setattr(lim, key, v)
+        return lim
+
+
+def _parse_cpus(raw: Any) -> float | None:
+    if raw is None:
+        return None
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        v = -1.0
+    if not 0.01 <= v <= 1024:
+        raise ConfigError(f"cpus: {raw!r} is not a CPU share; use a number such as 0.5 or 2")
+    return v
+
+
+@dataclass
+class MountSpec:
+    """One user-requested mount. ``source`` is a host path (None for tmpfs)."""
+
+    kind: MountKind
+    target: str
+    source: str | None = None
+    size: int | None = None  # tmpfs only
+
+    def validate(self) -> MountSpec:
+        if self.kind not in ("ro-bind", "bind", "overlay", "tmpfs"):
+            raise ConfigError(f"mount kind {self.kind!r} is not valid; use ro-bind, bind, overlay or tmpfs")
+        target = _clean_box_path(self.target, f"--{self.kind} target")
+        source = None
+        if self.kind != "tmpfs":
+            if not self.source:
+                raise ConfigError(f"--{self.kind}: a source path is required (SRC:DEST)")
+            # Resolve the user's own path on the host once, here, so the child never follows a
+            # symlink that could change between check and mount.
+            source = os.path.realpath(os.path.expanduser(self.source))
+            if not os.path.exists(source):
+                raise ConfigError(f"--{self.kind} {self.source}: source does not exist on the host")
+        return MountSpec(self.kind, target, source, self.size)
+
+
+def _clean_box_path(path: str, what: str) -> str:
+    if not path or not path.startswith("/"):
+        raise ConfigError(f"{what} {path!r}: must be an absolute path inside the box (e.g. /data)")
+    norm = os.path.normpath(path)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    if any(part == ".." for part in norm.split("/")):
+        raise ConfigError(f"{what} {path!r}: '..' is not allowed")
+    if norm in ("/", "/proc", "/dev") or norm.startswith(("/proc/", "/dev/")):
+        raise ConfigError(f"{what} {path!r}: cannot mount over /, /proc or /dev (managed by the sandbox)")
+    return norm
+
+
+ENV_ALLOWLIST = ("TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
+@dataclass
+class SandboxConfig:
+    """Everything that defines one box. Build with keywords; call ``validate()`` (the entry points do)."""
+
+    limits: Limits = field(default_factory=Limits)
+    network: NetworkMode = "none"
+    mounts: list[MountSpec] = field(default_factory=list)
+    cwd: str = "/tmp"
+    env: dict[str, str] = field(default_factory=dict)
+    inherit_env: tuple[str, ...] = ENV_ALLOWLIST
+    uid: int = DEFAULT_UID
+    gid: int = DEFAULT_GID
+    hostname: str = DEFAULT_HOSTNAME
+    seccomp: str = "default"  # policy name: "default" | "none" (debugging)
+    seccomp_allow: tuple[str, ...] = ()  # syscalls to relax per box
+    seccomp_deny: tuple[str, ...] = ()  # extra syscalls to deny per box
+    landlock: bool = False
+    expose_python: bool = True  # expose the running Python's prefixes read-only
+    require_cgroup: bool = False
+    use_cgroup: bool = True
+    id_map: Literal["auto", "single", "range"] = "auto"
+
+    def validate(self) -> SandboxConfig:
+        if self.network not in ("none", "host"):
+            raise ConfigError(f"--net {self.network!r} is not valid; use none or host")
+        for what, v in (("uid", self.uid), ("gid", self.gid)):
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 65534:
+                raise ConfigError(f"--{what} {v!r} is not valid; use a number from 0 to 65533")
+        if not self.hostname or len(self.hostname) > 64 or not re.fullmatch(r"[A-Za-z0-9.-]+", self.hostname):
+            raise ConfigError(f"--hostname {self.hostname!r} is not valid; use letters, digits, '.' and '-' (max 64)")
+        if not self.cwd.startswith("/"):
+            raise ConfigError(f"--cwd {self.cwd!r}: must be an absolute path inside the box")
+        if self.seccomp not in ("default", "none"):
+            raise ConfigError(f"--seccomp {self.seccomp!r} is not valid; use default or none")
+        for k in self.env:
+            if not k or "=" in k or "\0" in k:
+                raise ConfigError(f"--env {k!r}: not a valid variable name")
+        mounts = [m.validate() for m in self.mounts]
+        seen: dict[str, str] = {}
+        for m in mounts:
+            if m.target in seen:
+                raise ConfigError(f"mount target {m.target} is used twice ({seen[m.target]} and --{m.kind}); give each mount its own target")
+            seen[m.target] = f"--{m.kind}"
+        self.mounts = mounts
+        return self
+
+    # -- JSON round trip (to the launcher; never pickle) --------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SandboxConfig:
+        d = dict(d)
+        d["limits"] = Limits(**d.get("limits", {}))
+        d["mounts"] = [MountSpec(**m) for m in d.get("mounts", [])]
+        for k in ("inherit_env", "seccomp_allow", "seccomp_deny"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def parse_mount_arg(kind: MountKind, arg: str) -> MountSpec:
+    """CLI ``SRC:DEST`` (or ``DEST[:SIZE]`` for tmpfs) → MountSpec."""
+    if kind == "tmpfs":
+        dest, _, size = arg.partition(":")
+        return MountSpec("tmpfs", dest, None, parse_size(size, "--tmpfs size") if size else None)
+    src, sep, dest = arg.partition(":")
+    if not sep:
+        dest = src
+    return MountSpec(kind, dest, src)

@@ -1,0 +1,91 @@
+"""The verdict of one box: status, usage, and which mechanism enforced each limit.
+
+Every field here is filled by the supervisor from kernel facts (wait status, rusage, cgroup
+files, its own byte counters); nothing the boxed program says about itself is trusted.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Mechanism = Literal["cgroup", "rlimit", "supervisor", "tmpfs", "none"]
+
+
+class Status(str, enum.Enum):
+    OK = "OK"  # exited 0
+    RE = "RE"  # exited non-zero
+    SG = "SG"  # killed by a signal (not one of ours)
+    TO = "TO"  # wall time or CPU time limit
+    ML = "ML"  # memory limit
+    OL = "OL"  # output limit
+    XX = "XX"  # the sandbox itself failed (reason in Result.error)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class Result:
+    status: Status
+    exit_code: int | None = None
+    signal: int | None = None
+    wall_time: float = 0.0
+    cpu_time: float = 0.0
+    peak_memory: int | None = None  # bytes
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    error: str | None = None  # XX reason: "step: message (errno N)"
+    error_step: str | None = None
+    errno: int | None = None
+    reason: str | None = None  # human summary for non-OK statuses ("wall time 2s exceeded")
+    enforcement: dict[str, Mechanism] = field(default_factory=dict)
+    seccomp_policy: str | None = None
+    landlock: bool = False
+    cgroup: dict[str, Any] | None = None  # raw cgroup figures where a cgroup was used
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def cli_exit_code(self) -> int:
+        """Exit code for ``sandbox run``: the program's own, 128+signal, or docker-like 125/126/127."""
+        if self.status is Status.XX:
+            if self.error_step == "exec":
+                return 127 if self.errno == 2 else 126
+            return 125
+        if self.exit_code is not None:
+            return self.exit_code
+        if self.signal is not None:
+            return 128 + self.signal
+        return 125
+
+    def to_dict(self, *, include_output: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "status": self.status.value,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "wall_time": round(self.wall_time, 6),
+            "cpu_time": round(self.cpu_time, 6),
+            "peak_memory": self.peak_memory,
+            "stdout_truncated": self.stdout_truncated,
+            "stderr_truncated": self.stderr_truncated,
+            "stdout_bytes": len(self.stdout),
+            "stderr_bytes": len(self.stderr),
+            "reason": self.reason,
+            "error": self.error,
+            "error_step": self.error_step,
+            "errno": self.errno,
+            "enforcement": dict(self.enforcement),
+            "seccomp_policy": self.seccomp_policy,
+            "landlock": self.landlock,
+        }
+        if self.cgroup is not None:
+            d["cgroup"] = self.cgroup
+        if include_output:
+            d["stdout"] = self.stdout.decode("utf-8", "replace")
+            d["stderr"] = self.stderr.decode("utf-8", "replace")
+        return d
