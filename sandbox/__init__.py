@@ -1,0 +1,64 @@
+"""Rootless Linux sandbox for running untrusted code.
+
+Public, typed API (see README):
+
+    import sandbox
+    result = sandbox.run_sync(["python3", "-c", "print(1)"], sandbox.SandboxConfig())
+    result = await sandbox.run(["python3", "x.py"], config)          # inside trio
+    async with sandbox.Supervisor() as sup:                           # many boxes, warm launcher
+        result = await sup.run(argv, config, stdin=b"...")
+
+Imports stay light: trio is only imported when the async API is used, so the CLI and the
+in-box code paths never pay for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sandbox.config import ConfigError, Limits, MountSpec, SandboxConfig
+from sandbox.result import Result, Status
+
+if TYPE_CHECKING:
+    from sandbox.supervisor import Supervisor
+
+__all__ = ["ConfigError", "Limits", "MountSpec", "Result", "SandboxConfig", "Status",
+           "Supervisor", "run", "run_sync"]
+
+
+def run_sync(argv: Sequence[str], config: SandboxConfig | None = None, *,
+             stdin: bytes | None = None) -> Result:
+    """Run one box and wait for its verdict (blocking).
+
+    From a single-threaded process the box is cloned directly (fastest path). When other
+    threads exist, cloning here would be unsafe, so a trio supervisor with its own
+    single-threaded launcher process does it instead.
+    """
+    if threading.active_count() == 1:
+        from sandbox.direct import run_direct
+
+        return run_direct(list(argv), config, stdin=stdin)
+    import trio
+
+    return trio.run(lambda: run(argv, config, stdin=stdin))
+
+
+async def run(argv: Sequence[str], config: SandboxConfig | None = None, *,
+              stdin: bytes | None = None, supervisor: Supervisor | None = None) -> Result:
+    """Run one box from trio. Pass a long-lived ``supervisor`` to reuse its warm launcher."""
+    from sandbox.supervisor import Supervisor
+
+    if supervisor is not None:
+        return await supervisor.run(argv, config, stdin=stdin)
+    async with Supervisor() as sup:
+        return await sup.run(argv, config, stdin=stdin)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Supervisor":
+        from sandbox.supervisor import Supervisor
+
+        return Supervisor
+    raise AttributeError(name)

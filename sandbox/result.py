@@ -13,7 +13,7 @@ from typing import Any, Literal
 Mechanism = Literal["cgroup", "rlimit", "supervisor", "tmpfs", "none"]
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     OK = "OK"  # exited 0
     RE = "RE"  # exited non-zero
     SG = "SG"  # killed by a signal (not one of ours)

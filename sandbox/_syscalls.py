@@ -1,0 +1,144 @@
+"""Raw Linux syscalls through ctypes, and nothing else.
+
+Python's ``os`` module lacks clone3, pivot_root, mount and friends (3.11). Each wrapper raises
+``OSError(errno, "<call> <arg>: <strerror>")`` so the in-child sequence can report the failing
+step with its errno. Numbers are per architecture; only x86-64 and aarch64 are supported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_NR = {
+    "x86_64": {"clone3": 435, "pivot_root": 155, "close_range": 436, "pidfd_open": 434,
+               "pidfd_send_signal": 424, "openat2": 437, "setns": 308},
+    "aarch64": {"clone3": 435, "pivot_root": 41, "close_range": 436, "pidfd_open": 434,
+                "pidfd_send_signal": 424, "openat2": 437, "setns": 268},
+}[platform.machine()]
+
+# clone / unshare flags (linux/sched.h)
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_PIDFD = 0x00001000
+CLONE_INTO_CGROUP = 0x200000000
+
+# mount flags (linux/mount.h)
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
+        "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+def clone3(flags: int, *, exit_signal: int, cgroup_fd: int | None = None) -> tuple[int, int]:
+    """fork()-like clone3 (no new stack: the child continues on a copy of ours).
+
+    Returns ``(pid, pidfd)`` in the parent and ``(0, -1)`` in the child. CLONE_PIDFD gives us a
+    pidfd atomically, so there is no window where the pid could be recycled before we hold it.
+    Only safe from a single-threaded process (the child has one thread and no Python at-fork
+    hooks run), which is why sandboxes are spawned from the launcher, never from trio.
+    """
+    pidfd = ctypes.c_int(-1)
+    args = _CloneArgs()
+    args.flags = flags | CLONE_PIDFD
+    args.pidfd = ctypes.addressof(pidfd)
+    args.exit_signal = exit_signal
+    if cgroup_fd is not None:
+        args.flags |= CLONE_INTO_CGROUP
+        args.cgroup = cgroup_fd
+    pid = _check(_syscall(_NR["clone3"], ctypes.byref(args), ctypes.sizeof(args)), "clone3")
+    return (pid, pidfd.value) if pid else (0, -1)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    enc = os.fsencode
+    ret = _libc.mount(enc(source) if source else None, enc(target),
+                      enc(fstype) if fstype else None, ctypes.c_ulong(flags),
+                      enc(data) if data else None)
+    _check(ret, f"mount {fstype or 'bind'} {target}")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_syscall(_NR["pivot_root"], os.fsencode(new_root), os.fsencode(put_old)), "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    b = name.encode()
+    _check(_libc.sethostname(b, ctypes.c_size_t(len(b))), "sethostname")
+
+
+def close_range(first: int, last: int, flags: int = 0) -> None:
+    _check(_syscall(_NR["close_range"], ctypes.c_uint(first), ctypes.c_uint(last),
+                    ctypes.c_uint(flags)), "close_range")
+
+
+def pidfd_open(pid: int) -> int:
+    return _check(_syscall(_NR["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    _check(_syscall(_NR["pidfd_send_signal"], ctypes.c_int(pidfd), ctypes.c_int(sig), None,
+                    ctypes.c_uint(0)), "pidfd_send_signal")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): lets the host open files *beneath* a box directory without ever following a
+    symlink the box planted out of it (judge0 CVE-2024-28185 class of bugs)."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return _check(_syscall(_NR["openat2"], ctypes.c_int(dirfd), os.fsencode(path),
+                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
+                  f"openat2 {path}")

@@ -1,0 +1,78 @@
+"""Capabilities and process attributes set through prctl (python-prctl + two raw prctls).
+
+Why each step exists:
+* The box's init is the user namespace's creator, so it holds *every* capability inside it.
+  The payload must hold none: bounding, ambient, inheritable, permitted and effective sets are
+  all emptied, or an execve of a uid-0 program would regain them (capabilities(7), "root exec").
+* ``no_new_privs`` makes setuid/setgid/file-capability binaries harmless and is what lets an
+  unprivileged process install a seccomp filter at all.
+* ``PDEATHSIG`` ties a box to its parent: if the launcher dies, the box's init dies, and with it
+  the whole pid namespace.
+* Non-dumpable init: the payload runs with the same uid, and without this it could ptrace or
+  read ``/proc/1/mem`` of init and forge the status report.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+
+import prctl
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+def _raw_prctl(option: int, arg2: int = 0) -> None:
+    if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0), ctypes.c_ulong(0)) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+def set_parent_death_signal(sig: int, parent_pidfd: int) -> None:
+    """PDEATHSIG, then check the parent is still alive: if it died before the prctl took effect
+    we were already reparented and would never get the signal (the classic race). getppid()
+    cannot tell us (it is 0 for a pid namespace's init), so we poll a pidfd of the parent."""
+    prctl.set_pdeathsig(sig)
+    if parent_pidfd >= 0 and select.select([parent_pidfd], [], [], 0)[0]:
+        os._exit(1)
+
+
+def set_dumpable(flag: bool) -> None:
+    prctl.set_dumpable(flag)
+
+
+def drop_bounding_set() -> None:
+    """Empty the bounding and ambient sets and lock securebits so no later execve (even of a
+    uid-0 program) can bring a capability back. Needs CAP_SETPCAP: call before changing uid."""
+    prctl.capbset.limit()
+    try:
+        _raw_prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError:
+        pass  # kernel < 4.3 has no ambient set; nothing to clear
+    prctl.securebits.noroot = True
+    prctl.securebits.noroot_locked = True
+    prctl.securebits.keep_caps_locked = True
+
+
+def clear_capabilities() -> None:
+    """Empty inheritable, effective and permitted: the process holds nothing from here on."""
+    prctl.cap_inheritable.limit()
+    prctl.cap_effective.limit()
+    prctl.cap_permitted.limit()
+
+
+def set_no_new_privs() -> None:
+    prctl.set_no_new_privs(True)
+
+
+def effective_capabilities() -> int:
+    """CapEff of this process as a bitmask (for tests and the doctor)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0

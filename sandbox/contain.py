@@ -1,0 +1,220 @@
+"""The in-child sequence, top to bottom: what the box's init (pid 1) and payload (pid 2) do.
+
+Read this file to know exactly what happens inside a box, in order. Every step is a named
+function; a failing step is reported on the status pipe as ``{"ok": false, "step": NAME,
+"errno": N, "error": "..."}`` and init exits, so a failure never hangs and never leaves a
+half-made box running (the pid namespace dies with init).
+
+init (clone3'd with NEWUSER|NEWPID|NEWNS|NEWIPC|NEWUTS[|NEWNET], maybe INTO_CGROUP):
+  1. fds        close every inherited fd except the ones we were handed (runc CVE-2024-21626)
+  2. pdeathsig  die with the parent
+  3. userns     write our own id map (unprivileged) or wait for the parent to write it
+  4. cgroupns   unshare(CLONE_NEWCGROUP) now that we sit in our leaf: the box sees it as "/"
+  5. rootfs     sandbox.rootfs.build_rootfs (tmpfs, overlays, /dev, /proc, pivot_root)
+  6. hostname   in the new UTS namespace
+  7. network    loopback up in the new net namespace
+  8. (init becomes non-dumpable) fork the payload, forward signals, reap everything, report.
+payload:
+  1. session    setsid(): no controlling tty, so TIOCSTI cannot push keys into the host's
+  2. rlimits    core 0, nofile, fsize, and the fallback memory/cpu/nproc limits
+  3. caps       empty the bounding/ambient sets, lock securebits (needs CAP_SETPCAP: before 4)
+  4. ids        (range maps only) switch to the box user
+  5. caps       empty permitted/effective/inheritable; cwd; no_new_privs
+  6. fds        close all fds but 0/1/2 (+ requested ones)
+  7. seccomp    load the precompiled filter — last, so our own setup is not constrained by it
+  8. exec       execvpe; on failure the errno goes to init through a close-on-exec pipe
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sandbox import _syscalls as sc
+from sandbox import caps, net, rlimits, rootfs, userns
+from sandbox.config import DEFAULT_PATH, SandboxConfig
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+STATUS_MAX = 64 * 1024
+
+Target = Sequence[str] | Callable[[], int]
+
+
+@dataclass
+class Prepared:
+    """Everything the child needs, computed in the parent so the child only makes syscalls."""
+
+    config: SandboxConfig
+    target: Target
+    env: dict[str, str]
+    ids: userns.IdPlan
+    rootfs: rootfs.RootfsPlan
+    rlimits: rlimits.Plan
+    enforcement: dict[str, str]
+    seccomp_bpf: bytes | None = None
+    seccomp_desc: str = "none"
+    landlock: bool = False
+    keep_fds: tuple[int, ...] = field(default_factory=tuple)
+
+
+def prepare(config: SandboxConfig, target: Target, *,
+            cgroup_enforced: frozenset[str] = frozenset()) -> Prepared:
+    env = {k: os.environ[k] for k in config.inherit_env if k in os.environ}
+    env.update({"PATH": DEFAULT_PATH, "HOME": "/tmp", "USER": "sandbox", "LOGNAME": "sandbox",
+                "HOSTNAME": config.hostname})
+    env.update(config.env)
+    plan, enforcement = rlimits.plan_rlimits(config.limits, cgroup_enforced)
+    prep = Prepared(config, target, env, userns.plan_ids(config.uid, config.gid, config.id_map),
+                    rootfs.plan_rootfs(config), plan, enforcement)
+    if config.seccomp != "none":
+        from sandbox import seccomp  # compiled once per policy in this (parent) process
+
+        policy = seccomp.policy_for(config.seccomp, config.seccomp_allow, config.seccomp_deny)
+        prep.seccomp_bpf = seccomp.compile_bpf(policy)
+        prep.seccomp_desc = policy.describe()
+    return prep
+
+
+class StepError(Exception):
+    def __init__(self, step: str, err: OSError) -> None:
+        super().__init__(step)
+        self.step, self.err = step, err
+
+
+def _step(name: str, fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except OSError as e:
+        raise StepError(name, e) from e
+
+
+def _report(fd: int, obj: dict) -> None:
+    data = (json.dumps(obj) + "\n").encode()[:STATUS_MAX]
+    try:
+        os.write(fd, data)
+    except OSError:
+        pass
+
+
+def _close_fds_except(keep: Sequence[int]) -> None:
+    prev = -1
+    for fd in sorted(set(keep)):
+        if fd > prev + 1:
+            sc.close_range(prev + 1, fd - 1)
+        prev = fd
+    sc.close_range(prev + 1, 0xFFFFFFFF)
+
+
+def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int,
+              pass_fds: Sequence[int]) -> int:
+    """Body of the box's pid 1. Returns only through os._exit in spawn.py."""
+    try:
+        keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, *pass_fds)
+        _step("fds", lambda: _close_fds_except([f for f in keep if f >= 0]))
+        _step("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd))
+        _step("userns", lambda: _setup_ids(prep, sync_fd))
+        os.close(parent_pidfd)
+        _step("cgroupns", lambda: sc.unshare(sc.CLONE_NEWCGROUP))
+        _step("rootfs", lambda: rootfs.build_rootfs(prep.rootfs))
+        _step("hostname", lambda: sc.sethostname(prep.config.hostname))
+        if prep.config.network == "none":
+            _step("network", net.loopback_up)
+        _step("dumpable", lambda: caps.set_dumpable(False))
+    except StepError as e:
+        _report(status_fd, {"ok": False, "step": e.step, "errno": e.err.errno,
+                            "error": e.err.strerror or str(e.err)})
+        return 1
+    return _supervise_payload(prep, status_fd, pass_fds)
+
+
+def _setup_ids(prep: Prepared, sync_fd: int) -> None:
+    if prep.ids.parent_writes:
+        if os.read(sync_fd, 1) != b"1":  # parent wrote our maps (or died: b"")
+            raise OSError(1, "parent did not write the id maps")
+        userns.become_inside_root(prep.ids)
+    else:
+        userns.write_own_maps(prep.ids)
+    if sync_fd >= 0:
+        os.close(sync_fd)
+
+
+def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> int:
+    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 127
+        try:
+            os.close(exec_r)
+            os.close(status_fd)
+            code = payload_main(prep, exec_w, pass_fds)
+        finally:
+            os._exit(code)
+    os.close(exec_w)
+    for sig in FORWARDED_SIGNALS:  # forward to the payload: our own death would kill the box
+        signal.signal(sig, lambda s, _f: _kill_quiet(pid, s))
+    while True:
+        try:
+            wpid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            status = 0
+            break
+        if wpid == pid:
+            break
+    exec_err = os.read(exec_r, 4096)
+    if exec_err:
+        step, _, rest = exec_err.decode(errors="replace").partition(":")
+        errno_s, _, msg = rest.partition(":")
+        _report(status_fd, {"ok": False, "step": step, "errno": int(errno_s or 0), "error": msg})
+        return 1
+    _report(status_fd, {"ok": True, "wait_status": status})
+    return 0
+
+
+def _kill_quiet(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+def payload_main(prep: Prepared, exec_w: int, pass_fds: Sequence[int]) -> int:
+    """Body of pid 2: harden, then exec (or call the in-box function)."""
+    cfg = prep.config
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("session", os.setsid),
+        ("rlimits", lambda: rlimits.apply_rlimits(prep.rlimits)),
+        ("caps", caps.drop_bounding_set),
+        ("ids", lambda: userns.become_inside_ids(prep.ids)),
+        ("caps", caps.clear_capabilities),
+        ("cwd", lambda: os.chdir(cfg.cwd)),
+        ("no_new_privs", caps.set_no_new_privs),
+        ("fds", lambda: _close_fds_except([0, 1, 2, exec_w, *pass_fds])),
+    ]
+    if prep.seccomp_bpf is not None:
+        from sandbox import seccomp  # already imported by prepare() in the parent: no I/O
+
+        steps.append(("seccomp", lambda: seccomp.load_bpf(prep.seccomp_bpf or b"")))
+    for name, fn in steps:
+        try:
+            fn()
+        except OSError as e:
+            os.write(exec_w, f"{name}:{e.errno or 0}:{e.strerror or e}".encode())
+            return 126
+    if callable(prep.target):
+        os.close(exec_w)
+        try:
+            return int(prep.target() or 0)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            return 1
+    argv = list(prep.target)
+    try:
+        os.execvpe(argv[0], argv, prep.env)
+    except OSError as e:
+        os.write(exec_w, f"exec:{e.errno or 0}:{argv[0]}: {e.strerror}".encode())
+    return 127

@@ -1,0 +1,180 @@
+"""Run one box from the calling process, without trio: the CLI path and the plugin's fork path.
+
+Why a second runner next to the trio supervisor: ``sandbox run`` pays Python's start-up once
+and should not pay ~90 ms more to import trio and start a launcher process for a single box.
+The calling process must be single-threaded (it clones the box itself). Verdicts come from the
+same ``verdict.build_result`` as the supervisor's, so both runners always agree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Sequence
+
+from sandbox import _syscalls as sc
+from sandbox import contain, spawn, verdict
+from sandbox.config import SandboxConfig
+from sandbox.result import Result, Status
+
+CHUNK = 65536
+
+
+class CappedBuffer:
+    """Collects at most ``cap`` bytes; remembers whether more was offered (→ OL)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.parts, self.size, self.exceeded = cap, [], 0, False
+
+    def feed(self, data: bytes) -> bool:
+        room = self.cap - self.size
+        if len(data) > room:
+            data, self.exceeded = data[:room], True
+        if data:
+            self.parts.append(data)
+            self.size += len(data)
+        return not self.exceeded
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def xx_result(step: str, err: OSError | str, config: SandboxConfig) -> Result:
+    msg = err if isinstance(err, str) else (err.strerror or str(err))
+    no = None if isinstance(err, str) else err.errno
+    return Result(Status.XX, error=f"{step}: {msg}" + (f" (errno {no})" if no else ""),
+                  reason=f"{step}: {msg}", error_step=step, errno=no)
+
+
+def _read_bounded(fd: int, limit: int) -> bytes:
+    out = b""
+    while len(out) <= limit:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out[: limit + 1]
+
+
+def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
+               stdin: bytes | None = None, pass_fds: Sequence[int] = (),
+               prepared: contain.Prepared | None = None) -> Result:
+    """Run ``target`` (argv to exec, or a callable run inside the box) and return its verdict."""
+    config = (config or SandboxConfig()).validate()
+    if not callable(target) and not list(target):
+        raise ValueError("empty command: give the program to run, e.g. ['python3', '-c', 'print(1)']")
+    try:
+        prep = prepared or contain.prepare(config, target)
+    except OSError as e:
+        return xx_result("prepare", e, config)
+    lim = config.limits
+    fds: list[int] = []
+    try:
+        if stdin is None:
+            in_r, in_w = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
+        else:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        fds += [in_r, out_r, out_w, err_r, err_w, st_r, st_w] + ([in_w] if in_w >= 0 else [])
+        t0 = time.monotonic()
+        try:
+            box = spawn.spawn_box(prep, stdin=in_r, stdout=out_w, stderr=err_w, status_w=st_w,
+                                  pass_fds=pass_fds)
+        except OSError as e:
+            return xx_result("clone", e, config)
+        for fd in (in_r, out_w, err_w, st_w):
+            os.close(fd)
+            fds.remove(fd)
+        fds.append(box.pidfd)
+        facts = verdict.Facts(lim, prep.enforcement, 0.0, seccomp_policy=prep.seccomp_desc,
+                              landlock=prep.landlock)
+        out, err = CappedBuffer(lim.output_limit), CappedBuffer(lim.output_limit)
+        _pump(box, in_w, stdin or b"", {out_r: out, err_r: err}, facts,
+              None if lim.wall_time is None else t0 + lim.wall_time)
+        _, status, ru = os.wait4(box.pid, 0)
+        facts.wall_time = time.monotonic() - t0
+        facts.init_wait_status = status
+        facts.cpu_time = ru.ru_utime + ru.ru_stime
+        facts.max_rss = ru.ru_maxrss * 1024
+        facts.status_line = _read_bounded(st_r, contain.STATUS_MAX)
+        return verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded)
+    finally:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _pump(box: spawn.BoxProcess, in_w: int, data: bytes, outs: dict[int, CappedBuffer],
+          facts: verdict.Facts, deadline: float | None) -> None:
+    """Move bytes until the box's init exits; kill it on wall time or output overflow."""
+    poller = select.poll()
+    for fd in outs:
+        poller.register(fd, select.POLLIN)
+    poller.register(box.pidfd, select.POLLIN)
+    if in_w >= 0:
+        os.set_blocking(in_w, False)
+        poller.register(in_w, select.POLLOUT)
+    open_outs, exited, killed = set(outs), False, False
+
+    def kill(reason: str | None) -> None:
+        nonlocal killed
+        if not killed:
+            killed = True
+            if reason and facts.killed_for is None:
+                facts.killed_for = reason
+            try:
+                sc.pidfd_send_signal(box.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+
+    try:
+        while open_outs or not exited:
+            timeout = None
+            if deadline is not None and not killed:
+                timeout = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+            if exited:
+                timeout = 2000  # all box processes are dead; drain what is left in the pipes
+            events = poller.poll(timeout)
+            if not events:
+                if exited:
+                    break
+                kill("wall")
+                continue
+            for fd, ev in events:
+                if fd == box.pidfd:
+                    exited = True
+                    poller.unregister(fd)
+                elif fd == in_w:
+                    try:
+                        n = os.write(in_w, data[:CHUNK]) if data else 0
+                        data = data[n:]
+                    except OSError as e:
+                        if e.errno != errno.EAGAIN:
+                            data = b""
+                    if not data:
+                        poller.unregister(in_w)
+                        os.close(in_w)
+                        in_w = -1
+                elif fd in open_outs:
+                    chunk = os.read(fd, CHUNK) if ev & (select.POLLIN | select.POLLHUP) else b""
+                    if not chunk:
+                        poller.unregister(fd)
+                        open_outs.discard(fd)
+                    elif not outs[fd].feed(chunk):
+                        kill("output")
+    except BaseException:
+        kill(None)
+        raise
+    finally:
+        if in_w >= 0:
+            os.close(in_w)

@@ -1,0 +1,67 @@
+"""Resource limits applied with setrlimit in the payload just before exec.
+
+Always applied (cheap, and they bound things cgroups do not): core dumps off (a crashing box
+must not write a core file of its memory anywhere), ``nofile``, ``fsize``.
+The *fallback* ones stand in for cgroup v2 when no delegated cgroup is available, and the
+verdict says so (``enforcement[...] == "rlimit"``):
+
+* memory → ``RLIMIT_AS``: per process and counts address space, not RSS. It reliably stops a
+  memory bomb, but runtimes that reserve large virtual ranges (Go, JVM) need a larger value.
+* cpu_time → ``RLIMIT_CPU``: per process (SIGXCPU at the soft limit, SIGKILL one second later);
+  the box-wide total is still checked after the run from init's rusage.
+* pids → ``RLIMIT_NPROC``: counted per (user namespace, uid) on kernels ≥ 5.14, so it counts
+  the box's own processes; on older kernels it counts every process of the host user.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+
+Plan = list[tuple[int, int, int]]
+
+
+def plan_rlimits(limits, cgroup_enforced: frozenset[str] = frozenset()) -> tuple[Plan, dict[str, str]]:
+    """→ (setrlimit calls, enforcement per limit name)."""
+    plan: Plan = [(resource.RLIMIT_CORE, 0, 0)]
+    enf: dict[str, str] = {}
+    if limits.nofile is not None:
+        plan.append((resource.RLIMIT_NOFILE, limits.nofile, limits.nofile))
+        enf["nofile"] = "rlimit"
+    else:
+        enf["nofile"] = "none"
+    if limits.fsize is not None:
+        plan.append((resource.RLIMIT_FSIZE, limits.fsize, limits.fsize))
+        enf["fsize"] = "rlimit"
+    else:
+        enf["fsize"] = "none"
+    if limits.memory is not None and "memory" not in cgroup_enforced:
+        plan.append((resource.RLIMIT_AS, limits.memory, limits.memory))
+        enf["memory"] = "rlimit"
+    if limits.cpu_time is not None and "cpu_time" not in cgroup_enforced:
+        soft = max(1, math.ceil(limits.cpu_time))
+        plan.append((resource.RLIMIT_CPU, soft, soft + 1))
+        enf["cpu_time"] = "rlimit"
+    if limits.pids is not None and "pids" not in cgroup_enforced:
+        plan.append((resource.RLIMIT_NPROC, limits.pids, limits.pids))
+        enf["pids"] = "rlimit"
+    for name in ("memory", "cpu_time", "pids"):
+        if getattr(limits, name) is None:
+            enf[name] = "none"
+        elif name in cgroup_enforced:
+            enf[name] = "cgroup"
+    if limits.cpus is not None:
+        enf["cpus"] = "cgroup" if "cpus" in cgroup_enforced else "none"
+    enf["wall_time"] = "supervisor" if limits.wall_time is not None else "none"
+    enf["output_limit"] = "supervisor"
+    enf["tmpfs_size"] = "tmpfs"
+    return plan, enf
+
+
+def apply_rlimits(plan: Plan) -> None:
+    for res, soft, hard in plan:
+        cur_soft, cur_hard = resource.getrlimit(res)
+        if cur_hard != resource.RLIM_INFINITY and hard > cur_hard:
+            hard = cur_hard  # cannot raise a hard limit; keep the stricter host value
+            soft = min(soft, hard)
+        resource.setrlimit(res, (soft, hard))

@@ -1,0 +1,264 @@
+"""The box's root filesystem: tmpfs root, overlays, binds, curated /etc, /dev, /proc, pivot_root.
+
+Shape (the same trick bubblewrap uses, so host paths under /tmp stay reachable as sources):
+
+1. ``/`` is made recursively private: no mount we make can propagate back to the host.
+2. A staging tmpfs is mounted on /tmp and we ``pivot_root`` into it; the host root is now
+   ``/oldroot`` and every host source is read as ``/oldroot/<path>``.
+3. ``/newroot`` (small tmpfs, the box's ``/``) and ``/scratch`` (tmpfs of ``tmpfs_size``) are
+   made. Scratch holds every overlay upper, the box's /tmp and /dev/shm, so one size cap bounds
+   everything the box can write. Overlay over /oldroot/usr etc. can't be done on ``/`` itself:
+   the host root has locked submounts, so we overlay each exposed directory separately.
+4. /dev (tmpfs + bind-mounted host nodes + private devpts + private shm), /proc (fresh, pid
+   namespace scoped, sensitive files masked).
+5. ``pivot_root(".", ".")`` into newroot and a lazy unmount of the stacked old root: the host
+   tree is gone from this mount namespace; the scratch tmpfs lives on only through the overlays.
+6. ``/`` and ``/dev`` are remounted read-only; only /tmp, /dev/shm and the overlays accept writes.
+
+The plan is computed in the parent (``plan_rootfs``: stats host paths, reads the few /etc files)
+so the child only issues syscalls.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+from sandbox import _syscalls as sc
+from sandbox.config import SandboxConfig
+
+DEFAULT_EXPOSED = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_COPY = ("ld.so.cache", "ld.so.conf", "host.conf", "protocols", "services", "debian_version",
+            "mime.types", "localtime", "os-release", "timezone")
+ETC_BIND = ("alternatives", "ld.so.conf.d", "ssl", "ca-certificates")
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+PROC_MASK_FILES = ("kcore", "keys", "key-users", "timer_list", "sched_debug", "sysrq-trigger",
+                   "latency_stats", "kallsyms", "kmsg", "config.gz", "vmallocinfo", "pagetypeinfo")
+PROC_MASK_DIRS = ("acpi", "scsi", "asound", "driver", "tty/driver")
+PROC_READONLY = ("sys", "irq", "bus", "fs", "sysvipc")
+STAT_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC),
+              (1024, sc.MS_NOATIME), (2048, sc.MS_NODIRATIME), (4096, sc.MS_RELATIME))
+
+Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir) | ("symlink", dst, text) | ("tmpfs", dst, size)
+
+
+@dataclass
+class RootfsPlan:
+    ops: list[Op] = field(default_factory=list)
+    etc_files: dict[str, bytes | tuple[str, str]] = field(default_factory=dict)
+    tmpfs_size: int = 0
+
+
+def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
+    if os.path.islink(path):
+        ops.append(("symlink", path, os.readlink(path)))
+    elif os.path.isdir(path):
+        ops.append((kind, path, path, True))
+
+
+def _python_prefixes() -> list[str]:
+    seen: list[str] = []
+    for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix):
+        rp = os.path.realpath(p)
+        if any(rp == s or rp.startswith(s + "/") for s in (*DEFAULT_EXPOSED, *seen)):
+            continue
+        seen.append(rp)
+    return seen
+
+
+def _etc_files(cfg: SandboxConfig) -> dict[str, bytes | tuple[str, str]]:
+    files: dict[str, bytes | tuple[str, str]] = {
+        "passwd": (f"root:x:0:0:root:/root:/bin/sh\n"
+                   f"sandbox:x:{cfg.uid}:{cfg.gid}:sandbox:/tmp:/bin/sh\n"
+                   "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n").encode(),
+        "group": (f"root:x:0:\nsandbox:x:{cfg.gid}:\nnogroup:x:65534:\n").encode(),
+        "hostname": f"{cfg.hostname}\n".encode(),
+        "hosts": f"127.0.0.1 localhost {cfg.hostname}\n::1 localhost ip6-localhost\n".encode(),
+        "nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files dns\nservices: files\n",
+    }
+    names = ETC_COPY + (("resolv.conf",) if cfg.network == "host" else ())
+    for name in names:
+        p = "/etc/" + name
+        if os.path.islink(p):
+            files[name] = ("symlink", os.readlink(p))
+        elif os.path.isfile(p):
+            try:
+                with open(p, "rb") as f:
+                    files[name] = f.read(1 << 20)
+            except OSError:
+                pass
+    return files
+
+
+def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
+    ops: list[Op] = []
+    for d in DEFAULT_EXPOSED:
+        _expose(ops, d)
+    if cfg.expose_python:
+        for p in _python_prefixes():
+            _expose(ops, p)
+    for name in ETC_BIND:
+        if os.path.isdir("/etc/" + name):
+            ops.append(("ro-bind", "/etc/" + name, "/etc/" + name, True))
+    for m in sorted(cfg.mounts, key=lambda m: m.target.count("/")):  # parents first
+        if m.kind == "tmpfs":
+            ops.append(("tmpfs", m.target, m.size or cfg.limits.tmpfs_size))
+        else:
+            assert m.source is not None
+            ops.append((m.kind, m.source, m.target, os.path.isdir(m.source)))
+    return RootfsPlan(ops, _etc_files(cfg), cfg.limits.tmpfs_size)
+
+
+# ------------------------------------------------------------------ child side (no imports) --
+
+def _make_target(path: str, is_dir: bool) -> None:
+    """Create a mount point inside /newroot, refusing to walk through a symlink (the only
+    symlinks there are ours, e.g. /bin -> usr/bin, and following one would mount elsewhere)."""
+    cur = "/newroot"
+    parts = [p for p in path.split("/") if p]
+    for i, part in enumerate(parts):
+        cur += "/" + part
+        last = i == len(parts) - 1
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            if last and not is_dir:
+                os.close(os.open(cur, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            else:
+                os.mkdir(cur, 0o755)
+            continue
+        if os.path.stat.S_ISLNK(st.st_mode):
+            raise OSError(22, f"mount point {path} crosses the symlink {cur[8:]} -> "
+                              f"{os.readlink(cur)} in the box; use the real path")
+
+
+def _locked_flags(path: str) -> int:
+    """Flags a remount must keep: the kernel refuses (EPERM) to clear nosuid/nodev/noexec/atime
+    flags that the host mount has, once we are in a user namespace (MNT_LOCK_*)."""
+    f = os.statvfs(path).f_flag
+    return sum(ms for st, ms in STAT_TO_MS if f & st and ms != sc.MS_RDONLY)
+
+
+def _bind(src: str, dst: str, readonly: bool) -> None:
+    sc.mount(src, dst, None, sc.MS_BIND)
+    flags = sc.MS_REMOUNT | sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV | _locked_flags(src)
+    sc.mount(None, dst, None, flags | (sc.MS_RDONLY if readonly else 0))
+
+
+def _overlay(n: int, src: str, dst: str) -> None:
+    up, wk = f"/scratch/up/{n}", f"/scratch/wk/{n}"
+    os.mkdir(up)
+    os.mkdir(wk)
+    if any(c in src for c in ",:\\"):
+        raise OSError(22, f"overlay source {src!r} contains ',', ':' or '\\'")
+    try:
+        sc.mount("overlay", dst, "overlay", sc.MS_NOSUID | sc.MS_NODEV,
+                 f"lowerdir={src},upperdir={up},workdir={wk},userxattr")
+    except OSError as e:
+        # Kernels before 6.6 have no user xattrs on tmpfs, so an overlay with a tmpfs upper
+        # can be refused; fall back to a read-only bind (writes then fail instead of vanishing).
+        if e.errno not in (22, 95):
+            raise
+        _bind(src, dst, readonly=True)
+
+
+def _write_etc(files: dict[str, bytes | tuple[str, str]]) -> None:
+    for name, content in files.items():
+        p = "/newroot/etc/" + name
+        if isinstance(content, tuple):
+            os.symlink(content[1], p)
+            continue
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+
+
+def _setup_dev() -> None:
+    os.mkdir("/newroot/dev")
+    sc.mount("tmpfs", "/newroot/dev", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755,size=64k")
+    for n in DEV_NODES:
+        p = "/newroot/dev/" + n
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        sc.mount("/oldroot/dev/" + n, p, None, sc.MS_BIND)
+    os.mkdir("/newroot/dev/pts")
+    sc.mount("devpts", "/newroot/dev/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+             "newinstance,ptmxmode=0666,mode=620")
+    os.symlink("pts/ptmx", "/newroot/dev/ptmx")
+    os.mkdir("/newroot/dev/shm")
+    sc.mount("/scratch/shm", "/newroot/dev/shm", None, sc.MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, "/newroot/dev/" + name)
+    sc.mount(None, "/newroot/dev", None,
+             sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
+
+
+def _setup_proc() -> None:
+    """Fresh procfs for our pid namespace, with the kernel-wide leaks covered (docker/runc's
+    masked paths): /proc/kcore, keys, timer_list, ... become /dev/null, hardware dirs an
+    empty read-only tmpfs, and /proc/sys & co read-only."""
+    os.mkdir("/newroot/proc")
+    sc.mount("proc", "/newroot/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    for name in PROC_MASK_FILES:
+        p = "/newroot/proc/" + name
+        if os.path.exists(p):
+            sc.mount("/newroot/dev/null", p, None, sc.MS_BIND)
+    for name in PROC_MASK_DIRS:
+        p = "/newroot/proc/" + name
+        if os.path.isdir(p):
+            sc.mount("tmpfs", p, "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                     "size=0")
+    for name in PROC_READONLY:
+        p = "/newroot/proc/" + name
+        if os.path.isdir(p):
+            sc.mount(p, p, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount(None, p, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID
+                     | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+def build_rootfs(plan: RootfsPlan) -> None:
+    """Run in the box's init (uid-mapped, in its new mount + pid namespaces)."""
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=64k")
+    os.chdir("/tmp")
+    os.mkdir("oldroot")
+    sc.pivot_root(".", "oldroot")
+    os.chdir("/")
+    for d, size, mode in (("/newroot", 4 << 20, "0755"), ("/scratch", plan.tmpfs_size, "0755")):
+        os.mkdir(d)
+        sc.mount("tmpfs", d, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode={mode},size={size}")
+    for d in ("/scratch/up", "/scratch/wk", "/scratch/tmp", "/scratch/shm", "/newroot/etc",
+              "/newroot/tmp"):
+        os.mkdir(d)
+    os.chmod("/scratch/tmp", 0o1777)
+    os.chmod("/scratch/shm", 0o1777)
+    _write_etc(plan.etc_files)
+    sc.mount("/scratch/tmp", "/newroot/tmp", None, sc.MS_BIND)
+    n = 0
+    for op in plan.ops:
+        kind = op[0]
+        if kind == "symlink":
+            _make_target(os.path.dirname(op[1]), True)
+            os.symlink(op[2], "/newroot" + op[1])
+        elif kind == "tmpfs":
+            _make_target(op[1], True)
+            sc.mount("tmpfs", "/newroot" + op[1], "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+                     f"mode=1777,size={op[2]}")
+        else:
+            _, src, dst, is_dir = op
+            _make_target(dst, is_dir)
+            if kind == "overlay" and is_dir:
+                n += 1
+                _overlay(n, "/oldroot" + src, "/newroot" + dst)
+            else:
+                _bind("/oldroot" + src, "/newroot" + dst, readonly=(kind != "bind"))
+    _setup_dev()
+    _setup_proc()
+    os.chdir("/newroot")
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+    sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)

@@ -1,0 +1,129 @@
+"""Kernel facts → ``Result``. One function, used by every runner, so verdicts never diverge.
+
+Inputs are things the boxed program cannot forge: the wait status and rusage of init (from
+``wait4`` in the box's parent), the status line from init (our code; the payload never holds
+that pipe and cannot ptrace a non-dumpable init), cgroup counters, and the supervisor's own
+byte counts and timers. Nothing printed by the program is consulted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as _signal
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox.config import Limits
+from sandbox.contain import STATUS_MAX
+from sandbox.result import Result, Status
+
+KILL_REASONS = {"wall": Status.TO, "cpu": Status.TO, "output": Status.OL, "memory": Status.ML}
+
+
+@dataclass
+class Facts:
+    limits: Limits
+    enforcement: dict[str, Any]
+    wall_time: float
+    init_wait_status: int | None = None
+    cpu_time: float = 0.0  # from init's rusage: covers every process the box ever had
+    max_rss: int | None = None  # bytes
+    status_line: bytes = b""
+    killed_for: str | None = None  # "wall" | "output" | "cpu" | "memory" (supervisor kills)
+    cgroup: dict[str, Any] | None = None
+    seccomp_policy: str | None = None
+    landlock: bool = False
+
+
+def parse_status_line(raw: bytes) -> dict[str, Any] | None:
+    """Strictly parse init's one JSON line; anything else counts as no report."""
+    if not raw or len(raw) > STATUS_MAX:
+        return None
+    try:
+        obj = json.loads(raw.split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
+        return None
+    if obj["ok"] and not isinstance(obj.get("wait_status"), int):
+        return None
+    return obj
+
+
+def _fmt_size(n: int) -> str:
+    for unit, f in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= f and n % f == 0:
+            return f"{n // f}{unit}"
+    return f"{n}B"
+
+
+def _fmt_time(t: float) -> str:
+    return f"{t:g}s"
+
+
+def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
+                 stdout_truncated: bool = False, stderr_truncated: bool = False) -> Result:
+    lim = facts.limits
+    cg = facts.cgroup or {}
+    cpu = cg.get("cpu_usec", 0) / 1e6 if "cpu_usec" in cg else facts.cpu_time
+    peak = cg.get("memory_peak") or facts.max_rss
+    r = Result(Status.XX, wall_time=facts.wall_time, cpu_time=cpu, peak_memory=peak,
+               stdout=stdout, stderr=stderr, stdout_truncated=stdout_truncated,
+               stderr_truncated=stderr_truncated, enforcement=dict(facts.enforcement),
+               seccomp_policy=facts.seccomp_policy, landlock=facts.landlock,
+               cgroup=facts.cgroup)
+    report = parse_status_line(facts.status_line)
+    if report and report["ok"]:
+        ws = report["wait_status"]
+        if os.WIFEXITED(ws):
+            r.exit_code = os.WEXITSTATUS(ws)
+        elif os.WIFSIGNALED(ws):
+            r.signal = os.WTERMSIG(ws)
+    if facts.killed_for in KILL_REASONS:
+        r.status = KILL_REASONS[facts.killed_for]
+        r.reason = {
+            "wall": f"wall time {_fmt_time(lim.wall_time or 0)} exceeded",
+            "cpu": f"CPU time {_fmt_time(lim.cpu_time or 0)} exceeded",
+            "output": f"output limit {_fmt_size(lim.output_limit)} exceeded",
+            "memory": f"memory limit {_fmt_size(lim.memory or 0)} exceeded",
+        }[facts.killed_for]
+        return r
+    if report is None:
+        ws = facts.init_wait_status
+        how = "unknown"
+        if ws is not None and os.WIFSIGNALED(ws):
+            how = f"signal {os.WTERMSIG(ws)}"
+        elif ws is not None and os.WIFEXITED(ws):
+            how = f"exit {os.WEXITSTATUS(ws)}"
+        r.error = r.reason = f"init: the box died without a status report ({how})"
+        r.error_step = "init"
+        return r
+    if not report["ok"]:
+        r.error_step = str(report.get("step", "init"))[:64]
+        r.errno = report.get("errno") if isinstance(report.get("errno"), int) else None
+        msg = str(report.get("error", ""))[:500]
+        r.error = r.reason = f"{r.error_step}: {msg}" + (f" (errno {r.errno})" if r.errno else "")
+        return r
+    oom = int(cg.get("oom_kill", 0) or 0) > 0
+    if oom:
+        r.status, r.reason = Status.ML, f"memory limit {_fmt_size(lim.memory or 0)} exceeded (OOM kill)"
+    elif lim.cpu_time is not None and (r.signal == _signal.SIGXCPU or cpu > lim.cpu_time):
+        r.status, r.reason = Status.TO, f"CPU time {_fmt_time(lim.cpu_time)} exceeded"
+    elif (lim.memory is not None and facts.enforcement.get("memory") == "rlimit"
+          and (r.exit_code or r.signal) and peak and peak >= 0.9 * lim.memory):
+        r.status, r.reason = Status.ML, f"memory limit {_fmt_size(lim.memory)} exceeded (rlimit)"
+    elif r.signal is not None:
+        r.status = Status.SG
+        try:
+            name = _signal.Signals(r.signal).name
+        except ValueError:
+            name = str(r.signal)
+        r.reason = f"killed by signal {r.signal} ({name})"
+        if r.signal == _signal.SIGXFSZ:
+            r.reason += f": file size limit {_fmt_size(lim.fsize or 0)}"
+    elif r.exit_code == 0:
+        r.status = Status.OK
+    else:
+        r.status, r.reason = Status.RE, f"exit code {r.exit_code}"
+    return r
