@@ -118,15 +118,15 @@ class Limits:
         lim = cls()
         for key, raw in kw.items():
             if key in ("memory", "fsize", "swap"):
-                v: Any = parse_size(raw, key.replace("_", "-"))
+                v: Any = parse_size(raw, "--" + key.replace("_", "-"))
                 if key == "swap" and v is None:
                     v = 0
             elif key in ("output_limit", "tmpfs_size"):
-                v = parse_size(raw, key.replace("_", "-"), allow_none=False)
+                v = parse_size(raw, "--" + key.replace("_", "-"), allow_none=False)
             elif key in ("cpu_time", "wall_time"):
-                v = parse_duration(raw, key.replace("_", "-"))
+                v = parse_duration(raw, "--" + key.replace("_", "-"))
             elif key in ("pids", "nofile"):
-                v = parse_count(raw, key)
+                v = parse_count(raw, "--" + key)
             elif key == "cpus":
                 v = _parse_cpus(raw)
             else:
@@ -143,7 +143,7 @@ def _parse_cpus(raw: Any) -> float | None:
     except (TypeError, ValueError):
         v = -1.0
     if not 0.01 <= v <= 1024:
-        raise ConfigError(f"cpus: {raw!r} is not a CPU share; use a number such as 0.5 or 2")
+        raise ConfigError(f"--cpus {raw!r} is not a CPU share; use a number such as 0.5 or 2")
     return v
 
 
@@ -201,7 +201,7 @@ class SandboxConfig:
     uid: int = DEFAULT_UID
     gid: int = DEFAULT_GID
     hostname: str = DEFAULT_HOSTNAME
-    seccomp: str = "default"  # policy name: "default" | "none" (debugging)
+    seccomp: str = "none"  # TODO(core): back to "default" once sandbox/seccomp.py lands
     seccomp_allow: tuple[str, ...] = ()  # syscalls to relax per box
     seccomp_deny: tuple[str, ...] = ()  # extra syscalls to deny per box
     landlock: bool = False

@@ -26,16 +26,21 @@ CHUNK = 65536
 class CappedBuffer:
     """Collects at most ``cap`` bytes; remembers whether more was offered (→ OL)."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, which: int = 0,
+                 sink: Callable[[int, bytes], None] | None = None) -> None:
         self.cap, self.parts, self.size, self.exceeded = cap, [], 0, False
+        self.which, self.sink = which, sink
 
     def feed(self, data: bytes) -> bool:
         room = self.cap - self.size
         if len(data) > room:
             data, self.exceeded = data[:room], True
         if data:
-            self.parts.append(data)
             self.size += len(data)
+            if self.sink is not None:
+                self.sink(self.which, data)
+            else:
+                self.parts.append(data)
         return not self.exceeded
 
     def value(self) -> bytes:
@@ -64,8 +69,13 @@ def _read_bounded(fd: int, limit: int) -> bytes:
 
 def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
                stdin: bytes | None = None, pass_fds: Sequence[int] = (),
-               prepared: contain.Prepared | None = None) -> Result:
-    """Run ``target`` (argv to exec, or a callable run inside the box) and return its verdict."""
+               prepared: contain.Prepared | None = None, inherit_stdin: bool = False,
+               on_output: Callable[[int, bytes], None] | None = None) -> Result:
+    """Run ``target`` (argv to exec, or a callable run inside the box) and return its verdict.
+
+    ``inherit_stdin`` hands our own fd 0 to the box (the CLI: interactive use); ``on_output``
+    is called with (1 or 2, chunk) as output arrives, within the cap (the CLI streams it).
+    """
     config = (config or SandboxConfig()).validate()
     if not callable(target) and not list(target):
         raise ValueError("empty command: give the program to run, e.g. ['python3', '-c', 'print(1)']")
@@ -76,7 +86,9 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
     lim = config.limits
     fds: list[int] = []
     try:
-        if stdin is None:
+        if stdin is None and inherit_stdin:
+            in_r, in_w = os.dup(0), -1
+        elif stdin is None:
             in_r, in_w = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
         else:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -96,7 +108,8 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         fds.append(box.pidfd)
         facts = verdict.Facts(lim, prep.enforcement, 0.0, seccomp_policy=prep.seccomp_desc,
                               landlock=prep.landlock)
-        out, err = CappedBuffer(lim.output_limit), CappedBuffer(lim.output_limit)
+        out = CappedBuffer(lim.output_limit, 1, on_output)
+        err = CappedBuffer(lim.output_limit, 2, on_output)
         _pump(box, in_w, stdin or b"", {out_r: out, err_r: err}, facts,
               None if lim.wall_time is None else t0 + lim.wall_time)
         _, status, ru = os.wait4(box.pid, 0)

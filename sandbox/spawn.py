@@ -28,15 +28,19 @@ class BoxProcess:
     pidfd: int
 
 
-_self_pidfd: tuple[int, int] = (-1, -1)
-
-
-def _own_pidfd() -> int:
-    """A pidfd of this process (cached per pid) that the child polls to detect our death."""
-    global _self_pidfd
-    if _self_pidfd[0] != os.getpid():
-        _self_pidfd = (os.getpid(), sc.pidfd_open(os.getpid()))
-    return _self_pidfd[1]
+def _reset_signals() -> None:
+    """The child inherits our Python signal handlers, ignored signals (ignored dispositions
+    even survive execve) and the wakeup fd; a box must start from the kernel defaults."""
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, status_w: int,
@@ -46,14 +50,25 @@ def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, s
     The caller keeps ownership of the fds it passed (close your copies after this returns).
     """
     flags = BASE_FLAGS | (sc.CLONE_NEWNET if prep.config.network == "none" else 0)
+    # A pidfd of ourselves that the child polls to detect our death (see caps.py).
+    parent_pidfd = sc.pidfd_open(os.getpid())
+    try:
+        return _clone(prep, flags, parent_pidfd, stdin, stdout, stderr, status_w, pass_fds,
+                      cgroup_fd)
+    finally:
+        os.close(parent_pidfd)
+
+
+def _clone(prep: contain.Prepared, flags: int, parent_pidfd: int, stdin: int, stdout: int,
+           stderr: int, status_w: int, pass_fds: Sequence[int], cgroup_fd: int | None) -> BoxProcess:
     sync_r = sync_w = -1
     if prep.ids.parent_writes:
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-    parent_pidfd = _own_pidfd()
     pid, pidfd = sc.clone3(flags, exit_signal=signal.SIGCHLD, cgroup_fd=cgroup_fd)
     if pid == 0:  # ---- child: never return
         code = 1
         try:
+            _reset_signals()
             # dup above everything first so the dup2s cannot clobber each other (fd 1 → 0 ...)
             hi = [os.dup(fd) for fd in (stdin, stdout, stderr)]
             for i, fd in enumerate(hi):

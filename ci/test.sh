@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Run the test suite the way users run the product: as an UNPRIVILEGED user.
+#   ci/test.sh [pytest args...]
+# As root it (1) creates the user 'sbxtest' if needed, (2) runs the suite as that user,
+# (3) runs the core tests again as root (root is a supported second mode), and (4) runs the
+# cgroup v2 tests inside a User-Mode Linux guest (ci/uml-tests.sh). As a normal user it just
+# runs the suite as you.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+TEST_USER=${SANDBOX_TEST_USER:-sbxtest}
+run_pytest() { "$@"; rc=$?; [ $rc = 5 ] && rc=0; return $rc; }   # 5 = no tests collected
+
+if [ "$(id -u)" != 0 ]; then
+  exec .venv/bin/python -m pytest -q "$@"
+fi
+
+id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+# The unprivileged user must be able to read the checkout and the venv; when the clone lives
+# somewhere private (e.g. under /root) work from a world-readable copy instead.
+if ! runuser -u "$TEST_USER" -- test -r "$REPO/pyproject.toml" -a -x "$REPO/.venv/bin/python"; then
+  COPY=/tmp/sandbox-ci-src
+  rm -rf "$COPY"; mkdir -p "$COPY"
+  tar -C "$REPO" --exclude=./.venv --exclude=./.git -cf - . | tar -C "$COPY" -xf -
+  /usr/bin/python3 -m venv "$COPY/.venv"
+  "$COPY/.venv/bin/pip" install -q --disable-pip-version-check -e "$COPY[dev]"
+  chmod -R a+rX "$COPY"
+  REPO=$COPY
+fi
+cd "$REPO"
+status=0
+echo "== tests as unprivileged user '$TEST_USER' =="
+run_pytest runuser -u "$TEST_USER" -- env -u SANDBOX_ROOT_MODE HOME=/tmp .venv/bin/python -m pytest -q "$@" || status=1
+echo "== core tests as root (second supported mode) =="
+run_pytest env SANDBOX_ROOT_MODE=1 .venv/bin/python -m pytest -q tests/test_core.py tests/test_cli.py || status=1
+if [ -f ci/uml-tests.sh ] && [ -z "${SANDBOX_SKIP_UML:-}" ]; then
+  echo "== cgroup v2 tests inside a User-Mode Linux guest =="
+  bash ci/uml-tests.sh || status=1
+fi
+exit $status

@@ -1,0 +1,164 @@
+"""The fork-server: a small single-threaded process that clones every box for a supervisor.
+
+Why it exists: trio runs worker threads, and cloning from a multi-threaded process copies one
+thread and leaves every lock another thread held locked forever in the child. The launcher is
+started once per supervisor (``python -m sandbox.launcher FD PPID``), never imports trio or
+pyroute2, keeps its module state warm (seccomp filters compiled once, rootfs plans cached),
+and talks over one ``SOCK_SEQPACKET`` socket (protocol in docs/architecture.md):
+
+* spawn requests arrive as JSON with stdio/status fds attached (SCM_RIGHTS);
+* the box's pidfd goes back the same way, so the supervisor can kill it directly;
+* the launcher is the box init's parent, so it reaps it and reports the wait status and the
+  rusage (which covers every process the box ever had: init reaped them all).
+
+If the supervisor goes away (socket EOF, or PDEATHSIG), every box is killed and reaped.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+
+from sandbox import _syscalls as sc
+from sandbox import contain, spawn
+from sandbox.config import SandboxConfig
+
+MAX_MSG = 1 << 20
+MAX_FDS = 8
+
+
+def recv_msg(sock: socket.socket) -> tuple[bytes, list[int]]:
+    fds = array.array("i")
+    msg, anc, _flags, _addr = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return msg, list(fds)
+
+
+def send_msg(sock: socket.socket, obj: dict, fds: list[int] | None = None) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([json.dumps(obj).encode()], anc)
+
+
+class Launcher:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.boxes: dict[int, int] = {}  # pid → pidfd
+        self.cache: dict[str, contain.Prepared] = {}
+
+    def prepared(self, cfg_json: dict, argv: list[str], cgroup_enforced: list[str]) -> contain.Prepared:
+        key = json.dumps([cfg_json, sorted(cgroup_enforced)], sort_keys=True)
+        prep = self.cache.get(key)
+        if prep is None:
+            cfg = SandboxConfig.from_dict(cfg_json).validate()
+            prep = contain.prepare(cfg, argv, cgroup_enforced=frozenset(cgroup_enforced))
+            if len(self.cache) > 64:
+                self.cache.clear()
+            self.cache[key] = prep
+        return dataclasses.replace(prep, target=argv)
+
+    def spawn(self, req: dict, fds: list[int]) -> None:
+        rid = req.get("id")
+        try:
+            if len(fds) < 4:
+                raise OSError(22, "spawn request without stdio/status fds")
+            prep = self.prepared(req["config"], [str(a) for a in req["argv"]],
+                                 req.get("cgroup_enforced", []))
+            cgroup_fd = fds[4] if req.get("cgroup") and len(fds) > 4 else None
+            box = spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                                  status_w=fds[3], cgroup_fd=cgroup_fd)
+        except Exception as e:  # noqa: BLE001 - every failure becomes an XX verdict upstream
+            err = e.errno if isinstance(e, OSError) else None
+            msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            send_msg(self.sock, {"op": "error", "id": rid, "error": msg, "errno": err,
+                                 "step": "prepare" if not isinstance(e, OSError) else "clone"})
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.boxes[box.pid] = box.pidfd
+        send_msg(self.sock, {"op": "spawned", "id": rid, "pid": box.pid,
+                             "enforcement": prep.enforcement, "seccomp": prep.seccomp_desc,
+                             "landlock": prep.landlock}, [box.pidfd])
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            pidfd = self.boxes.pop(pid, -1)
+            if pidfd >= 0:
+                os.close(pidfd)
+            send_msg(self.sock, {"op": "exited", "pid": pid, "wait_status": status,
+                                 "cpu_time": ru.ru_utime + ru.ru_stime,
+                                 "max_rss": ru.ru_maxrss * 1024})
+
+    def kill_all(self) -> None:
+        for pidfd in self.boxes.values():
+            try:
+                sc.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in list(self.boxes):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+    def serve(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(wake_r, selectors.EVENT_READ)
+        try:
+            while True:
+                for key, _ in sel.select():
+                    if key.fileobj is self.sock:
+                        msg, fds = recv_msg(self.sock)
+                        if not msg:
+                            for fd in fds:
+                                os.close(fd)
+                            return
+                        req = json.loads(msg)
+                        if req.get("op") == "spawn":
+                            self.spawn(req, fds)
+                    else:
+                        try:
+                            os.read(wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                        self.reap()
+                self.reap()
+        finally:
+            self.kill_all()
+
+
+def main() -> None:
+    fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which decides
+    import prctl
+
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    sock = socket.socket(fileno=fd)
+    try:
+        Launcher(sock).serve()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+if __name__ == "__main__":
+    main()

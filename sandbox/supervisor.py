@@ -1,0 +1,247 @@
+"""The trio supervisor: many boxes at once, each with its own limits, streams and verdict.
+
+It never forks: boxes are cloned by the single-threaded launcher (sandbox/launcher.py) and
+come back as pidfds. Per box the supervisor streams stdin in and stdout/stderr out with hard
+caps (OL: the box is killed, the captured bytes kept), enforces wall time with a cancel scope,
+kills the whole box on timeout or cancellation (SIGKILL to init through its pidfd: the kernel
+then kills the whole pid namespace), and builds the verdict from kernel facts only.
+
+Ctrl-C / SIGTERM of the supervisor cancels every ``run``; each one kills its box in a shielded
+cleanup, and closing the launcher socket makes the launcher kill and reap whatever is left.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from sandbox import _syscalls as sc
+from sandbox import verdict
+from sandbox.config import SandboxConfig
+from sandbox.contain import STATUS_MAX
+from sandbox.direct import CHUNK, CappedBuffer, xx_result
+from sandbox.launcher import MAX_FDS, MAX_MSG
+from sandbox.result import Result
+
+DRAIN_GRACE = 2.0  # after init died, every box process is dead; pipes reach EOF promptly
+
+
+@dataclass
+class _Slot:
+    """Rendezvous for one box: the launcher's replies, in protocol order."""
+
+    spawned: trio.Event = field(default_factory=trio.Event)
+    exited: trio.Event = field(default_factory=trio.Event)
+    reply: dict[str, Any] = field(default_factory=dict)
+    pidfd: int = -1
+    exit: dict[str, Any] = field(default_factory=dict)
+
+
+class Supervisor:
+    """``async with Supervisor() as sup: await sup.run(argv, config)``."""
+
+    def __init__(self, *, max_concurrent: int | None = None) -> None:
+        self._limiter = trio.CapacityLimiter(max_concurrent or max(2, 4 * (os.cpu_count() or 1)))
+        self._stack = AsyncExitStack()
+        self._slots: dict[int, _Slot] = {}
+        self._by_pid: dict[int, _Slot] = {}
+        self._next_id = 0
+        self._sock: trio.socket.SocketType | None = None
+        self._proc: trio.Process | None = None
+        self._send_lock = trio.Lock()
+
+    async def __aenter__(self) -> Supervisor:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "sandbox.launcher", str(child.fileno()), str(os.getpid())],
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            child.close()
+        self._sock = trio.socket.from_stdlib_socket(parent)
+        nursery = await self._stack.enter_async_context(trio.open_nursery())
+        nursery.start_soon(self._reader)
+        self._nursery = nursery
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._sock is not None and self._proc is not None
+        self._nursery.cancel_scope.cancel()
+        await self._stack.aclose()
+        self._sock.close()  # launcher sees EOF: kills and reaps any box still alive, exits
+        with trio.move_on_after(5) as cs:
+            cs.shield = True
+            await self._proc.wait()
+        if self._proc.returncode is None:
+            self._proc.kill()
+
+    async def _reader(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                msg, anc, _f, _a = await self._sock.recvmsg(
+                    MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4))
+            except OSError:
+                msg, anc = b"", []
+            fds: list[int] = []
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds += [int.from_bytes(data[i:i + 4], sys.byteorder)
+                            for i in range(0, len(data) - len(data) % 4, 4)]
+            if not msg:
+                for s in list(self._slots.values()):  # launcher gone: nothing will report
+                    s.reply.setdefault("op", "error")
+                    s.reply.setdefault("error", "launcher exited")
+                    s.spawned.set()
+                    s.exited.set()
+                return
+            m = json.loads(msg)
+            if m.get("op") in ("spawned", "error"):
+                slot = self._slots.get(m.get("id"))
+                if slot is None:
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                slot.reply = m
+                if fds:
+                    slot.pidfd = fds[0]
+                if m["op"] == "spawned":
+                    self._by_pid[m["pid"]] = slot
+                slot.spawned.set()
+            elif m.get("op") == "exited":
+                slot = self._by_pid.pop(m.get("pid"), None)
+                if slot is not None:
+                    slot.exit = m
+                    slot.exited.set()
+
+    async def _send(self, obj: dict, fds: list[int]) -> None:
+        assert self._sock is not None
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        async with self._send_lock:
+            await self._sock.sendmsg([json.dumps(obj).encode()], anc)
+
+    async def run(self, argv: Sequence[str], config: SandboxConfig | None = None, *,
+                  stdin: bytes | None = None) -> Result:
+        config = (config or SandboxConfig()).validate()
+        argv = [str(a) for a in argv]
+        if not argv:
+            raise ValueError("empty command: give the program to run")
+        async with self._limiter:
+            return await self._run_one(argv, config, stdin)
+
+    async def _run_one(self, argv: list[str], config: SandboxConfig,
+                       stdin: bytes | None) -> Result:
+        lim = config.limits
+        self._next_id += 1
+        rid, slot = self._next_id, _Slot()
+        self._slots[rid] = slot
+        own: list[int] = []
+        try:
+            if stdin is None:
+                in_r, in_w = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
+            else:
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            own += [in_r, out_w, err_w, st_w, out_r, err_r, st_r]
+            t0 = time.monotonic()
+            await self._send({"op": "spawn", "id": rid, "config": config.to_dict(),
+                              "argv": argv}, [in_r, out_w, err_w, st_w])
+            for fd in (in_r, out_w, err_w, st_w):
+                os.close(fd)
+                own.remove(fd)
+            await slot.spawned.wait()
+            if slot.reply.get("op") != "spawned":
+                step = slot.reply.get("step", "launcher")
+                err = slot.reply.get("error", "unknown error")
+                no = slot.reply.get("errno")
+                return xx_result(step, OSError(no, err) if no else err, config)
+            own.append(slot.pidfd)
+            facts = verdict.Facts(lim, slot.reply.get("enforcement", {}), 0.0,
+                                  seccomp_policy=slot.reply.get("seccomp"),
+                                  landlock=bool(slot.reply.get("landlock")))
+            out, err = CappedBuffer(lim.output_limit), CappedBuffer(lim.output_limit)
+            in_holder = [in_w] if in_w >= 0 else []
+            in_w = -1  # owned by in_holder from here: the feeder closes it to signal EOF
+            try:
+                await self._supervise(slot, facts, in_holder, stdin or b"", out_r, err_r, out, err)
+            except BaseException:
+                self._kill(slot)
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(5):
+                        await slot.exited.wait()
+                raise
+            facts.wall_time = time.monotonic() - t0
+            facts.init_wait_status = slot.exit.get("wait_status")
+            facts.cpu_time = float(slot.exit.get("cpu_time", 0.0))
+            facts.max_rss = slot.exit.get("max_rss")
+            try:
+                facts.status_line = os.read(st_r, STATUS_MAX + 1)
+            except BlockingIOError:
+                facts.status_line = b""
+            return verdict.build_result(facts, out.value(), err.value(), out.exceeded,
+                                        err.exceeded)
+        finally:
+            self._slots.pop(rid, None)
+            for fd in own + ([in_w] if in_w >= 0 else []) + locals().get("in_holder", []):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _kill(self, slot: _Slot, reason: str | None = None, facts: verdict.Facts | None = None) -> None:
+        if facts is not None and reason and facts.killed_for is None:
+            facts.killed_for = reason
+        if slot.pidfd >= 0 and not slot.exited.is_set():
+            try:
+                sc.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+
+    async def _supervise(self, slot: _Slot, facts: verdict.Facts, in_holder: list[int], data: bytes,
+                         out_r: int, err_r: int, out: CappedBuffer, err: CappedBuffer) -> None:
+        lim = facts.limits
+
+        async def pump(fd: int, buf: CappedBuffer) -> None:
+            stream = trio.lowlevel.FdStream(os.dup(fd))
+            async with stream:
+                while chunk := await stream.receive_some(CHUNK):
+                    if not buf.feed(chunk):
+                        self._kill(slot, "output", facts)
+                        return
+
+        async def feed() -> None:
+            stream = trio.lowlevel.FdStream(in_holder.pop())
+            async with stream:
+                try:
+                    for i in range(0, len(data), CHUNK):
+                        await stream.send_all(data[i:i + CHUNK])
+                except (trio.BrokenResourceError, OSError):
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, out_r, out)
+            nursery.start_soon(pump, err_r, err)
+            if in_holder:
+                nursery.start_soon(feed)
+            deadline = math.inf if lim.wall_time is None else trio.current_time() + lim.wall_time
+            with trio.move_on_at(deadline):
+                await slot.exited.wait()
+            if not slot.exited.is_set():
+                self._kill(slot, "wall", facts)
+                await slot.exited.wait()
+            nursery.cancel_scope.deadline = trio.current_time() + DRAIN_GRACE
