@@ -16,5 +16,8 @@ else
 fi
 PY=${PYTHON:-/usr/bin/python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' --config-settings editable_mode=compat
+# Byte-compile now (as the installing user): an unprivileged user running from a root-owned
+# checkout cannot write __pycache__, and compiling on every start triples the CLI's cold start.
+.venv/bin/python -m compileall -q sandbox pytest_plugin >/dev/null
 echo "ci/setup.sh: ready (.venv)"

@@ -14,7 +14,6 @@ in-box code paths never pay for it.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +35,8 @@ def run_sync(argv: Sequence[str], config: SandboxConfig | None = None, *,
     threads exist, cloning here would be unsafe, so a trio supervisor with its own
     single-threaded launcher process does it instead.
     """
+    import threading
+
     if threading.active_count() == 1:
         from sandbox.direct import run_direct
 

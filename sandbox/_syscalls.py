@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -20,7 +19,7 @@ _NR = {
                "pidfd_send_signal": 424, "openat2": 437, "setns": 308},
     "aarch64": {"clone3": 435, "pivot_root": 41, "close_range": 436, "pidfd_open": 434,
                 "pidfd_send_signal": 424, "openat2": 437, "setns": 268},
-}[platform.machine()]
+}[os.uname().machine]
 
 # clone / unshare flags (linux/sched.h)
 CLONE_NEWNS = 0x00020000

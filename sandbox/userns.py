@@ -14,8 +14,6 @@ Three modes, chosen in the parent before the clone:
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 ROOT_BLOCK_BASE = 0x40000000
@@ -55,6 +53,7 @@ def plan_ids(inside_uid: int, inside_gid: int, id_map: str = "auto") -> IdPlan:
         return IdPlan("root-range", inside_uid, inside_gid, uid, gid)
     if id_map == "range":
         import pwd
+        import shutil
 
         try:
             name = pwd.getpwuid(uid).pw_name
@@ -92,6 +91,8 @@ def write_maps_for(pid: int, plan: IdPlan) -> None:
         _write(f"/proc/{pid}/uid_map", f"0 {base} {BLOCK}\n")
         _write(f"/proc/{pid}/gid_map", f"0 {base} {BLOCK}\n")
         return
+    import subprocess  # only for the subordinate-id mode; keeps the CLI's cold start low
+
     assert plan.subuid and plan.subgid
     for tool, (start, count), own in (("newuidmap", plan.subuid, plan.outside_uid),
                                       ("newgidmap", plan.subgid, plan.outside_gid)):

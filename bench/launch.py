@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Per-sandbox launch latency, ours vs bubblewrap, measured side by side in one run.
+
+    python bench/launch.py [--n 200]
+
+1. library: median latency of `/bin/true` through a warm trio Supervisor (launcher already
+   running) and through the trio-free direct runner, vs `bwrap --unshare-all ...` spawned with
+   subprocess from this same Python. Goal: ours <= 0.8x bwrap.
+2. CLI cold start: `sandbox run -- /bin/true` vs the `bwrap` CLI. Goal: <= 5x.
+3. loopback bring-up inside a fresh network namespace: SIOCSIFFLAGS ioctl vs pyroute2.
+Samples are interleaved so machine noise hits both sides alike. Prints medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import trio
+
+import sandbox
+from sandbox import SandboxConfig
+from sandbox.direct import run_direct
+
+BWRAP = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"]
+
+
+def med_ms(xs: list[float]) -> float:
+    return statistics.median(xs) * 1000
+
+
+def bench_library(n: int) -> tuple[list[float], list[float], list[float]]:
+    sup_t: list[float] = []
+    dir_t: list[float] = []
+    bw_t: list[float] = []
+    cfg = SandboxConfig()
+
+    async def main() -> None:
+        async with sandbox.Supervisor() as sup:
+            await sup.run(["/bin/true"], cfg)  # warm
+            for _ in range(n):
+                t = time.perf_counter()
+                r = await sup.run(["/bin/true"], cfg)
+                sup_t.append(time.perf_counter() - t)
+                assert r.ok, r
+                t = time.perf_counter()
+                subprocess.run(BWRAP, check=True)
+                bw_t.append(time.perf_counter() - t)
+
+    trio.run(main)
+    run_direct(["/bin/true"], cfg)
+    for _ in range(n):
+        t = time.perf_counter()
+        r = run_direct(["/bin/true"], cfg)
+        dir_t.append(time.perf_counter() - t)
+        assert r.ok, r
+    return sup_t, dir_t, bw_t
+
+
+def bench_cli(n: int) -> tuple[list[float], list[float]]:
+    exe = shutil.which("sandbox") or os.path.join(os.path.dirname(sys.executable), "sandbox")
+    ours: list[float] = []
+    bw: list[float] = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run([exe, "run", "--", "/bin/true"], check=True)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        subprocess.run(BWRAP, check=True)
+        bw.append(time.perf_counter() - t)
+    return ours, bw
+
+
+def bench_loopback(n: int) -> tuple[float, float]:
+    """Median µs for bringing lo up in a fresh user+net namespace, both ways (pyroute2 figure
+    includes its import, as the child would pay it)."""
+    from sandbox import _syscalls as sc
+    from sandbox import net
+
+    out = {}
+    for name in ("ioctl", "pyroute2"):
+        samples = []
+        for _ in range(n):
+            r, w = os.pipe()
+            pid, pidfd = sc.clone3(sc.CLONE_NEWUSER | sc.CLONE_NEWNET, exit_signal=signal.SIGCHLD)
+            if pid == 0:
+                try:
+                    t = time.perf_counter()
+                    (net.loopback_up if name == "ioctl" else net.loopback_up_pyroute2)()
+                    os.write(w, str(time.perf_counter() - t).encode())
+                finally:
+                    os._exit(0)
+            os.close(w)
+            samples.append(float(os.read(r, 64) or 0))
+            os.close(r)
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+        out[name] = statistics.median(samples) * 1e6
+    return out["ioctl"], out["pyroute2"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--cli-n", type=int, default=30)
+    a = ap.parse_args()
+    if not shutil.which("bwrap"):
+        sys.exit("bench/launch.py: bwrap not found (apt-get install bubblewrap)")
+    sup_t, dir_t, bw_t = bench_library(a.n)
+    print(f"library, /bin/true, n={a.n}, median per sandbox:")
+    print(f"  ours (warm trio supervisor)  {med_ms(sup_t):7.2f} ms   ratio vs bwrap {med_ms(sup_t) / med_ms(bw_t):.2f}x")
+    print(f"  ours (direct, no trio)       {med_ms(dir_t):7.2f} ms   ratio vs bwrap {med_ms(dir_t) / med_ms(bw_t):.2f}x")
+    print(f"  bwrap --unshare-all          {med_ms(bw_t):7.2f} ms   (goal: ours <= 0.8x)")
+    cli, cli_bw = bench_cli(a.cli_n)
+    print(f"CLI cold start, n={a.cli_n}: sandbox run -- /bin/true {med_ms(cli):.2f} ms, "
+          f"bwrap {med_ms(cli_bw):.2f} ms, ratio {med_ms(cli) / med_ms(cli_bw):.2f}x (goal <= 5x)")
+    io, pr = bench_loopback(20)
+    print(f"loopback up in a new netns: ioctl {io:.0f} us, pyroute2 (incl. import) {pr:.0f} us")
+
+
+if __name__ == "__main__":
+    main()
