@@ -70,6 +70,7 @@ def prepare(config: SandboxConfig, target: Target, *,
     plan, enforcement = rlimits.plan_rlimits(config.limits, cgroup_enforced)
     prep = Prepared(config, target, env, userns.plan_ids(config.uid, config.gid, config.id_map),
                     rootfs.plan_rootfs(config), plan, enforcement)
+    prep.rootfs.cgroup = bool(cgroup_enforced)
     if config.seccomp != "none":
         from sandbox import seccomp  # compiled once per policy in this (parent) process
 

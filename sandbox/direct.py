@@ -14,6 +14,7 @@ import select
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sandbox import _syscalls as sc
 from sandbox import contain, spawn, verdict
@@ -79,12 +80,18 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
     config = (config or SandboxConfig()).validate()
     if not callable(target) and not list(target):
         raise ValueError("empty command: give the program to run, e.g. ['python3', '-c', 'print(1)']")
+    box_cg, cg_err = open_box_cgroup(config)
+    if cg_err:
+        return xx_result("cgroup", cg_err, config)
     try:
-        prep = prepared or contain.prepare(config, target)
+        prep = prepared or contain.prepare(config, target, cgroup_enforced=cgroup_enforced(box_cg))
     except OSError as e:
+        if box_cg is not None:
+            box_cg.destroy()
         return xx_result("prepare", e, config)
     lim = config.limits
     fds: list[int] = []
+    facts: verdict.Facts | None = None
     try:
         if stdin is None and inherit_stdin:
             in_r, in_w = os.dup(0), -1
@@ -97,11 +104,15 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         fds += [in_r, out_r, out_w, err_r, err_w, st_r, st_w] + ([in_w] if in_w >= 0 else [])
         t0 = time.monotonic()
+        cg_fd = box_cg.dir_fd() if box_cg is not None else None
         try:
             box = spawn.spawn_box(prep, stdin=in_r, stdout=out_w, stderr=err_w, status_w=st_w,
-                                  pass_fds=pass_fds)
+                                  pass_fds=pass_fds, cgroup_fd=cg_fd)
         except OSError as e:
             return xx_result("clone", e, config)
+        finally:
+            if cg_fd is not None:
+                os.close(cg_fd)
         for fd in (in_r, out_w, err_w, st_w):
             os.close(fd)
             fds.remove(fd)
@@ -111,15 +122,20 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         out = CappedBuffer(lim.output_limit, 1, on_output)
         err = CappedBuffer(lim.output_limit, 2, on_output)
         _pump(box, in_w, stdin or b"", {out_r: out, err_r: err}, facts,
-              None if lim.wall_time is None else t0 + lim.wall_time)
+              None if lim.wall_time is None else t0 + lim.wall_time,
+              cpu_watch(box_cg, lim.cpu_time))
         _, status, ru = os.wait4(box.pid, 0)
         facts.wall_time = time.monotonic() - t0
         facts.init_wait_status = status
         facts.cpu_time = ru.ru_utime + ru.ru_stime
         facts.max_rss = ru.ru_maxrss * 1024
         facts.status_line = _read_bounded(st_r, contain.STATUS_MAX)
+        if box_cg is not None:
+            facts.cgroup = box_cg.stats()
         return verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded)
     finally:
+        if box_cg is not None:
+            box_cg.destroy()
         for fd in fds:
             try:
                 os.close(fd)
@@ -127,8 +143,63 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
                 pass
 
 
+_MANAGERS: dict[int, object] = {}  # pid → CgroupManager | None: one subtree per process
+
+
+def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
+    """A fresh cgroup v2 leaf for one box, or (None, None) to fall back to rlimits, or
+    (None, reason) when ``require_cgroup`` forbids the fallback. The manager (our delegated
+    subtree) is opened once per process, so pytest-xdist workers never collide."""
+    if not config.use_cgroup:
+        return None, None
+    try:
+        from sandbox import cgroups
+    except ImportError:  # TODO(core): remove once sandbox/cgroups.py has landed
+        return None, ("cgroup support is not installed" if config.require_cgroup else None)
+
+    pid = os.getpid()
+    if pid not in _MANAGERS:
+        try:
+            _MANAGERS[pid] = cgroups.CgroupManager.open(require=False)
+        except OSError:
+            _MANAGERS[pid] = None
+    mgr: Any = _MANAGERS[pid]
+    if mgr is None:
+        if config.require_cgroup:
+            return None, f"no usable delegated cgroup v2 subtree ({cgroups.detect().reason})"
+        return None, None
+    try:
+        return mgr.create_box(config.limits), None
+    except OSError as e:
+        if config.require_cgroup:
+            return None, f"cannot create the box's cgroup: {e}"
+        return None, None
+
+
+def cgroup_enforced(box_cg: Any) -> frozenset[str]:
+    if box_cg is None:
+        return frozenset()
+    return frozenset(k for k, v in box_cg.enforced.items() if v == "cgroup")
+
+
+def cpu_watch(box_cg: Any, limit: float | None) -> Callable[[], float | None] | None:
+    """Whole-box CPU-time check from cgroup ``cpu.stat``. Returns seconds until the earliest
+    moment the budget could run out (remaining / CPUs the box may use), or None when spent:
+    no fixed-interval polling, and a box that sleeps costs one read per wake-up."""
+    if box_cg is None or limit is None or "cpu_time" not in cgroup_enforced(box_cg):
+        return None
+    ncpu = max(1.0, min(float(os.cpu_count() or 1), box_cg.cpu_limit() or 1e9)) \
+        if hasattr(box_cg, "cpu_limit") else float(os.cpu_count() or 1)
+
+    def check() -> float | None:
+        remaining = limit - box_cg.cpu_seconds()
+        return None if remaining <= 0 else max(0.005, remaining / ncpu)
+    return check
+
+
 def _pump(box: spawn.BoxProcess, in_w: int, data: bytes, outs: dict[int, CappedBuffer],
-          facts: verdict.Facts, deadline: float | None) -> None:
+          facts: verdict.Facts, deadline: float | None,
+          cpu_check: Callable[[], float | None] | None = None) -> None:
     """Move bytes until the box's init exits; kill it on wall time or output overflow."""
     poller = select.poll()
     for fd in outs:
@@ -155,13 +226,21 @@ def _pump(box: spawn.BoxProcess, in_w: int, data: bytes, outs: dict[int, CappedB
             timeout = None
             if deadline is not None and not killed:
                 timeout = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+            cpu_wait = cpu_check() if cpu_check is not None and not killed else 1.0
+            if cpu_wait is None:
+                kill("cpu")
+                continue
+            if cpu_check is not None and not killed:
+                ms = int(cpu_wait * 1000) + 1
+                timeout = ms if timeout is None else min(timeout, ms)
             if exited:
                 timeout = 2000  # all box processes are dead; drain what is left in the pipes
             events = poller.poll(timeout)
             if not events:
                 if exited:
                     break
-                kill("wall")
+                if deadline is not None and time.monotonic() >= deadline:
+                    kill("wall")
                 continue
             for fd, ev in events:
                 if fd == box.pidfd:

@@ -48,6 +48,7 @@ class RootfsPlan:
     ops: list[Op] = field(default_factory=list)
     etc_files: dict[str, bytes | tuple[str, str]] = field(default_factory=dict)
     tmpfs_size: int = 0
+    cgroup: bool = False  # mount our cgroup namespace's cgroup2 read-only at /sys/fs/cgroup
 
 
 def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
@@ -255,6 +256,12 @@ def build_rootfs(plan: RootfsPlan) -> None:
                 _overlay(n, "/oldroot" + src, "/newroot" + dst)
             else:
                 _bind("/oldroot" + src, "/newroot" + dst, readonly=(kind != "bind"))
+    if plan.cgroup:
+        # Programs inside can read their own limits (memory.max, cpu.max ...) but change nothing:
+        # the cgroup namespace (unshared by init inside its leaf) makes the leaf look like "/".
+        _make_target("/sys/fs/cgroup", True)
+        sc.mount("cgroup2", "/newroot/sys/fs/cgroup", "cgroup2",
+                 sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     _setup_dev()
     _setup_proc()
     os.chdir("/newroot")

@@ -32,7 +32,7 @@ from sandbox import _syscalls as sc
 from sandbox import verdict
 from sandbox.config import SandboxConfig
 from sandbox.contain import STATUS_MAX
-from sandbox.direct import CHUNK, CappedBuffer, xx_result
+from sandbox.direct import CHUNK, CappedBuffer, cgroup_enforced, open_box_cgroup, xx_result
 from sandbox.launcher import MAX_FDS, MAX_MSG
 from sandbox.result import Result
 
@@ -64,6 +64,9 @@ class Supervisor:
         self._send_lock = trio.Lock()
 
     async def __aenter__(self) -> Supervisor:
+        # Open our cgroup subtree first (it may move this process into a leaf, per the
+        # no-internal-processes rule), so the launcher starts where it belongs.
+        open_box_cgroup(SandboxConfig(use_cgroup=True))
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = await trio.lowlevel.open_process(
@@ -140,10 +143,17 @@ class Supervisor:
         if not argv:
             raise ValueError("empty command: give the program to run")
         async with self._limiter:
-            return await self._run_one(argv, config, stdin)
+            box_cg, cg_err = open_box_cgroup(config)
+            if cg_err:
+                return xx_result("cgroup", cg_err, config)
+            try:
+                return await self._run_one(argv, config, stdin, box_cg)
+            finally:
+                if box_cg is not None:
+                    box_cg.destroy()
 
     async def _run_one(self, argv: list[str], config: SandboxConfig,
-                       stdin: bytes | None) -> Result:
+                       stdin: bytes | None, box_cg: Any) -> Result:
         lim = config.limits
         self._next_id += 1
         rid, slot = self._next_id, _Slot()
@@ -159,8 +169,13 @@ class Supervisor:
             st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             own += [in_r, out_w, err_w, st_w, out_r, err_r, st_r]
             t0 = time.monotonic()
+            send_fds = [in_r, out_w, err_w, st_w]
+            if box_cg is not None:
+                send_fds.append(box_cg.dir_fd())
+                own.append(send_fds[-1])
             await self._send({"op": "spawn", "id": rid, "config": config.to_dict(),
-                              "argv": argv}, [in_r, out_w, err_w, st_w])
+                              "argv": argv, "cgroup": box_cg is not None,
+                              "cgroup_enforced": sorted(cgroup_enforced(box_cg))}, send_fds)
             for fd in (in_r, out_w, err_w, st_w):
                 os.close(fd)
                 own.remove(fd)
@@ -178,7 +193,8 @@ class Supervisor:
             in_holder = [in_w] if in_w >= 0 else []
             in_w = -1  # owned by in_holder from here: the feeder closes it to signal EOF
             try:
-                await self._supervise(slot, facts, in_holder, stdin or b"", out_r, err_r, out, err)
+                await self._supervise(slot, facts, in_holder, stdin or b"", out_r, err_r, out, err,
+                                      box_cg)
             except BaseException:
                 self._kill(slot)
                 with trio.CancelScope(shield=True):
@@ -193,6 +209,8 @@ class Supervisor:
                 facts.status_line = os.read(st_r, STATUS_MAX + 1)
             except BlockingIOError:
                 facts.status_line = b""
+            if box_cg is not None:
+                facts.cgroup = box_cg.stats()
             return verdict.build_result(facts, out.value(), err.value(), out.exceeded,
                                         err.exceeded)
         finally:
@@ -213,7 +231,8 @@ class Supervisor:
                 pass
 
     async def _supervise(self, slot: _Slot, facts: verdict.Facts, in_holder: list[int], data: bytes,
-                         out_r: int, err_r: int, out: CappedBuffer, err: CappedBuffer) -> None:
+                         out_r: int, err_r: int, out: CappedBuffer, err: CappedBuffer,
+                         box_cg: Any = None) -> None:
         lim = facts.limits
 
         async def pump(fd: int, buf: CappedBuffer) -> None:
@@ -238,10 +257,18 @@ class Supervisor:
             nursery.start_soon(pump, err_r, err)
             if in_holder:
                 nursery.start_soon(feed)
+            cpu_scope = trio.CancelScope()
+            if box_cg is not None and lim.cpu_time is not None and "cpu_time" in cgroup_enforced(box_cg):
+                async def cpu_limit() -> None:
+                    with cpu_scope:
+                        await box_cg.watch_cpu_time(lim.cpu_time)
+                        self._kill(slot, "cpu", facts)
+                nursery.start_soon(cpu_limit)
             deadline = math.inf if lim.wall_time is None else trio.current_time() + lim.wall_time
             with trio.move_on_at(deadline):
                 await slot.exited.wait()
             if not slot.exited.is_set():
                 self._kill(slot, "wall", facts)
                 await slot.exited.wait()
+            cpu_scope.cancel()
             nursery.cancel_scope.deadline = trio.current_time() + DRAIN_GRACE
