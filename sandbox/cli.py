@@ -54,6 +54,9 @@ def _build_parser() -> argparse.ArgumentParser:
     box.add_argument("--uid", type=int, default=None, help="uid inside the box (default 1000)")
     box.add_argument("--gid", type=int, default=None, help="gid inside the box (default 1000)")
     box.add_argument("--hostname", default="sandbox")
+    box.add_argument("--id-map", default="auto", choices=("auto", "single", "range"),
+                     help="uid/gid map: single id (unprivileged default), or a 65536-id range "
+                          "(root: a high host block; users: /etc/subuid via newuidmap)")
     box.add_argument("--seccomp", default=None,
                      help="default (the default) or none (debugging only: see docs/threat-model.md)")
     box.add_argument("--require-cgroup", action="store_true",
@@ -84,7 +87,7 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
     mounts = [parse_mount_arg(kind, arg) for kind in ("ro-bind", "bind", "overlay", "tmpfs")
               for arg in getattr(a, kind.replace("-", "_"))]
     cfg = SandboxConfig(limits=limits, network=a.net, mounts=mounts, cwd=a.cwd, env=env,
-                        hostname=a.hostname, require_cgroup=a.require_cgroup)
+                        hostname=a.hostname, require_cgroup=a.require_cgroup, id_map=a.id_map)
     if a.seccomp is not None:
         cfg.seccomp = a.seccomp
     if a.uid is not None:

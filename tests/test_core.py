@@ -263,3 +263,27 @@ def test_temp_dir_untouched(no_leftovers):
 
 def test_default_config_enables_seccomp():
     assert SandboxConfig().seccomp == "default"
+
+
+def _subid_range_available() -> bool:
+    import pwd
+    import shutil
+
+    if os.geteuid() == 0 or not shutil.which("newuidmap"):
+        return False
+    name = pwd.getpwuid(os.getuid()).pw_name
+    try:
+        with open("/etc/subuid") as f:
+            return any(line.split(":")[0] == name for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _subid_range_available(),
+                    reason="needs an unprivileged user with an /etc/subuid range and newuidmap (apt-get install uidmap)")
+def test_subordinate_id_range_via_newuidmap(no_leftovers):
+    r = sandbox.run_sync(["sh", "-c", "cat /proc/self/uid_map; id -u"], SandboxConfig(id_map="range"))
+    lines = r.stdout.decode().split("\n")
+    assert lines[0].split() == ["0", str(os.getuid()), "1"]
+    assert lines[1].split()[0] == "1" and int(lines[1].split()[2]) > 1000
+    assert lines[2] == "1000"
