@@ -76,11 +76,26 @@ def drop_bounding_set() -> None:
     _raw_prctl(_PR_SET_SECUREBITS, _SECUREBITS)
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
 def clear_capabilities() -> None:
-    """Empty inheritable, effective and permitted: the process holds nothing from here on."""
-    prctl.cap_inheritable.limit()
-    prctl.cap_effective.limit()
-    prctl.cap_permitted.limit()
+    """Empty inheritable, effective and permitted in one capset(2) (python-prctl needs three
+    round trips per set, ~0.1 ms on every box start). The process holds nothing from here on."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capset(ctypes.byref(hdr), data) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
 
 
 def set_no_new_privs() -> None:
