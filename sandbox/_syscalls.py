@@ -13,6 +13,10 @@ import os
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+# Resolve symbols now, in the long-lived parent: each box's child would otherwise pay a dlsym
+# per function on first use (CDLL caches the lookup as an attribute).
+for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset"):
+    getattr(_libc, _name)
 
 _NR = {
     "x86_64": {"clone3": 435, "pivot_root": 155, "close_range": 436, "pidfd_open": 434,

@@ -20,7 +20,8 @@ import select
 
 import prctl
 
-_libc = ctypes.CDLL(None, use_errno=True)
+from sandbox._syscalls import _libc  # symbols pre-resolved in the parent
+
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 

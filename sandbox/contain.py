@@ -111,10 +111,16 @@ def _close_fds_except(keep: Sequence[int]) -> None:
 
 
 def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int,
-              pass_fds: Sequence[int]) -> int:
-    """Body of the box's pid 1. Returns only through os._exit in spawn.py."""
+              pass_fds: Sequence[int], request_fd: int = -1) -> int:
+    """Body of the box's pid 1. Returns only through os._exit in spawn.py.
+
+    With ``request_fd`` the box is *pre-warmed*: the whole setup runs ahead of time and init
+    then waits for the command and its stdio/status fds on that socket (launcher warm pool).
+    A setup failure is held and reported on the status pipe that comes with the request.
+    """
+    failure: StepError | None = None
     try:
-        keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, *pass_fds)
+        keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, request_fd, *pass_fds)
         _step("fds", lambda: _close_fds_except([f for f in keep if f >= 0]))
         _step("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd))
         _step("userns", lambda: _setup_ids(prep, sync_fd))
@@ -126,10 +132,41 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
             _step("network", net.loopback_up)
         _step("dumpable", lambda: caps.set_dumpable(False))
     except StepError as e:
-        _report(status_fd, {"ok": False, "step": e.step, "errno": e.err.errno,
-                            "error": e.err.strerror or str(e.err)})
+        failure = e
+    if request_fd >= 0:
+        status_fd = _await_request(prep, request_fd)
+        if status_fd < 0:
+            return 0  # evicted from the pool before use
+    if failure is not None:
+        _report(status_fd, {"ok": False, "step": failure.step, "errno": failure.err.errno,
+                            "error": failure.err.strerror or str(failure.err)})
         return 1
     return _supervise_payload(prep, status_fd, pass_fds)
+
+
+def _await_request(prep: Prepared, request_fd: int) -> int:
+    """Warm box: block for ``{"argv": [...]}`` + fds [stdin, stdout, stderr, status_w]."""
+    import array
+    import socket
+
+    sock = socket.socket(fileno=request_fd)
+    fds = array.array("i")
+    try:
+        msg, anc, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * fds.itemsize))
+    except OSError:
+        return -1
+    finally:
+        sock.close()
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if not msg or len(fds) != 4:
+        return -1
+    for i in range(3):
+        os.dup2(fds[i], i, inheritable=True)
+        os.close(fds[i])
+    prep.target = [str(a) for a in json.loads(msg)["argv"]]
+    return fds[3]
 
 
 def _setup_ids(prep: Prepared, sync_fd: int) -> None:

@@ -48,13 +48,27 @@ def send_msg(sock: socket.socket, obj: dict, fds: list[int] | None = None) -> No
 
 
 class Launcher:
-    def __init__(self, sock: socket.socket) -> None:
+    """Serves spawn requests; keeps a small pool of pre-warmed boxes for the config in use.
+
+    Warm pool: after serving a request for config K, the launcher pre-builds up to
+    ``pool_size`` boxes for K (clone + namespaces + rootfs run in those children, on another
+    core, while the supervisor is busy with the current box). The next request for K only
+    hands argv and fds to a waiting init, which hardens and execs: the clone and setup leave
+    the latency path. Boxes using a cgroup are always built cold (the leaf and the cgroup
+    namespace must exist before the box is), and a new config evicts the old pool.
+    """
+
+    def __init__(self, sock: socket.socket, pool_size: int = 0) -> None:
         self.sock = sock
-        self.boxes: dict[int, int] = {}  # pid → pidfd
+        self.boxes: dict[int, int] = {}  # pid → pidfd, boxes handed to the supervisor
         self.cache: dict[str, contain.Prepared] = {}
+        self.pool_size = pool_size
+        self.pool_key: str | None = None
+        self.pool: list[spawn.WarmBox] = []
+        self.warm_pids: set[int] = set()
 
     def prepared(self, cfg_json: dict, argv: list[str], cgroup_enforced: list[str]) -> contain.Prepared:
-        key = json.dumps([cfg_json, sorted(cgroup_enforced)], sort_keys=True)
+        key = self.key(cfg_json, cgroup_enforced)
         prep = self.cache.get(key)
         if prep is None:
             cfg = SandboxConfig.from_dict(cfg_json).validate()
@@ -64,6 +78,41 @@ class Launcher:
             self.cache[key] = prep
         return dataclasses.replace(prep, target=argv)
 
+    @staticmethod
+    def key(cfg_json: dict, cgroup_enforced: list[str]) -> str:
+        return json.dumps([cfg_json, sorted(cgroup_enforced)], sort_keys=True)
+
+    def take_warm(self, key: str, argv: list[str], fds: list[int]) -> tuple[int, int] | None:
+        """Hand the request to a warm box for this config, if one is waiting."""
+        while self.pool_key == key and self.pool:
+            wb = self.pool.pop()
+            self.warm_pids.discard(wb.pid)
+            try:
+                send_msg(socket.socket(fileno=os.dup(wb.ctl)), {"argv": argv}, fds[:4])
+            except OSError:
+                self.discard(wb)
+                continue
+            os.close(wb.ctl)
+            return wb.pid, wb.pidfd
+        return None
+
+    def refill(self, key: str, prep: contain.Prepared) -> None:
+        if self.pool_key != key:
+            for wb in self.pool:
+                self.discard(wb)
+            self.pool, self.pool_key = [], key
+        while len(self.pool) < self.pool_size:
+            try:
+                wb = spawn.spawn_warm(dataclasses.replace(prep, target=[]))
+            except OSError:
+                return
+            self.pool.append(wb)
+            self.warm_pids.add(wb.pid)
+
+    def discard(self, wb: spawn.WarmBox) -> None:
+        """Closing the request socket makes a waiting warm init exit; the reaper collects it."""
+        os.close(wb.ctl)
+        os.close(wb.pidfd)
     def spawn(self, req: dict, fds: list[int]) -> None:
         rid = req.get("id")
         try:
@@ -72,8 +121,13 @@ class Launcher:
             prep = self.prepared(req["config"], [str(a) for a in req["argv"]],
                                  req.get("cgroup_enforced", []))
             cgroup_fd = fds[4] if req.get("cgroup") and len(fds) > 4 else None
-            box = spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
-                                  status_w=fds[3], cgroup_fd=cgroup_fd)
+            key = self.key(req["config"], req.get("cgroup_enforced", []))
+            warm = None if cgroup_fd is not None else self.take_warm(key, prep.target, fds)
+            if warm is not None:
+                box = spawn.BoxProcess(*warm)
+            else:
+                box = spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                                      status_w=fds[3], cgroup_fd=cgroup_fd)
         except Exception as e:  # noqa: BLE001 - every failure becomes an XX verdict upstream
             err = e.errno if isinstance(e, OSError) else None
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -87,6 +141,8 @@ class Launcher:
         send_msg(self.sock, {"op": "spawned", "id": rid, "pid": box.pid,
                              "enforcement": prep.enforcement, "seccomp": prep.seccomp_desc,
                              "landlock": prep.landlock}, [box.pidfd])
+        if cgroup_fd is None and self.pool_size:
+            self.refill(key, prep)
 
     def reap(self) -> None:
         while True:
@@ -96,6 +152,10 @@ class Launcher:
                 return
             if pid == 0:
                 return
+            if pid in self.warm_pids:  # a pooled box that died unused: nobody to tell
+                self.warm_pids.discard(pid)
+                self.pool = [wb for wb in self.pool if wb.pid != pid or self.discard(wb)]
+                continue
             pidfd = self.boxes.pop(pid, -1)
             if pidfd >= 0:
                 os.close(pidfd)
@@ -104,12 +164,15 @@ class Launcher:
                                  "max_rss": ru.ru_maxrss * 1024})
 
     def kill_all(self) -> None:
+        for wb in self.pool:
+            self.discard(wb)
+        self.pool = []
         for pidfd in self.boxes.values():
             try:
                 sc.pidfd_send_signal(pidfd, signal.SIGKILL)
             except OSError:
                 pass
-        for pid in list(self.boxes):
+        for pid in [*self.boxes, *self.warm_pids]:
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
@@ -147,6 +210,7 @@ class Launcher:
 
 def main() -> None:
     fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    pool_size = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which decides
     import prctl
 
@@ -155,7 +219,7 @@ def main() -> None:
         os._exit(1)
     sock = socket.socket(fileno=fd)
     try:
-        Launcher(sock).serve()
+        Launcher(sock, pool_size).serve()
     except (BrokenPipeError, ConnectionResetError):
         pass
 

@@ -43,8 +43,36 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
+@dataclass
+class WarmBox:
+    pid: int
+    pidfd: int
+    ctl: int  # our end of the request socket
+
+
+def spawn_warm(prep: contain.Prepared) -> WarmBox:
+    """Pre-build a box (namespaces, rootfs, hostname, lo) that waits for its command.
+
+    Handing a request to a warm box skips clone and setup (~4 ms) on the hot path; see
+    launcher.py. The box is identical to a cold one: same sequence, same hardening, which
+    still happens after the request arrives, right before exec.
+    """
+    import socket
+
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        box = spawn_box(prep, stdin=null, stdout=null, stderr=null, status_w=-1,
+                        request_fd=child_end.fileno())
+    finally:
+        os.close(null)
+        child_end.close()
+    return WarmBox(box.pid, box.pidfd, parent_end.detach())
+
+
 def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, status_w: int,
-              pass_fds: Sequence[int] = (), cgroup_fd: int | None = None) -> BoxProcess:
+              pass_fds: Sequence[int] = (), cgroup_fd: int | None = None,
+              request_fd: int = -1) -> BoxProcess:
     """Clone the box's init with stdio on 0/1/2; ``status_w`` receives init's JSON report.
 
     The caller keeps ownership of the fds it passed (close your copies after this returns).
@@ -54,13 +82,14 @@ def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, s
     parent_pidfd = sc.pidfd_open(os.getpid())
     try:
         return _clone(prep, flags, parent_pidfd, stdin, stdout, stderr, status_w, pass_fds,
-                      cgroup_fd)
+                      cgroup_fd, request_fd)
     finally:
         os.close(parent_pidfd)
 
 
 def _clone(prep: contain.Prepared, flags: int, parent_pidfd: int, stdin: int, stdout: int,
-           stderr: int, status_w: int, pass_fds: Sequence[int], cgroup_fd: int | None) -> BoxProcess:
+           stderr: int, status_w: int, pass_fds: Sequence[int], cgroup_fd: int | None,
+           request_fd: int) -> BoxProcess:
     sync_r = sync_w = -1
     if prep.ids.parent_writes:
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
@@ -78,7 +107,8 @@ def _clone(prep: contain.Prepared, flags: int, parent_pidfd: int, stdin: int, st
             if sync_w >= 0:
                 os.close(sync_w)
             code = contain.init_main(prep, status_fd=status_w, sync_fd=sync_r,
-                                     parent_pidfd=parent_pidfd, pass_fds=pass_fds)
+                                     parent_pidfd=parent_pidfd, pass_fds=pass_fds,
+                                     request_fd=request_fd)
         except BaseException as e:  # noqa: BLE001 - report anything, never unwind into caller
             contain._report(status_w, {"ok": False, "step": "init", "errno": 0,
                                        "error": repr(e)[:200]})

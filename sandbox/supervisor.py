@@ -53,7 +53,10 @@ class _Slot:
 class Supervisor:
     """``async with Supervisor() as sup: await sup.run(argv, config)``."""
 
-    def __init__(self, *, max_concurrent: int | None = None) -> None:
+    def __init__(self, *, max_concurrent: int | None = None, warm_pool: int = 2) -> None:
+        """``warm_pool``: boxes the launcher pre-builds for the config in use (0 = none);
+        they take clone and rootfs set-up off the latency path (see launcher.py)."""
+        self._warm_pool = warm_pool
         self._limiter = trio.CapacityLimiter(max_concurrent or max(2, 4 * (os.cpu_count() or 1)))
         self._stack = AsyncExitStack()
         self._slots: dict[int, _Slot] = {}
@@ -70,7 +73,8 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "sandbox.launcher", str(child.fileno()), str(os.getpid())],
+                [sys.executable, "-m", "sandbox.launcher", str(child.fileno()), str(os.getpid()),
+                 str(self._warm_pool)],
                 pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
         finally:
             child.close()
