@@ -201,7 +201,7 @@ class SandboxConfig:
     uid: int = DEFAULT_UID
     gid: int = DEFAULT_GID
     hostname: str = DEFAULT_HOSTNAME
-    seccomp: str = "none"  # TODO(core): back to "default" once sandbox/seccomp.py lands
+    seccomp: str = "default"  # policy name: "default" | "none" (debugging only)
     seccomp_allow: tuple[str, ...] = ()  # syscalls to relax per box
     seccomp_deny: tuple[str, ...] = ()  # extra syscalls to deny per box
     landlock: bool = False
@@ -225,6 +225,13 @@ class SandboxConfig:
         for k in self.env:
             if not k or "=" in k or "\0" in k:
                 raise ConfigError(f"--env {k!r}: not a valid variable name")
+        if self.seccomp_allow or self.seccomp_deny:
+            from sandbox.seccomp import policy_for  # pyseccomp: only when a box asks for it
+
+            try:
+                policy_for(self.seccomp, tuple(self.seccomp_allow), tuple(self.seccomp_deny))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         mounts = [m.validate() for m in self.mounts]
         seen: dict[str, str] = {}
         for m in mounts:
