@@ -1,0 +1,88 @@
+"""Reading what a box wrote, from the host, without trusting it.
+
+A box controls every name under a directory it could write (a ``--bind`` output dir, an
+overlay upper). The host must never follow a symlink the box planted there (judge0's
+CVE-2024-28185/28189: a planted symlink made the judge read or write host files), must not be
+stalled by a FIFO or device, and must bound what it reads. Everything here opens with
+``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`` relative to a
+directory fd, refuses anything but regular files and directories, and caps sizes and counts.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+
+from sandbox import _syscalls as sc
+
+RESOLVE = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
+DEFAULT_MAX = 16 * 1024 * 1024
+
+
+class UnsafePath(OSError):
+    pass
+
+
+def open_beneath(root_fd: int, relpath: str, *, directory: bool = False) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_DIRECTORY if directory else 0)
+    try:
+        fd = sc.openat2(root_fd, relpath.lstrip("/") or ".", flags, RESOLVE)
+    except OSError as e:
+        if e.errno in (40, 18):  # ELOOP (a symlink), EXDEV (escapes the root)
+            raise UnsafePath(e.errno, f"{relpath}: refusing to follow a link the box created") from None
+        raise
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        os.close(fd)
+        raise UnsafePath(22, f"{relpath}: not a regular file or directory")
+    return fd
+
+
+def read_beneath(root: str | int, relpath: str, max_bytes: int = DEFAULT_MAX) -> bytes:
+    """Read ``root/relpath`` (a box-controlled tree) safely, at most ``max_bytes``."""
+    root_fd = root if isinstance(root, int) else os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = open_beneath(root_fd, relpath)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePath(21, f"{relpath}: is a directory")
+            out = bytearray()
+            while len(out) < max_bytes and (chunk := os.read(fd, min(65536, max_bytes - len(out)))):
+                out += chunk
+            return bytes(out)
+        finally:
+            os.close(fd)
+    finally:
+        if not isinstance(root, int):
+            os.close(root_fd)
+
+
+def walk_beneath(root: str, max_entries: int = 10000) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative path, lstat) for every entry under ``root`` without following symlinks
+    (they are reported as links, never entered), stopping after ``max_entries``."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    count = 0
+    stack: list[tuple[int, str]] = [(root_fd, "")]
+    try:
+        while stack:
+            dfd, prefix = stack.pop()
+            try:
+                names = sorted(os.listdir(dfd))
+                for name in names:
+                    count += 1
+                    if count > max_entries:
+                        return
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    rel = f"{prefix}{name}"
+                    yield rel, st
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append((open_beneath(dfd, name, directory=True), rel + "/"))
+            finally:
+                if dfd != root_fd:
+                    os.close(dfd)
+    finally:
+        for dfd, _ in stack:
+            if dfd != root_fd:
+                os.close(dfd)
+        os.close(root_fd)
