@@ -276,7 +276,11 @@ def _fork_callable(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> t
 
 
 def _call_target(prep: Prepared) -> int:
+    """Run the in-box function. Its Python image is a copy of the caller's, so the caller's
+    environment (tokens, credentials in CI variables) is replaced by the box's clean one."""
     assert callable(prep.target)
+    os.environ.clear()
+    os.environ.update(prep.env)
     try:
         return int(prep.target() or 0)
     except SystemExit as e:

@@ -77,6 +77,10 @@ def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, s
 
     The caller keeps ownership of the fds it passed (close your copies after this returns).
     """
+    import threading
+
+    if threading.active_count() > 1:
+        return _spawn_via_fork(prep, stdin, stdout, stderr, status_w, pass_fds, cgroup_fd)
     flags = BASE_FLAGS | (sc.CLONE_NEWNET if prep.config.network == "none" else 0)
     # A pidfd of ourselves that the child polls to detect our death (see caps.py).
     parent_pidfd = sc.pidfd_open(os.getpid())
@@ -85,6 +89,28 @@ def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, s
                       cgroup_fd, request_fd)
     finally:
         os.close(parent_pidfd)
+
+
+def _spawn_via_fork(prep: contain.Prepared, stdin: int, stdout: int, stderr: int,
+                    status_w: int, pass_fds: Sequence[int], cgroup_fd: int | None) -> BoxProcess:
+    """From a multi-threaded caller (e.g. a pytest-xdist worker, whose execnet I/O thread may
+    hold the malloc lock), first os.fork(): libc and Python run their at-fork handlers, so the
+    child is a sane single-threaded process. It clones the box, waits for it and exits; the
+    box's init dies with it (PDEATHSIG), and its rusage includes the box's."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            box = spawn_box(prep, stdin=stdin, stdout=stdout, stderr=stderr, status_w=status_w,
+                            pass_fds=pass_fds, cgroup_fd=cgroup_fd)
+            _, status = os.waitpid(box.pid, 0)
+            code = os.waitstatus_to_exitcode(status) & 0xFF
+        except BaseException:  # noqa: BLE001 - the box never started: init's report says why
+            contain._report(status_w, {"ok": False, "step": "clone", "errno": 0,
+                                       "error": "could not start the box from a forked helper"})
+        finally:
+            os._exit(code)
+    return BoxProcess(pid, sc.pidfd_open(pid))
 
 
 def _clone(prep: contain.Prepared, flags: int, parent_pidfd: int, stdin: int, stdout: int,
