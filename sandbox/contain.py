@@ -261,6 +261,7 @@ def _fork_callable(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> t
             os.close(exec_r)
             os.close(status_fd)
             os.setsid()
+            prep.rlimits = rlimits.on_top_of_current_image(prep.rlimits)
             for name, fn in _hardening_steps(prep, [exec_w, *pass_fds]):
                 try:
                     fn()

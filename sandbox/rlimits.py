@@ -65,3 +65,13 @@ def apply_rlimits(plan: Plan) -> None:
             hard = cur_hard  # cannot raise a hard limit; keep the stricter host value
             soft = min(soft, hard)
         resource.setrlimit(res, (soft, hard))
+
+
+def on_top_of_current_image(plan: Plan) -> Plan:
+    """For a box that runs a *forked* Python function (the pytest plugin) instead of exec'ing:
+    it inherits the caller's whole address space, so RLIMIT_AS must count from there, or a
+    large pytest process would have no memory left at all. The limit then means "this much
+    more than the test process already had"."""
+    with open("/proc/self/statm") as f:
+        vsz = int(f.read().split()[0]) * resource.getpagesize()
+    return [(r, s + vsz, h + vsz) if r == resource.RLIMIT_AS else (r, s, h) for r, s, h in plan]
