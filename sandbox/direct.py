@@ -152,10 +152,7 @@ def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
     subtree) is opened once per process, so pytest-xdist workers never collide."""
     if not config.use_cgroup:
         return None, None
-    try:
-        from sandbox import cgroups
-    except ImportError:  # TODO(core): remove once sandbox/cgroups.py has landed
-        return None, ("cgroup support is not installed" if config.require_cgroup else None)
+    from sandbox import cgroups
 
     pid = os.getpid()
     if pid not in _MANAGERS:

@@ -89,6 +89,10 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
             "memory": f"memory limit {_fmt_size(lim.memory or 0)} exceeded",
         }[facts.killed_for]
         return r
+    oom = int(cg.get("oom_kill", 0) or 0) > 0
+    if oom:  # memory.oom.group kills the whole box, init included: no report to expect
+        r.status, r.reason = Status.ML, f"memory limit {_fmt_size(lim.memory or 0)} exceeded (OOM kill)"
+        return r
     if report is None:
         ws = facts.init_wait_status
         how = "unknown"
@@ -105,10 +109,7 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
         msg = str(report.get("error", ""))[:500]
         r.error = r.reason = f"{r.error_step}: {msg}" + (f" (errno {r.errno})" if r.errno else "")
         return r
-    oom = int(cg.get("oom_kill", 0) or 0) > 0
-    if oom:
-        r.status, r.reason = Status.ML, f"memory limit {_fmt_size(lim.memory or 0)} exceeded (OOM kill)"
-    elif lim.cpu_time is not None and (r.signal == _signal.SIGXCPU or cpu > lim.cpu_time):
+    if lim.cpu_time is not None and (r.signal == _signal.SIGXCPU or cpu > lim.cpu_time):
         r.status, r.reason = Status.TO, f"CPU time {_fmt_time(lim.cpu_time)} exceeded"
     elif (lim.memory is not None and facts.enforcement.get("memory") == "rlimit"
           and (r.exit_code or r.signal) and peak and peak >= 0.9 * lim.memory):

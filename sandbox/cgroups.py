@@ -1,0 +1,298 @@
+"""cgroup v2: find a delegated subtree, give each box its own leaf, read what the kernel counted.
+
+Where limits become real: ``memory.max`` (+ ``memory.swap.max``, ``memory.oom.group`` so an
+OOM kills the whole box), ``pids.max`` and ``cpu.max`` apply to every process of the box
+together, and ``cpu.stat``/``memory.peak``/``memory.events`` measure them. Nothing here
+touches the host's cgroup mounts; we only write inside a subtree delegated to our uid.
+
+Kernel rules this module obeys:
+
+* No internal processes: a non-root cgroup that distributes controllers to children
+  (``cgroup.subtree_control``) must not contain processes itself. So we either build under
+  our cgroup's *parent* (when that is delegated to us: a sibling subtree, nothing moves), or move
+  this process into its own leaf (``supervisor-<pid>``) first, when it is alone in its cgroup.
+* Controllers must be enabled top-down: a missing controller is enabled in the parent's
+  ``subtree_control`` as far up as we may write.
+* Moving a process (``clone3(CLONE_INTO_CGROUP)`` or a ``cgroup.procs`` write) needs write
+  access to the common ancestor's ``cgroup.procs``: inside our delegated subtree, it is ours.
+
+Each process opens its own subtree (named by pid), so pytest-xdist workers never collide.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from sandbox.config import Limits
+
+WANTED = ("memory", "pids", "cpu")
+Mode = Literal["unified", "hybrid", "legacy", "none"]
+
+
+class CgroupUnavailable(OSError):
+    pass
+
+
+@dataclass
+class CgroupEnv:
+    mode: Mode
+    mount: str | None
+    own_path: str | None
+    delegated: bool
+    controllers: frozenset[str]
+    reason: str
+
+    @property
+    def own_dir(self) -> str | None:
+        if self.mount is None or self.own_path is None:
+            return None
+        return os.path.join(self.mount, self.own_path.lstrip("/"))
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def _cgroup2_mount() -> str | None:
+    try:
+        for line in _read("/proc/self/mountinfo").splitlines():
+            left, _, right = line.partition(" - ")
+            if right.split()[:1] == ["cgroup2"] and left.split()[3] == "/":
+                return left.split()[4]
+    except OSError:
+        pass
+    return None
+
+
+def detect() -> CgroupEnv:
+    """Where we stand: hierarchy mode, our cgroup, delegation, available controllers."""
+    try:
+        lines = _read("/proc/self/cgroup").splitlines()
+    except OSError:
+        return CgroupEnv("none", None, None, False, frozenset(), "no /proc/self/cgroup")
+    v2 = [ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")]
+    mode: Mode = ("unified" if len(lines) == 1 else "hybrid") if v2 else "legacy"
+    mount = _cgroup2_mount()
+    if not v2 or mount is None:
+        return CgroupEnv(mode, mount, None, False, frozenset(),
+                         "no cgroup v2 hierarchy is mounted (legacy cgroup v1 host)")
+    env = CgroupEnv(mode, mount, v2[0], False, frozenset(), "")
+    own = env.own_dir or ""
+    try:
+        env.controllers = frozenset(_read(os.path.join(own, "cgroup.controllers")).split())
+    except OSError:
+        env.controllers = frozenset()
+    parent = os.path.dirname(own)
+    writable = [d for d in (own, parent) if d.startswith(mount) and os.access(d, os.W_OK)
+                and os.access(os.path.join(d, "cgroup.subtree_control"), os.W_OK)]
+    env.delegated = bool(writable)
+    parent_ctl: frozenset[str] = frozenset()
+    if parent.startswith(mount):
+        try:
+            parent_ctl = frozenset(_read(os.path.join(parent, "cgroup.controllers")).split())
+        except OSError:
+            pass
+    usable = env.controllers | (parent_ctl if parent in writable else frozenset())
+    missing = [c for c in WANTED if c not in usable]
+    if not env.delegated:
+        env.reason = (f"cgroup v2 subtree {env.own_path} is not delegated to uid {os.getuid()} "
+                      "(no write access to it or its parent)")
+    elif missing:
+        env.reason = (f"cgroup v2 {', '.join(missing)} controller(s) not delegated"
+                      + (" (hybrid v1/v2 host: they are bound to cgroup v1)" if mode == "hybrid" else ""))
+    return env
+
+
+class CgroupManager:
+    """Our subtree (``base``) under which every box gets a leaf."""
+
+    def __init__(self, env: CgroupEnv, base: str, controllers: frozenset[str]) -> None:
+        self.env, self.base, self.controllers = env, base, controllers
+        self._counter = itertools.count()
+
+    @classmethod
+    def open(cls, *, require: bool = False) -> CgroupManager | None:
+        env = detect()
+        try:
+            if env.reason:
+                raise CgroupUnavailable(errno.EPERM, env.reason)
+            return cls._setup(env)
+        except OSError as e:
+            if require:
+                raise CgroupUnavailable(e.errno or errno.EPERM, str(e.strerror or e)) from None
+            return None
+
+    @classmethod
+    def _setup(cls, env: CgroupEnv) -> CgroupManager:
+        own = env.own_dir or ""
+        parent = os.path.dirname(own)
+        tag = f"sandbox-{os.getpid()}"
+        procs = [p for p in _read(os.path.join(own, "cgroup.procs")).split() if p]
+        if os.access(os.path.join(parent, "cgroup.subtree_control"), os.W_OK) and os.access(parent, os.W_OK):
+            top = parent  # build a sibling subtree: nothing has to move
+        elif procs == [str(os.getpid())] or not procs:
+            # Alone in our cgroup: move into our own leaf, then our cgroup may distribute.
+            leaf = os.path.join(own, f"supervisor-{os.getpid()}")
+            os.makedirs(leaf, exist_ok=True)
+            _write(os.path.join(leaf, "cgroup.procs"), "0")
+            top = own
+        else:
+            raise CgroupUnavailable(errno.EBUSY, f"our cgroup {env.own_path} holds other processes "
+                                    "and its parent is not delegated: no-internal-process rule")
+        _enable(top, WANTED)
+        base = os.path.join(top, tag)
+        os.makedirs(base, exist_ok=True)
+        have = frozenset(_read(os.path.join(base, "cgroup.controllers")).split())
+        _enable(base, [c for c in WANTED if c in have])
+        enabled = frozenset(_read(os.path.join(base, "cgroup.subtree_control")).split())
+        return cls(env, base, enabled)
+
+    def create_box(self, limits: Limits, name: str | None = None) -> BoxCgroup:
+        path = os.path.join(self.base, name or f"box-{next(self._counter)}")
+        os.mkdir(path)
+        box = BoxCgroup(path, {})
+        try:
+            if "memory" in self.controllers and limits.memory is not None:
+                _write(os.path.join(path, "memory.max"), str(limits.memory))
+                if os.path.exists(os.path.join(path, "memory.swap.max")):
+                    _write(os.path.join(path, "memory.swap.max"), str(limits.swap))
+                _write(os.path.join(path, "memory.oom.group"), "1")
+                box.enforced["memory"] = "cgroup"
+            if "pids" in self.controllers and limits.pids is not None:
+                _write(os.path.join(path, "pids.max"), str(limits.pids))
+                box.enforced["pids"] = "cgroup"
+            if "cpu" in self.controllers and limits.cpus is not None:
+                _write(os.path.join(path, "cpu.max"), f"{max(1000, int(limits.cpus * 100000))} 100000")
+                box.enforced["cpus"] = "cgroup"
+                box.cpus = limits.cpus
+            if limits.cpu_time is not None:
+                box.enforced["cpu_time"] = "cgroup"  # cpu.stat usage is kept for every cgroup
+        except OSError:
+            box.destroy()
+            raise
+        return box
+
+    def close(self) -> None:
+        try:
+            os.rmdir(self.base)
+        except OSError:
+            pass
+
+
+def _enable(cg: str, controllers: list[str] | tuple[str, ...]) -> None:
+    """Enable controllers in ``cg``'s subtree_control, first in its parents if needed."""
+    have = set(_read(os.path.join(cg, "cgroup.controllers")).split())
+    missing = [c for c in controllers if c not in have]
+    parent = os.path.dirname(cg)
+    if missing and os.access(os.path.join(parent, "cgroup.subtree_control"), os.W_OK):
+        _enable(parent, missing)
+        have = set(_read(os.path.join(cg, "cgroup.controllers")).split())
+    want = " ".join(f"+{c}" for c in controllers if c in have)
+    if want:
+        _write(os.path.join(cg, "cgroup.subtree_control"), want)
+
+
+class BoxCgroup:
+    def __init__(self, path: str, enforced: dict[str, str]) -> None:
+        self.path, self.enforced = path, enforced
+        self.cpus: float | None = None
+
+    def dir_fd(self) -> int:
+        """For clone3(CLONE_INTO_CGROUP): the box's first process is born in this leaf, so no
+        instruction of it ever runs unlimited (the caller closes the fd)."""
+        return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def cpu_limit(self) -> float | None:
+        return self.cpus
+
+    def _kv(self, name: str) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in (ln.split() for ln in _read(os.path.join(self.path, name)).splitlines())}
+        except (OSError, ValueError):
+            return {}
+
+    def _int(self, name: str) -> int | None:
+        try:
+            return int(_read(os.path.join(self.path, name)).strip())
+        except (OSError, ValueError):
+            return None
+
+    def cpu_seconds(self) -> float:
+        return self._kv("cpu.stat").get("usage_usec", 0) / 1e6
+
+    def oom_killed(self) -> bool:
+        return self._kv("memory.events").get("oom_kill", 0) > 0
+
+    def stats(self) -> dict[str, int | None]:
+        cpu, mem, pids = self._kv("cpu.stat"), self._kv("memory.events"), self._kv("pids.events")
+        return {"cpu_usec": cpu.get("usage_usec", 0), "user_usec": cpu.get("user_usec", 0),
+                "system_usec": cpu.get("system_usec", 0), "memory_peak": self._int("memory.peak"),
+                "memory_current": self._int("memory.current"), "oom": mem.get("oom", 0),
+                "oom_kill": mem.get("oom_kill", 0), "pids_max_events": pids.get("max", 0),
+                "throttled_usec": cpu.get("throttled_usec", 0)}
+
+    def kill(self) -> None:
+        """cgroup.kill (Linux ≥ 5.14) kills every process in the box at once, even ones that
+        double-forked and called setsid; older kernels: freeze, SIGKILL each pid, thaw."""
+        try:
+            _write(os.path.join(self.path, "cgroup.kill"), "1")
+            return
+        except OSError:
+            pass
+        try:
+            _write(os.path.join(self.path, "cgroup.freeze"), "1")
+            for pid in _read(os.path.join(self.path, "cgroup.procs")).split():
+                try:
+                    os.kill(int(pid), 9)
+                except OSError:
+                    pass
+            _write(os.path.join(self.path, "cgroup.freeze"), "0")
+        except OSError:
+            pass
+
+    def populated(self) -> bool:
+        return self._kv("cgroup.events").get("populated", 0) == 1
+
+    def destroy(self, timeout: float = 5.0) -> None:
+        """Kill, wait for ``populated 0``, rmdir: no directory is left behind."""
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while os.path.isdir(self.path):
+            if self.populated():
+                self.kill()
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def watch_cpu_time(self, limit: float) -> None:
+        """Return once the box has used ``limit`` CPU seconds (all its processes together).
+
+        Not a fixed poll: after each read we sleep until the earliest moment the budget could
+        run out (remaining / CPUs the box may use), so an idle box costs one read per wake-up
+        and a busy one is caught within a few ms of the limit."""
+        import trio
+
+        ncpu = float(self.cpus or os.cpu_count() or 1)
+        while (used := self.cpu_seconds()) < limit:
+            await trio.sleep(max(0.005, (limit - used) / max(ncpu, 0.01)))
