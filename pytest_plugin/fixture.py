@@ -11,8 +11,8 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pytest_plugin import boxrun, codec
-from sandbox import Limits, Result, SandboxConfig, Status
+from pytest_plugin import boxrun
+from sandbox import Limits, Result, SandboxConfig, Status, codec
 from sandbox.config import MountSpec
 from sandbox.direct import run_direct
 from sandbox.safefs import read_beneath

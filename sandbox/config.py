@@ -155,6 +155,9 @@ class MountSpec:
     target: str
     source: str | None = None
     size: int | None = None  # tmpfs only
+    # overlay only: a host directory (ours, empty) to hold the overlay's upper and work dirs,
+    # so the host can list what the box changed afterwards (sandbox.grading, safely)
+    upper: str | None = None
 
     def validate(self) -> MountSpec:
         if self.kind not in ("ro-bind", "bind", "overlay", "tmpfs"):
@@ -169,7 +172,14 @@ class MountSpec:
             source = os.path.realpath(os.path.expanduser(self.source))
             if not os.path.exists(source):
                 raise ConfigError(f"--{self.kind} {self.source}: source does not exist on the host")
-        return MountSpec(self.kind, target, source, self.size)
+        upper = None
+        if self.upper is not None:
+            if self.kind != "overlay":
+                raise ConfigError(f"--{self.kind} {target}: only overlays take an upper directory")
+            upper = os.path.realpath(self.upper)
+            if not os.path.isdir(upper) or os.listdir(upper):
+                raise ConfigError(f"overlay upper {self.upper}: must be an existing empty directory")
+        return MountSpec(self.kind, target, source, self.size, upper)
 
 
 def _clean_box_path(path: str, what: str) -> str:

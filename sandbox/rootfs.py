@@ -40,7 +40,7 @@ PROC_READONLY = ("sys", "irq", "bus", "fs", "sysvipc")
 STAT_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC),
               (1024, sc.MS_NOATIME), (2048, sc.MS_NODIRATIME), (4096, sc.MS_RELATIME))
 
-Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir) | ("symlink", dst, text) | ("tmpfs", dst, size)
+Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir[, upper]) | ("symlink", dst, text) | ("tmpfs", dst, size)
 
 
 @dataclass
@@ -107,7 +107,7 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
             ops.append(("tmpfs", m.target, m.size or cfg.limits.tmpfs_size))
         else:
             assert m.source is not None
-            ops.append((m.kind, m.source, m.target, os.path.isdir(m.source)))
+            ops.append((m.kind, m.source, m.target, os.path.isdir(m.source), m.upper))
     return RootfsPlan(ops, _etc_files(cfg), cfg.limits.tmpfs_size)
 
 
@@ -147,8 +147,11 @@ def _bind(src: str, dst: str, readonly: bool) -> None:
     sc.mount(None, dst, None, flags | (sc.MS_RDONLY if readonly else 0))
 
 
-def _overlay(n: int, src: str, dst: str) -> None:
-    up, wk = f"/scratch/up/{n}", f"/scratch/wk/{n}"
+def _overlay(n: int, src: str, dst: str, host_upper: str | None = None) -> None:
+    if host_upper:  # upper on a host dir the supervisor reads afterwards (never follows links)
+        up, wk = f"/oldroot{host_upper}/upper", f"/oldroot{host_upper}/work"
+    else:
+        up, wk = f"/scratch/up/{n}", f"/scratch/wk/{n}"
     os.mkdir(up)
     os.mkdir(wk)
     if any(c in src for c in ",:\\"):
@@ -159,7 +162,7 @@ def _overlay(n: int, src: str, dst: str) -> None:
     except OSError as e:
         # Kernels before 6.6 have no user xattrs on tmpfs, so an overlay with a tmpfs upper
         # can be refused; fall back to a read-only bind (writes then fail instead of vanishing).
-        if e.errno not in (22, 95):
+        if e.errno not in (22, 95) or host_upper:
             raise
         _bind(src, dst, readonly=True)
 
@@ -249,11 +252,11 @@ def build_rootfs(plan: RootfsPlan) -> None:
             sc.mount("tmpfs", "/newroot" + op[1], "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
                      f"mode=1777,size={op[2]}")
         else:
-            _, src, dst, is_dir = op
+            src, dst, is_dir = op[1], op[2], op[3]
             _make_target(dst, is_dir)
             if kind == "overlay" and is_dir:
                 n += 1
-                _overlay(n, "/oldroot" + src, "/newroot" + dst)
+                _overlay(n, "/oldroot" + src, "/newroot" + dst, op[4] if len(op) > 4 else None)
             else:
                 _bind("/oldroot" + src, "/newroot" + dst, readonly=(kind != "bind"))
     if plan.cgroup:
