@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -71,52 +70,80 @@ def discover(root: str) -> list[tuple[str, str]]:
     return out
 
 
-def grade_one(name: str, path: str, a: argparse.Namespace) -> dict[str, Any]:
-    t0 = time.monotonic()
-    row: dict[str, Any] = {"name": name, "score": 0.0, "max_score": 0.0, "passed": 0, "total": 0,
-                           "worst": "XX", "wall_time": 0.0, "peak_memory": 0, "error": None, "tests": []}
-    with tempfile.TemporaryDirectory(prefix="grade-run-") as tmp:
-        os.chmod(tmp, 0o755)
-        if os.path.isfile(path):  # a single-file submission becomes a one-file directory
-            os.mkdir(os.path.join(tmp, "sub"))
-            with open(path, "rb") as src, open(os.path.join(tmp, "sub", name), "wb") as dst:
-                dst.write(src.read(MAX_REPORT))
-            os.chmod(os.path.join(tmp, "sub"), 0o755)
-            path = os.path.join(tmp, "sub")
-        report = os.path.join(tmp, "report.json")
-        cmd = [sys.executable, "-m", "pytest", os.path.abspath(a.tests), "-q", "--color=no",
-               "-p", "no:cacheprovider", "-p", "no:pytest_isolate", "-p", "sandbox.grading.plugin",
-               "--submission", os.path.abspath(path), "--grade-report", report,
-               "--call-timeout", str(a.call_timeout), "--grade-memory", a.memory,
-               "--grade-wall-time", a.wall_time, "--rootdir", os.path.abspath(os.path.dirname(a.tests.rstrip("/")) or ".")]
-        try:
-            with open(os.path.join(tmp, "log"), "wb") as log:
-                p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=a.timeout,
-                                   stdin=subprocess.DEVNULL)
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            row["error"] = f"grading took longer than --timeout {a.timeout:g}s"
-            rc = None
-        data = _read_report(report)
-        if data is None:
-            row["error"] = row["error"] or f"the test run produced no report (pytest exit code {rc}): " + \
-                _tail(os.path.join(tmp, "log"))
-        else:
-            tests = data["tests"]
-            row.update(score=data["score"], max_score=data["max_score"], tests=tests,
-                       total=len(tests), passed=sum(t["outcome"] == "passed" for t in tests),
-                       worst=data["worst"], peak_memory=max((t.get("peak_memory", 0) for t in tests), default=0))
-    row["wall_time"] = round(time.monotonic() - t0, 3)
-    return row
+def count_tests(a: argparse.Namespace, probe: str) -> int:
+    """How many tests each submission gets (collect once with a probe submission)."""
+    p = subprocess.run(_pytest_cmd(a, [probe], None) + ["--collect-only", "-q"], capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL, timeout=120)
+    return sum(1 for line in p.stdout.splitlines() if "::" in line)
 
 
-def _read_report(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read(MAX_REPORT))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("tests"), list) else None
+def _pytest_cmd(a: argparse.Namespace, subs: list[str], log: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "pytest", os.path.abspath(a.tests), "-q", "--color=no",
+           "-p", "no:cacheprovider", "-p", "no:pytest_isolate", "-p", "sandbox.grading.plugin",
+           "--call-timeout", str(a.call_timeout), "--grade-memory", a.memory,
+           "--grade-wall-time", a.wall_time, "--sandbox-no-summary"]
+    cmd += [x for s in subs for x in ("--submission", s)]
+    if log:
+        cmd += ["--grade-log", log]
+    if a.jobs > 1 and len(subs) > 1:
+        cmd += ["-n", str(min(a.jobs, len(subs)))]
+    return cmd
+
+
+def run_grading(subs: list[tuple[str, str]], a: argparse.Namespace, tmp: str,
+                on_test: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """One trusted pytest run over every (test, submission); returns the per-test lines."""
+    log = os.path.join(tmp, "grade.log")
+    open(log, "w").close()
+    out = open(os.path.join(tmp, "pytest.out"), "wb")  # noqa: SIM115
+    proc = subprocess.Popen(_pytest_cmd(a, [p for _, p in subs], log), stdout=out,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + a.timeout
+    lines: list[dict[str, Any]] = []
+    error = None
+    with open(log) as f:
+        while True:
+            done = proc.poll() is not None
+            for line in f.readlines():
+                try:
+                    lines.append(json.loads(line))
+                    on_test(lines[-1])
+                except ValueError:
+                    pass
+            if done:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                error = f"grading did not finish within --timeout {a.timeout:g}s"
+                break
+            time.sleep(0.1)
+    out.close()
+    if proc.returncode not in (0, 1) and error is None and not lines:
+        error = f"the test run failed (pytest exit code {proc.returncode}): " + _tail(out.name)
+    return lines, error
+
+
+def build_rows(subs: list[tuple[str, str]], lines: list[dict[str, Any]], per_sub: int,
+               error: str | None, wall: float) -> list[dict[str, Any]]:
+    from sandbox.grading.submission import SEVERITY
+
+    rows = []
+    for name, _ in subs:
+        tests = [t for t in lines if t.get("submission") == name]
+        row: dict[str, Any] = {
+            "name": name, "tests": tests, "total": max(per_sub, len(tests)),
+            "passed": sum(t["outcome"] == "passed" for t in tests),
+            "score": sum(float(t.get("earned", 0)) for t in tests),
+            "max_score": sum(float(t.get("points", 1)) for t in tests),
+            "worst": max((t.get("worst", "OK") for t in tests), key=lambda s: SEVERITY.get(s, 6), default="XX"),
+            "peak_memory": max((int(t.get("peak_memory", 0) or 0) for t in tests), default=0),
+            "wall_time": round(sum(float(t.get("duration", 0)) for t in tests), 3),
+            "error": None}
+        if len(tests) < per_sub:
+            row["error"] = error or f"only {len(tests)} of {per_sub} tests reported"
+        rows.append(row)
+    return rows
 
 
 def _tail(path: str) -> str:
@@ -164,31 +191,39 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         sys.stderr.write(f"sandbox grade: error: {e}\n")
         return 2
+    from sandbox.grading.progress import Progress, print_table
+
     subs = discover(a.submissions)
     done: dict[str, dict[str, Any]] = {}
     if a.resume and os.path.exists(a.out):
-        prev = _read_report_rows(a.out)
-        done = {r["name"]: r for r in prev if not r.get("error")}
-    todo = [(n, p) for n, p in subs if n not in done]
-    rows = dict(done)
-    from sandbox.grading.progress import Progress
-
-    with Progress(len(subs), len(done), enabled=not a.no_progress) as prog, \
-            ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        futures = {pool.submit(grade_one, n, p, a): n for n, p in todo}
-        for n, _ in todo[: a.jobs]:
-            prog.started(n)
-        for fut in as_completed(futures):
-            row = fut.result()
-            rows[row["name"]] = row
-            prog.finished(row)
-            _write_outputs([rows[n] for n, _ in subs if n in rows], a)  # results are never lost
+        done = {r["name"]: r for r in _read_report_rows(a.out) if not r.get("error")}
+    with tempfile.TemporaryDirectory(prefix="grade-run-") as tmp:
+        os.chmod(tmp, 0o755)
+        todo = [(n, _as_dir(n, p, tmp)) for n, p in subs if n not in done]
+        rows = dict(done)
+        if todo:
+            per_sub = count_tests(a, todo[0][1])
+            t0 = time.monotonic()
+            with Progress(len(subs), len(done), per_sub, enabled=not a.no_progress) as prog:
+                lines, error = run_grading(todo, a, tmp, prog.test_done)
+            for row in build_rows(todo, lines, per_sub, error, time.monotonic() - t0):
+                rows[row["name"]] = row
     ordered = [rows[n] for n, _ in subs if n in rows]
     _write_outputs(ordered, a)
-    from sandbox.grading.progress import print_table
-
     print_table(ordered)
     return 0
+
+
+def _as_dir(name: str, path: str, tmp: str) -> str:
+    """A single-file submission is graded as a one-file directory."""
+    if os.path.isdir(path):
+        return os.path.abspath(path)
+    d = os.path.join(tmp, "files", name)
+    os.makedirs(d)
+    with open(path, "rb") as src, open(os.path.join(d, name), "wb") as dst:
+        dst.write(src.read(MAX_REPORT))
+    os.chmod(d, 0o755)
+    return d
 
 
 def _read_report_rows(path: str) -> list[dict[str, Any]]:

@@ -9,8 +9,9 @@ from typing import Any
 class Progress:
     """Submissions done / running / failed to grade, with an ETA; silent when not a terminal."""
 
-    def __init__(self, total: int, already: int, enabled: bool = True) -> None:
+    def __init__(self, total: int, already: int, per_sub: int, enabled: bool = True) -> None:
         self.total, self.done, self.failed, self.running = total, already, 0, 0
+        self.per_sub, self.seen, self.bad = max(per_sub, 1), {}, set()
         self.enabled = enabled and sys.stderr.isatty()
         self._bar: Any = None
 
@@ -30,18 +31,20 @@ class Progress:
     def _state(self) -> str:
         return f"running {self.running}  failed to grade {self.failed}"
 
-    def started(self, name: str) -> None:
-        self.running += 1
-        self._update()
-
-    def finished(self, row: dict[str, Any]) -> None:
-        self.done += 1
-        self.failed += 1 if row.get("error") else 0
+    def test_done(self, test: dict[str, Any]) -> None:
+        name = str(test.get("submission"))
+        self.seen[name] = self.seen.get(name, 0) + 1
+        if test.get("worst") == "XX":
+            self.bad.add(name)
+        self.running = sum(1 for n, c in self.seen.items() if c < self.per_sub)
+        if self.seen[name] == self.per_sub:
+            self.done += 1
+        self.failed = len(self.bad)
         self._update()
 
     def _update(self) -> None:
         if self._bar is not None:
-            running = min(self.running, self.total - self.done)
+            running = self.running
             self._bar.update(self._task, completed=self.done,
                              state=f"running {running}  failed to grade {self.failed}")
 
