@@ -59,6 +59,8 @@ def _build_parser() -> argparse.ArgumentParser:
                           "(root: a high host block; users: /etc/subuid via newuidmap)")
     box.add_argument("--seccomp", default=None,
                      help="default (the default) or none (debugging only: see docs/threat-model.md)")
+    box.add_argument("--landlock", action="store_true",
+                     help="also confine writes with Landlock to /tmp, /dev, /proc and writable mounts")
     box.add_argument("--require-cgroup", action="store_true",
                      help="fail instead of falling back to rlimits without a delegated cgroup")
     out = r.add_argument_group("verdict")
@@ -87,7 +89,8 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
     mounts = [parse_mount_arg(kind, arg) for kind in ("ro-bind", "bind", "overlay", "tmpfs")
               for arg in getattr(a, kind.replace("-", "_"))]
     cfg = SandboxConfig(limits=limits, network=a.net, mounts=mounts, cwd=a.cwd, env=env,
-                        hostname=a.hostname, require_cgroup=a.require_cgroup, id_map=a.id_map)
+                        hostname=a.hostname, require_cgroup=a.require_cgroup, id_map=a.id_map,
+                        landlock=a.landlock)
     if a.seccomp is not None:
         cfg.seccomp = a.seccomp
     if a.uid is not None:

@@ -58,6 +58,8 @@ class Prepared:
     seccomp_bpf: bytes | None = None
     seccomp_desc: str = "none"
     landlock: bool = False
+    landlock_abi: int = 0
+    landlock_writable: list[str] = field(default_factory=list)
     keep_fds: tuple[int, ...] = field(default_factory=tuple)
 
 
@@ -71,6 +73,13 @@ def prepare(config: SandboxConfig, target: Target, *,
     prep = Prepared(config, target, env, userns.plan_ids(config.uid, config.gid, config.id_map),
                     rootfs.plan_rootfs(config), plan, enforcement)
     prep.rootfs.cgroup = bool(cgroup_enforced)
+    if config.landlock:
+        from sandbox import landlock
+
+        prep.landlock_abi = landlock.abi_version()
+        prep.landlock = prep.landlock_abi > 0  # reported: False when the kernel lacks it
+        prep.landlock_writable = ["/tmp", "/dev", "/proc"] + [
+            m.target for m in config.mounts if m.kind in ("bind", "overlay", "tmpfs")]
     if config.seccomp != "none":
         from sandbox import seccomp  # compiled once per policy in this (parent) process
 
@@ -191,6 +200,11 @@ def _hardening_steps(prep: Prepared, keep_fds: Sequence[int]) -> list[tuple[str,
         ("no_new_privs", caps.set_no_new_privs),
         ("fds", lambda: _close_fds_except([0, 1, 2, *keep_fds])),
     ]
+    if prep.landlock:
+        from sandbox import landlock  # imported by prepare() in the parent
+
+        steps.append(("landlock", lambda: landlock.restrict_writes(prep.landlock_writable,
+                                                                    prep.landlock_abi)))
     if prep.seccomp_bpf is not None:
         from sandbox import seccomp  # already imported by prepare() in the parent: no I/O
 

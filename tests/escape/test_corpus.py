@@ -292,3 +292,15 @@ def test_threads_in_the_box_are_filtered_too(no_leftovers):
            "t = threading.Thread(target=lambda: out.append(call(250, 0)))\nt.start(); t.join()\nprint(out[0])")
     assert r.stdout.strip() == b"EPERM"
     assert threading.active_count() >= 1
+
+
+def test_landlock_confines_writes_to_the_writable_places(no_leftovers):
+    from sandbox.landlock import abi_version
+
+    if not abi_version():
+        pytest.skip("Landlock not available on this kernel (needs >= 5.13 with lsm=landlock)")
+    script = "echo x > /usr/ll && echo usr-ok; echo y > /tmp/t && echo tmp-ok; echo z > /dev/null && echo null-ok"
+    plain = sandbox.run_sync(["sh", "-c", script])
+    walled = sandbox.run_sync(["sh", "-c", script], SandboxConfig(landlock=True))
+    assert plain.stdout == b"usr-ok\ntmp-ok\nnull-ok\n" and not plain.landlock
+    assert walled.stdout == b"tmp-ok\nnull-ok\n" and walled.landlock
