@@ -61,6 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="default (the default) or none (debugging only: see docs/threat-model.md)")
     box.add_argument("--landlock", action="store_true",
                      help="also confine writes with Landlock to /tmp, /dev, /proc and writable mounts")
+    box.add_argument("--systemd-scope", action="store_true",
+                     help="re-run inside `systemd-run --user --scope -p Delegate=yes` to get a "
+                          "delegated cgroup v2 subtree from the systemd user manager")
     box.add_argument("--require-cgroup", action="store_true",
                      help="fail instead of falling back to rlimits without a delegated cgroup")
     out = r.add_argument_group("verdict")
@@ -107,6 +110,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     if cmd[0].startswith("-") and a.cmd[:1] != ["--"]:
         raise UsageError(f"unrecognized option {cmd[0]!r}; put the command after '--'")
     cfg = config_from_args(a)
+    if a.systemd_scope and not os.environ.get("SANDBOX_IN_SYSTEMD_SCOPE"):
+        _reexec_in_scope()
     from sandbox.direct import run_direct
 
     stream = None if a.json else _write_through
@@ -124,6 +129,20 @@ def _cmd_run(a: argparse.Namespace) -> int:
         sys.stderr.write(f"sandbox: {result.status}: {result.reason or result.error}\n")
     code = STATUS_EXIT.get(result.status.value)
     return code if code is not None else result.cli_exit_code()
+
+
+def _reexec_in_scope() -> None:
+    """Ask the systemd user manager for a scope with cgroup delegation, then run again in it."""
+    import shutil
+
+    tool = shutil.which("systemd-run")
+    if tool is None or not os.environ.get("XDG_RUNTIME_DIR"):
+        raise UsageError("--systemd-scope: no systemd user manager reachable (systemd-run "
+                         "missing or no XDG_RUNTIME_DIR); see `sandbox doctor` for other ways")
+    argv = [a for a in sys.argv[1:] if a != "--systemd-scope"]
+    env = {**os.environ, "SANDBOX_IN_SYSTEMD_SCOPE": "1"}
+    os.execve(tool, [tool, "--user", "--scope", "--quiet", "-p", "Delegate=yes", "--",
+                     sys.executable, "-m", "sandbox.cli", *argv], env)
 
 
 def _write_through(which: int, chunk: bytes) -> None:

@@ -80,3 +80,10 @@ def test_help_lists_limits():
     p = cli("run", "--help")
     assert p.returncode == 0 and b"--memory" in p.stdout and b"--wall-time" in p.stdout
     assert os.path.exists(SANDBOX[0])
+
+
+def test_systemd_scope_without_a_user_manager_is_a_clear_error():
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    p = subprocess.run([*SANDBOX, "run", "--systemd-scope", "--", "true"], capture_output=True,
+                       env=env, timeout=60)
+    assert p.returncode == 2 and b"systemd" in p.stderr and len(p.stderr.splitlines()) == 1
