@@ -145,3 +145,13 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     return _check(_syscall(_NR["openat2"], ctypes.c_int(dirfd), os.fsencode(path),
                            ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
                   f"openat2 {path}")
+
+
+def write_file(path: str, data: str) -> None:
+    """One write(2) to a kernel interface file (/proc/*/uid_map, cgroup files): these must
+    receive the whole value in a single write, which buffered text I/O does not promise."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from sandbox import _syscalls as sc
 from sandbox.config import Limits
 
 WANTED = ("memory", "pids", "cpu")
@@ -59,12 +60,7 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def _write(path: str, data: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, data.encode())
-    finally:
-        os.close(fd)
+_write = sc.write_file
 
 
 def _cgroup2_mount() -> str | None:

@@ -48,6 +48,19 @@ class CappedBuffer:
         return b"".join(self.parts)
 
 
+def box_pipes(stdin: bytes | None, inherit_stdin: bool = False) -> tuple[int, ...]:
+    """(in_r, in_w, out_r, out_w, err_r, err_w, status_r, status_w), all close-on-exec; in_w is
+    -1 when there is nothing to feed (the box gets /dev/null, or our own fd 0)."""
+    if stdin is None and inherit_stdin:
+        in_r, in_w = os.dup(0), -1
+    elif stdin is None:
+        in_r, in_w = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
+    else:
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+    return (in_r, in_w, *os.pipe2(os.O_CLOEXEC), *os.pipe2(os.O_CLOEXEC),
+            *os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
+
+
 def xx_result(step: str, err: OSError | str, config: SandboxConfig) -> Result:
     msg = err if isinstance(err, str) else (err.strerror or str(err))
     no = None if isinstance(err, str) else err.errno
@@ -93,15 +106,7 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
     fds: list[int] = []
     facts: verdict.Facts | None = None
     try:
-        if stdin is None and inherit_stdin:
-            in_r, in_w = os.dup(0), -1
-        elif stdin is None:
-            in_r, in_w = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
-        else:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        in_r, in_w, out_r, out_w, err_r, err_w, st_r, st_w = box_pipes(stdin, inherit_stdin)
         fds += [in_r, out_r, out_w, err_r, err_w, st_r, st_w] + ([in_w] if in_w >= 0 else [])
         t0 = time.monotonic()
         cg_fd = box_cg.dir_fd() if box_cg is not None else None

@@ -32,7 +32,14 @@ from sandbox import _syscalls as sc
 from sandbox import verdict
 from sandbox.config import SandboxConfig
 from sandbox.contain import STATUS_MAX
-from sandbox.direct import CHUNK, CappedBuffer, cgroup_enforced, open_box_cgroup, xx_result
+from sandbox.direct import (
+    CHUNK,
+    CappedBuffer,
+    box_pipes,
+    cgroup_enforced,
+    open_box_cgroup,
+    xx_result,
+)
 from sandbox.launcher import MAX_FDS, MAX_MSG
 from sandbox.result import Result
 
@@ -164,13 +171,7 @@ class Supervisor:
         self._slots[rid] = slot
         own: list[int] = []
         try:
-            if stdin is None:
-                in_r, in_w = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
-            else:
-                in_r, in_w = os.pipe2(os.O_CLOEXEC)
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            in_r, in_w, out_r, out_w, err_r, err_w, st_r, st_w = box_pipes(stdin)
             own += [in_r, out_w, err_w, st_w, out_r, err_r, st_r]
             t0 = time.monotonic()
             send_fds = [in_r, out_w, err_w, st_w]

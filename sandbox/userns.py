@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from sandbox import _syscalls as sc
+
 ROOT_BLOCK_BASE = 0x40000000
 BLOCK = 65536
 
@@ -66,12 +68,7 @@ def plan_ids(inside_uid: int, inside_gid: int, id_map: str = "auto") -> IdPlan:
     return IdPlan("single", inside_uid, inside_gid, uid, gid)
 
 
-def _write(path: str, data: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, data.encode())
-    finally:
-        os.close(fd)
+_write = sc.write_file
 
 
 def write_own_maps(plan: IdPlan) -> None:

@@ -304,3 +304,33 @@ def test_landlock_confines_writes_to_the_writable_places(no_leftovers):
     walled = sandbox.run_sync(["sh", "-c", script], SandboxConfig(landlock=True))
     assert plain.stdout == b"usr-ok\ntmp-ok\nnull-ok\n" and not plain.landlock
     assert walled.stdout == b"tmp-ok\nnull-ok\n" and walled.landlock
+
+
+INT80 = r"""
+#include <stdio.h>
+int main(void) {
+    long ret;
+    __asm__ volatile ("int $0x80" : "=a"(ret) : "a"(20) : "memory");  /* i386 getpid */
+    printf("i386 getpid returned %ld\n", ret);
+    return 0;
+}
+"""
+
+
+def test_foreign_architecture_syscalls_kill_the_process(box_tmp, no_leftovers):
+    import shutil
+    import signal
+
+    if not shutil.which("gcc"):
+        pytest.skip("gcc not installed (ci/setup.sh installs it): cannot build the int 0x80 probe")
+    src, exe = box_tmp / "int80.c", box_tmp / "int80"
+    src.write_text(INT80)
+    subprocess_run = __import__("subprocess").run
+    if subprocess_run(["gcc", "-O0", "-o", str(exe), str(src)], capture_output=True).returncode:
+        pytest.skip("gcc could not build the int 0x80 probe")
+    os.chmod(box_tmp, 0o755)
+    cfg = SandboxConfig(mounts=[MountSpec("ro-bind", "/probe", str(box_tmp))])
+    r = sandbox.run_sync(["/probe/int80"], cfg)
+    assert r.status == Status.SG and r.signal == signal.SIGSYS, r  # seccomp: bad arch → kill
+    r = sandbox.run_sync(["/probe/int80"], SandboxConfig(seccomp="none", mounts=cfg.mounts))
+    assert b"i386 getpid returned" in r.stdout or r.status == Status.SG  # what --seccomp none loses
