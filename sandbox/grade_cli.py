@@ -60,8 +60,13 @@ def _check(a: argparse.Namespace) -> None:
 
 def discover(root: str) -> list[tuple[str, str]]:
     """(name, path) of every submission; files are graded as a one-file directory."""
+    import re
+
+    def natural(name: str) -> list[Any]:  # s2 before s10
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
     out = []
-    for name in sorted(os.listdir(root)):
+    for name in sorted(os.listdir(root), key=natural):
         path = os.path.join(root, name)
         if name.startswith(".") or os.path.islink(path):
             continue  # a symlinked "submission" could point anywhere on the host
@@ -72,7 +77,7 @@ def discover(root: str) -> list[tuple[str, str]]:
 
 def count_tests(a: argparse.Namespace, probe: str) -> int:
     """How many tests each submission gets (collect once with a probe submission)."""
-    p = subprocess.run(_pytest_cmd(a, [probe], None) + ["--collect-only", "-q"], capture_output=True,
+    p = subprocess.run(_pytest_cmd(a, [probe], None) + ["--collect-only"], capture_output=True,
                        text=True, stdin=subprocess.DEVNULL, timeout=120)
     return sum(1 for line in p.stdout.splitlines() if "::" in line)
 

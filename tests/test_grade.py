@@ -150,3 +150,12 @@ def test_codec_round_trip_and_refusals():
         encode(object())
     with pytest.raises(CodecError):
         encode({1: "non-str key"})
+
+
+def test_cut_short_run_still_gives_every_submission_a_row(course):
+    p = grade(course, "--timeout", "2")
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = json.loads((course / "results.json").read_text())["submissions"]
+    assert {r["name"] for r in rows} == set(EXPECTED)
+    assert any("--timeout" in (r["error"] or "") for r in rows)
+    assert all(r["error"] or r["passed"] + (r["total"] - r["passed"]) == 4 for r in rows)
