@@ -21,7 +21,35 @@ import errno
 import os
 from dataclasses import dataclass, field
 
-import pyseccomp as _s
+
+def _import_pyseccomp():  # type: ignore[no-untyped-def]
+    """pyseccomp locates libc and libseccomp with ctypes.util.find_library, which runs
+    ``ldconfig -p`` twice (~15 ms, most of the CLI's cold start). Try the well-known sonames
+    first; fall back to the real search when they do not load."""
+    import ctypes.util
+
+    real = ctypes.util.find_library
+    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+
+    def find(name: str) -> str | None:
+        so = known.get(name)
+        if so:
+            try:
+                ctypes.CDLL(so)
+                return so
+            except OSError:
+                pass
+        return real(name)
+
+    ctypes.util.find_library = find
+    try:
+        import pyseccomp
+    finally:
+        ctypes.util.find_library = real
+    return pyseccomp
+
+
+_s = _import_pyseccomp()
 
 EPERM, ENOSYS = errno.EPERM, errno.ENOSYS
 CLONE_NEW_FLAGS = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000,
