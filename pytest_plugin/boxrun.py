@@ -55,10 +55,9 @@ def capture_fds(config: Any) -> list[int]:
     capman = config.pluginmanager.getplugin("capturemanager")
     mc = getattr(capman, "_global_capturing", None)
     for cap in (getattr(mc, "in_", None), getattr(mc, "out", None), getattr(mc, "err", None)):
-        for attr in ("targetfd_save",):
-            fd = getattr(cap, attr, None)
-            if isinstance(fd, int) and fd > 2:
-                fds.append(fd)
+        fd = getattr(cap, "targetfd_save", None)
+        if isinstance(fd, int) and fd > 2:
+            fds.append(fd)
         tmp = getattr(cap, "tmpfile", None)
         try:
             fd = tmp.fileno() if tmp is not None else -1

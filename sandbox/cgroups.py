@@ -116,8 +116,10 @@ def detect() -> CgroupEnv:
 class CgroupManager:
     """Our subtree (``base``) under which every box gets a leaf."""
 
-    def __init__(self, env: CgroupEnv, base: str, controllers: frozenset[str]) -> None:
+    def __init__(self, env: CgroupEnv, base: str, controllers: frozenset[str],
+                 moved_from: str | None = None) -> None:
         self.env, self.base, self.controllers = env, base, controllers
+        self.moved_from = moved_from  # our original cgroup when we moved into a leaf of it
         self._counter = itertools.count()
 
     @classmethod
@@ -138,6 +140,7 @@ class CgroupManager:
         parent = os.path.dirname(own)
         tag = f"sandbox-{os.getpid()}"
         procs = [p for p in _read(os.path.join(own, "cgroup.procs")).split() if p]
+        moved_from = None
         if os.access(os.path.join(parent, "cgroup.subtree_control"), os.W_OK) and os.access(parent, os.W_OK):
             top = parent  # build a sibling subtree: nothing has to move
         elif procs == [str(os.getpid())] or not procs:
@@ -145,7 +148,7 @@ class CgroupManager:
             leaf = os.path.join(own, f"supervisor-{os.getpid()}")
             os.makedirs(leaf, exist_ok=True)
             _write(os.path.join(leaf, "cgroup.procs"), "0")
-            top = own
+            top, moved_from = own, own
         else:
             raise CgroupUnavailable(errno.EBUSY, f"our cgroup {env.own_path} holds other processes "
                                     "and its parent is not delegated: no-internal-process rule")
@@ -155,7 +158,7 @@ class CgroupManager:
         have = frozenset(_read(os.path.join(base, "cgroup.controllers")).split())
         _enable(base, [c for c in WANTED if c in have])
         enabled = frozenset(_read(os.path.join(base, "cgroup.subtree_control")).split())
-        return cls(env, base, enabled)
+        return cls(env, base, enabled, moved_from)
 
     def create_box(self, limits: Limits, name: str | None = None) -> BoxCgroup:
         path = os.path.join(self.base, name or f"box-{next(self._counter)}")
@@ -183,10 +186,26 @@ class CgroupManager:
         return box
 
     def close(self) -> None:
-        try:
-            os.rmdir(self.base)
-        except OSError:
-            pass
+        """Remove our subtree (at process exit): no cgroup directory outlives its supervisor.
+        If we had moved into a leaf, stop distributing controllers and move back first."""
+        for name in os.listdir(self.base) if os.path.isdir(self.base) else []:
+            if os.path.isdir(os.path.join(self.base, name)):
+                BoxCgroup(os.path.join(self.base, name), {}).destroy(timeout=2)
+        for path in (self.base,):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        if self.moved_from:
+            leaf = os.path.join(self.moved_from, f"supervisor-{os.getpid()}")
+            try:
+                ctl = " ".join(f"-{c}" for c in _read(os.path.join(self.moved_from, "cgroup.subtree_control")).split())
+                if ctl:
+                    _write(os.path.join(self.moved_from, "cgroup.subtree_control"), ctl)
+                _write(os.path.join(self.moved_from, "cgroup.procs"), "0")
+                os.rmdir(leaf)
+            except OSError:
+                pass
 
 
 def _enable(cg: str, controllers: list[str] | tuple[str, ...]) -> None:
@@ -211,9 +230,6 @@ class BoxCgroup:
         """For clone3(CLONE_INTO_CGROUP): the box's first process is born in this leaf, so no
         instruction of it ever runs unlimited (the caller closes the fd)."""
         return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    def cpu_limit(self) -> float | None:
-        return self.cpus
 
     def _kv(self, name: str) -> dict[str, int]:
         try:

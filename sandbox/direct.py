@@ -165,6 +165,10 @@ def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
             _MANAGERS[pid] = cgroups.CgroupManager.open(require=False)
         except OSError:
             _MANAGERS[pid] = None
+        if _MANAGERS[pid] is not None:
+            import atexit
+
+            atexit.register(_MANAGERS[pid].close)  # type: ignore[union-attr]
     mgr: Any = _MANAGERS[pid]
     if mgr is None:
         if config.require_cgroup:
@@ -190,8 +194,7 @@ def cpu_watch(box_cg: Any, limit: float | None) -> Callable[[], float | None] | 
     no fixed-interval polling, and a box that sleeps costs one read per wake-up."""
     if box_cg is None or limit is None or "cpu_time" not in cgroup_enforced(box_cg):
         return None
-    ncpu = max(1.0, min(float(os.cpu_count() or 1), box_cg.cpu_limit() or 1e9)) \
-        if hasattr(box_cg, "cpu_limit") else float(os.cpu_count() or 1)
+    ncpu = float(box_cg.cpus or os.cpu_count() or 1)
 
     def check() -> float | None:
         remaining = limit - box_cg.cpu_seconds()

@@ -128,3 +128,16 @@ def test_doctor_in_the_guest_says_cgroup():
 
     c = {x.name: x for x in diagnose()}["cgroup v2"]
     assert c.status == "ok" and "enforced by cgroup v2" in c.detail
+
+
+def test_cli_runs_leave_no_cgroup_subtree_behind():
+    import subprocess
+    import sys
+
+    top = os.path.dirname(_base())
+    before = set(os.listdir(top))
+    for _ in range(3):
+        p = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--require-cgroup", "--", "true"],
+                           capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    assert set(os.listdir(top)) == before
