@@ -33,6 +33,34 @@ def _base() -> str:
     return mgr.base  # type: ignore[attr-defined]
 
 
+def test_aaa_no_internal_process_move_path():
+    """Runs first (before this process enabled any controller): a helper that is alone in the
+    delegated cgroup, whose parent is not ours, must move itself into a leaf before enabling
+    controllers, and put everything back at exit."""
+    import subprocess
+    import sys
+
+    top = os.environ.get("SANDBOX_UML_CGROUP", "")
+    if not top or open(os.path.join(top, "cgroup.subtree_control")).read().strip():
+        pytest.skip("needs a fresh delegated cgroup with no controllers enabled yet")
+    script = (
+        "import os\n"
+        f"open({top!r} + '/cgroup.procs', 'w').write('0')\n"
+        "import sandbox\n"
+        "from sandbox import Limits, SandboxConfig\n"
+        "from sandbox.direct import _MANAGERS\n"
+        "r = sandbox.run_sync(['python3', '-c', 'x = bytearray(200 << 20)'],\n"
+        "                     SandboxConfig(require_cgroup=True, limits=Limits.parse(memory='64M')))\n"
+        "m = _MANAGERS[os.getpid()]\n"
+        "print(r.status, m.moved_from, open('/proc/self/cgroup').read().strip())\n")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    status, moved_from, cg = p.stdout.split()
+    assert (status, moved_from) == ("ML", top), p.stderr
+    assert cg.startswith("0::/" + os.path.basename(top) + "/supervisor-")
+    leftovers = [d for d in os.listdir(top) if d.startswith(("supervisor-", "sandbox-"))]
+    assert leftovers == [] and open(os.path.join(top, "cgroup.procs")).read().strip() == ""
+
+
 def test_every_limit_is_enforced_by_cgroup():
     r = sandbox.run_sync(["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max"],
                          cfg(memory="64M", pids=32, cpus=0.5))
