@@ -1,15 +1,19 @@
 """Running Python inside a box from the pytest process, and getting data back safely.
 
 The box is cloned from the pytest process itself (``sandbox.direct.run_direct`` with a callable
-target), so the test module is not re-imported and fixtures/closures are simply there. Results
-come back through a memfd the box writes and the host reads *after* the box is dead, at most
-``MAX_CHANNEL`` bytes, and parsed as JSON only.
+target), so the test module is not re-imported and fixtures/closures are simply there.
+
+Data comes back through a *memfd* rather than a pipe: the host reads it only after the box is
+dead, so a box can neither block on a full pipe (a plain ``run_direct`` call has nobody reading
+a pipe meanwhile) nor stall the host with a slow trickle. The host reads at most a fixed bound
+and the box cannot grow the memfd past its file-size rlimit. Whatever is read is untrusted
+bytes, parsed only as JSON by the callers.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import secrets
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +23,7 @@ from sandbox.config import MountSpec
 from sandbox.direct import run_direct
 from sandbox.result import Result
 
-MAX_CHANNEL = 32 * 1024 * 1024
+OutputSink = Callable[[int, bytes], None]
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -28,44 +32,72 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def run_in_box(body: Callable[[int], None], cfg: SandboxConfig,
-               pass_fds: Sequence[int] = ()) -> tuple[Result, bytes | None]:
-    """Run ``body(channel_fd)`` in a fresh box; return (verdict, channel bytes or None if the
-    channel overflowed)."""
-    ch = os.memfd_create("sandbox-channel", os.MFD_CLOEXEC)
+def memfd(name: str) -> int:
+    return os.memfd_create(name, os.MFD_CLOEXEC)
+
+
+def read_memfd(fd: int, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes from the start of a memfd; None if it holds more than that."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = bytearray()
+    while len(data) <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - len(data)))):
+        data += chunk
+    return bytes(data) if len(data) <= limit else None
+
+
+def run_in_box(body: Callable[[int], None], cfg: SandboxConfig, pass_fds: Sequence[int] = (),
+               *, limit: int, on_output: OutputSink | None = None) -> tuple[Result, bytes | None]:
+    """Run ``body(channel_fd)`` in a fresh box; return (verdict, channel bytes, or None when
+    the box wrote more than ``limit``)."""
+    ch = memfd("sandbox-channel")
     try:
         def target() -> int:
             body(ch)
             return 0
 
-        result = run_direct(target, cfg, pass_fds=[ch, *pass_fds])
-        os.lseek(ch, 0, os.SEEK_SET)
-        data = bytearray()
-        while len(data) <= MAX_CHANNEL and (chunk := os.read(ch, 1 << 20)):
-            data += chunk
-        return result, (bytes(data) if len(data) <= MAX_CHANNEL else None)
+        result = run_direct(target, cfg, pass_fds=[ch, *pass_fds], on_output=on_output)
+        return result, read_memfd(ch, limit)
     finally:
         os.close(ch)
 
 
-def capture_fds(config: Any) -> list[int]:
-    """fds pytest's own output capture uses (tmpfiles and saved originals): the test's prints
-    must land in them inside the box, exactly as without the sandbox."""
-    fds: list[int] = []
+def capture_plan(config: Any) -> tuple[list[int], list[tuple[int, int]]]:
+    """How pytest's fd-level output capture works inside the box.
+
+    Returns (fds to hand to the box, [(saved_fd, std_fd)] to re-point inside it). The capture
+    tmpfiles are shared, so a test's prints land in them exactly as without the sandbox. The
+    *saved originals* (the real terminal / stdin that capture restores between phases) are
+    NOT handed over: inside the box those numbers are re-pointed at the box's own stdin
+    (/dev/null) and output pipes, which the host echoes to its terminal within the output cap.
+    """
+    share: list[int] = []
+    adopt: list[tuple[int, int]] = []
     capman = config.pluginmanager.getplugin("capturemanager")
     mc = getattr(capman, "_global_capturing", None)
-    for cap in (getattr(mc, "in_", None), getattr(mc, "out", None), getattr(mc, "err", None)):
-        fd = getattr(cap, "targetfd_save", None)
-        if isinstance(fd, int) and fd > 2:
-            fds.append(fd)
+    for std, cap in enumerate((getattr(mc, "in_", None), getattr(mc, "out", None),
+                               getattr(mc, "err", None))):
+        saved = getattr(cap, "targetfd_save", None)
+        if isinstance(saved, int) and saved > 2:
+            adopt.append((saved, std))
         tmp = getattr(cap, "tmpfile", None)
         try:
             fd = tmp.fileno() if tmp is not None else -1
         except (OSError, ValueError, AttributeError):
             fd = -1
-        if fd > 2:
-            fds.append(fd)
-    return sorted(set(fds))
+        if fd > 2 and std > 0:  # stdin's "tmpfile" is /dev/null: the box has its own
+            share.append(fd)
+        elif fd > 2:
+            adopt.append((fd, 0))
+    return sorted(set(share)), adopt
+
+
+def echo_output(which: int, data: bytes) -> None:
+    """Box output that missed pytest's capture goes where it would have gone unsandboxed: the
+    terminal (between tests pytest's global capture is suspended)."""
+    try:
+        write_all(which, data)
+    except OSError:
+        pass
 
 
 def pytest_mounts(config: Any) -> tuple[list[MountSpec], str]:
@@ -93,38 +125,18 @@ def _basetemp(config: Any) -> str | None:
         return None
 
 
-def parse_reports(data: bytes | None, config: Any, nodeid: str) -> list[Any] | None:
-    """Strictly rebuild TestReports from the box's JSON; None for anything unexpected."""
-    if not data:
-        return None
-    try:
-        raw = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(raw, list) or not 1 <= len(raw) <= 3:
-        return None
-    reports = []
-    for d in raw:
-        if not (isinstance(d, dict) and d.get("nodeid") == nodeid
-                and d.get("when") in ("setup", "call", "teardown")
-                and d.get("outcome") in ("passed", "failed", "skipped")
-                and d.get("$report_type") == "TestReport"):
-            return None
-        try:
-            rep = config.hook.pytest_report_from_serializable(config=config, data=d)
-        except Exception:  # noqa: BLE001 - any malformed field means "invalid report"
-            return None
-        if rep is None:
-            return None
-        if isinstance(rep.longrepr, list):  # JSON has no tuples; skips carry (path, line, msg)
-            if len(rep.longrepr) != 3:
-                return None
-            rep.longrepr = tuple(rep.longrepr)
-        reports.append(rep)
-    return reports
+def scratch_dir() -> tuple[str, str]:
+    """(dir to remove afterwards, dir the box gets at /work).
 
-
-def scratch_dir() -> str:
-    d = tempfile.mkdtemp(prefix="sandbox-fixture-")
-    os.chmod(d, 0o755)
-    return d
+    Unprivileged, the box runs as our own uid, so a private 0700 directory works. As root the
+    box is an unpredictable high uid and needs a world-writable directory: it is hidden under a
+    0711 parent (not listable) with a random name, so no other local user can find it.
+    """
+    top = tempfile.mkdtemp(prefix="sandbox-fixture-")
+    if os.geteuid() != 0:
+        return top, top
+    os.chmod(top, 0o711)
+    work = os.path.join(top, secrets.token_hex(16))
+    os.mkdir(work)
+    os.chmod(work, 0o777)
+    return top, work

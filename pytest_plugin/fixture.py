@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pytest_plugin import boxrun
 from sandbox import Limits, Result, SandboxConfig, Status, codec
+from sandbox._syscalls import openat2
 from sandbox.config import MountSpec
 from sandbox.direct import run_direct
-from sandbox.safefs import read_beneath
+from sandbox.safefs import RESOLVE, UnsafePath, open_beneath, read_beneath
 
 LIMIT_KEYS = ("memory", "wall_time", "cpu_time", "pids", "output_limit", "tmpfs_size",
               "nofile", "fsize")
@@ -38,8 +40,7 @@ class SandboxFixture:
 
     def __init__(self, config: Any) -> None:
         self._config = config
-        self.workdir = boxrun.scratch_dir()
-        os.chmod(self.workdir, 0o777)  # in root mode the box is an unprivileged high uid
+        self._top, self.workdir = boxrun.scratch_dir()
         self.results: list[Result] = []
 
     def config(self, network: bool = False, cwd: str = "/work",
@@ -53,13 +54,34 @@ class SandboxFixture:
                              cwd=cwd).validate()
 
     def put(self, name: str, data: bytes) -> None:
-        rel = os.path.normpath(name)
-        if rel.startswith(("/", "..")):
+        """Write ``/work/<name>`` for the next box. A box that ran before may have planted a
+        symlink or FIFO under that name: nothing is followed, only regular files are written."""
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if not parts or name.startswith("/") or ".." in parts:
             raise ValueError(f"file name {name!r} must be relative, inside /work")
-        path = os.path.join(self.workdir, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
+        dfd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=dfd)
+                except FileExistsError:
+                    pass
+                sub = open_beneath(dfd, part, directory=True)
+                os.close(dfd)
+                dfd = sub
+            fd = openat2(dfd, parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK | os.O_CLOEXEC, RESOLVE, 0o644)
+        except OSError as e:
+            raise UnsafePath(e.errno, f"{name}: cannot write it safely into the box ({e.strerror})") from None
+        finally:
+            os.close(dfd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePath(22, f"{name}: not a regular file (planted by an earlier box?)")
+            os.fchmod(fd, 0o666 if os.geteuid() == 0 else 0o644)  # as root the box is another uid
+            boxrun.write_all(fd, data)
+        finally:
+            os.close(fd)
 
     def read(self, name: str, max_bytes: int = 16 << 20) -> bytes:
         """A file the box wrote under /work, read without following anything it planted."""
@@ -86,13 +108,17 @@ class SandboxFixture:
                                                "traceback": traceback.format_exc()[-20000:]}})
             boxrun.write_all(ch, data)
 
-        result, data = boxrun.run_in_box(body, self.config(**dict(sandbox_options or {})))
+        result, data = boxrun.run_in_box(body, self.config(**dict(sandbox_options or {})),
+                                         limit=codec.MAX_BYTES)
         self.results.append(result)
         if result.status != Status.OK:
             raise SandboxCallError(f"sandbox: {result.reason or result.error or result.status}",
                                    result=result)
+        if data is None:
+            raise SandboxCallError(f"sandbox: the box sent more than {codec.MAX_BYTES >> 20} MiB",
+                                   result=result)
         try:
-            msg = codec.decode(data or b"")
+            msg = codec.decode(data)
         except codec.CodecError as e:
             raise SandboxCallError(f"sandbox: the box sent invalid data ({e})", result=result) from None
         if isinstance(msg, dict) and set(msg) == {"ok"}:
@@ -105,4 +131,4 @@ class SandboxFixture:
         raise SandboxCallError("sandbox: the box sent an unexpected message", result=result)
 
     def close(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self._top, ignore_errors=True)

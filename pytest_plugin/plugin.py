@@ -1,62 +1,66 @@
 """pytest plugin: ``@pytest.mark.sandboxed``, ``--sandbox-all``, the ``sandbox`` fixture.
 
 A sandboxed test runs its whole protocol (setup, call, teardown) in a fresh box cloned from
-the pytest process; its reports come back as JSON and are replayed here, so pass/fail/skip/
-xfail, assertion rewriting, captured output and tracebacks look exactly as without the box.
-The *verdict* of the box (time, memory, output limits, crashes) comes from the kernel: if the
-box did not finish cleanly the test fails with that reason, whatever the box wrote.
+the pytest process (``boxed``); its reports come back as JSON and are replayed here, so pass/
+fail/skip/xfail, assertion rewriting, captured output and tracebacks look exactly as without
+the box. The *verdict* of the box (time, memory, output limits, crashes) comes from the kernel:
+if the box did not finish cleanly the test fails with that reason, whatever the box wrote.
 
-Trust model: this protects the host from the test. It cannot stop a hostile test body from
-forging its own "passed" report (the report is produced by code in the same process as the
-test). For untrusted code, assert outside the box: the ``sandbox`` fixture's ``run``/``call``.
+Trust model (docs/pytest-plugin.md): this protects the host from the test. It cannot stop a
+hostile test body from forging its own "passed" report (the report is produced by code in the
+same process as the test). For untrusted code, assert outside the box: the ``sandbox``
+fixture's ``run``/``call``.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from pytest_plugin import boxrun
-from pytest_plugin.fixture import SandboxFixture
-from pytest_plugin.summary import SummaryRow, record, write_summary
-from sandbox import ConfigError, Limits, SandboxConfig, Status
+from pytest_plugin import boxed, boxrun, probe
+from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
+from pytest_plugin.summary import record, write_summary
+from sandbox import ConfigError, Limits, SandboxConfig
 
-LIMIT_KEYS = ("memory", "wall_time", "cpu_time", "pids", "output_limit", "tmpfs_size",
-              "nofile", "fsize")
 INI_DEFAULTS = {"memory": "512M", "wall_time": "60s", "cpu_time": "60s", "pids": "256"}
+_ROWS = pytest.StashKey[list[Any]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("sandbox", "rootless sandbox (run tests in fresh Linux namespaces)")
-    g.addoption("--sandbox-all", action="store_true", help="sandbox every test")
-    g.addoption("--sandbox-strict", action="store_true",
+    g.addoption("--sandbox-all", action="store_true", default=None,
+                help="sandbox every test (ini: sandbox_all); tests using the `sandbox` fixture "
+                     "stay outside, since that fixture boxes what it runs")
+    g.addoption("--sandbox-strict", action="store_true", default=None,
                 help="fail (instead of skip) sandboxed tests when sandboxes cannot be created")
+    g.addoption("--sandbox-network", action="store_true", default=None,
+                help="give sandboxed tests the host network (default: none, only lo)")
     g.addoption("--sandbox-no-summary", action="store_true", help="no sandbox table at the end")
+    parser.addini("sandbox_all", "sandbox every test (like --sandbox-all)", type="bool", default=False)
+    parser.addini("sandbox_strict", "fail instead of skip without sandboxes", type="bool", default=False)
+    parser.addini("sandbox_network", "host network in sandboxed tests", type="bool", default=False)
     for key in LIMIT_KEYS:
+        what = key.replace("_", " ")
         g.addoption(f"--sandbox-{key.replace('_', '-')}", default=None, dest=f"sandbox_{key}",
-                    help=f"default {key.replace('_', ' ')} for sandboxed tests")
-        parser.addini(f"sandbox_{key}", f"default {key.replace('_', ' ')} for sandboxed tests",
+                    metavar="VALUE", help=f"{what} for sandboxed tests (ini: sandbox_{key}; "
+                    f"default {INI_DEFAULTS.get(key, 'as `sandbox run`')})")
+        parser.addini(f"sandbox_{key}", f"default {what} for sandboxed tests",
                       default=INI_DEFAULTS.get(key))
-    parser.addini("sandbox_network", "allow the host network in sandboxed tests (true/false)",
-                  default="false")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "sandboxed(memory=, wall_time=, cpu_time=, pids=, network=False, ...): "
-        "run this test inside a fresh rootless sandbox")
-    config.stash[_STATE] = _State()
+        "markers", "sandboxed(memory=, wall_time=, cpu_time=, pids=, output_limit=, tmpfs_size=, "
+        "nofile=, fsize=, network=False, ...): run this test (fixtures included) inside a fresh "
+        "rootless sandbox; other keywords are SandboxConfig fields")
+    config.stash[_ROWS] = []
 
 
-class _State:
-    def __init__(self) -> None:
-        self.rows: list[SummaryRow] = []
-        self.unavailable: str | None | bool = False  # False = not probed yet
-
-
-_STATE = pytest.StashKey[_State]()
+def _flag(config: pytest.Config, name: str) -> bool:
+    opt = config.getoption(f"sandbox_{name}")
+    return bool(opt) if opt is not None else bool(config.getini(f"sandbox_{name}"))
 
 
 def box_config(item: pytest.Item) -> SandboxConfig:
@@ -71,125 +75,68 @@ def box_config(item: pytest.Item) -> SandboxConfig:
             limits[key] = v
         if key in kw:
             limits[key] = kw.pop(key)
-    # The test's output goes to pytest's capture *files*, not through the supervisor's pipes,
-    # so the output limit is enforced as the file size limit unless fsize is given explicitly.
+    # The test's output goes to pytest's capture *files*, not through the box's pipes, so the
+    # output limit is enforced as the file size limit unless fsize is given explicitly.
     if "fsize" not in limits and "output_limit" in limits:
         limits["fsize"] = limits["output_limit"]
-    network = kw.pop("network", str(cfg.getini("sandbox_network")).lower() in ("1", "true", "yes"))
+    network = kw.pop("network", _flag(cfg, "network"))
     mounts, cwd = boxrun.pytest_mounts(cfg)
     try:
         sc = SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
-                           mounts=mounts, cwd=cwd, **kw)
+                           mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
         return sc.validate()
     except TypeError as e:
         raise ConfigError(f"@pytest.mark.sandboxed: {e}") from None
 
 
 def _wants_box(item: pytest.Item) -> bool:
-    return item.config.getoption("sandbox_all") or item.get_closest_marker("sandboxed") is not None
-
-
-def _availability(config: pytest.Config) -> str | None:
-    """Probe once per session with a real box; None when boxes work, else the reason + fix."""
-    state = config.stash[_STATE]
-    if state.unavailable is False:
-        from sandbox.direct import run_direct
-
-        r = run_direct(lambda: 0, SandboxConfig())
-        state.unavailable = None if r.status == Status.OK else _explain(r)
-    return state.unavailable if isinstance(state.unavailable, str) else None
-
-
-def _explain(r: Any) -> str:
-    why = r.error or r.reason or str(r.status)
-    if r.error_step in ("clone", "userns"):
-        fix = ("unprivileged user namespaces are unavailable; fix: sysctl -w "
-               "kernel.apparmor_restrict_unprivileged_userns=0 or user.max_user_namespaces=15000; "
-               "in Docker run with --security-opt seccomp=unconfined (see `sandbox doctor`)")
-    else:
-        fix = "run `sandbox doctor` for the exact fix"
-    return f"sandbox unavailable ({why}); {fix}"
+    if item.get_closest_marker("sandboxed") is not None:
+        return True
+    return _flag(item.config, "all") and "sandbox" not in getattr(item, "fixturenames", ())
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
     if not _wants_box(item):
         return None
-    reason = _availability(item.config)
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    out = boxed.Outcome([])
     try:
+        if "sandbox" in getattr(item, "fixturenames", ()):
+            raise ConfigError("a @sandboxed test cannot use the `sandbox` fixture (boxes do not "
+                              "nest); drop the marker: the fixture boxes what it runs")
+        reason = probe.unavailable(item.config)
         if reason is not None:
-            reports = [_synthetic(item, "setup", "skipped" if not item.config.getoption(
-                "sandbox_strict") else "failed", reason)]
-            result = None
+            strict = _flag(item.config, "strict")
+            boxed.complete(item, out.reports, reason, outcome="failed" if strict else "skipped")
         else:
-            reports, result = _run_boxed(item)
+            out = boxed.run_item(item, box_config(item))
     except ConfigError as e:
-        reports, result = [_synthetic(item, "setup", "failed", f"sandbox: {e}")], None
-    for rep in reports:
-        if result is not None:
-            rep.user_properties.extend(_properties(result))
+        boxed.complete(item, out.reports, f"sandbox: {e}")
+    boxed.teardown_in_parent(item, nextitem, out.reports)
+    if out.result is not None:
+        props = _properties(out.result)
+        for rep in out.reports:
+            rep.user_properties.extend(props)
+    boxed.reemit_warnings(item, out.warnings)
+    for rep in out.reports:
         item.ihook.pytest_runtest_logreport(report=rep)
-    if result is not None:
-        record(item.config.stash[_STATE].rows, item.nodeid, result)
+    if out.result is not None:
+        record(item.config.stash[_ROWS], item.nodeid, out.result, out.reports)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    if out.exit_request is not None:
+        pytest.exit(*out.exit_request)
     return True
 
 
-def _run_boxed(item: pytest.Item) -> tuple[list[Any], Any]:
-    from _pytest.runner import runtestprotocol
-
-    cfg = box_config(item)
-    config = item.config
-
-    def body(ch: int) -> None:
-        reports = runtestprotocol(item, log=False, nextitem=None)
-        data = [config.hook.pytest_report_to_serializable(config=config, report=r)
-                for r in reports]
-        boxrun.write_all(ch, json.dumps(data).encode())
-
-    result, data = boxrun.run_in_box(body, cfg, boxrun.capture_fds(config))
-    reports = boxrun.parse_reports(data, config, item.nodeid)
-    if result.status != Status.OK:
-        # The kernel's verdict wins: the box was stopped, so the test fails with that reason
-        # (a box stopped mid-test has sent no report: setup counts as done, the call failed).
-        setup = [r for r in reports or [] if r.when == "setup"][:1]
-        if setup and setup[0].outcome != "passed":
-            return setup, result
-        setup = setup or [_synthetic(item, "setup", "passed", "")]
-        return setup + [_synthetic(item, "call", "failed", "sandbox: " + _reason(result))], result
-    if reports is None:
-        return [_synthetic(item, "call", "failed",
-                           "sandbox: test process sent an invalid report")], result
-    _explain_memory_error(reports, cfg, result)
-    return reports, result
-
-
-def _explain_memory_error(reports: list[Any], cfg: SandboxConfig, result: Any) -> None:
-    """Under the rlimit fallback a memory limit shows up as MemoryError inside the test: say so."""
-    lim = cfg.limits.memory
-    for rep in reports:
-        if rep.failed and lim and "MemoryError" in str(rep.longrepr):
-            how = result.enforcement.get("memory", "rlimit")
-            rep.sections.append(("sandbox", f"sandbox: memory limit {lim >> 20}M exceeded "
-                                            f"(enforced by {how}: allocation refused)"))
-
-
-def _reason(result: Any) -> str:
-    if result.status == Status.XX:
-        return f"could not run the test in a sandbox: {result.error}"
-    if result.signal == 25:  # SIGXFSZ: in a sandboxed test, fsize defaults to the output limit
-        return f"output limit exceeded ({result.reason})"
-    return result.reason or str(result.status)
-
-
-def _synthetic(item: pytest.Item, when: str, outcome: str, text: str) -> pytest.TestReport:
-    longrepr: Any = text or None
-    if outcome == "skipped":
-        path, lineno, _ = item.location
-        longrepr = (str(path), (lineno or 0) + 1, text)
-    return pytest.TestReport(item.nodeid, item.location, {x: 1 for x in item.keywords},
-                             outcome, longrepr, when, user_properties=[])
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    """Inside a box: send each report to the host as soon as it exists (outermost wrapper, so
+    it is the final report, after xfail handling and every other plugin)."""
+    rep = yield
+    if boxed.CHANNEL is not None:
+        boxed.send_report(item.config, rep)
+    return rep
 
 
 def _properties(result: Any) -> list[tuple[str, Any]]:
@@ -200,7 +147,7 @@ def _properties(result: Any) -> list[tuple[str, Any]]:
 
 
 @pytest.fixture
-def sandbox(request: pytest.FixtureRequest) -> Any:
+def sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxFixture]:
     """Run untrusted programs (``sandbox.run``) or functions (``sandbox.call``) in fresh boxes;
     assertions stay in the trusted test."""
     fx = SandboxFixture(request.config)
@@ -210,12 +157,10 @@ def sandbox(request: pytest.FixtureRequest) -> Any:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if not config.getoption("sandbox_no_summary"):
-        write_summary(terminalreporter, config.stash[_STATE].rows)
+        write_summary(terminalreporter, config.stash[_ROWS])
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    if config.getoption("sandbox_all"):
+    if _flag(config, "all"):
         return "sandbox: every test runs in a fresh rootless sandbox (--sandbox-all)"
     return None
-
-

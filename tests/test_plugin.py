@@ -89,7 +89,7 @@ def test_limits_fail_with_clear_messages(run):
     out = r.stdout.str()
     assert "sandbox: wall time 0.5s exceeded" in out
     assert "sandbox: memory limit 128M exceeded" in out
-    assert "sandbox: output limit exceeded" in out
+    assert "sandbox: output limit 64K exceeded" in out
     assert "sandbox: killed by signal 9 (SIGKILL)" in out
 
 

@@ -1,0 +1,330 @@
+"""One sandboxed test: its whole protocol runs in a fresh box, its reports come back as JSON.
+
+Like pytest-forked, the box is a clone of the pytest process and runs ``runtestprotocol`` for
+the item (setup, call, teardown), so fixtures, assertion rewriting, capture and tracebacks are
+pytest's own. Unlike pytest-forked:
+
+* every fixture the test uses is set up *and torn down inside the box*, fresh (an inherited
+  wider-scope fixture would hold descriptors the box has closed, and tearing down the parent's
+  copy inside the box would run its finalizers twice);
+* each report is sent as one JSON line the moment it is made, so when the kernel stops the box
+  the host knows which phase was running, and shows the captured output and the Python stack
+  of that phase;
+* the verdict comes from the kernel (``Result.status``): whatever the box said, a box that was
+  killed, timed out or crashed fails the test. The JSON itself is validated strictly
+  (``reportcheck``): garbage becomes "sandbox: test process sent an invalid report".
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pytest
+
+from pytest_plugin import boxrun, reportcheck
+from pytest_plugin.reportcheck import InvalidReport
+from sandbox import SandboxConfig, Status
+from sandbox.config import Limits
+from sandbox.result import Result
+
+SECTION_MAX = 1 << 20  # captured output kept per section (head and tail), inside the box
+STACK_MAX = 64 * 1024
+MAX_WARNINGS = 100
+CHANNEL: int | None = None  # set inside a box only: where the report hook sends reports
+
+
+@dataclass
+class Outcome:
+    reports: list[pytest.TestReport]
+    result: Result | None = None
+    exit_request: tuple[str, int | None] | None = None
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---- inside the box -------------------------------------------------------------------------
+
+def send_report(config: Any, rep: pytest.TestReport) -> None:
+    """Called by the plugin's makereport hook inside a box: one report, one JSON line."""
+    d = config.hook.pytest_report_to_serializable(config=config, report=rep)
+    d["sections"] = [(t, _cut(c)) for t, c in d.get("sections", [])]
+    d["user_properties"] = [(str(k), v if isinstance(v, reportcheck.SCALAR) else str(v))
+                            for k, v in d.get("user_properties", [])]
+    _send(d)
+
+
+def _send(obj: Any) -> None:
+    assert CHANNEL is not None
+    boxrun.write_all(CHANNEL, (json.dumps(obj, default=str) + "\n").encode())
+
+
+def _cut(text: str) -> str:
+    if len(text) <= SECTION_MAX:
+        return text
+    half = SECTION_MAX // 2
+    return f"{text[:half]}\n... [sandbox: {len(text) - SECTION_MAX} characters cut] ...\n{text[-half:]}"
+
+
+def _fresh_fixtures(item: pytest.Item) -> None:
+    """Forget, in this clone only, the fixtures and finalizers pytest set up outside the box."""
+    ss = item.session._setupstate
+    for node, (_, exc) in list(ss.stack.items()):
+        ss.stack[node] = ([], exc)
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        for fixturedef in defs:
+            fixturedef.cached_result = None
+            fixturedef._finalizers.clear()
+
+
+def _child(item: pytest.Item, adopt: list[tuple[int, int]], stack_fd: int,
+           wall: float | None, ch: int) -> None:
+    from _pytest.runner import runtestprotocol
+
+    global CHANNEL
+    CHANNEL = ch
+    for saved, std in adopt:
+        os.dup2(std, saved)
+    _fresh_fixtures(item)
+    faulthandler.enable(file=stack_fd, all_threads=True)
+    if wall is not None:  # the stack shortly before the host kills us, for the failure report
+        faulthandler.dump_traceback_later(max(wall * 0.5, wall - min(0.25, wall * 0.1)),
+                                          file=stack_fd)
+    with warnings.catch_warnings(record=True) as log:  # keeps the filters pytest set up
+        try:
+            runtestprotocol(item, log=False, nextitem=None)
+        except pytest.exit.Exception as e:
+            _send({"$exit": str(e.msg)[:4096], "returncode": e.returncode})
+        except KeyboardInterrupt:
+            _send({"$exit": f"KeyboardInterrupt in {item.nodeid}", "returncode": 2})
+    faulthandler.cancel_dump_traceback_later()
+    if log:
+        _send({"$warnings": [{"message": str(w.message)[:4096], "category": w.category.__name__,
+                              "filename": str(w.filename), "lineno": int(w.lineno or 0)}
+                             for w in log[:MAX_WARNINGS]]})
+
+
+# ---- on the host ----------------------------------------------------------------------------
+
+def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
+    config = item.config
+    share, adopt = boxrun.capture_plan(config)
+    stack = boxrun.memfd("sandbox-stack")
+    try:
+        body = partial(_child, item, adopt, stack, cfg.limits.wall_time)
+        result, data = boxrun.run_in_box(body, cfg, [*share, stack], limit=reportcheck.MAX_CHANNEL,
+                                         on_output=boxrun.echo_output)
+        stack_text = os.pread(stack, STACK_MAX, 0).decode("utf-8", "replace")
+    finally:
+        os.close(stack)
+    unfinished = _drain_capture(config)
+    out = Outcome([], result)
+    try:
+        if data is None:
+            raise InvalidReport(f"more than {reportcheck.MAX_CHANNEL >> 20} MiB")
+        _parse(item, data, out)
+        invalid = None
+    except InvalidReport as e:
+        out.reports, out.exit_request, out.warnings, invalid = [], None, [], str(e)
+    if result.status != Status.OK:
+        text = "sandbox: " + _reason(result, cfg.limits)
+        if stack_text.strip():
+            text += "\n\nPython stack of the test process (written inside the box):\n" + _trim_stack(stack_text)
+        complete(item, out.reports, text, sections=unfinished)
+    elif out.exit_request is not None and invalid is None:
+        pass  # pytest.exit() inside the test: the session stops, as it would unsandboxed
+    elif invalid is not None or not out.reports or out.reports[-1].when != "teardown":
+        why = invalid or "the test process ended without finishing the test"
+        out.reports = [] if invalid else out.reports
+        complete(item, out.reports, f"sandbox: test process sent an invalid report ({why})",
+                 first="call")
+    else:
+        _explain_memory_error(out.reports, cfg.limits)
+    return out
+
+
+def _parse(item: pytest.Item, data: bytes, out: Outcome) -> None:
+    rc = reportcheck
+    ended = False
+    for msg in rc.parse_lines(data):
+        if ended:
+            raise InvalidReport("data after the end of the test")
+        if isinstance(msg, dict) and "$warnings" in msg:
+            rc.obj({"$warnings": rc.list_of(rc.obj({"message": rc.STR, "category": rc.STR,
+                                                     "filename": rc.STR, "lineno": rc.INT}))})(msg, "warnings")
+            out.warnings, ended = msg["$warnings"][:MAX_WARNINGS], True
+            continue
+        if out.exit_request is not None:
+            raise InvalidReport("a report after pytest.exit()")
+        if isinstance(msg, dict) and "$exit" in msg:
+            rc.obj({"$exit": rc.STR, "returncode": rc.maybe(rc.INT)})(msg, "exit")
+            out.exit_request = (msg["$exit"][:4096], msg["returncode"])
+            continue
+        allowed = _next_phases(item, out.reports[-1] if out.reports else None)
+        if not isinstance(msg, dict) or msg.get("when") not in allowed:
+            raise InvalidReport(f"expected a report for {' or '.join(allowed) or 'nothing more'}")
+        d = rc.check_report(msg, item.nodeid, msg["when"])
+        out.reports.append(rc.rebuild(item.config, d))
+
+
+def _next_phases(item: pytest.Item, prev: pytest.TestReport | None) -> tuple[str, ...]:
+    """The phases pytest's runtestprotocol may report next (a failed or skipped setup has no
+    call; --setup-only has none either)."""
+    if prev is None:
+        return ("setup",)
+    if prev.when == "setup":
+        return ("call",) if prev.passed and not item.config.option.setuponly else ("teardown",)
+    return ("teardown",) if prev.when == "call" else ()
+
+
+def complete(item: pytest.Item, reports: list[pytest.TestReport], text: str,
+             sections: list[tuple[str, str]] | None = None, outcome: str = "failed",
+             first: str = "setup") -> None:
+    """Make the phase the test had reached fail (or skip) with ``text``, then fill in the
+    remaining phases, so every test ends with a teardown report (JUnit reads properties there).
+    Reports arrive right after each phase, so with none the box was still in ``first``."""
+    if reports and reports[-1].when == "teardown":
+        phase = "teardown"
+        reports.pop()
+    elif not reports:
+        phase = first
+    else:
+        phase = "call" if reports[-1].when == "setup" and reports[-1].passed else "teardown"
+    if phase == "call" and not reports:
+        reports.append(synthetic(item, "setup", "passed", ""))
+    rep = synthetic(item, phase, outcome, text)
+    rep.sections.extend((f"Captured {name} {phase}", content) for name, content in sections or [])
+    reports.append(rep)
+    if phase != "teardown":
+        reports.append(synthetic(item, "teardown", "passed", ""))
+
+
+def synthetic(item: pytest.Item, when: str, outcome: str, text: str) -> pytest.TestReport:
+    longrepr: Any = text or None
+    if outcome == "skipped":
+        path, lineno, _ = item.location
+        longrepr = (str(path), (lineno or 0) + 1, text)
+    return pytest.TestReport(item.nodeid, item.location, {x: 1 for x in item.keywords},
+                             outcome, longrepr, when, sections=[], user_properties=[])  # type: ignore[arg-type]
+
+
+def _drain_capture(config: Any) -> list[tuple[str, str]]:
+    """What the box wrote into pytest's capture files in a phase it never finished; reading
+    also empties them, so it cannot show up as the next test's output."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None or capman._global_capturing is None:
+        return []
+    out, err = capman.read_global_capture()
+    return [(n, _cut(t)) for n, t in (("stdout", out), ("stderr", err)) if t]
+
+
+def teardown_in_parent(item: pytest.Item, nextitem: pytest.Item | None,
+                       reports: list[pytest.TestReport]) -> None:
+    """Tear down, here, what earlier unsandboxed tests set up and ``nextitem`` does not need
+    (pytest would have done it in this test's teardown). A failure there fails our teardown."""
+    from _pytest.runner import CallInfo
+
+    if not item.session._setupstate.stack:
+        return
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        capman.resume_global_capture()
+    try:
+        call = CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem),
+                                  when="teardown", reraise=(pytest.exit.Exception, KeyboardInterrupt))
+    finally:
+        captured = _drain_capture(item.config) if capman is not None else []
+        if capman is not None:
+            capman.suspend_global_capture(in_=False)
+    last = reports[-1]
+    if call.excinfo is not None and last.passed:
+        rep = pytest.TestReport.from_item_and_call(item, call)
+        rep.user_properties = list(last.user_properties)
+        reports[-1] = last = rep
+    last.sections.extend((f"Captured {n} teardown", t) for n, t in captured)
+
+
+def reemit_warnings(item: pytest.Item, found: list[dict[str, Any]]) -> None:
+    """Warnings the test raised inside the box, shown in pytest's warnings summary."""
+    import builtins
+
+    for w in found:
+        cat = getattr(builtins, w["category"], None)
+        if not (isinstance(cat, type) and issubclass(cat, Warning)):
+            cat = getattr(pytest, w["category"], None)
+        if not (isinstance(cat, type) and issubclass(cat, Warning)):
+            cat, w["message"] = UserWarning, f"{w['category']}: {w['message']}"
+        try:
+            warnings.warn_explicit(w["message"], cat, w["filename"], w["lineno"])
+        except Warning:  # an "error" filter: inside the box it would already have failed the test
+            pass
+
+
+def _reason(result: Result, lim: Limits) -> str:
+    if result.status == Status.XX:
+        return f"could not run the test in a sandbox: {result.error}"
+    if result.signal == signal.SIGXFSZ:
+        size = _fmt(lim.fsize)
+        if lim.fsize == lim.output_limit:
+            return f"output limit {size} exceeded (the test's captured output is a file: SIGXFSZ)"
+        return f"file size limit {size} exceeded (SIGXFSZ; captured output counts too)"
+    if result.status == Status.RE:
+        return f"the test process exited with code {result.exit_code} (os._exit() inside the test?)"
+    return result.reason or str(result.status)
+
+
+def _fmt(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n}B"
+
+
+def _package_dirs() -> tuple[str, ...]:
+    import _pytest
+    import pluggy
+
+    import sandbox
+
+    return (*(f'"{os.path.dirname(m.__file__ or "")}/' for m in (_pytest, pluggy, sandbox)),
+            f'"{os.path.dirname(__file__)}/', "<frozen runpy>")
+
+
+MACHINERY = _package_dirs()
+
+
+def _trim_stack(text: str) -> str:
+    """faulthandler's dump, without pytest's, pluggy's and the sandbox's own frames below the
+    test (they are the same for every test); control characters are replaced."""
+    out: list[str] = []
+    skipping = False
+    for line in text.splitlines():
+        if line.startswith("  File "):
+            if not skipping and any(m in line for m in MACHINERY):
+                skipping = True
+                out.append("  ... (pytest and sandbox frames)")
+            if skipping:
+                continue
+        else:
+            skipping = False
+        out.append("".join(c if c.isprintable() or c == "\t" else "?" for c in line))
+    return "\n".join(out)
+
+
+def _explain_memory_error(reports: list[pytest.TestReport], lim: Limits) -> None:
+    """Under the rlimit fallback a memory limit shows up as MemoryError inside the test: say
+    so in the summary line (the failure itself stands either way)."""
+    if not lim.memory:
+        return
+    for rep in reports:
+        crash = getattr(rep.longrepr, "reprcrash", None)
+        if rep.failed and crash is not None and "MemoryError" in (crash.message or ""):
+            crash.message = f"sandbox: memory limit {_fmt(lim.memory)} exceeded (allocation refused: MemoryError)"
