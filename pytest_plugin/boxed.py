@@ -136,7 +136,8 @@ def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
         text = "sandbox: " + _reason(result, cfg.limits)
         if stack_text.strip():
             text += "\n\nPython stack of the test process (written inside the box):\n" + _trim_stack(stack_text)
-        complete(item, out.reports, text, sections=unfinished)
+        complete(item, out.reports, text, sections=unfinished,
+                 first="call" if invalid else "setup")
     elif out.exit_request is not None and invalid is None:
         pass  # pytest.exit() inside the test: the session stops, as it would unsandboxed
     elif invalid is not None or not out.reports or out.reports[-1].when != "teardown":

@@ -14,6 +14,7 @@ fixture's ``run``/``call``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,13 +81,15 @@ def box_config(item: pytest.Item) -> SandboxConfig:
     if "fsize" not in limits and "output_limit" in limits:
         limits["fsize"] = limits["output_limit"]
     network = kw.pop("network", _flag(cfg, "network"))
+    fields = {f.name for f in dataclasses.fields(SandboxConfig)} - {"limits", "network"}
+    unknown = sorted(set(kw) - fields)
+    if unknown:
+        raise ConfigError(f"@pytest.mark.sandboxed: unknown option(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(LIMIT_KEYS)}, network, {', '.join(sorted(fields))}")
     mounts, cwd = boxrun.pytest_mounts(cfg)
-    try:
-        sc = SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
-                           mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
-        return sc.validate()
-    except TypeError as e:
-        raise ConfigError(f"@pytest.mark.sandboxed: {e}") from None
+    sc = SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
+                       mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
+    return sc.validate()
 
 
 def _wants_box(item: pytest.Item) -> bool:
