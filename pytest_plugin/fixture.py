@@ -48,7 +48,7 @@ class SandboxFixture:
         unknown = set(limits) - set(LIMIT_KEYS)
         if unknown:
             raise TypeError(f"unknown sandbox option(s) {sorted(unknown)}; valid: {LIMIT_KEYS}")
-        project, _ = boxrun.pytest_mounts(self._config)  # so tracebacks can show source lines
+        project, _ = boxrun.pytest_mounts(self._config, temp=False)  # so tracebacks can show source lines
         return SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
                              mounts=[*project, MountSpec("bind", "/work", self.workdir), *mounts],
                              cwd=cwd).validate()
@@ -91,6 +91,7 @@ class SandboxFixture:
             files: Mapping[str, bytes] | None = None, **opts: Any) -> Result:
         for name, data in (files or {}).items():
             self.put(name, data)
+        boxrun.make_threads_visible()
         r = run_direct(list(argv), self.config(**opts), stdin=stdin)
         self.results.append(r)
         return r

@@ -86,7 +86,8 @@ def box_config(item: pytest.Item) -> SandboxConfig:
     if unknown:
         raise ConfigError(f"@pytest.mark.sandboxed: unknown option(s) {', '.join(unknown)}; valid: "
                           f"{', '.join(LIMIT_KEYS)}, network, {', '.join(sorted(fields))}")
-    mounts, cwd = boxrun.pytest_mounts(cfg)
+    needs_tmp = not boxrun.TMP_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+    mounts, cwd = boxrun.pytest_mounts(cfg, temp=needs_tmp)
     sc = SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
                        mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
     return sc.validate()

@@ -310,6 +310,36 @@ def test_xdist_hang_and_oom_are_test_failures(run):
     r.stdout.fnmatch_lines(["FAILED test_it.py::test_oom - sandbox: memory limit 128M exceeded*"])
 
 
+def test_threads_the_threading_module_does_not_list(run, pytester):
+    """xdist workers run execnet's I/O thread, started with ``_thread``, which
+    ``threading.active_count()`` does not count. Cloning a box while such a thread held the GIL
+    copied a GIL nobody in the box could release: the box hung until its wall time. Here a
+    ``_thread`` spinner holds the GIL most of the time, so that would happen at once."""
+    pytester.makeconftest("""
+        import _thread
+
+        stop = []
+
+        def spin():
+            while not stop:
+                sum(range(1000))
+
+        _thread.start_new_thread(spin, ())
+
+        def pytest_unconfigure(config):
+            stop.append(1)     # pytester runs in-process: do not leave it spinning
+        """)
+    r = run("""
+        import pytest
+
+        @pytest.mark.sandboxed(wall_time="5s")
+        @pytest.mark.parametrize("i", range(40))
+        def test_many(i):
+            pass
+        """)
+    r.assert_outcomes(passed=40)
+
+
 BLOCK_USERNS = textwrap.dedent("""
     import os, sys, prctl, pyseccomp as s
     f = s.SyscallFilter(s.ALLOW)
