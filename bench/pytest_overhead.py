@@ -2,7 +2,10 @@
 """pytest overhead: N trivial tests unsandboxed vs `--sandbox-all` vs pytest-isolate (fork per
 test), measured in one run. Goal: ours <= 1.5x pytest-isolate's wall time.
 
-    python bench/pytest_overhead.py [--n 500] [--venv /tmp/sandbox-bench-venv]
+    python bench/pytest_overhead.py [--n 500] [--repeat 3] [--venv /tmp/sandbox-bench-venv]
+
+Each configuration runs ``--repeat`` times, interleaved, and the median is reported (a shared
+2-CPU machine is noisy).
 
 pytest-isolate 0.0.17 does not work with pytest 9 (it calls a removed private function), so the
 bench builds its own venv with pytest<9, pytest-isolate and this project, and runs all three
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +56,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--venv", type=Path, default=Path(tempfile.gettempdir()) / "sandbox-bench-venv")
     a = ap.parse_args()
     global PY
@@ -64,11 +69,16 @@ def main() -> None:
         (root / "test_many.py").write_text(
             "import pytest\n\n@pytest.mark.parametrize('i', range(" + str(a.n) + "))\n"
             "def test_t(i):\n    assert i >= 0\n")
-        plain = timed(["-p", "no:pytest_isolate"], root)
-        ours = timed(["-p", "pytest_plugin.plugin", "--sandbox-all", "--sandbox-no-summary",
-                      "-p", "no:pytest_isolate"], root)
-        isolate = timed(["--isolate"], root)
-    print(f"{a.n} trivial tests, wall time:")
+        configs = {"plain": ["-p", "no:pytest_isolate"],
+                   "ours": ["-p", "pytest_plugin.plugin", "--sandbox-all", "--sandbox-no-summary",
+                            "-p", "no:pytest_isolate"],
+                   "isolate": ["--isolate"]}
+        times: dict[str, list[float]] = {k: [] for k in configs}
+        for _ in range(a.repeat):
+            for name, args in configs.items():
+                times[name].append(timed(args, root))
+    plain, ours, isolate = (statistics.median(times[k]) for k in ("plain", "ours", "isolate"))
+    print(f"{a.n} trivial tests, median wall time of {a.repeat} runs:")
     print(f"  unsandboxed           {plain:6.2f} s")
     print(f"  ours (--sandbox-all)  {ours:6.2f} s   ({(ours - plain) / a.n * 1000:.2f} ms per test)")
     print(f"  pytest-isolate        {isolate:6.2f} s   ({(isolate - plain) / a.n * 1000:.2f} ms per test)")

@@ -15,6 +15,7 @@ fixture's ``run``/``call``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from sandbox import ConfigError, Limits, SandboxConfig
 
 INI_DEFAULTS = {"memory": "512M", "wall_time": "60s", "cpu_time": "60s", "pids": "256"}
 _ROWS = pytest.StashKey[list[Any]]()
+_CONFIGS = pytest.StashKey[dict[tuple[str, bool, str], SandboxConfig]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,7 +67,18 @@ def _flag(config: pytest.Config, name: str) -> bool:
 
 
 def box_config(item: pytest.Item) -> SandboxConfig:
-    """Defaults < ini < command line < marker kwargs."""
+    """Defaults < ini < command line < marker kwargs. Tests with the same marker share one
+    validated config (validation stats every mount source; the box plan is cached per config)."""
+    marker = item.get_closest_marker("sandboxed")
+    needs_tmp = not boxrun.TMP_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+    key = (repr(marker.kwargs) if marker else "", needs_tmp, os.getcwd())
+    cache = item.config.stash.setdefault(_CONFIGS, {})
+    if key not in cache:
+        cache[key] = _build_config(item, needs_tmp)
+    return cache[key]
+
+
+def _build_config(item: pytest.Item, needs_tmp: bool) -> SandboxConfig:
     cfg = item.config
     marker = item.get_closest_marker("sandboxed")
     kw: dict[str, Any] = dict(marker.kwargs) if marker else {}
@@ -86,7 +99,6 @@ def box_config(item: pytest.Item) -> SandboxConfig:
     if unknown:
         raise ConfigError(f"@pytest.mark.sandboxed: unknown option(s) {', '.join(unknown)}; valid: "
                           f"{', '.join(LIMIT_KEYS)}, network, {', '.join(sorted(fields))}")
-    needs_tmp = not boxrun.TMP_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
     mounts, cwd = boxrun.pytest_mounts(cfg, temp=needs_tmp)
     sc = SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
                        mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
