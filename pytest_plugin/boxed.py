@@ -269,7 +269,12 @@ def reemit_warnings(item: pytest.Item, found: list[dict[str, Any]]) -> None:
 
 def _reason(result: Result, lim: Limits) -> str:
     if result.status == Status.XX:
-        return f"could not run the test in a sandbox: {result.error}"
+        hint = ""
+        if result.error_step == "rootfs" and result.errno == 13 and os.geteuid() == 0:
+            hint = ("; as root the box runs as an unprivileged high uid, so the project and every "
+                    "directory above it must be searchable by others (chmod o+x), or run pytest "
+                    "as a normal user")
+        return f"could not run the test in a sandbox: {result.error}{hint}"
     if result.signal == signal.SIGXFSZ:
         size = _fmt(lim.fsize)
         if lim.fsize == lim.output_limit:
