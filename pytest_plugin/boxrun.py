@@ -16,7 +16,6 @@ import copy
 import os
 import secrets
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,24 +44,6 @@ def read_memfd(fd: int, limit: int) -> bytes | None:
     while len(data) <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - len(data)))):
         data += chunk
     return bytes(data) if len(data) <= limit else None
-
-
-_GUARD: list[threading.Thread] = []
-
-
-def make_threads_visible() -> None:
-    """Workaround for a core bug (reported): ``spawn_box`` decides whether it may clone the
-    caller directly with ``threading.active_count()``, which does not see threads started with
-    ``_thread`` — such as execnet's I/O thread in every pytest-xdist worker. Cloning directly
-    while that thread holds the GIL (ctypes releases it around the clone3 call) copies a GIL
-    nobody in the box will ever release, and the box hangs until its wall time. One parked
-    ``threading.Thread`` makes the count right, so the core takes its fork-helper path."""
-    if _GUARD or threading.active_count() > 1:
-        return
-    if len(os.listdir("/proc/self/task")) > 1:
-        park = threading.Event()
-        _GUARD.append(threading.Thread(target=park.wait, name="sandbox-thread-guard", daemon=True))
-        _GUARD[0].start()
 
 
 _PREPARED: dict[int, tuple[SandboxConfig, Any]] = {}
@@ -95,7 +76,6 @@ def run_in_box(body: Callable[[int], None], cfg: SandboxConfig, pass_fds: Sequen
             body(ch)
             return 0
 
-        make_threads_visible()
         result = run_direct(target, cfg, pass_fds=[ch, *pass_fds], on_output=on_output,
                             prepared=_prepared(cfg, target))
         return result, read_memfd(ch, limit)

@@ -91,7 +91,6 @@ class SandboxFixture:
             files: Mapping[str, bytes] | None = None, **opts: Any) -> Result:
         for name, data in (files or {}).items():
             self.put(name, data)
-        boxrun.make_threads_visible()
         r = run_direct(list(argv), self.config(**opts), stdin=stdin)
         self.results.append(r)
         return r

@@ -25,8 +25,15 @@ from pytest_plugin import boxed, boxrun, probe
 from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
 from pytest_plugin.summary import record, write_summary
 from sandbox import ConfigError, Limits, SandboxConfig
+from sandbox.config import ENV_ALLOWLIST
 
 INI_DEFAULTS = {"memory": "512M", "wall_time": "60s", "cpu_time": "60s", "pids": "256"}
+# Variables pytest and pytest-xdist themselves read while a test runs, so a boxed test reports
+# exactly as it would outside: CI/BUILD_NUMBER switch off assertion-diff truncation, the xdist
+# ones name the worker (tests use them for per-worker resources). None of them carries secrets;
+# everything else stays out of the box unless the marker's ``inherit_env``/``env`` adds it.
+PYTEST_ENV = ("CI", "BUILD_NUMBER", "PYTEST_THEME", "PYTEST_THEME_MODE", "PYTEST_VERSION",
+              "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 _ROWS = pytest.StashKey[list[Any]]()
 _CONFIGS = pytest.StashKey[dict[tuple[str, bool, str], SandboxConfig]]()
 
@@ -100,6 +107,7 @@ def _build_config(item: pytest.Item, needs_tmp: bool) -> SandboxConfig:
         raise ConfigError(f"@pytest.mark.sandboxed: unknown option(s) {', '.join(unknown)}; valid: "
                           f"{', '.join(LIMIT_KEYS)}, network, {', '.join(sorted(fields))}")
     mounts, cwd = boxrun.pytest_mounts(cfg, temp=needs_tmp)
+    kw.setdefault("inherit_env", (*ENV_ALLOWLIST, *PYTEST_ENV))
     sc = SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
                        mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
     return sc.validate()

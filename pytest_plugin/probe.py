@@ -23,11 +23,9 @@ def unavailable(config: pytest.Config) -> str | None:
 
 
 def _probe() -> str | None:
-    from pytest_plugin.boxrun import make_threads_visible
     from sandbox import SandboxConfig, Status
     from sandbox.direct import run_direct
 
-    make_threads_visible()
     r = run_direct(lambda: 0, SandboxConfig(use_cgroup=False))
     if r.status == Status.OK:
         return None

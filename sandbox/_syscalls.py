@@ -13,6 +13,10 @@ import os
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+# clone3 goes through a PyDLL handle: ctypes then keeps the GIL across the call, so the child
+# starts owning the GIL it inherited instead of a copy of whatever another thread held.
+_syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
+_syscall_gil.restype = ctypes.c_long
 # Resolve symbols now, in the long-lived parent: each box's child would otherwise pay a dlsym
 # per function on first use (CDLL caches the lookup as an attribute).
 for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset"):
@@ -90,7 +94,7 @@ def clone3(flags: int, *, exit_signal: int, cgroup_fd: int | None = None) -> tup
     if cgroup_fd is not None:
         args.flags |= CLONE_INTO_CGROUP
         args.cgroup = cgroup_fd
-    pid = _check(_syscall(_NR["clone3"], ctypes.byref(args), ctypes.sizeof(args)), "clone3")
+    pid = _check(_syscall_gil(_NR["clone3"], ctypes.byref(args), ctypes.sizeof(args)), "clone3")
     return (pid, pidfd.value) if pid else (0, -1)
 
 
@@ -145,6 +149,36 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     return _check(_syscall(_NR["openat2"], ctypes.c_int(dirfd), os.fsencode(path),
                            ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
                   f"openat2 {path}")
+
+
+class PreparedExec:
+    """setrlimit + execvpe with every argument converted to C *beforehand*.
+
+    For a process already above the address-space limit it is about to set (the box's init is
+    a copy of a large caller): after setrlimit(RLIMIT_AS) any new mapping fails, so the calls
+    that follow must not make Python allocate — no string encoding, no PATH joining in Python.
+    glibc's execvpe builds candidate paths on the stack."""
+
+    class _Rlimit(ctypes.Structure):
+        _fields_ = [("cur", ctypes.c_ulong), ("max", ctypes.c_ulong)]
+
+    def __init__(self, argv: list[str], env: dict[str, str], limits: list[tuple[int, int, int]]) -> None:
+        def c_array(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
+            return (ctypes.c_char_p * (len(items) + 1))(*items, None)
+
+        self._argv = c_array([os.fsencode(a) for a in argv])
+        self._env = c_array([os.fsencode(f"{k}={v}") for k, v in env.items()])
+        self._limits = [(ctypes.c_int(res), self._Rlimit(soft & 0xFFFFFFFFFFFFFFFF, hard & 0xFFFFFFFFFFFFFFFF))
+                        for res, soft, hard in limits]
+        self._setrlimit, self._execvpe = _libc.setrlimit, _libc.execvpe
+
+    def __call__(self) -> int:
+        """Set the limits and exec; returns the errno only if that failed."""
+        for res, lim in self._limits:
+            if self._setrlimit(res, ctypes.byref(lim)) != 0:
+                return ctypes.get_errno()
+        self._execvpe(self._argv[0], self._argv, self._env)
+        return ctypes.get_errno()
 
 
 def write_file(path: str, data: str) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -189,10 +190,12 @@ def _setup_ids(prep: Prepared, sync_fd: int) -> None:
         os.close(sync_fd)
 
 
-def _hardening_steps(prep: Prepared, keep_fds: Sequence[int]) -> list[tuple[str, Callable[[], object]]]:
+def _hardening_steps(prep: Prepared, keep_fds: Sequence[int], plan: rlimits.Plan | None = None,
+                     ) -> list[tuple[str, Callable[[], object]]]:
     """Steps 2-7 of the payload sequence (see the module docstring), in order."""
+    limits = prep.rlimits if plan is None else plan
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("rlimits", lambda: rlimits.apply_rlimits(prep.rlimits)),
+        ("rlimits", lambda: rlimits.apply_rlimits(limits)),
         ("caps", caps.drop_bounding_set),
         ("ids", lambda: userns.become_inside_ids(prep.ids)),
         ("caps", caps.clear_capabilities),
@@ -221,27 +224,37 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) 
     capability sets, no_new_privs and the seccomp filter, and gets its own session (setsid:
     no controlling tty to push keystrokes into with TIOCSTI) and default signal dispositions.
     Callable targets (the pytest plugin) need Python in the payload, so they fork.
+
+    The RLIMIT_AS fallback is the exception: it counts init's own address space, a copy of the
+    (large, multi-arena) supervisor's, and posix_spawn must map the child's stack in it. When
+    init is too big to fit under the limit it keeps no RLIMIT_AS itself and forks a child that
+    sets it just before exec (``sandbox run --memory 16M -- true`` must work).
     """
     if callable(prep.target):
         pid, exec_r = _fork_callable(prep, status_fd, pass_fds)
     else:
-        for name, fn in _hardening_steps(prep, [status_fd, *pass_fds]):
+        argv = list(prep.target)
+        own, as_limit = _split_as_limit(prep.rlimits)
+        for name, fn in _hardening_steps(prep, [status_fd, *pass_fds], own):
             try:
                 fn()
             except OSError as e:
                 _report(status_fd, {"ok": False, "step": name, "errno": e.errno or 0,
                                     "error": e.strerror or str(e)})
                 return 1
-        argv = list(prep.target)
-        os.environ["PATH"] = prep.env.get("PATH", DEFAULT_PATH)  # posix_spawnp searches ours
+        # posix_spawnp and execvpe search *our* PATH (not the one in the env they are given)
+        os.environ["PATH"] = prep.env.get("PATH", DEFAULT_PATH)
         try:
-            pid = os.posix_spawnp(argv[0], argv, prep.env, setsid=True,
-                                  setsigdef=SPAWN_SIGDEF, setsigmask=())
+            if as_limit:
+                pid, exec_r = _fork_exec(argv, prep.env, as_limit)
+            else:
+                pid = os.posix_spawnp(argv[0], argv, prep.env, setsid=True,
+                                      setsigdef=SPAWN_SIGDEF, setsigmask=())
+                exec_r = -1
         except OSError as e:
             _report(status_fd, {"ok": False, "step": "exec", "errno": e.errno or 0,
                                 "error": f"{argv[0]}: {e.strerror}"})
             return 1
-        exec_r = -1
     for sig in FORWARDED_SIGNALS:  # forward to the payload: our own death would kill the box
         signal.signal(sig, lambda s, _f: _kill_quiet(pid, s))
     status = 0
@@ -257,10 +270,56 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) 
     if exec_err:
         step, _, rest = exec_err.decode(errors="replace").partition(":")
         errno_s, _, msg = rest.partition(":")
+        if step == "exec" and not msg and not callable(prep.target):
+            msg = f"{prep.target[0]}: {os.strerror(int(errno_s or 0))}"
         _report(status_fd, {"ok": False, "step": step, "errno": int(errno_s or 0), "error": msg})
         return 1
     _report(status_fd, {"ok": True, "wait_status": status})
     return 0
+
+
+# Room init keeps under an RLIMIT_AS it shares with the payload it spawns: posix_spawn's child
+# stack and init's few later allocations (the wait loop, the JSON report).
+AS_HEADROOM = 16 << 20
+
+
+def _split_as_limit(plan: rlimits.Plan) -> tuple[rlimits.Plan, rlimits.Plan]:
+    """→ (limits init applies to itself, RLIMIT_AS to set in a forked child only)."""
+    as_plan = [x for x in plan if x[0] == resource.RLIMIT_AS]
+    if not as_plan:
+        return plan, []
+    with open("/proc/self/statm") as f:
+        vsz = int(f.read().split()[0]) * resource.getpagesize()
+    if vsz + AS_HEADROOM <= as_plan[0][1]:
+        return plan, []  # we fit: keep the cheap posix_spawn path
+    return [x for x in plan if x[0] != resource.RLIMIT_AS], as_plan
+
+
+def _fork_exec(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tuple[int, int]:
+    """fork + setrlimit(RLIMIT_AS) + execvpe, doing by hand what posix_spawn does for us on the
+    fast path (setsid, default signal dispositions, empty mask). The child is a copy of init,
+    possibly far above the limit, so the last two calls are prepared in C before the fork
+    (``PreparedExec``). An exec error reaches init through a close-on-exec pipe as
+    ``exec:<errno>:`` (init adds the words: the child cannot allocate them)."""
+    do_exec = sc.PreparedExec(argv, env, rlimits.clamped(as_plan))
+    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(exec_r)
+            os.setsid()
+            for sig in SPAWN_SIGDEF:
+                try:
+                    signal.signal(sig, signal.SIG_DFL)
+                except (OSError, ValueError):
+                    pass  # signals Python refuses (glibc-internal ones) keep their default
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            err = do_exec()
+            os.write(exec_w, b"exec:%d:" % err)
+        finally:
+            os._exit(127)
+    os.close(exec_w)
+    return pid, exec_r
 
 
 SPAWN_SIGDEF = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))

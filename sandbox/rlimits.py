@@ -58,12 +58,21 @@ def plan_rlimits(limits, cgroup_enforced: frozenset[str] = frozenset()) -> tuple
     return plan, enf
 
 
-def apply_rlimits(plan: Plan) -> None:
+def clamped(plan: Plan) -> Plan:
+    """The plan as setrlimit will accept it: a hard limit cannot be raised, so where the host's
+    is stricter it is kept (and the soft limit lowered to it)."""
+    out: Plan = []
     for res, soft, hard in plan:
-        cur_soft, cur_hard = resource.getrlimit(res)
+        _, cur_hard = resource.getrlimit(res)
         if cur_hard != resource.RLIM_INFINITY and hard > cur_hard:
-            hard = cur_hard  # cannot raise a hard limit; keep the stricter host value
+            hard = cur_hard
             soft = min(soft, hard)
+        out.append((res, soft, hard))
+    return out
+
+
+def apply_rlimits(plan: Plan) -> None:
+    for res, soft, hard in clamped(plan):
         resource.setrlimit(res, (soft, hard))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sandbox import _syscalls as sc
-from sandbox import contain, userns
+from sandbox import caps, contain, userns
 
 BASE_FLAGS = (sc.CLONE_NEWUSER | sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWIPC
               | sc.CLONE_NEWUTS)
@@ -77,9 +77,7 @@ def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, s
 
     The caller keeps ownership of the fds it passed (close your copies after this returns).
     """
-    import threading
-
-    if threading.active_count() > 1:
+    if _multithreaded():
         return _spawn_via_fork(prep, stdin, stdout, stderr, status_w, pass_fds, cgroup_fd)
     flags = BASE_FLAGS | (sc.CLONE_NEWNET if prep.config.network == "none" else 0)
     # A pidfd of ourselves that the child polls to detect our death (see caps.py).
@@ -91,16 +89,41 @@ def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, s
         os.close(parent_pidfd)
 
 
+def _multithreaded() -> bool:
+    """Count the kernel's threads, not ``threading``'s: threads started with ``_thread`` (such
+    as execnet's I/O thread in every pytest-xdist worker) are invisible to
+    ``threading.active_count()``, and a clone while one of them holds a lock (malloc's, an
+    import lock) copies a lock nobody in the box will ever release."""
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:
+        import threading
+
+        return threading.active_count() > 1
+
+
 def _spawn_via_fork(prep: contain.Prepared, stdin: int, stdout: int, stderr: int,
                     status_w: int, pass_fds: Sequence[int], cgroup_fd: int | None) -> BoxProcess:
     """From a multi-threaded caller (e.g. a pytest-xdist worker, whose execnet I/O thread may
     hold the malloc lock), first os.fork(): libc and Python run their at-fork handlers, so the
     child is a sane single-threaded process. It clones the box, waits for it and exits; the
-    box's init dies with it (PDEATHSIG), and its rusage includes the box's."""
+    box's init dies with it (PDEATHSIG), and its rusage includes the box's.
+
+    The helper dies with the caller (PDEATHSIG again: an orphaned helper would keep a box whose
+    wall clock nobody enforces), and closes every fd but the box's: a copy of, say, the caller's
+    end of a socket pair would keep the box from ever seeing EOF when the caller closes it."""
+    caller = sc.pidfd_open(os.getpid())
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            caps.set_parent_death_signal(signal.SIGKILL, caller)
+            # 0-2 stay: the box's fds are dup2'd onto them in the clone, and a pidfd opened
+            # into a free slot there would be overwritten
+            keep = {0, 1, 2, stdin, stdout, stderr, status_w, *pass_fds}
+            if cgroup_fd is not None:
+                keep.add(cgroup_fd)
+            contain._close_fds_except(sorted(keep))
             box = spawn_box(prep, stdin=stdin, stdout=stdout, stderr=stderr, status_w=status_w,
                             pass_fds=pass_fds, cgroup_fd=cgroup_fd)
             _, status = os.waitpid(box.pid, 0)
@@ -110,6 +133,7 @@ def _spawn_via_fork(prep: contain.Prepared, stdin: int, stdout: int, stderr: int
                                        "error": "could not start the box from a forked helper"})
         finally:
             os._exit(code)
+    os.close(caller)
     return BoxProcess(pid, sc.pidfd_open(pid))
 
 

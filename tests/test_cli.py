@@ -22,6 +22,8 @@ def test_run_passes_output_and_exit_code():
     assert (p.returncode, p.stdout, p.stderr) == (0, b"1\n", b"")
     p = cli("run", "--", "sh", "-c", "echo err >&2; exit 5")
     assert (p.returncode, p.stderr) == (5, b"err\n")
+    p = cli("run", "--memory", "16M", "--", "sh", "-c", "echo small")  # below the CLI's own size
+    assert (p.returncode, p.stdout) == (0, b"small\n"), p.stderr
 
 
 def test_stdin_reaches_the_box():

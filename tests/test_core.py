@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -172,6 +174,26 @@ def test_memory_rlimit_fallback_reported(no_leftovers):
     assert r.enforcement["wall_time"] == "supervisor" and r.enforcement["output_limit"] == "supervisor"
 
 
+@pytest.mark.parametrize("big_caller", [False, True])
+def test_memory_limit_below_the_callers_address_space(big_caller, no_leftovers):
+    """The box's init is a copy of the caller; an RLIMIT_AS fallback smaller than the caller's
+    address space (or just small) must still start the payload, and still bind it."""
+    import mmap
+
+    reserved = mmap.mmap(-1, 1 << 30) if big_caller else None  # 1 GiB of address space
+    try:
+        cfg = SandboxConfig(limits=Limits.parse(memory="64M" if big_caller else "16M"))
+        ok = sandbox.run_sync(["sh", "-c", "echo hi"], cfg)
+        assert (ok.status, ok.stdout) == (Status.OK, b"hi\n"), ok.error
+        hog = sandbox.run_sync(["python3", "-c", "x = bytearray(200 << 20)"], cfg)
+        assert hog.status in (Status.RE, Status.ML, Status.SG), hog  # MemoryError or killed
+        missing = sandbox.run_sync(["no-such-cmd"], cfg)
+        assert missing.status == Status.XX and missing.error_step == "exec" and "no-such-cmd" in (missing.error or "")
+    finally:
+        if reserved is not None:
+            reserved.close()
+
+
 def test_verdict_json_is_complete(no_leftovers):
     d = sandbox.run_sync(["true"]).to_dict()
     for key in ("status", "exit_code", "signal", "wall_time", "cpu_time", "peak_memory",
@@ -246,6 +268,71 @@ def test_run_sync_from_a_threaded_process_uses_the_launcher(no_leftovers):
         ev.set()
         th.join()
     assert r.stdout == b"via-launcher\n"
+
+
+HIDDEN_THREAD = """
+import _thread, sys, threading, time
+_thread.start_new_thread(time.sleep, (1000,))  # invisible to threading.active_count()
+threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
+time.sleep(0.05)
+from sandbox import SandboxConfig
+from sandbox.direct import run_direct
+from sandbox.grading.session import BoxSession
+"""
+
+
+def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
+def test_caller_with_a_hidden_thread_gets_a_working_box(no_leftovers):
+    """A multi-threaded caller (with a ``_thread`` thread too, like execnet's I/O thread in every
+    xdist worker, which ``threading`` does not count) gets its box from the fork helper; that
+    helper must hold no copy of the caller's fds (else a session box never sees EOF)."""
+    p = _python(HIDDEN_THREAD + """
+r = run_direct(["echo", "hi"], SandboxConfig())
+assert r.stdout == b"hi\\n", r
+s = BoxSession(SandboxConfig(), "/tmp")
+assert s.request({"op": "get", "module": "os", "path": ["sep"]}, 10) == {"ok": "/"}
+res = s.close()          # closes our socket end: the worker must see EOF and exit cleanly
+assert str(res.status) == "OK", res
+print("fine")
+""")
+    assert p.stdout.strip() == "fine", p.stderr[-2000:]
+
+
+def test_killing_a_threaded_caller_kills_its_box(no_leftovers):
+    """The fork helper dies with its caller, and the box with the helper: nobody would enforce
+    the box's wall time otherwise."""
+    marker = f"{time.time() % 1000:.4f}"
+    proc = subprocess.Popen([sys.executable, "-c", HIDDEN_THREAD + f"""
+run_direct(["sleep", "{marker}"], SandboxConfig(limits=__import__("sandbox").Limits.parse(wall_time="100s")))
+"""])
+    try:
+        deadline = time.monotonic() + 20
+        while not _procs_running(["sleep", marker]):
+            assert time.monotonic() < deadline and proc.poll() is None, "box never started"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while _procs_running(["sleep", marker]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _procs_running(["sleep", marker]), "box outlived its caller"
+
+
+def _procs_running(argv: list[str]) -> bool:
+    want = "\0".join(argv).encode() + b"\0"
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if f.read() == want:
+                        return True
+            except OSError:
+                pass
+    return False
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="root mode only")

@@ -93,11 +93,18 @@ def _normalized(result: pytest.RunResult) -> list[str]:
     return lines
 
 
+@pytest.mark.parametrize("ci", ["", "true"], ids=["local", "CI=true"])
 @pytest.mark.parametrize("mode", ["-rA", "--tb=native", "-vv"])
-def test_output_is_identical_to_unsandboxed(run, mode):
+def test_output_is_identical_to_unsandboxed(run, mode, ci, monkeypatch):
     """The same file, once plainly and once with every test boxed: every line pytest prints
     (outcomes, tracebacks, assertion rewriting, captured output and logs, skip reasons) is the
-    same, except the timings and the sandbox's own table."""
+    same, except the timings and the sandbox's own table. Under CI=true pytest stops truncating
+    assertion diffs; the box must see that variable too."""
+    if ci:
+        monkeypatch.setenv("CI", ci)
+    else:
+        monkeypatch.delenv("CI", raising=False)
+        monkeypatch.delenv("BUILD_NUMBER", raising=False)
     plain = run(SAMPLE, mode)
     boxed = run(SAMPLE, mode, "--sandbox-all")
     plain.assert_outcomes(passed=3, failed=6, errors=2, skipped=2, xfailed=1)

@@ -4,8 +4,6 @@ run/call path must only ever hand the host bytes and tagged JSON."""
 
 from __future__ import annotations
 
-import pytest
-
 pytest_plugins = ["pytester", "test_plugin_support"]
 
 
@@ -186,9 +184,6 @@ def test_fixture_is_immune_to_lies_and_planted_links(run, tmp_path):
     assert secret.read_bytes() == b"host data"
 
 
-@pytest.mark.xfail(reason="core bug, reported: for exec targets the box's init applies RLIMIT_AS "
-                          "to itself, a clone of the caller, so a limit below the caller's "
-                          "address-space size fails with XX (exec: Cannot allocate memory)")
 def test_fixture_memory_limit_below_the_callers_size(run):
     r = run("""
         import mmap

@@ -100,4 +100,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def _short(rep: Any) -> str:
     crash = getattr(getattr(rep, "longrepr", None), "reprcrash", None)
     text = crash.message if crash is not None else str(rep.longrepr)
-    return text.strip().splitlines()[-1][:300] if text.strip() else ""
+    # The first line names the failure ("AssertionError: assert b'' == b'5'"); the last is
+    # often just pytest's "Use -v to get more diff".
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0][:300] if lines else ""
