@@ -134,7 +134,8 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         _step("fds", lambda: _close_fds_except([f for f in keep if f >= 0]))
         _step("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd))
         _step("userns", lambda: _setup_ids(prep, sync_fd))
-        os.close(parent_pidfd)
+        if prep.ids.parent_writes:  # setresuid() just cleared PDEATHSIG (prctl(2)): set it again
+            _step("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd))
         _step("cgroupns", lambda: sc.unshare(sc.CLONE_NEWCGROUP))
         _step("rootfs", lambda: rootfs.build_rootfs(prep.rootfs))
         _step("hostname", lambda: sc.sethostname(prep.config.hostname))
@@ -151,7 +152,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         _report(status_fd, {"ok": False, "step": failure.step, "errno": failure.err.errno,
                             "error": failure.err.strerror or str(failure.err)})
         return 1
-    return _supervise_payload(prep, status_fd, pass_fds)
+    return _supervise_payload(prep, status_fd, pass_fds, parent_pidfd)
 
 
 def _await_request(prep: Prepared, request_fd: int) -> int:
@@ -215,7 +216,8 @@ def _hardening_steps(prep: Prepared, keep_fds: Sequence[int], plan: rlimits.Plan
     return steps
 
 
-def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> int:
+def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
+                       parent_pidfd: int) -> int:
     """Start the payload, forward signals, reap everything, report the payload's wait status.
 
     Exec targets: init hardens *itself* (it needs no privilege after the setup) and starts the
@@ -231,17 +233,24 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) 
     sets it just before exec (``sandbox run --memory 16M -- true`` must work).
     """
     if callable(prep.target):
+        os.close(parent_pidfd)
         pid, exec_r = _fork_callable(prep, status_fd, pass_fds)
     else:
         argv = list(prep.target)
         own, as_limit = _split_as_limit(prep.rlimits)
-        for name, fn in _hardening_steps(prep, [status_fd, *pass_fds], own):
+        steps = _hardening_steps(prep, [status_fd, parent_pidfd, *pass_fds], own)
+        # Switching to the box user changed our credentials, which clears PDEATHSIG (prctl(2)):
+        # set it again, then check the parent did not die in between.
+        at = [name for name, _ in steps].index("fds") + 1  # before seccomp constrains prctl
+        steps.insert(at, ("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd)))
+        for name, fn in steps:
             try:
                 fn()
             except OSError as e:
                 _report(status_fd, {"ok": False, "step": name, "errno": e.errno or 0,
                                     "error": e.strerror or str(e)})
                 return 1
+        os.close(parent_pidfd)
         # posix_spawnp and execvpe search *our* PATH (not the one in the env they are given)
         os.environ["PATH"] = prep.env.get("PATH", DEFAULT_PATH)
         try:

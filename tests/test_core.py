@@ -301,11 +301,15 @@ print("fine")
     assert p.stdout.strip() == "fine", p.stderr[-2000:]
 
 
-def test_killing_a_threaded_caller_kills_its_box(no_leftovers):
-    """The fork helper dies with its caller, and the box with the helper: nobody would enforce
-    the box's wall time otherwise."""
+@pytest.mark.parametrize("threads", [False, True], ids=["single-threaded", "threaded"])
+def test_killing_the_caller_kills_its_box(threads, no_leftovers):
+    """The box dies with its caller (and, from a threaded caller, the fork helper too): nobody
+    would enforce the box's wall time otherwise. In root mode init changes credentials twice,
+    and each change clears PDEATHSIG."""
     marker = f"{time.time() % 1000:.4f}"
-    proc = subprocess.Popen([sys.executable, "-c", HIDDEN_THREAD + f"""
+    prelude = HIDDEN_THREAD if threads else HIDDEN_THREAD.split("\n", 1)[0] + "\n" + \
+        "\n".join(ln for ln in HIDDEN_THREAD.splitlines() if ln.startswith("from "))
+    proc = subprocess.Popen([sys.executable, "-c", prelude + f"""
 run_direct(["sleep", "{marker}"], SandboxConfig(limits=__import__("sandbox").Limits.parse(wall_time="100s")))
 """])
     try:
