@@ -143,6 +143,7 @@ def _locked_flags(path: str) -> int:
 
 def _bind(src: str, dst: str, readonly: bool) -> None:
     sc.mount(src, dst, None, sc.MS_BIND)
+    sc.mount(None, dst, None, sc.MS_PRIVATE)  # a bind of a slave would stay the host's slave
     flags = sc.MS_REMOUNT | sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV | _locked_flags(src)
     sc.mount(None, dst, None, flags | (sc.MS_RDONLY if readonly else 0))
 
@@ -224,8 +225,14 @@ def _setup_proc() -> None:
 
 
 def build_rootfs(plan: RootfsPlan) -> None:
-    """Run in the box's init (uid-mapped, in its new mount + pid namespaces)."""
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    """Run in the box's init (uid-mapped, in its new mount + pid namespaces).
+
+    No ``MS_REC|MS_PRIVATE`` pass over the inherited tree first (bwrap does one): the mount
+    namespace is owned by our new user namespace, so the kernel already copied every shared
+    mount as a *slave* (CL_SHARED_TO_SLAVE) — nothing we mount can propagate to the host, and
+    pivot_root's "not shared" rule holds. That pass cost ~1 ms per box. The binds we keep
+    after the pivot are made private one by one (``_bind``), so host mounts made later under a
+    bound directory do not appear in the box either."""
     sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=64k")
     os.chdir("/tmp")
     os.mkdir("oldroot")

@@ -339,6 +339,33 @@ def _procs_running(argv: list[str]) -> bool:
     return False
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a shared mount on the host")
+def test_mount_propagation_is_cut_both_ways(no_leftovers):
+    """The host's shared mounts must not carry mount events into the box (a bound directory
+    must not grow a mount the host adds during the run) nor out of it."""
+    import shutil
+    from pathlib import Path
+
+    shared = Path(tempfile.mkdtemp())  # not under pytest's 0700 base: the box's ids must enter
+    shared.chmod(0o755)
+    (shared / "sub").mkdir()
+    subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        box = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "run", "--ro-bind",
+                                f"{shared}:/data", "--", "sh", "-c",
+                                "sleep 1; grep -c ' /data/sub ' /proc/self/mountinfo"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(shared / "sub")], check=True)
+        out, err = box.communicate(timeout=30)
+        subprocess.run(["umount", str(shared / "sub")], check=True)
+        assert out.strip() == b"0", (out, err)
+    finally:
+        subprocess.run(["umount", "-R", str(shared)], check=False)
+        shutil.rmtree(shared)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="root mode only")
 def test_root_mode_maps_a_high_uid_block(no_leftovers):
     r = sandbox.run_sync(["cat", "/proc/self/uid_map"])
