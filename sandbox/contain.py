@@ -13,29 +13,33 @@ init (clone3'd with NEWUSER|NEWPID|NEWNS|NEWIPC|NEWUTS[|NEWNET], maybe INTO_CGRO
   5. rootfs     sandbox.rootfs.build_rootfs (tmpfs, overlays, /dev, /proc, pivot_root)
   6. hostname   in the new UTS namespace
   7. network    loopback up in the new net namespace
-  8. (init becomes non-dumpable) fork the payload, forward signals, reap everything, report.
-payload:
-  1. session    setsid(): no controlling tty, so TIOCSTI cannot push keys into the host's
-  2. rlimits    core 0, nofile, fsize, and the fallback memory/cpu/nproc limits
-  3. caps       empty the bounding/ambient sets, lock securebits (needs CAP_SETPCAP: before 4)
-  4. ids        (range maps only) switch to the box user
-  5. caps       empty permitted/effective/inheritable; cwd; no_new_privs
-  6. fds        close all fds but 0/1/2 (+ requested ones)
-  7. seccomp    load the precompiled filter — last, so our own setup is not constrained by it
-  8. exec       execvpe; on failure the errno goes to init through a close-on-exec pipe
+  8. dumpable   init becomes non-dumpable (the payload cannot ptrace it or read its memory)
+  (a warm box now hardens itself — all of the list below but rlimits and fds — and waits for
+  its command; then) start the payload, forward signals, reap everything, report.
+hardening, in order (exec targets: init applies it to itself, the payload inherits it; callable
+targets: the forked payload applies it):
+  rlimits       core 0, nofile, fsize, and the fallback memory/cpu/nproc limits
+  caps          empty the bounding/ambient sets, lock securebits (needs CAP_SETPCAP: before ids)
+  ids           (range maps only) switch to the box user
+  caps          empty permitted/effective/inheritable; cwd; no_new_privs
+  fds           close all fds but 0/1/2 (+ requested ones)
+  pdeathsig     set again: the credential change above cleared it
+  landlock      (--landlock) writes only to the box's own tmpfs and binds
+  seccomp       load the precompiled filter — last, so our own setup is not constrained by it
+payload start: posix_spawn with setsid (no controlling tty: no TIOCSTI) and default signals;
+exec errors come back as XX with the errno.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sandbox import _syscalls as sc
-from sandbox import caps, net, rlimits, rootfs, userns
+from sandbox import caps, net, payload, rlimits, rootfs, userns
 from sandbox.config import DEFAULT_PATH, SandboxConfig
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
@@ -144,7 +148,16 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         _step("dumpable", lambda: caps.set_dumpable(False))
     except StepError as e:
         failure = e
+    ahead = False
     if request_fd >= 0:
+        if failure is None:  # harden now, off the latency path; what needs the request waits
+            try:
+                for name, fn in _exec_hardening(prep, (), parent_pidfd, prep.rlimits):
+                    if name not in AFTER_REQUEST:
+                        _step(name, fn)
+                ahead = True
+            except StepError as e:
+                failure = e
         status_fd = _await_request(prep, request_fd)
         if status_fd < 0:
             return 0  # evicted from the pool before use
@@ -152,7 +165,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         _report(status_fd, {"ok": False, "step": failure.step, "errno": failure.err.errno,
                             "error": failure.err.strerror or str(failure.err)})
         return 1
-    return _supervise_payload(prep, status_fd, pass_fds, parent_pidfd)
+    return _supervise_payload(prep, status_fd, pass_fds, parent_pidfd, ahead)
 
 
 def _await_request(prep: Prepared, request_fd: int) -> int:
@@ -191,6 +204,22 @@ def _setup_ids(prep: Prepared, sync_fd: int) -> None:
         os.close(sync_fd)
 
 
+# Hardening a warm box's init leaves for after the request: the fds it closes include the ones
+# the request brings, and a small RLIMIT_NOFILE could make receiving them fail.
+AFTER_REQUEST = ("rlimits", "fds")
+
+
+def _exec_hardening(prep: Prepared, keep_fds: Sequence[int], parent_pidfd: int,
+                    plan: rlimits.Plan) -> list[tuple[str, Callable[[], object]]]:
+    """What init applies to itself before it starts an exec payload. Switching to the box user
+    changes credentials, which clears PDEATHSIG (prctl(2)): it is set again after that, and
+    checked against the parent's pidfd, before seccomp may constrain prctl."""
+    steps = _hardening_steps(prep, [parent_pidfd, *keep_fds], plan)
+    at = [name for name, _ in steps].index("fds") + 1
+    steps.insert(at, ("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd)))
+    return steps
+
+
 def _hardening_steps(prep: Prepared, keep_fds: Sequence[int], plan: rlimits.Plan | None = None,
                      ) -> list[tuple[str, Callable[[], object]]]:
     """Steps 2-7 of the payload sequence (see the module docstring), in order."""
@@ -217,7 +246,7 @@ def _hardening_steps(prep: Prepared, keep_fds: Sequence[int], plan: rlimits.Plan
 
 
 def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
-                       parent_pidfd: int) -> int:
+                       parent_pidfd: int, ahead: bool = False) -> int:
     """Start the payload, forward signals, reap everything, report the payload's wait status.
 
     Exec targets: init hardens *itself* (it needs no privilege after the setup) and starts the
@@ -227,22 +256,19 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
     no controlling tty to push keystrokes into with TIOCSTI) and default signal dispositions.
     Callable targets (the pytest plugin) need Python in the payload, so they fork.
 
-    The RLIMIT_AS fallback is the exception: it counts init's own address space, a copy of the
-    (large, multi-arena) supervisor's, and posix_spawn must map the child's stack in it. When
-    init is too big to fit under the limit it keeps no RLIMIT_AS itself and forks a child that
-    sets it just before exec (``sandbox run --memory 16M -- true`` must work).
+    The RLIMIT_AS fallback is the exception (see ``sandbox.payload``).
+
+    ``ahead``: a warm box already applied every step but ``AFTER_REQUEST`` while it waited.
     """
     if callable(prep.target):
         os.close(parent_pidfd)
         pid, exec_r = _fork_callable(prep, status_fd, pass_fds)
     else:
         argv = list(prep.target)
-        own, as_limit = _split_as_limit(prep.rlimits)
-        steps = _hardening_steps(prep, [status_fd, parent_pidfd, *pass_fds], own)
-        # Switching to the box user changed our credentials, which clears PDEATHSIG (prctl(2)):
-        # set it again, then check the parent did not die in between.
-        at = [name for name, _ in steps].index("fds") + 1  # before seccomp constrains prctl
-        steps.insert(at, ("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd)))
+        own, as_limit = payload.split_as_limit(prep.rlimits)
+        steps = _exec_hardening(prep, [status_fd, *pass_fds], parent_pidfd, own)
+        if ahead:
+            steps = [step for step in steps if step[0] in AFTER_REQUEST]
         for name, fn in steps:
             try:
                 fn()
@@ -251,15 +277,8 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
                                     "error": e.strerror or str(e)})
                 return 1
         os.close(parent_pidfd)
-        # posix_spawnp and execvpe search *our* PATH (not the one in the env they are given)
-        os.environ["PATH"] = prep.env.get("PATH", DEFAULT_PATH)
         try:
-            if as_limit:
-                pid, exec_r = _fork_exec(argv, prep.env, as_limit)
-            else:
-                pid = os.posix_spawnp(argv[0], argv, prep.env, setsid=True,
-                                      setsigdef=SPAWN_SIGDEF, setsigmask=())
-                exec_r = -1
+            pid, exec_r = payload.start(argv, prep.env, as_limit)
         except OSError as e:
             _report(status_fd, {"ok": False, "step": "exec", "errno": e.errno or 0,
                                 "error": f"{argv[0]}: {e.strerror}"})
@@ -285,53 +304,6 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
         return 1
     _report(status_fd, {"ok": True, "wait_status": status})
     return 0
-
-
-# Room init keeps under an RLIMIT_AS it shares with the payload it spawns: posix_spawn's child
-# stack and init's few later allocations (the wait loop, the JSON report).
-AS_HEADROOM = 16 << 20
-
-
-def _split_as_limit(plan: rlimits.Plan) -> tuple[rlimits.Plan, rlimits.Plan]:
-    """→ (limits init applies to itself, RLIMIT_AS to set in a forked child only)."""
-    as_plan = [x for x in plan if x[0] == resource.RLIMIT_AS]
-    if not as_plan:
-        return plan, []
-    with open("/proc/self/statm") as f:
-        vsz = int(f.read().split()[0]) * resource.getpagesize()
-    if vsz + AS_HEADROOM <= as_plan[0][1]:
-        return plan, []  # we fit: keep the cheap posix_spawn path
-    return [x for x in plan if x[0] != resource.RLIMIT_AS], as_plan
-
-
-def _fork_exec(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tuple[int, int]:
-    """fork + setrlimit(RLIMIT_AS) + execvpe, doing by hand what posix_spawn does for us on the
-    fast path (setsid, default signal dispositions, empty mask). The child is a copy of init,
-    possibly far above the limit, so the last two calls are prepared in C before the fork
-    (``PreparedExec``). An exec error reaches init through a close-on-exec pipe as
-    ``exec:<errno>:`` (init adds the words: the child cannot allocate them)."""
-    do_exec = sc.PreparedExec(argv, env, rlimits.clamped(as_plan))
-    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(exec_r)
-            os.setsid()
-            for sig in SPAWN_SIGDEF:
-                try:
-                    signal.signal(sig, signal.SIG_DFL)
-                except (OSError, ValueError):
-                    pass  # signals Python refuses (glibc-internal ones) keep their default
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            err = do_exec()
-            os.write(exec_w, b"exec:%d:" % err)
-        finally:
-            os._exit(127)
-    os.close(exec_w)
-    return pid, exec_r
-
-
-SPAWN_SIGDEF = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
 def _fork_callable(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> tuple[int, int]:

@@ -1,0 +1,82 @@
+"""How the box's init starts an exec payload, once it has hardened itself.
+
+The fast path is posix_spawn (vfork+exec: no copy of init's Python address space — a fork costs
+~1.5 ms): the payload inherits every limit, the empty capability sets, no_new_privs and the
+seccomp filter, and gets its own session (setsid: no controlling tty to push keystrokes into
+with TIOCSTI) and default signal dispositions.
+
+The RLIMIT_AS fallback (no cgroup memory controller) is the exception: the limit counts init's
+own address space, a copy of the (large, multi-arena) caller's, and posix_spawn must map the
+child's stack in it. When init does not fit under the limit it keeps no RLIMIT_AS itself and
+forks a child that sets it just before exec (``sandbox run --memory 16M -- true`` must work).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+from sandbox import _syscalls as sc
+from sandbox import rlimits
+from sandbox.config import DEFAULT_PATH
+
+SPAWN_SIGDEF = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def start(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tuple[int, int]:
+    """→ (pid, fd of a pipe that carries ``exec:<errno>:`` if the exec failed, or -1).
+    Raises OSError when posix_spawn itself reports the exec failure."""
+    # posix_spawnp and execvpe search *our* PATH (not the one in the env they are given)
+    os.environ["PATH"] = env.get("PATH", DEFAULT_PATH)
+    if as_plan:
+        return fork_exec(argv, env, as_plan)
+    pid = os.posix_spawnp(argv[0], argv, env, setsid=True, setsigdef=SPAWN_SIGDEF, setsigmask=())
+    return pid, -1
+
+
+# Room init keeps under an RLIMIT_AS it shares with the payload it spawns: posix_spawn's child
+# stack and init's few later allocations (the wait loop, the JSON report).
+AS_HEADROOM = 16 << 20
+
+
+def split_as_limit(plan: rlimits.Plan) -> tuple[rlimits.Plan, rlimits.Plan]:
+    """→ (limits init applies to itself, RLIMIT_AS to set in a forked child only)."""
+    as_plan = [x for x in plan if x[0] == resource.RLIMIT_AS]
+    if not as_plan:
+        return plan, []
+    with open("/proc/self/statm") as f:
+        vsz = int(f.read().split()[0]) * resource.getpagesize()
+    if vsz + AS_HEADROOM <= as_plan[0][1]:
+        return plan, []  # we fit: keep the cheap posix_spawn path
+    return [x for x in plan if x[0] != resource.RLIMIT_AS], as_plan
+
+
+def fork_exec(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tuple[int, int]:
+    """fork + setrlimit(RLIMIT_AS) + execvpe, doing by hand what posix_spawn does for us on the
+    fast path (setsid, default signal dispositions, empty mask). The child is a copy of init,
+    possibly far above the limit, so the last two calls are prepared in C before the fork
+    (``PreparedExec``). An exec error reaches init through a close-on-exec pipe as
+    ``exec:<errno>:`` (init adds the words: the child cannot allocate them)."""
+    do_exec = sc.PreparedExec(argv, env, rlimits.clamped(as_plan))
+    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(exec_r)
+            os.setsid()
+            for sig in SPAWN_SIGDEF:
+                try:
+                    signal.signal(sig, signal.SIG_DFL)
+                except (OSError, ValueError):
+                    pass  # signals Python refuses (glibc-internal ones) keep their default
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            err = do_exec()
+            os.write(exec_w, b"exec:%d:" % err)
+        finally:
+            os._exit(127)
+    os.close(exec_w)
+    return pid, exec_r
+
+
+SPAWN_SIGDEF = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
