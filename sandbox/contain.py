@@ -190,6 +190,9 @@ def _await_request(prep: Prepared, request_fd: int) -> int:
         os.dup2(fds[i], i, inheritable=True)
         os.close(fds[i])
     prep.target = [str(a) for a in json.loads(msg)["argv"]]
+    # fds from SCM_RIGHTS arrive inheritable: the status pipe must not reach the payload, or
+    # it could write init's report itself (a forged "ok")
+    os.set_inheritable(fds[3], False)
     return fds[3]
 
 

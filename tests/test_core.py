@@ -111,11 +111,27 @@ def test_uid_inside_is_configurable(no_leftovers):
     assert r.stdout == b"0\n"
 
 
-def test_no_capabilities_and_no_new_privs(no_leftovers):
-    r = sh("grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status", uid=0, gid=0)
-    fields = dict(line.split(":\t") for line in r.stdout.decode().splitlines())
+@pytest.mark.parametrize("path", ["direct", "warm supervisor"])
+def test_no_capabilities_and_no_new_privs(path, no_leftovers):
+    """Both start paths: the direct one hardens init just before the payload starts, a warm
+    box hardens while it waits for its request."""
+    script = ["sh", "-c", "grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp)' /proc/self/status; "
+                          "ulimit -n; ls -l /proc/self/fd | grep -c -- '->'"]
+    cfg = SandboxConfig(uid=0, gid=0, limits=Limits.parse(nofile=77))
+    if path == "direct":
+        r = sandbox.run_sync(script, cfg)
+    else:
+        async def main() -> sandbox.Result:
+            async with sandbox.Supervisor(warm_pool=1) as sup:
+                await sup.run(["true"], cfg)  # the next run gets a pre-built, pre-hardened box
+                return await sup.run(script, cfg)
+        r = trio.run(main)
+    lines = r.stdout.decode().splitlines()
+    fields = dict(line.split(":\t") for line in lines[:-2])
     assert all(int(fields[k], 16) == 0 for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb"))
-    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2"
+    assert lines[-2] == "77"        # rlimits applied after the request too
+    assert int(lines[-1]) <= 4      # 0, 1, 2 and ls's own directory fd: nothing inherited
 
 
 def test_sleep_forever_times_out_and_leaves_nothing(no_leftovers):

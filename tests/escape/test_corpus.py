@@ -334,3 +334,34 @@ def test_foreign_architecture_syscalls_kill_the_process(box_tmp, no_leftovers):
     assert r.status == Status.SG and r.signal == signal.SIGSYS, r  # seccomp: bad arch → kill
     r = sandbox.run_sync(["/probe/int80"], SandboxConfig(seccomp="none", mounts=cfg.mounts))
     assert b"i386 getpid returned" in r.stdout or r.status == Status.SG  # what --seccomp none loses
+
+
+# -- lying about the verdict --------------------------------------------------------------------
+
+FORGE = """
+import json, os
+fake = (json.dumps({"ok": True, "wait_status": 0}) + "\\n").encode()
+for fd in range(3, 256):
+    try:
+        os.write(fd, fake)
+        print("wrote to", fd)
+    except OSError:
+        pass
+os._exit(3)
+"""
+
+
+@pytest.mark.parametrize("path", ["direct", "warm supervisor"])
+def test_payload_cannot_forge_inits_status_report(path, no_leftovers):
+    """The verdict comes from init's report on the status pipe: the payload must hold no fd
+    of it (a warm box receives it over SCM_RIGHTS, where fds arrive inheritable)."""
+    argv = ["python3", "-c", FORGE]
+    if path == "direct":
+        r = sandbox.run_sync(argv)
+    else:
+        async def main() -> sandbox.Result:
+            async with sandbox.Supervisor(warm_pool=1) as sup:
+                await sup.run(["true"])
+                return await sup.run(argv)
+        r = trio.run(main)
+    assert (r.status, r.exit_code, r.stdout) == (Status.RE, 3, b""), r
