@@ -176,7 +176,8 @@ def _await_request(prep: Prepared, request_fd: int) -> int:
     sock = socket.socket(fileno=request_fd)
     fds = array.array("i")
     try:
-        msg, anc, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * fds.itemsize))
+        msg, anc, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * fds.itemsize),
+                                               socket.MSG_CMSG_CLOEXEC)
     except OSError:
         return -1
     finally:
@@ -190,10 +191,7 @@ def _await_request(prep: Prepared, request_fd: int) -> int:
         os.dup2(fds[i], i, inheritable=True)
         os.close(fds[i])
     prep.target = [str(a) for a in json.loads(msg)["argv"]]
-    # fds from SCM_RIGHTS arrive inheritable: the status pipe must not reach the payload, or
-    # it could write init's report itself (a forged "ok")
-    os.set_inheritable(fds[3], False)
-    return fds[3]
+    return fds[3]  # close-on-exec (MSG_CMSG_CLOEXEC): the payload must not write our report
 
 
 def _setup_ids(prep: Prepared, sync_fd: int) -> None:

@@ -35,7 +35,9 @@ MAX_FDS = 8
 
 def recv_msg(sock: socket.socket) -> tuple[bytes, list[int]]:
     fds = array.array("i")
-    msg, anc, _flags, _addr = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    # close-on-exec: an fd a box must not hold (its status pipe) never reaches its payload
+    msg, anc, _flags, _addr = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * fds.itemsize),
+                                           socket.MSG_CMSG_CLOEXEC)
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])

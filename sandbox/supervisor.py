@@ -107,7 +107,7 @@ class Supervisor:
         while True:
             try:
                 msg, anc, _f, _a = await self._sock.recvmsg(
-                    MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4))
+                    MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
             except OSError:
                 msg, anc = b"", []
             fds: list[int] = []

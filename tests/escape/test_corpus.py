@@ -351,16 +351,17 @@ os._exit(3)
 """
 
 
-@pytest.mark.parametrize("path", ["direct", "warm supervisor"])
+@pytest.mark.parametrize("path", ["direct", "warm supervisor", "cold supervisor"])
 def test_payload_cannot_forge_inits_status_report(path, no_leftovers):
     """The verdict comes from init's report on the status pipe: the payload must hold no fd
-    of it (a warm box receives it over SCM_RIGHTS, where fds arrive inheritable)."""
+    of it (the launcher and a warm box receive it over SCM_RIGHTS, where fds arrive
+    inheritable unless MSG_CMSG_CLOEXEC is asked for)."""
     argv = ["python3", "-c", FORGE]
     if path == "direct":
         r = sandbox.run_sync(argv)
     else:
         async def main() -> sandbox.Result:
-            async with sandbox.Supervisor(warm_pool=1) as sup:
+            async with sandbox.Supervisor(warm_pool=1 if path.startswith("warm") else 0) as sup:
                 await sup.run(["true"])
                 return await sup.run(argv)
         r = trio.run(main)
