@@ -14,13 +14,14 @@ in-box code paths never pay for it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
 from sandbox.config import ConfigError, Limits, MountSpec, SandboxConfig
 from sandbox.result import Result, Status
 
+TYPE_CHECKING = False  # no typing import at run time: the CLI's start-up is measured
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     from sandbox.supervisor import Supervisor
 
 __all__ = ["ConfigError", "Limits", "MountSpec", "Result", "SandboxConfig", "Status",

@@ -26,13 +26,12 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 from sandbox import _syscalls as sc
 from sandbox.config import Limits
 
 WANTED = ("memory", "pids", "cpu")
-Mode = Literal["unified", "hybrid", "legacy", "none"]
+Mode = str  # "unified" | "hybrid" | "legacy" | "none" (no typing import: CLI start-up)
 
 
 class CgroupUnavailable(OSError):

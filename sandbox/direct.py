@@ -14,12 +14,15 @@ import select
 import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from sandbox import _syscalls as sc
 from sandbox import contain, spawn, verdict
 from sandbox.config import SandboxConfig
 from sandbox.result import Result, Status
+
+TYPE_CHECKING = False  # no typing import at run time (CLI start)
+if TYPE_CHECKING:
+    from typing import Any
 
 CHUNK = 65536
 

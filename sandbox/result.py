@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
-Mechanism = Literal["cgroup", "rlimit", "supervisor", "tmpfs", "none"]
+TYPE_CHECKING = False  # no typing import at run time (CLI start)
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    Mechanism = Literal["cgroup", "rlimit", "supervisor", "tmpfs", "none"]
+
 
 
 class Status(enum.StrEnum):

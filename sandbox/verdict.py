@@ -12,11 +12,14 @@ import json
 import os
 import signal as _signal
 from dataclasses import dataclass
-from typing import Any
 
 from sandbox.config import Limits
 from sandbox.contain import STATUS_MAX
 from sandbox.result import Result, Status
+
+TYPE_CHECKING = False  # no typing import at run time (CLI start)
+if TYPE_CHECKING:
+    from typing import Any
 
 KILL_REASONS = {"wall": Status.TO, "cpu": Status.TO, "output": Status.OL, "memory": Status.ML}
 
