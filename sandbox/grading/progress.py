@@ -32,6 +32,9 @@ class Progress:
         return f"running {self.running}  failed to grade {self.failed}"
 
     def test_done(self, test: dict[str, Any]) -> None:
+        if "collected" in test:  # a run's announcement: how many tests per submission
+            self.per_sub = max([self.per_sub, *test["collected"].values()])
+            return
         name = str(test.get("submission"))
         self.seen[name] = self.seen.get(name, 0) + 1
         if test.get("worst") == "XX":
