@@ -41,7 +41,11 @@ PY = sys.executable
 
 def timed(args: list[str], cwd: Path) -> float:
     t = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(cwd / "src")}  # this checkout, not an installed copy
+    # this checkout, not an installed copy; temp files (pytest-isolate leaves its resource
+    # files in $TMPDIR) go to our temp dir, removed at the end
+    tmp = cwd / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(cwd / "src"), "TMPDIR": str(tmp)}
     p = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
                        cwd=cwd, capture_output=True, text=True, env=env)
     dt = time.perf_counter() - t

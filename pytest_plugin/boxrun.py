@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import os
-import secrets
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -155,17 +153,7 @@ def _basetemp(config: Any) -> str | None:
 
 
 def scratch_dir() -> tuple[str, str]:
-    """(dir to remove afterwards, dir the box gets at /work).
+    """(dir to remove afterwards, dir the box gets at /work): see ``box_writable_dir``."""
+    from sandbox.safefs import box_writable_dir
 
-    Unprivileged, the box runs as our own uid, so a private 0700 directory works. As root the
-    box is an unpredictable high uid and needs a world-writable directory: it is hidden under a
-    0711 parent (not listable) with a random name, so no other local user can find it.
-    """
-    top = tempfile.mkdtemp(prefix="sandbox-fixture-")
-    if os.geteuid() != 0:
-        return top, top
-    os.chmod(top, 0o711)
-    work = os.path.join(top, secrets.token_hex(16))
-    os.mkdir(work)
-    os.chmod(work, 0o777)
-    return top, work
+    return box_writable_dir("sandbox-fixture-")

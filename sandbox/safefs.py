@@ -86,3 +86,24 @@ def walk_beneath(root: str, max_entries: int = 10000) -> Iterator[tuple[str, os.
             if dfd != root_fd:
                 os.close(dfd)
         os.close(root_fd)
+
+
+def box_writable_dir(prefix: str) -> tuple[str, str]:
+    """(dir to remove afterwards, an empty dir the box's own user may write into).
+
+    Unprivileged, the box runs as our own uid, so a private 0700 directory works. As root the
+    box is an unpredictable high uid and needs a world-writable directory: it is hidden under a
+    0711 parent (traversable, not listable) with a random name, so no other local user can find
+    it to plant files the grader or a test would then read as the box's.
+    """
+    import secrets
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix=prefix)
+    if os.geteuid() != 0:
+        return top, top
+    os.chmod(top, 0o711)
+    work = os.path.join(top, secrets.token_hex(16))
+    os.mkdir(work)
+    os.chmod(work, 0o777)
+    return top, work

@@ -153,7 +153,8 @@ def test_codec_round_trip_and_refusals():
         encode({1: "non-str key"})
 
 
-def test_cut_short_run_still_gives_every_submission_a_row(course):
+def test_cut_short_run_still_gives_every_submission_a_row(course, no_leftovers):
+    """Runs killed at --timeout leave nothing behind either (their temp space is the grader's)."""
     p = grade(course, "--timeout", "2")
     assert p.returncode == 0, p.stderr[-2000:]
     rows = json.loads((course / "results.json").read_text())["submissions"]

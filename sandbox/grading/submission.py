@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from sandbox.config import MountSpec
 from sandbox.direct import run_direct
 from sandbox.grading.session import BoxSession, SessionError
 from sandbox.result import Result, Status
-from sandbox.safefs import walk_beneath
+from sandbox.safefs import box_writable_dir, walk_beneath
 
 BOX_DIR = "/submission"
 SEVERITY = {s: i for i, s in enumerate(["OK", "RE", "SG", "OL", "ML", "TO", "XX"])}
@@ -69,8 +68,8 @@ class Submission:
         self.path = os.path.realpath(path)
         self.name = os.path.basename(self.path.rstrip("/"))
         self.limits, self.call_timeout = limits, call_timeout
-        self._tmp = tempfile.mkdtemp(prefix="grade-")
-        os.chmod(self._tmp, 0o755)
+        # the overlay's upper and work dirs land in self._work; nobody else may write there
+        self._tmp, self._work = box_writable_dir("grade-")
         self._session: BoxSession | None = None
         self.results: list[Result] = []
 
@@ -79,10 +78,7 @@ class Submission:
                              mounts=[MountSpec("overlay", BOX_DIR, self.path, upper=upper)])
 
     def _upper(self) -> str:
-        d = os.path.join(self._tmp, "overlay")
-        os.mkdir(d)
-        os.chmod(d, 0o777)
-        return d
+        return self._work
 
     def import_module(self, name: str) -> _Proxy:
         if self._session is None:
@@ -112,7 +108,7 @@ class Submission:
 
     def changes(self) -> Changes:
         """Files the submission created/modified/deleted in this test's box so far."""
-        upper = os.path.join(self._tmp, "overlay", "upper")
+        upper = os.path.join(self._work, "upper")
         ch = Changes()
         if not os.path.isdir(upper):
             return ch
