@@ -53,7 +53,11 @@ def test_signal_kills_every_box(sig, who):
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert p.stdout is not None
     assert p.stdout.readline().strip() == b"ready"
-    boxed = descendants(p.pid)
+    # "ready" comes before the box's shell forks its sleeps: wait for them (a loaded machine
+    # can take a while), so the test checks the processes it means to
+    deadline = time.monotonic() + 10
+    while len(boxed := descendants(p.pid)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(boxed) >= 3  # init, payload, its background sleep (+ launcher)
     p.send_signal(sig)
     p.wait(timeout=10)
