@@ -2,7 +2,8 @@
 """Grading throughput: 50 trivial submissions x 5 tests with `sandbox grade -j 2`, against
 (1) one `podman run --rm` per submission doing the same work (import the solution, call it,
 check the answer, 5 times) and (2) one `bwrap` sandbox per test, each run 2 at a time, in the
-same run. Goal (issue 6): >= 10x podman's throughput.
+same run (ours: median of three runs; the peers' runs are long enough to average themselves).
+Goal (issue 6): >= 10x podman's throughput.
 
     python bench/grade.py [--subs 50]
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,8 +76,17 @@ def podman_setup() -> tuple[list[str] | None, str]:
         if p.returncode == 0:
             return cmd, ""
         why = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
-    subprocess.run(["podman", "rmi", "-f", IMAGE], capture_output=True)
+    podman_cleanup()
     return None, f"podman cannot run a container here: {why}"
+
+
+def podman_cleanup() -> None:
+    """Remove our image, and stop rootless podman's pause process (catatonit) when no container
+    of this user runs, so the bench leaves no process behind."""
+    subprocess.run(["podman", "rmi", "-f", IMAGE], capture_output=True)
+    running = subprocess.run(["podman", "ps", "-q"], capture_output=True, text=True).stdout.strip()
+    if not running and os.geteuid() != 0:
+        subprocess.run(["podman", "system", "migrate"], capture_output=True)
 
 
 def main() -> None:
@@ -91,11 +102,15 @@ def main() -> None:
             s = root / "subs" / f"s{i:03}"
             s.mkdir(parents=True)
             (s / "solution.py").write_text("def add(a, b):\n    return a + b\n")
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "sandbox.cli", "grade", "--tests", str(root / "tests"),
-                        "--submissions", str(root / "subs"), "-j", "2", "--no-progress",
-                        "--out", str(root / "r.json")], check=True, stdout=subprocess.DEVNULL)
-        ours = time.perf_counter() - t
+        runs = []
+        for _ in range(3):  # a grade run is short (~3 s): take the median of three
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "sandbox.cli", "grade", "--tests",
+                            str(root / "tests"), "--submissions", str(root / "subs"), "-j", "2",
+                            "--no-progress", "--out", str(root / "r.json")], check=True,
+                           stdout=subprocess.DEVNULL)
+            runs.append(time.perf_counter() - t)
+        ours = statistics.median(runs)
 
         def bwrap_submission(s: Path) -> None:
             for i in range(5):
@@ -120,7 +135,7 @@ def main() -> None:
                     list(pool.map(podman_submission, sorted((root / "subs").iterdir())))
                 pod = time.perf_counter() - t
             finally:
-                subprocess.run(["podman", "rmi", "-f", IMAGE], capture_output=True)
+                podman_cleanup()
     print(f"{a.subs} submissions x 5 tests, 2 at a time:")
     print(f"  sandbox grade        {ours:7.2f} s  {a.subs / ours:6.2f} submissions/s")
     if pod is not None:

@@ -21,7 +21,9 @@ so the child only issues syscalls.
 
 from __future__ import annotations
 
+import functools
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 
@@ -58,6 +60,7 @@ def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
         ops.append((kind, path, path, True))
 
 
+@functools.lru_cache(maxsize=1)
 def _python_prefixes() -> list[str]:
     seen: list[str] = []
     for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix):
@@ -80,16 +83,38 @@ def _etc_files(cfg: SandboxConfig) -> dict[str, bytes | tuple[str, str]]:
     }
     names = ETC_COPY + (("resolv.conf",) if cfg.network == "host" else ())
     for name in names:
-        p = "/etc/" + name
-        if os.path.islink(p):
-            files[name] = ("symlink", os.readlink(p))
-        elif os.path.isfile(p):
-            try:
-                with open(p, "rb") as f:
-                    files[name] = f.read(1 << 20)
-            except OSError:
-                pass
+        got = _host_etc_file("/etc/" + name)
+        if got is not None:
+            files[name] = got
     return files
+
+
+# path → (identity of the file when read, what we read); a grader plans hundreds of boxes
+_ETC_CACHE: dict[str, tuple[tuple[int, ...], bytes | tuple[str, str]]] = {}
+
+
+def _host_etc_file(p: str) -> bytes | tuple[str, str] | None:
+    """A host /etc file's bytes (or its symlink), re-read only when it changed (lstat)."""
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return None
+    ident = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+    hit = _ETC_CACHE.get(p)
+    if hit is not None and hit[0] == ident:
+        return hit[1]
+    if stat.S_ISLNK(st.st_mode):
+        got: bytes | tuple[str, str] = ("symlink", os.readlink(p))
+    elif stat.S_ISREG(st.st_mode):
+        try:
+            with open(p, "rb") as f:
+                got = f.read(1 << 20)
+        except OSError:
+            return None
+    else:
+        return None
+    _ETC_CACHE[p] = (ident, got)
+    return got
 
 
 def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
