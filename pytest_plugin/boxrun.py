@@ -152,8 +152,3 @@ def _basetemp(config: Any) -> str | None:
         return None
 
 
-def scratch_dir() -> tuple[str, str]:
-    """(dir to remove afterwards, dir the box gets at /work): see ``box_writable_dir``."""
-    from sandbox.safefs import box_writable_dir
-
-    return box_writable_dir("sandbox-fixture-")

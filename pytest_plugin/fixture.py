@@ -17,7 +17,7 @@ from sandbox import Limits, Result, SandboxConfig, Status, codec
 from sandbox._syscalls import openat2
 from sandbox.config import MountSpec
 from sandbox.direct import run_direct
-from sandbox.safefs import RESOLVE, UnsafePath, open_beneath, read_beneath
+from sandbox.safefs import RESOLVE, UnsafePath, box_writable_dir, open_beneath, read_beneath
 
 LIMIT_KEYS = ("memory", "wall_time", "cpu_time", "pids", "output_limit", "tmpfs_size",
               "nofile", "fsize")
@@ -40,7 +40,7 @@ class SandboxFixture:
 
     def __init__(self, config: Any) -> None:
         self._config = config
-        self._top, self.workdir = boxrun.scratch_dir()
+        self._top, self.workdir = box_writable_dir("sandbox-fixture-")  # the box's /work
         self.results: list[Result] = []
 
     def config(self, network: bool = False, cwd: str = "/work",

@@ -45,9 +45,7 @@ def split_as_limit(plan: rlimits.Plan) -> tuple[rlimits.Plan, rlimits.Plan]:
     as_plan = [x for x in plan if x[0] == resource.RLIMIT_AS]
     if not as_plan:
         return plan, []
-    with open("/proc/self/statm") as f:
-        vsz = int(f.read().split()[0]) * resource.getpagesize()
-    if vsz + AS_HEADROOM <= as_plan[0][1]:
+    if rlimits.address_space_size() + AS_HEADROOM <= as_plan[0][1]:
         return plan, []  # we fit: keep the cheap posix_spawn path
     return [x for x in plan if x[0] != resource.RLIMIT_AS], as_plan
 

@@ -76,11 +76,16 @@ def apply_rlimits(plan: Plan) -> None:
         resource.setrlimit(res, (soft, hard))
 
 
+def address_space_size() -> int:
+    """This process's address space in bytes (VmSize: what RLIMIT_AS counts)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * resource.getpagesize()
+
+
 def on_top_of_current_image(plan: Plan) -> Plan:
     """For a box that runs a *forked* Python function (the pytest plugin) instead of exec'ing:
     it inherits the caller's whole address space, so RLIMIT_AS must count from there, or a
     large pytest process would have no memory left at all. The limit then means "this much
     more than the test process already had"."""
-    with open("/proc/self/statm") as f:
-        vsz = int(f.read().split()[0]) * resource.getpagesize()
+    vsz = address_space_size()
     return [(r, s + vsz, h + vsz) if r == resource.RLIMIT_AS else (r, s, h) for r, s, h in plan]

@@ -286,15 +286,17 @@ def test_run_sync_from_a_threaded_process_uses_the_launcher(no_leftovers):
     assert r.stdout == b"via-launcher\n"
 
 
+BOX_IMPORTS = """
+from sandbox import SandboxConfig
+from sandbox.direct import run_direct
+from sandbox.grading.session import BoxSession
+"""
 HIDDEN_THREAD = """
 import _thread, sys, threading, time
 _thread.start_new_thread(time.sleep, (1000,))  # invisible to threading.active_count()
 threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
 time.sleep(0.05)
-from sandbox import SandboxConfig
-from sandbox.direct import run_direct
-from sandbox.grading.session import BoxSession
-"""
+""" + BOX_IMPORTS
 
 
 def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -323,8 +325,7 @@ def test_killing_the_caller_kills_its_box(threads, no_leftovers):
     would enforce the box's wall time otherwise. In root mode init changes credentials twice,
     and each change clears PDEATHSIG."""
     marker = f"{time.time() % 1000:.4f}"
-    prelude = HIDDEN_THREAD if threads else HIDDEN_THREAD.split("\n", 1)[0] + "\n" + \
-        "\n".join(ln for ln in HIDDEN_THREAD.splitlines() if ln.startswith("from "))
+    prelude = HIDDEN_THREAD if threads else BOX_IMPORTS
     proc = subprocess.Popen([sys.executable, "-c", prelude + f"""
 run_direct(["sleep", "{marker}"], SandboxConfig(limits=__import__("sandbox").Limits.parse(wall_time="100s")))
 """])

@@ -38,8 +38,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """One test item per (test, submission): the grader parametrizes ``submission``."""
     if "submission" in metafunc.fixturenames:
         subs = metafunc.config.getoption("submission")
-        names = [os.path.basename(p.rstrip("/")) for p in subs]
-        metafunc.parametrize("submission", subs, indirect=True, ids=names)
+        metafunc.parametrize("submission", subs, indirect=True, ids=[_name(p) for p in subs])
 
 
 @pytest.fixture
@@ -90,6 +89,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 _STATE: dict[str, Any] = {}
 
 
+def _name(path: str) -> str:
+    """A submission's name: its directory's (the test id, and the key the grader reports by)."""
+    return os.path.basename(path.rstrip("/"))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Announce how many tests each submission gets, before running any (the grader's
     progress and its "only k of n tests reported" check need it; no separate collect run)."""
@@ -100,7 +104,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         spec = getattr(item, "callspec", None)
         if spec is not None and "submission" in spec.params:
-            name = os.path.basename(str(spec.params["submission"]).rstrip("/"))
+            name = _name(str(spec.params["submission"]))
             counts[name] = counts.get(name, 0) + 1
     with open(path, "a") as f:
         f.write(json.dumps({"collected": counts}) + "\n")
