@@ -5,11 +5,12 @@ function; a failing step is reported on the status pipe as ``{"ok": false, "step
 "errno": N, "error": "..."}`` and init exits, so a failure never hangs and never leaves a
 half-made box running (the pid namespace dies with init).
 
-init (clone3'd with NEWUSER|NEWPID|NEWNS|NEWIPC|NEWUTS[|NEWNET], maybe INTO_CGROUP):
+init (clone3'd with NEWUSER|NEWPID, maybe INTO_CGROUP):
   1. fds        close every inherited fd except the ones we were handed (runc CVE-2024-21626)
   2. pdeathsig  die with the parent
   3. userns     write our own id map (unprivileged) or wait for the parent to write it
-  4. cgroupns   unshare(CLONE_NEWCGROUP) now that we sit in our leaf: the box sees it as "/"
+  4. namespaces unshare mount, IPC, UTS, cgroup [and net] namespaces with our new
+                capabilities; the cgroup one now that we sit in our leaf: the box sees it as "/"
   5. rootfs     sandbox.rootfs.build_rootfs (tmpfs, overlays, /dev, /proc, pivot_root)
   6. hostname   in the new UTS namespace
   7. network    loopback up in the new net namespace
@@ -140,7 +141,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         _step("userns", lambda: _setup_ids(prep, sync_fd))
         if prep.ids.parent_writes:  # setresuid() just cleared PDEATHSIG (prctl(2)): set it again
             _step("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd))
-        _step("cgroupns", lambda: sc.unshare(sc.CLONE_NEWCGROUP))
+        _step("namespaces", lambda: sc.unshare(_unshared_namespaces(prep)))
         _step("rootfs", lambda: rootfs.build_rootfs(prep.rootfs))
         _step("hostname", lambda: sc.sethostname(prep.config.hostname))
         if prep.config.network == "none":
@@ -192,6 +193,11 @@ def _await_request(prep: Prepared, request_fd: int) -> int:
         os.close(fds[i])
     prep.target = [str(a) for a in json.loads(msg)["argv"]]
     return fds[3]  # close-on-exec (MSG_CMSG_CLOEXEC): the payload must not write our report
+
+
+def _unshared_namespaces(prep: Prepared) -> int:
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWCGROUP
+    return flags | (sc.CLONE_NEWNET if prep.config.network == "none" else 0)
 
 
 def _setup_ids(prep: Prepared, sync_fd: int) -> None:

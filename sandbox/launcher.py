@@ -58,6 +58,11 @@ class Launcher:
     hands argv and fds to a waiting init, which hardens and execs: the clone and setup leave
     the latency path. Boxes using a cgroup are always built cold (the leaf and the cgroup
     namespace must exist before the box is), and a new config evicts the old pool.
+
+    Refills are idle work: cloning a box takes this process ~0.4 ms and the new box's setup
+    another core's ~3 ms, which would compete with the box just handed out (2-core machines:
+    its exec waited for a CPU). So a refill waits until no request is pending and either no
+    box is running or the pool ran dry (then the next request needs it more than anything).
     """
 
     def __init__(self, sock: socket.socket, pool_size: int = 0) -> None:
@@ -68,6 +73,7 @@ class Launcher:
         self.pool_key: str | None = None
         self.pool: list[spawn.WarmBox] = []
         self.warm_pids: set[int] = set()
+        self.want_pool: tuple[str, contain.Prepared] | None = None
 
     def prepared(self, cfg_json: dict, argv: list[str], cgroup_enforced: list[str]) -> contain.Prepared:
         key = self.key(cfg_json, cgroup_enforced)
@@ -98,18 +104,27 @@ class Launcher:
             return wb.pid, wb.pidfd
         return None
 
-    def refill(self, key: str, prep: contain.Prepared) -> None:
+    def refill_due(self) -> bool:
+        return self.want_pool is not None and (not self.boxes or not self.pool
+                                               or self.pool_key != self.want_pool[0])
+
+    def refill_one(self) -> None:
+        """One unit of idle work: evict a stale pool, or pre-build one box."""
+        assert self.want_pool is not None
+        key, prep = self.want_pool
         if self.pool_key != key:
             for wb in self.pool:
                 self.discard(wb)
             self.pool, self.pool_key = [], key
-        while len(self.pool) < self.pool_size:
-            try:
-                wb = spawn.spawn_warm(dataclasses.replace(prep, target=[]))
-            except OSError:
-                return
-            self.pool.append(wb)
-            self.warm_pids.add(wb.pid)
+        try:
+            wb = spawn.spawn_warm(dataclasses.replace(prep, target=[]))
+        except OSError:
+            self.want_pool = None  # out of processes or memory: retry after the next request
+            return
+        self.pool.append(wb)
+        self.warm_pids.add(wb.pid)
+        if len(self.pool) >= self.pool_size:
+            self.want_pool = None
 
     def discard(self, wb: spawn.WarmBox) -> None:
         """Closing the request socket makes a waiting warm init exit; the reaper collects it."""
@@ -143,8 +158,9 @@ class Launcher:
         send_msg(self.sock, {"op": "spawned", "id": rid, "pid": box.pid,
                              "enforcement": prep.enforcement, "seccomp": prep.seccomp_desc,
                              "landlock": prep.landlock}, [box.pidfd])
-        if cgroup_fd is None and self.pool_size:
-            self.refill(key, prep)
+        if cgroup_fd is None and self.pool_size and (self.pool_key != key
+                                                      or len(self.pool) < self.pool_size):
+            self.want_pool = (key, prep)
 
     def reap(self) -> None:
         while True:
@@ -189,7 +205,10 @@ class Launcher:
         sel.register(wake_r, selectors.EVENT_READ)
         try:
             while True:
-                for key, _ in sel.select():
+                events = sel.select(0 if self.refill_due() else None)
+                if not events and self.refill_due():
+                    self.refill_one()
+                for key, _ in events:
                     if key.fileobj is self.sock:
                         msg, fds = recv_msg(self.sock)
                         if not msg:
