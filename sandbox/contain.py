@@ -134,6 +134,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
     A setup failure is held and reported on the status pipe that comes with the request.
     """
     failure: StepError | None = None
+    mnt_ns = -1
     try:
         keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, request_fd, *pass_fds)
         _step("fds", lambda: _close_fds_except([f for f in keep if f >= 0]))
@@ -142,6 +143,8 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         if prep.ids.parent_writes:  # setresuid() just cleared PDEATHSIG (prctl(2)): set it again
             _step("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd))
         _step("namespaces", lambda: sc.unshare(_unshared_namespaces(prep)))
+        if request_fd >= 0:
+            mnt_ns = _own_mount_namespace()
         _step("rootfs", lambda: rootfs.build_rootfs(prep.rootfs))
         _step("hostname", lambda: sc.sethostname(prep.config.hostname))
         if prep.config.network == "none":
@@ -159,7 +162,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
                 ahead = True
             except StepError as e:
                 failure = e
-        status_fd = _await_request(prep, request_fd)
+        status_fd = _await_request(prep, request_fd, mnt_ns)
         if status_fd < 0:
             return 0  # evicted from the pool before use
     if failure is not None:
@@ -169,14 +172,33 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
     return _supervise_payload(prep, status_fd, pass_fds, parent_pidfd, ahead)
 
 
-def _await_request(prep: Prepared, request_fd: int) -> int:
-    """Warm box: block for ``{"argv": [...]}`` + fds [stdin, stdout, stderr, status_w]."""
+def _own_mount_namespace() -> int:
+    try:
+        return os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def _await_request(prep: Prepared, request_fd: int, mnt_ns: int) -> int:
+    """Warm box: say we are ready, then block for ``{"argv": [...]}`` + fds [stdin, stdout,
+    stderr, status_w].
+
+    The ready message carries a handle on our mount namespace for the launcher to hold:
+    when init exits, the last reference to a mount namespace unmounts its whole tree (tmpfs,
+    overlays, /proc, /dev) synchronously in the exiting task, ~0.4 ms between the payload's
+    end and the verdict. With the launcher holding it, that work happens in the launcher's
+    idle time instead. (It cannot take the handle itself: we are non-dumpable by now, which
+    denies it /proc/PID/ns/mnt and the pidfd namespace ioctls.)"""
     import array
     import socket
 
     sock = socket.socket(fileno=request_fd)
     fds = array.array("i")
     try:
+        ready = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [mnt_ns]))]
+        sock.sendmsg([b'{"ready": true}'], ready if mnt_ns >= 0 else [])
+        if mnt_ns >= 0:
+            os.close(mnt_ns)
         msg, anc, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * fds.itemsize),
                                                socket.MSG_CMSG_CLOEXEC)
     except OSError:

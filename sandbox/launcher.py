@@ -9,7 +9,9 @@ and talks over one ``SOCK_SEQPACKET`` socket (protocol in docs/architecture.md):
 * spawn requests arrive as JSON with stdio/status fds attached (SCM_RIGHTS);
 * the box's pidfd goes back the same way, so the supervisor can kill it directly;
 * the launcher is the box init's parent, so it reaps it and reports the wait status and the
-  rusage (which covers every process the box ever had: init reaped them all).
+  rusage (which covers every process the box ever had: init reaped them all);
+* pre-built boxes are offered to the supervisor, which starts commands in them itself (see
+  ``Launcher``).
 
 If the supervisor goes away (socket EOF, or PDEATHSIG), every box is killed and reaped.
 """
@@ -50,33 +52,43 @@ def send_msg(sock: socket.socket, obj: dict, fds: list[int] | None = None) -> No
 
 
 class Launcher:
-    """Serves spawn requests; keeps a small pool of pre-warmed boxes for the config in use.
+    """Serves spawn requests and keeps a small pool of pre-warmed boxes for the config in use.
 
-    Warm pool: after serving a request for config K, the launcher pre-builds up to
-    ``pool_size`` boxes for K (clone + namespaces + rootfs run in those children, on another
-    core, while the supervisor is busy with the current box). The next request for K only
-    hands argv and fds to a waiting init, which hardens and execs: the clone and setup leave
-    the latency path. Boxes using a cgroup are always built cold (the leaf and the cgroup
-    namespace must exist before the box is), and a new config evicts the old pool.
+    Warm pool: after a request for config K, the launcher pre-builds up to ``pool_size`` boxes
+    for K (clone + namespaces + rootfs + hardening, in those children). A box that finished
+    its setup says so on its request socket, and the launcher *offers* it to the supervisor
+    (``warm`` message: pidfd + request socket). The supervisor then starts a command in it by
+    writing argv and stdio fds straight to that socket and tells us ``taken``: the launcher is
+    not on the latency path of a warm start at all. (Every clone leaves this process's pages
+    copy-on-write shared with the child, so the launcher's next few hundred page writes fault:
+    ~0.3 ms of Python on any path through here right after a refill.) Boxes using a cgroup are
+    always built cold (the leaf and the cgroup namespace must exist before the box is), and
+    a request for a new config retires the old pool: the supervisor closes the boxes it was
+    offered, and their inits exit on EOF.
 
-    Refills are idle work: cloning a box takes this process ~0.4 ms and the new box's setup
-    another core's ~3 ms, which would compete with the box just handed out (2-core machines:
-    its exec waited for a CPU). So a refill waits until no request is pending and either no
-    box is running or the pool ran dry (then the next request needs it more than anything).
+    Idle work — refills and the release of dead boxes' mount namespaces (see
+    ``contain._await_request``) — runs only when no request is pending, and a refill only when
+    no box is running or the pool ran dry: cloning takes this process ~0.4 ms and the new
+    box's setup another core's ~3 ms, which would compete with the box just started.
     """
+
+    MAX_RETIRED = 8  # mount namespaces awaiting release; beyond this they are released at once
 
     def __init__(self, sock: socket.socket, pool_size: int = 0) -> None:
         self.sock = sock
-        self.boxes: dict[int, int] = {}  # pid → pidfd, boxes handed to the supervisor
+        self.sel = selectors.DefaultSelector()
+        self.boxes: dict[int, int] = {}  # pid → pidfd: boxes the supervisor waits for
         self.cache: dict[str, contain.Prepared] = {}
         self.pool_size = pool_size
         self.pool_key: str | None = None
-        self.pool: list[spawn.WarmBox] = []
-        self.warm_pids: set[int] = set()
-        self.want_pool: tuple[str, contain.Prepared] | None = None
+        self.pool_prep: contain.Prepared | None = None
+        self.warm: dict[int, tuple[spawn.WarmBox, str]] = {}  # built or offered, not taken
+        self.reaped_warm: dict[int, tuple[int, float, int]] = {}  # died before "taken" came
+        self.held: dict[int, int] = {}  # pid → the box's mount namespace
+        self.retired: list[int] = []  # mount namespaces of dead boxes, to release when idle
 
-    def prepared(self, cfg_json: dict, argv: list[str], cgroup_enforced: list[str]) -> contain.Prepared:
-        key = self.key(cfg_json, cgroup_enforced)
+    def prepared(self, key: str, cfg_json: dict, argv: list[str],
+                 cgroup_enforced: list[str]) -> contain.Prepared:
         prep = self.cache.get(key)
         if prep is None:
             cfg = SandboxConfig.from_dict(cfg_json).validate()
@@ -86,65 +98,71 @@ class Launcher:
             self.cache[key] = prep
         return dataclasses.replace(prep, target=argv)
 
-    @staticmethod
-    def key(cfg_json: dict, cgroup_enforced: list[str]) -> str:
-        return json.dumps([cfg_json, sorted(cgroup_enforced)], sort_keys=True)
-
-    def take_warm(self, key: str, argv: list[str], fds: list[int]) -> tuple[int, int] | None:
-        """Hand the request to a warm box for this config, if one is waiting."""
-        while self.pool_key == key and self.pool:
-            wb = self.pool.pop()
-            self.warm_pids.discard(wb.pid)
-            try:
-                send_msg(socket.socket(fileno=os.dup(wb.ctl)), {"argv": argv}, fds[:4])
-            except OSError:
-                self.discard(wb)
-                continue
-            os.close(wb.ctl)
-            return wb.pid, wb.pidfd
-        return None
+    def pool_count(self) -> int:
+        return sum(1 for _, key in self.warm.values() if key == self.pool_key)
 
     def refill_due(self) -> bool:
-        return self.want_pool is not None and (not self.boxes or not self.pool
-                                               or self.pool_key != self.want_pool[0])
+        if self.pool_prep is None or self.pool_count() >= self.pool_size:
+            return False
+        offered = sum(1 for wb, key in self.warm.values() if key == self.pool_key and wb.ctl < 0)
+        return not self.boxes or not offered
 
-    def refill_one(self) -> None:
-        """One unit of idle work: evict a stale pool, or pre-build one box."""
-        assert self.want_pool is not None
-        key, prep = self.want_pool
-        if self.pool_key != key:
-            for wb in self.pool:
-                self.discard(wb)
-            self.pool, self.pool_key = [], key
-        try:
-            wb = spawn.spawn_warm(dataclasses.replace(prep, target=[]))
-        except OSError:
-            self.want_pool = None  # out of processes or memory: retry after the next request
+    def idle_work(self) -> None:
+        """One unit: release a dead box's mounts, or pre-build one box."""
+        if self.retired:
+            os.close(self.retired.pop())
             return
-        self.pool.append(wb)
-        self.warm_pids.add(wb.pid)
-        if len(self.pool) >= self.pool_size:
-            self.want_pool = None
+        assert self.pool_prep is not None and self.pool_key is not None
+        try:
+            wb = spawn.spawn_warm(dataclasses.replace(self.pool_prep, target=[]))
+        except OSError:
+            self.pool_prep = None  # out of processes or memory: retry after the next request
+            return
+        self.warm[wb.pid] = (wb, self.pool_key)
+        self.sel.register(wb.ctl, selectors.EVENT_READ, wb.pid)
 
-    def discard(self, wb: spawn.WarmBox) -> None:
-        """Closing the request socket makes a waiting warm init exit; the reaper collects it."""
-        os.close(wb.ctl)
-        os.close(wb.pidfd)
+    def offer(self, pid: int) -> None:
+        """A pooled box reports ready: hold its mount namespace, hand it to the supervisor."""
+        wb, key = self.warm[pid]
+        self.sel.unregister(wb.ctl)
+        ctl = socket.socket(fileno=wb.ctl)
+        wb.ctl = -1
+        try:
+            try:
+                msg, fds = recv_msg(ctl)
+            except OSError:
+                return  # init died in its setup; the reaper collects it
+            if fds:
+                self.held[pid] = fds.pop(0)
+            for fd in fds:
+                os.close(fd)
+            if msg and key == self.pool_key and self.pool_prep is not None:
+                prep = self.pool_prep
+                send_msg(self.sock, {"op": "warm", "key": key, "pid": pid,
+                                     "enforcement": prep.enforcement,
+                                     "seccomp": prep.seccomp_desc, "landlock": prep.landlock},
+                         [wb.pidfd, ctl.fileno()])
+        finally:
+            ctl.close()  # the supervisor has its own copy; a stale box sees EOF and exits
+
+    def taken(self, pid: int) -> None:
+        entry = self.warm.pop(pid, None)
+        if entry is not None:
+            self.boxes[pid] = entry[0].pidfd
+        elif pid in self.reaped_warm:  # it died in between: the supervisor still needs to know
+            self.report_exit(pid, *self.reaped_warm.pop(pid))
+
     def spawn(self, req: dict, fds: list[int]) -> None:
         rid = req.get("id")
+        cfg_json, enforced = req["config"], req.get("cgroup_enforced", [])
+        key = req.get("key") or json.dumps([cfg_json, sorted(enforced)], sort_keys=True)
         try:
             if len(fds) < 4:
                 raise OSError(22, "spawn request without stdio/status fds")
-            prep = self.prepared(req["config"], [str(a) for a in req["argv"]],
-                                 req.get("cgroup_enforced", []))
+            prep = self.prepared(key, cfg_json, [str(a) for a in req["argv"]], enforced)
             cgroup_fd = fds[4] if req.get("cgroup") and len(fds) > 4 else None
-            key = self.key(req["config"], req.get("cgroup_enforced", []))
-            warm = None if cgroup_fd is not None else self.take_warm(key, prep.target, fds)
-            if warm is not None:
-                box = spawn.BoxProcess(*warm)
-            else:
-                box = spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
-                                      status_w=fds[3], cgroup_fd=cgroup_fd)
+            box = spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                                  status_w=fds[3], cgroup_fd=cgroup_fd)
         except Exception as e:  # noqa: BLE001 - every failure becomes an XX verdict upstream
             err = e.errno if isinstance(e, OSError) else None
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -158,9 +176,18 @@ class Launcher:
         send_msg(self.sock, {"op": "spawned", "id": rid, "pid": box.pid,
                              "enforcement": prep.enforcement, "seccomp": prep.seccomp_desc,
                              "landlock": prep.landlock}, [box.pidfd])
-        if cgroup_fd is None and self.pool_size and (self.pool_key != key
-                                                      or len(self.pool) < self.pool_size):
-            self.want_pool = (key, prep)
+        if cgroup_fd is None and self.pool_size:
+            if key != self.pool_key:  # retire the old pool: not-yet-offered boxes get EOF now
+                for wb, _k in list(self.warm.values()):
+                    if wb.ctl >= 0:
+                        self.sel.unregister(wb.ctl)
+                        os.close(wb.ctl)
+                        wb.ctl = -1
+            self.pool_key, self.pool_prep = key, prep
+
+    def report_exit(self, pid: int, status: int, cpu: float, rss: int) -> None:
+        send_msg(self.sock, {"op": "exited", "pid": pid, "wait_status": status,
+                             "cpu_time": cpu, "max_rss": rss})
 
     def reap(self) -> None:
         while True:
@@ -170,46 +197,57 @@ class Launcher:
                 return
             if pid == 0:
                 return
-            if pid in self.warm_pids:  # a pooled box that died unused: nobody to tell
-                self.warm_pids.discard(pid)
-                self.pool = [wb for wb in self.pool if wb.pid != pid or self.discard(wb)]
-                continue
-            pidfd = self.boxes.pop(pid, -1)
-            if pidfd >= 0:
-                os.close(pidfd)
-            send_msg(self.sock, {"op": "exited", "pid": pid, "wait_status": status,
-                                 "cpu_time": ru.ru_utime + ru.ru_stime,
-                                 "max_rss": ru.ru_maxrss * 1024})
+            usage = (status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024)
+            entry = self.warm.pop(pid, None)
+            if entry is not None:  # a pooled box that died before anyone said "taken"
+                wb, _key = entry
+                if wb.ctl >= 0:
+                    self.sel.unregister(wb.ctl)
+                    os.close(wb.ctl)
+                os.close(wb.pidfd)
+                self.reaped_warm[pid] = usage
+                if len(self.reaped_warm) > 64:
+                    del self.reaped_warm[next(iter(self.reaped_warm))]
+            else:
+                pidfd = self.boxes.pop(pid, -1)
+                if pidfd >= 0:
+                    os.close(pidfd)
+                self.report_exit(pid, *usage)
+            held = self.held.pop(pid, -1)
+            if held >= 0:
+                self.retired.append(held)
+                if len(self.retired) > self.MAX_RETIRED:
+                    os.close(self.retired.pop(0))
 
     def kill_all(self) -> None:
-        for wb in self.pool:
-            self.discard(wb)
-        self.pool = []
-        for pidfd in self.boxes.values():
+        pidfds = [wb.pidfd for wb, _key in self.warm.values()] + list(self.boxes.values())
+        for pidfd in pidfds:
             try:
                 sc.pidfd_send_signal(pidfd, signal.SIGKILL)
             except OSError:
                 pass
-        for pid in [*self.boxes, *self.warm_pids]:
+        for pid in [*self.boxes, *self.warm]:
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+        for fd in [*self.held.values(), *self.retired]:
+            os.close(fd)
 
     def serve(self) -> None:
         wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
-        sel.register(wake_r, selectors.EVENT_READ)
+        self.sel.register(self.sock, selectors.EVENT_READ, "sock")
+        self.sel.register(wake_r, selectors.EVENT_READ, "wake")
         try:
             while True:
-                events = sel.select(0 if self.refill_due() else None)
-                if not events and self.refill_due():
-                    self.refill_one()
+                idle_due = bool(self.retired) or self.refill_due()
+                events = self.sel.select(0 if idle_due else None)
+                if not events and idle_due:
+                    self.idle_work()
                 for key, _ in events:
-                    if key.fileobj is self.sock:
+                    if key.data == "sock":
                         msg, fds = recv_msg(self.sock)
                         if not msg:
                             for fd in fds:
@@ -218,12 +256,16 @@ class Launcher:
                         req = json.loads(msg)
                         if req.get("op") == "spawn":
                             self.spawn(req, fds)
-                    else:
+                        elif req.get("op") == "taken":
+                            self.taken(int(req["pid"]))
+                    elif key.data == "wake":
                         try:
                             os.read(wake_r, 4096)
                         except BlockingIOError:
                             pass
                         self.reap()
+                    elif key.data in self.warm:
+                        self.offer(key.data)
                 self.reap()
         finally:
             self.kill_all()

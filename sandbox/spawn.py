@@ -58,8 +58,9 @@ def spawn_warm(prep: contain.Prepared) -> WarmBox:
     """Pre-build a box (namespaces, rootfs, hostname, lo) that waits for its command.
 
     Handing a request to a warm box skips clone and setup (~4 ms) on the hot path; see
-    launcher.py. The box is identical to a cold one: same sequence, same hardening, which
-    still happens after the request arrives, right before exec.
+    launcher.py. The box is identical to a cold one: same sequence, same hardening (all of it
+    but rlimits and the final fd sweep done while it waits, the rest right before exec).
+    ``ctl`` first receives init's ready message, then carries the request.
     """
     import socket
 

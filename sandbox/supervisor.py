@@ -57,6 +57,23 @@ class _Slot:
     exit: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Warm:
+    """A pre-built box the launcher offered us: its init waits for a command on ``ctl``."""
+
+    pid: int
+    pidfd: int
+    ctl: int
+    meta: dict[str, Any]
+
+    def close(self) -> None:
+        for fd in (self.pidfd, self.ctl):  # init sees EOF on ctl and exits; the launcher reaps
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class Supervisor:
     """``async with Supervisor() as sup: await sup.run(argv, config)``."""
 
@@ -72,6 +89,8 @@ class Supervisor:
         self._sock: trio.socket.SocketType | None = None
         self._proc: trio.Process | None = None
         self._send_lock = trio.Lock()
+        self._pool_key: str | None = None  # config of the boxes in _pool
+        self._pool: list[_Warm] = []
 
     async def __aenter__(self) -> Supervisor:
         # Open our cgroup subtree first (it may move this process into a leaf, per the
@@ -95,6 +114,7 @@ class Supervisor:
         assert self._sock is not None and self._proc is not None
         self._nursery.cancel_scope.cancel()
         await self._stack.aclose()
+        self._drop_pool()
         self._sock.close()  # launcher sees EOF: kills and reaps any box still alive, exits
         with trio.move_on_after(5) as cs:
             cs.shield = True
@@ -135,15 +155,56 @@ class Supervisor:
                 if m["op"] == "spawned":
                     self._by_pid[m["pid"]] = slot
                 slot.spawned.set()
+            elif m.get("op") == "warm":
+                if len(fds) == 2:
+                    w = _Warm(int(m["pid"]), fds[0], fds[1], m)
+                    if m.get("key") == self._pool_key and len(self._pool) < self._warm_pool:
+                        self._pool.append(w)
+                    else:
+                        w.close()
+                else:
+                    for fd in fds:
+                        os.close(fd)
             elif m.get("op") == "exited":
                 slot = self._by_pid.pop(m.get("pid"), None)
                 if slot is not None:
                     slot.exit = m
                     slot.exited.set()
 
+    def _drop_pool(self) -> None:
+        for w in self._pool:
+            w.close()
+        self._pool = []
+
+    async def _start_warm(self, slot: _Slot, argv: list[str], fds: list[int]) -> bool:
+        """Start ``argv`` in a pre-built box by writing it straight to the box's init. Then
+        tell the launcher (it reports the box's exit from now on; if the box died before it
+        heard, it reports the death it already reaped). False when no offered box answers."""
+        while self._pool:
+            w = self._pool.pop()
+            self._by_pid[w.pid] = slot
+            ctl = socket.socket(fileno=w.ctl)
+            try:
+                ctl.sendmsg([json.dumps({"argv": argv}).encode()],
+                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                            socket.MSG_DONTWAIT)
+            except OSError:  # that init is gone (or wedged): try the next, else start cold
+                self._by_pid.pop(w.pid, None)
+                os.close(w.pidfd)
+                continue
+            finally:
+                ctl.close()
+            slot.pidfd = w.pidfd
+            slot.reply = {**w.meta, "op": "spawned"}
+            slot.spawned.set()
+            with trio.CancelScope(shield=True):  # the box runs: the launcher must know it
+                await self._send({"op": "taken", "pid": w.pid}, [])
+            return True
+        return False
+
     async def _send(self, obj: dict, fds: list[int]) -> None:
         assert self._sock is not None
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         async with self._send_lock:
             await self._sock.sendmsg([json.dumps(obj).encode()], anc)
 
@@ -178,9 +239,16 @@ class Supervisor:
             if box_cg is not None:
                 send_fds.append(box_cg.dir_fd())
                 own.append(send_fds[-1])
-            await self._send({"op": "spawn", "id": rid, "config": config.to_dict(),
-                              "argv": argv, "cgroup": box_cg is not None,
-                              "cgroup_enforced": sorted(cgroup_enforced(box_cg))}, send_fds)
+            cfg, enforced = config.to_dict(), sorted(cgroup_enforced(box_cg))
+            key = json.dumps([cfg, enforced], sort_keys=True)
+            pooled = box_cg is None and self._warm_pool > 0  # cgroup boxes are built cold
+            if not (pooled and key == self._pool_key and await self._start_warm(slot, argv, send_fds)):
+                if pooled and key != self._pool_key:  # the launcher builds a pool for this one
+                    self._drop_pool()
+                    self._pool_key = key
+                await self._send({"op": "spawn", "id": rid, "config": cfg, "key": key,
+                                  "argv": argv, "cgroup": box_cg is not None,
+                                  "cgroup_enforced": enforced}, send_fds)
             for fd in (in_r, out_w, err_w, st_w):
                 os.close(fd)
                 own.remove(fd)

@@ -46,11 +46,18 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def _default_sigint() -> None:
+    """A shell's background job (`.ci/run &`) starts with SIGINT ignored, and ignored
+    dispositions are inherited: the process under test would then rightly ignore Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("who", ["supervisor", "cli"])
 def test_signal_kills_every_box(sig, who):
     argv = [sys.executable, "-c", SUPERVISOR_SCRIPT] if who == "supervisor" else CLI
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         preexec_fn=_default_sigint)
     assert p.stdout is not None
     assert p.stdout.readline().strip() == b"ready"
     # "ready" comes before the box's shell forks its sleeps: wait for them (a loaded machine

@@ -1,0 +1,98 @@
+"""The supervisor's warm pool: pre-built boxes the launcher offers and the supervisor starts
+directly (sandbox/launcher.py, sandbox/supervisor.py). Asserted from outside: the boxes are
+as fresh as cold ones, a dead offered box never costs a verdict, and dead boxes' mount
+namespaces (held by the launcher so their teardown leaves the latency path) are released.
+
+Runs as the unprivileged user in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+
+import trio
+
+import sandbox
+from sandbox import SandboxConfig
+
+
+async def _wait_for_pool(sup: sandbox.Supervisor, n: int) -> None:
+    with trio.fail_after(10):
+        while len(sup._pool) < n:
+            await trio.sleep(0.01)
+
+
+def _launcher_fds(sup: sandbox.Supervisor) -> list[str]:
+    assert sup._proc is not None
+    d = f"/proc/{sup._proc.pid}/fd"
+    out = []
+    for name in os.listdir(d):
+        try:
+            out.append(os.readlink(f"{d}/{name}"))
+        except OSError:
+            pass
+    return out
+
+
+def _launcher_children(sup: sandbox.Supervisor) -> int:
+    assert sup._proc is not None
+    with open(f"/proc/{sup._proc.pid}/task/{sup._proc.pid}/children") as f:
+        return len(f.read().split())
+
+
+def test_warm_pool_boxes_are_fresh_and_cleaned_up(no_leftovers):
+    """Pre-built (warm) boxes must be as fresh as cold ones: nothing from an earlier box,
+    and a config change must not hand out a box built for another config."""
+    async def main() -> list[sandbox.Result]:
+        out = []
+        async with sandbox.Supervisor(warm_pool=2) as sup:
+            for i in range(6):
+                host = "warm-a" if i < 4 else "warm-b"
+                out.append(await sup.run(
+                    ["sh", "-c", "test -e /tmp/mark && echo stale; touch /tmp/mark; echo $$; hostname"],
+                    SandboxConfig(hostname=host)))
+        return out
+
+    results = trio.run(main)
+    for i, r in enumerate(results):
+        assert r.stdout.decode().split() == ["2", "warm-a" if i < 4 else "warm-b"], r
+
+
+def test_offered_boxes_that_died_are_skipped(no_leftovers):
+    """A pooled box can die before it is used (OOM killer, a stray kill): the run must still
+    get its verdict, from a cold box, and the dead ones must not linger."""
+    async def main() -> tuple[sandbox.Result, sandbox.Result]:
+        cfg = SandboxConfig(hostname="pooled")
+        async with sandbox.Supervisor(warm_pool=2) as sup:
+            first = await sup.run(["true"], cfg)  # cold; the launcher then builds the pool
+            await _wait_for_pool(sup, 2)
+            for w in sup._pool:
+                os.kill(w.pid, 9)  # init is the launcher's child, in our pid namespace
+                select.select([w.pidfd], [], [], 5)  # readable once it exited
+            second = await sup.run(["hostname"], cfg)
+        return first, second
+
+    first, second = trio.run(main)
+    assert first.status == "OK", first
+    assert second.status == "OK" and second.stdout == b"pooled\n", second
+
+
+def test_dead_boxes_release_their_mounts_and_old_pools_go(no_leftovers):
+    """The launcher holds each warm box's mount namespace past the box's death (its teardown
+    then costs the verdict nothing) and must release it once idle; after a config change the
+    old pool's boxes exit. Counted in the launcher: namespace fds and children."""
+    async def main() -> tuple[list[str], int, list[sandbox.Result]]:
+        results = []
+        async with sandbox.Supervisor(warm_pool=2) as sup:
+            for i in range(12):
+                results.append(await sup.run(["true"], SandboxConfig(hostname=f"h{i // 6}")))
+            await _wait_for_pool(sup, 2)
+            await trio.sleep(0.5)  # idle: the launcher releases what it still held
+            return _launcher_fds(sup), _launcher_children(sup), results
+
+    fds, children, results = trio.run(main)
+    assert all(r.status == "OK" for r in results), results
+    mnt = [fd for fd in fds if fd.startswith("mnt:")]
+    assert len(mnt) <= 2, f"mount namespaces of dead boxes still held: {mnt}"
+    assert children <= 2, f"{children} boxes alive under the launcher, expected only the pool"
