@@ -72,7 +72,9 @@ class Launcher:
     box's setup another core's ~3 ms, which would compete with the box just started.
     """
 
-    MAX_RETIRED = 8  # mount namespaces awaiting release; beyond this they are released at once
+    # Dead boxes' mount namespaces awaiting release; beyond this they are released at once. A
+    # held namespace keeps the box's tmpfs pages (up to its --tmpfs-size) alive: keep it small.
+    MAX_RETIRED = 2
 
     def __init__(self, sock: socket.socket, pool_size: int = 0) -> None:
         self.sock = sock

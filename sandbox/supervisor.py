@@ -187,7 +187,7 @@ class Supervisor:
             try:
                 ctl.sendmsg([json.dumps({"argv": argv}).encode()],
                             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
-                            socket.MSG_DONTWAIT)
+                            socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             except OSError:  # that init is gone (or wedged): try the next, else start cold
                 self._by_pid.pop(w.pid, None)
                 os.close(w.pidfd)

@@ -94,5 +94,5 @@ def test_dead_boxes_release_their_mounts_and_old_pools_go(no_leftovers):
     fds, children, results = trio.run(main)
     assert all(r.status == "OK" for r in results), results
     mnt = [fd for fd in fds if fd.startswith("mnt:")]
-    assert len(mnt) <= 2, f"mount namespaces of dead boxes still held: {mnt}"
+    assert len(mnt) <= 2, f"mount namespaces of dead boxes still held: {mnt}"  # the pool's own
     assert children <= 2, f"{children} boxes alive under the launcher, expected only the pool"
