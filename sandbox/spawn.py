@@ -10,6 +10,7 @@ leaves through ``os._exit`` whatever happens.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Sequence
@@ -147,7 +148,17 @@ def _clone(prep: contain.Prepared, flags: int, parent_pidfd: int, stdin: int, st
     sync_r = sync_w = -1
     if prep.ids.parent_writes:
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-    pid, pidfd = sc.clone3(flags, exit_signal=signal.SIGCHLD, cgroup_fd=cgroup_fd)
+    # The child starts as a copy-on-write image of us: every page it writes is copied. A
+    # garbage collection in it would walk (and write to) every object we own; frozen objects
+    # are skipped. We unfreeze right after, so our own collections are unchanged.
+    gc.freeze()
+    try:
+        pid, pidfd = sc.clone3(flags, exit_signal=signal.SIGCHLD, cgroup_fd=cgroup_fd)
+    except BaseException:
+        gc.unfreeze()
+        raise
+    if pid != 0:
+        gc.unfreeze()
     if pid == 0:  # ---- child: never return
         code = 1
         try:
