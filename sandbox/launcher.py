@@ -69,7 +69,7 @@ class Launcher:
     Idle work — refills and the release of dead boxes' mount namespaces (see
     ``contain._await_request``) — runs only when no request is pending, and a refill only when
     no box is running or the pool ran dry: cloning takes this process ~0.4 ms and the new
-    box's setup another core's ~3 ms, which would compete with the box just started.
+    box's setup another core's ~4 ms, which would compete with the box just started.
     """
 
     # Dead boxes' mount namespaces awaiting release; beyond this they are released at once. A

@@ -198,7 +198,10 @@ class Supervisor:
             slot.reply = {**w.meta, "op": "spawned"}
             slot.spawned.set()
             with trio.CancelScope(shield=True):  # the box runs: the launcher must know it
-                await self._send({"op": "taken", "pid": w.pid}, [])
+                try:
+                    await self._send({"op": "taken", "pid": w.pid}, [])
+                except OSError:
+                    pass  # launcher gone: the box dies with it and _reader ends this run
             return True
         return False
 
