@@ -126,6 +126,8 @@ class Launcher:
     def offer(self, pid: int) -> None:
         """A pooled box reports ready: hold its mount namespace, hand it to the supervisor."""
         wb, key = self.warm[pid]
+        if wb.ctl < 0:  # retired by a request handled earlier in this same round of events
+            return
         self.sel.unregister(wb.ctl)
         ctl = socket.socket(fileno=wb.ctl)
         wb.ctl = -1

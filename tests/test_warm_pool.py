@@ -96,3 +96,34 @@ def test_dead_boxes_release_their_mounts_and_old_pools_go(no_leftovers):
     mnt = [fd for fd in fds if fd.startswith("mnt:")]
     assert len(mnt) <= 2, f"mount namespaces of dead boxes still held: {mnt}"  # the pool's own
     assert children <= 2, f"{children} boxes alive under the launcher, expected only the pool"
+
+
+def test_mixed_configs_concurrently_keep_every_verdict(no_leftovers):
+    """Concurrent runs alternating between configs make the pool switch while boxes are being
+    offered, taken and retired (a ready message for a box retired in the same round of events
+    once crashed the launcher). Every verdict must still be the right one."""
+    import random
+
+    rng = random.Random(7)
+    cases = {"ok": (["hostname"], "OK"), "exit": (["sh", "-c", "exit 7"], "RE"),
+             "kill": (["sh", "-c", "kill -9 $$"], "SG"), "stdin": (["cat"], "OK")}
+    bad = []
+
+    async def one(sup: sandbox.Supervisor, kind: str, host: str) -> None:
+        argv, status = cases[kind]
+        r = await sup.run(argv, SandboxConfig(hostname=host),
+                          stdin=b"x" * 1000 if kind == "stdin" else None)
+        out = {"ok": host.encode() + b"\n", "stdin": b"x" * 1000}.get(kind, b"")
+        if r.status != status or r.stdout != out:
+            bad.append((kind, host, r.status, r.stdout[:40], r.error))
+
+    async def main() -> None:
+        async with sandbox.Supervisor(max_concurrent=4, warm_pool=2) as sup:
+            async with trio.open_nursery() as n:
+                for _ in range(80):
+                    n.start_soon(one, sup, rng.choice(list(cases)), rng.choice("abc"))
+                    if rng.random() < 0.3:
+                        await trio.sleep(rng.random() * 0.01)
+
+    trio.run(main)
+    assert bad == []
