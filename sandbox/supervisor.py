@@ -249,13 +249,20 @@ class Supervisor:
                 if pooled and key != self._pool_key:  # the launcher builds a pool for this one
                     self._drop_pool()
                     self._pool_key = key
-                await self._send({"op": "spawn", "id": rid, "config": cfg, "key": key,
-                                  "argv": argv, "cgroup": box_cg is not None,
-                                  "cgroup_enforced": enforced}, send_fds)
+                try:
+                    await self._send({"op": "spawn", "id": rid, "config": cfg, "key": key,
+                                      "argv": argv, "cgroup": box_cg is not None,
+                                      "cgroup_enforced": enforced}, send_fds)
+                except OSError as e:  # the launcher is gone: a verdict that says so, no traceback
+                    return xx_result("launcher", e, config)
             for fd in (in_r, out_w, err_w, st_w):
                 os.close(fd)
                 own.remove(fd)
-            await slot.spawned.wait()
+            # Shielded: a box that was started must reach the kill-on-cancel below, or a
+            # cancellation here would leave it running (the launcher always answers, or its
+            # EOF ends every wait).
+            with trio.CancelScope(shield=True):
+                await slot.spawned.wait()
             if slot.reply.get("op") != "spawned":
                 step = slot.reply.get("step", "launcher")
                 err = slot.reply.get("error", "unknown error")

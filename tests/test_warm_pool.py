@@ -127,3 +127,43 @@ def test_mixed_configs_concurrently_keep_every_verdict(no_leftovers):
 
     trio.run(main)
     assert bad == []
+
+
+def test_a_dead_launcher_gives_xx_not_a_traceback(no_leftovers):
+    async def main() -> sandbox.Result:
+        async with sandbox.Supervisor() as sup:
+            assert sup._proc is not None
+            sup._proc.kill()
+            await sup._proc.wait()
+            return await sup.run(["true"])
+
+    r = trio.run(main)
+    assert r.status == "XX" and "launcher" in (r.error or ""), r
+
+
+def test_runs_cancelled_at_any_moment_leave_no_box_running(no_leftovers):
+    """Cancel runs at random moments around the start of their box: none may keep running
+    while the supervisor lives (a cancellation right after a warm start once did, 58 of 60)."""
+    import random
+
+    from tests.conftest import descendants
+
+    rng = random.Random(3)
+
+    async def main() -> list[int]:
+        async with sandbox.Supervisor() as sup:
+            for _ in range(40):
+                with trio.move_on_after(rng.random() * 0.004):
+                    await sup.run(["sleep", "100"])
+            await trio.sleep(0.2)
+            alive = []
+            for pid in descendants(os.getpid()):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if f.read().startswith(b"sleep"):
+                            alive.append(pid)
+                except OSError:
+                    pass
+            return alive
+
+    assert trio.run(main) == []
