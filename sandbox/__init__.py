@@ -14,8 +14,12 @@ in-box code paths never pay for it.
 
 from __future__ import annotations
 
-from sandbox.config import ConfigError, Limits, MountSpec, SandboxConfig
-from sandbox.result import Result, Status
+from sandbox._imports import dataclasses_without_eager_inspect
+
+dataclasses_without_eager_inspect()
+
+from sandbox.config import ConfigError, Limits, MountSpec, SandboxConfig  # noqa: E402
+from sandbox.result import Result, Status  # noqa: E402
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI's start-up is measured
 if TYPE_CHECKING:

@@ -40,6 +40,8 @@ class CgroupUnavailable(OSError):
 
 @dataclass
 class CgroupEnv:
+    """What the host offers: which cgroup mode, where v2 is mounted, our own cgroup, and why not."""
+
     mode: Mode
     mount: str | None
     own_path: str | None

@@ -20,6 +20,8 @@ from sandbox import _syscalls as sc
 
 @dataclass
 class Check:
+    """One line of `sandbox doctor`: what was checked, ok/warn/fail, and the fix."""
+
     name: str
     status: str  # "ok" | "warn" | "fail"
     detail: str

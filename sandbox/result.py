@@ -32,6 +32,8 @@ class Status(enum.StrEnum):
 
 @dataclass
 class Result:
+    """The verdict of one box (see the README): built from kernel facts by sandbox.verdict."""
+
     status: Status
     exit_code: int | None = None
     signal: int | None = None

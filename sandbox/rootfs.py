@@ -47,6 +47,8 @@ Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir[, upper]) | ("symlin
 
 @dataclass
 class RootfsPlan:
+    """The box's root, computed in the parent so init only makes syscalls."""
+
     ops: list[Op] = field(default_factory=list)
     etc_files: dict[str, bytes | tuple[str, str]] = field(default_factory=dict)
     tmpfs_size: int = 0

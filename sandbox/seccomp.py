@@ -24,12 +24,17 @@ from dataclasses import dataclass, field
 
 def _import_pyseccomp():  # type: ignore[no-untyped-def]
     """pyseccomp locates libc and libseccomp with ctypes.util.find_library, which runs
-    ``ldconfig -p`` twice (~15 ms, most of the CLI's cold start). Try the well-known sonames
-    first; fall back to the real search when they do not load."""
-    import ctypes.util
+    ``ldconfig -p`` twice (~15 ms), and importing ctypes.util alone (shutil, subprocess, ...)
+    costs ~4 ms of the CLI's cold start. While pyseccomp imports, ``ctypes.util`` is a stub
+    that tries the well-known sonames first; the real module is loaded only if one of them
+    does not load here."""
+    import sys
+    import types
 
-    real = ctypes.util.find_library
+    if "pyseccomp" in sys.modules:
+        return sys.modules["pyseccomp"]
     known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+    had_util = "ctypes.util" in sys.modules
 
     def find(name: str) -> str | None:
         so = known.get(name)
@@ -39,13 +44,28 @@ def _import_pyseccomp():  # type: ignore[no-untyped-def]
                 return so
             except OSError:
                 pass
-        return real(name)
+        if sys.modules.get("ctypes.util") is stub:  # let the real module in, for good
+            del sys.modules["ctypes.util"]
+        import ctypes.util as real
 
-    ctypes.util.find_library = find
+        return real.find_library(name)
+
+    stub = types.ModuleType("ctypes.util")
+    stub.find_library = find  # type: ignore[attr-defined]
+    if not had_util:
+        sys.modules["ctypes.util"] = stub
+        ctypes.util = stub  # type: ignore[attr-defined]
+    else:
+        real_find = sys.modules["ctypes.util"].find_library
+        sys.modules["ctypes.util"].find_library = find
     try:
         import pyseccomp
     finally:
-        ctypes.util.find_library = real
+        if had_util:
+            sys.modules["ctypes.util"].find_library = real_find
+        elif sys.modules.get("ctypes.util") is stub:
+            del sys.modules["ctypes.util"]
+            del ctypes.util  # type: ignore[attr-defined]
     return pyseccomp
 
 
@@ -68,6 +88,8 @@ Arg = tuple[int, int, int, int]  # (argument index, pyseccomp op, datum_a, datum
 
 @dataclass(frozen=True)
 class Rule:
+    """One denied syscall (optionally only for some argument values), and why."""
+
     syscall: str
     why: str
     errno: int = EPERM
@@ -125,6 +147,8 @@ DEFAULT_RULES: tuple[Rule, ...] = tuple(
 
 @dataclass(frozen=True)
 class Policy:
+    """A named set of rules; compiled once per process by compile_bpf."""
+
     name: str
     rules: tuple[Rule, ...] = field(default_factory=tuple)
     allowed: tuple[str, ...] = ()

@@ -29,6 +29,8 @@ CLONE_FLAGS = sc.CLONE_NEWUSER | sc.CLONE_NEWPID
 
 @dataclass
 class BoxProcess:
+    """A box's init as the caller holds it: host pid and a pidfd (signals, exit)."""
+
     pid: int  # host pid of the box's init
     pidfd: int
 
@@ -50,6 +52,8 @@ def _reset_signals() -> None:
 
 @dataclass
 class WarmBox:
+    """A pre-built box waiting for its command on ``ctl`` (see spawn_warm)."""
+
     pid: int
     pidfd: int
     ctl: int  # our end of the request socket

@@ -24,6 +24,8 @@ BLOCK = 65536
 
 @dataclass(frozen=True)
 class IdPlan:
+    """How the box's uid/gid maps are written, and which ids the payload runs as."""
+
     mode: str  # "single" | "root-range" | "subid-range"
     inside_uid: int
     inside_gid: int

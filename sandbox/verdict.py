@@ -26,6 +26,8 @@ KILL_REASONS = {"wall": Status.TO, "cpu": Status.TO, "output": Status.OL, "memor
 
 @dataclass
 class Facts:
+    """What the supervisor learned from the kernel about one box, for build_result."""
+
     limits: Limits
     enforcement: dict[str, Any]
     wall_time: float

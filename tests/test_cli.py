@@ -89,3 +89,14 @@ def test_systemd_scope_without_a_user_manager_is_a_clear_error():
     p = subprocess.run([*SANDBOX, "run", "--systemd-scope", "--", "true"], capture_output=True,
                        env=env, timeout=60)
     assert p.returncode == 2 and b"systemd" in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+def test_run_path_stays_light():
+    """Cold start is a feature: the CLI's `run` path (CLI, direct runner, seccomp compiler)
+    must not pull in trio, pyroute2, inspect (deferred under dataclasses by
+    sandbox._imports), ctypes.util or subprocess (which pyseccomp's library search would)."""
+    code = ("import sys, sandbox.cli, sandbox.direct, sandbox.seccomp, sandbox.launcher\n"
+            "print(' '.join(m for m in ('trio', 'pyroute2', 'inspect', 'ctypes.util',"
+            " 'subprocess') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
