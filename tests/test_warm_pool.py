@@ -167,3 +167,33 @@ def test_runs_cancelled_at_any_moment_leave_no_box_running(no_leftovers):
             return alive
 
     assert trio.run(main) == []
+
+
+PROBE = ("id; hostname; cat /proc/self/uid_map; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status;"
+         " ulimit -n; ulimit -c; cut -d' ' -f5,9 /proc/self/mountinfo | sort; ls /sys 2>&1;"
+         " cat /proc/net/dev | cut -d: -f1 | tail -n +3; echo x > /tmp/f && cat /tmp/f;"
+         " touch /usr/x 2>&1 | sed 's/.*: //'")
+
+
+def test_warm_boxes_match_cold_ones(no_leftovers):
+    """A pre-built box must be indistinguishable from a cold one for the same config: same
+    ids, capabilities, no_new_privs, seccomp, rlimits, mounts, network, filesystem rules.
+    Compared per config: the direct runner (cold) vs a warm box of a supervisor."""
+    from sandbox import Limits
+
+    configs = [SandboxConfig(), SandboxConfig(hostname="other", uid=1000, gid=1000),
+               SandboxConfig(network="host", limits=Limits.parse(nofile="64")),
+               SandboxConfig(seccomp="none", landlock=True)]
+
+    async def warm(cfg: SandboxConfig) -> bytes:
+        async with sandbox.Supervisor(warm_pool=1) as sup:
+            await sup.run(["true"], cfg)  # cold; the pool fills after it
+            await _wait_for_pool(sup, 1)
+            r = await sup.run(["sh", "-c", PROBE], cfg)
+            assert r.status == "OK", r
+            return r.stdout
+
+    for cfg in configs:
+        cold = sandbox.run_sync(["sh", "-c", PROBE], cfg)
+        assert cold.status == "OK", cold
+        assert trio.run(warm, cfg) == cold.stdout, cfg
