@@ -88,7 +88,11 @@ def test_dead_boxes_release_their_mounts_and_old_pools_go(no_leftovers):
             for i in range(12):
                 results.append(await sup.run(["true"], SandboxConfig(hostname=f"h{i // 6}")))
             await _wait_for_pool(sup, 2)
-            await trio.sleep(0.5)  # idle: the launcher releases what it still held
+            # idle now: the launcher releases what it still held (allow a loaded machine 5 s)
+            with trio.move_on_after(5):
+                while (sum(fd.startswith("mnt:") for fd in _launcher_fds(sup)) > 2
+                       or _launcher_children(sup) > 2):
+                    await trio.sleep(0.05)
             return _launcher_fds(sup), _launcher_children(sup), results
 
     fds, children, results = trio.run(main)
