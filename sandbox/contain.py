@@ -189,25 +189,20 @@ def _await_request(prep: Prepared, request_fd: int, mnt_ns: int) -> int:
     end and the verdict. With the launcher holding it, that work happens in the launcher's
     idle time instead. (It cannot take the handle itself: we are non-dumpable by now, which
     denies it /proc/PID/ns/mnt and the pidfd namespace ioctls.)"""
-    import array
     import socket
 
+    from sandbox import fdpass
+
     sock = socket.socket(fileno=request_fd)
-    fds = array.array("i")
     try:
-        ready = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [mnt_ns]))]
-        sock.sendmsg([b'{"ready": true}'], ready if mnt_ns >= 0 else [])
+        fdpass.send(sock, {"ready": True}, [mnt_ns] if mnt_ns >= 0 else [])
         if mnt_ns >= 0:
             os.close(mnt_ns)
-        msg, anc, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * fds.itemsize),
-                                               socket.MSG_CMSG_CLOEXEC)
+        msg, fds = fdpass.recv(sock, max_fds=4)
     except OSError:
         return -1
     finally:
         sock.close()
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
     if not msg or len(fds) != 4:
         return -1
     for i in range(3):

@@ -18,7 +18,6 @@ If the supervisor goes away (socket EOF, or PDEATHSIG), every box is killed and 
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import json
 import os
@@ -28,27 +27,8 @@ import socket
 import sys
 
 from sandbox import _syscalls as sc
-from sandbox import contain, spawn
+from sandbox import contain, fdpass, spawn
 from sandbox.config import SandboxConfig
-
-MAX_MSG = 1 << 20
-MAX_FDS = 8
-
-
-def recv_msg(sock: socket.socket) -> tuple[bytes, list[int]]:
-    fds = array.array("i")
-    # close-on-exec: an fd a box must not hold (its status pipe) never reaches its payload
-    msg, anc, _flags, _addr = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * fds.itemsize),
-                                           socket.MSG_CMSG_CLOEXEC)
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    return msg, list(fds)
-
-
-def send_msg(sock: socket.socket, obj: dict, fds: list[int] | None = None) -> None:
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([json.dumps(obj).encode()], anc)
 
 
 class Launcher:
@@ -133,7 +113,7 @@ class Launcher:
         wb.ctl = -1
         try:
             try:
-                msg, fds = recv_msg(ctl)
+                msg, fds = fdpass.recv(ctl)
             except OSError:
                 return  # init died in its setup; the reaper collects it
             if fds:
@@ -142,12 +122,19 @@ class Launcher:
                 os.close(fd)
             if msg and key == self.pool_key and self.pool_prep is not None:
                 prep = self.pool_prep
-                send_msg(self.sock, {"op": "warm", "key": key, "pid": pid,
+                fdpass.send(self.sock, {"op": "warm", "key": key, "pid": pid,
                                      "enforcement": prep.enforcement,
                                      "seccomp": prep.seccomp_desc, "landlock": prep.landlock},
                          [wb.pidfd, ctl.fileno()])
         finally:
             ctl.close()  # the supervisor has its own copy; a stale box sees EOF and exits
+
+    def close_request_socket(self, wb: spawn.WarmBox) -> None:
+        """Our end of a not-yet-offered box's socket: closing it makes that init exit."""
+        if wb.ctl >= 0:
+            self.sel.unregister(wb.ctl)
+            os.close(wb.ctl)
+            wb.ctl = -1
 
     def taken(self, pid: int) -> None:
         entry = self.warm.pop(pid, None)
@@ -159,7 +146,7 @@ class Launcher:
     def spawn(self, req: dict, fds: list[int]) -> None:
         rid = req.get("id")
         cfg_json, enforced = req["config"], req.get("cgroup_enforced", [])
-        key = req.get("key") or json.dumps([cfg_json, sorted(enforced)], sort_keys=True)
+        key = req["key"]  # the supervisor's name for config + cgroup-enforced limits
         try:
             if len(fds) < 4:
                 raise OSError(22, "spawn request without stdio/status fds")
@@ -170,27 +157,24 @@ class Launcher:
         except Exception as e:  # noqa: BLE001 - every failure becomes an XX verdict upstream
             err = e.errno if isinstance(e, OSError) else None
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            send_msg(self.sock, {"op": "error", "id": rid, "error": msg, "errno": err,
+            fdpass.send(self.sock, {"op": "error", "id": rid, "error": msg, "errno": err,
                                  "step": "prepare" if not isinstance(e, OSError) else "clone"})
             return
         finally:
             for fd in fds:
                 os.close(fd)
         self.boxes[box.pid] = box.pidfd
-        send_msg(self.sock, {"op": "spawned", "id": rid, "pid": box.pid,
+        fdpass.send(self.sock, {"op": "spawned", "id": rid, "pid": box.pid,
                              "enforcement": prep.enforcement, "seccomp": prep.seccomp_desc,
                              "landlock": prep.landlock}, [box.pidfd])
         if cgroup_fd is None and self.pool_size:
             if key != self.pool_key:  # retire the old pool: not-yet-offered boxes get EOF now
-                for wb, _k in list(self.warm.values()):
-                    if wb.ctl >= 0:
-                        self.sel.unregister(wb.ctl)
-                        os.close(wb.ctl)
-                        wb.ctl = -1
+                for wb, _k in self.warm.values():
+                    self.close_request_socket(wb)
             self.pool_key, self.pool_prep = key, prep
 
     def report_exit(self, pid: int, status: int, cpu: float, rss: int) -> None:
-        send_msg(self.sock, {"op": "exited", "pid": pid, "wait_status": status,
+        fdpass.send(self.sock, {"op": "exited", "pid": pid, "wait_status": status,
                              "cpu_time": cpu, "max_rss": rss})
 
     def reap(self) -> None:
@@ -205,9 +189,7 @@ class Launcher:
             entry = self.warm.pop(pid, None)
             if entry is not None:  # a pooled box that died before anyone said "taken"
                 wb, _key = entry
-                if wb.ctl >= 0:
-                    self.sel.unregister(wb.ctl)
-                    os.close(wb.ctl)
+                self.close_request_socket(wb)
                 os.close(wb.pidfd)
                 self.reaped_warm[pid] = usage
                 if len(self.reaped_warm) > 64:
@@ -252,7 +234,7 @@ class Launcher:
                     self.idle_work()
                 for key, _ in events:
                     if key.data == "sock":
-                        msg, fds = recv_msg(self.sock)
+                        msg, fds = fdpass.recv(self.sock)
                         if not msg:
                             for fd in fds:
                                 os.close(fd)

@@ -75,6 +75,3 @@ def fork_exec(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tu
             os._exit(127)
     os.close(exec_w)
     return pid, exec_r
-
-
-SPAWN_SIGDEF = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))

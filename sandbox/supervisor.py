@@ -12,7 +12,6 @@ cleanup, and closing the launcher socket makes the launcher kill and reap whatev
 
 from __future__ import annotations
 
-import array
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from typing import Any
 import trio
 
 from sandbox import _syscalls as sc
-from sandbox import verdict
+from sandbox import fdpass, verdict
 from sandbox.config import SandboxConfig
 from sandbox.contain import STATUS_MAX
 from sandbox.direct import (
@@ -40,7 +39,6 @@ from sandbox.direct import (
     open_box_cgroup,
     xx_result,
 )
-from sandbox.launcher import MAX_FDS, MAX_MSG
 from sandbox.result import Result
 
 DRAIN_GRACE = 2.0  # after init died, every box process is dead; pipes reach EOF promptly
@@ -127,14 +125,10 @@ class Supervisor:
         while True:
             try:
                 msg, anc, _f, _a = await self._sock.recvmsg(
-                    MAX_MSG, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
+                    fdpass.MAX_MSG, socket.CMSG_SPACE(fdpass.MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
             except OSError:
                 msg, anc = b"", []
-            fds: list[int] = []
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds += [int.from_bytes(data[i:i + 4], sys.byteorder)
-                            for i in range(0, len(data) - len(data) % 4, 4)]
+            fds = fdpass.fds_of(anc)
             if not msg:
                 for s in list(self._slots.values()):  # launcher gone: nothing will report
                     s.reply.setdefault("op", "error")
@@ -185,9 +179,7 @@ class Supervisor:
             self._by_pid[w.pid] = slot
             ctl = socket.socket(fileno=w.ctl)
             try:
-                ctl.sendmsg([json.dumps({"argv": argv}).encode()],
-                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
-                            socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                fdpass.send(ctl, {"argv": argv}, fds, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             except OSError:  # that init is gone (or wedged): try the next, else start cold
                 self._by_pid.pop(w.pid, None)
                 os.close(w.pidfd)
@@ -207,9 +199,8 @@ class Supervisor:
 
     async def _send(self, obj: dict, fds: list[int]) -> None:
         assert self._sock is not None
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         async with self._send_lock:
-            await self._sock.sendmsg([json.dumps(obj).encode()], anc)
+            await self._sock.sendmsg([json.dumps(obj).encode()], fdpass.rights(fds))
 
     async def run(self, argv: Sequence[str], config: SandboxConfig | None = None, *,
                   stdin: bytes | None = None) -> Result:
