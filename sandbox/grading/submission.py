@@ -77,12 +77,9 @@ class Submission:
         return SandboxConfig(limits=Limits.parse(**{**self.limits, **limits}), cwd=BOX_DIR,
                              mounts=[MountSpec("overlay", BOX_DIR, self.path, upper=upper)])
 
-    def _upper(self) -> str:
-        return self._work
-
     def import_module(self, name: str) -> _Proxy:
         if self._session is None:
-            self._session = BoxSession(self._config(self._upper()), BOX_DIR)
+            self._session = BoxSession(self._config(self._work), BOX_DIR)
         proxy = _Proxy(self, name)
         self._request({"op": "get", "module": name, "path": []}, describe_module=True)
         return proxy
