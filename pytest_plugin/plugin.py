@@ -14,7 +14,6 @@ fixture's ``run``/``call``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 from pytest_plugin import boxed, boxrun, probe
 from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
 from pytest_plugin.summary import record, write_summary
-from sandbox import ConfigError, Limits, SandboxConfig
+from sandbox import ConfigError, Limits, SandboxConfig, _record
 from sandbox.config import ENV_ALLOWLIST
 
 INI_DEFAULTS = {"memory": "512M", "wall_time": "60s", "cpu_time": "60s", "pids": "256"}
@@ -101,7 +100,7 @@ def _build_config(item: pytest.Item, needs_tmp: bool) -> SandboxConfig:
     if "fsize" not in limits and "output_limit" in limits:
         limits["fsize"] = limits["output_limit"]
     network = kw.pop("network", _flag(cfg, "network"))
-    fields = {f.name for f in dataclasses.fields(SandboxConfig)} - {"limits", "network"}
+    fields = set(_record.fields(SandboxConfig)) - {"limits", "network"}
     unknown = sorted(set(kw) - fields)
     if unknown:
         raise ConfigError(f"@pytest.mark.sandboxed: unknown option(s) {', '.join(unknown)}; valid: "

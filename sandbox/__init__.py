@@ -14,12 +14,8 @@ in-box code paths never pay for it.
 
 from __future__ import annotations
 
-from sandbox._imports import dataclasses_without_eager_inspect
-
-dataclasses_without_eager_inspect()
-
-from sandbox.config import ConfigError, Limits, MountSpec, SandboxConfig  # noqa: E402
-from sandbox.result import Result, Status  # noqa: E402
+from sandbox.config import ConfigError, Limits, MountSpec, SandboxConfig
+from sandbox.result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI's start-up is measured
 if TYPE_CHECKING:

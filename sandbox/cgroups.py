@@ -25,9 +25,9 @@ import errno
 import itertools
 import os
 import time
-from dataclasses import dataclass
 
 from sandbox import _syscalls as sc
+from sandbox._record import record
 from sandbox.config import Limits
 
 WANTED = ("memory", "pids", "cpu")
@@ -38,7 +38,7 @@ class CgroupUnavailable(OSError):
     pass
 
 
-@dataclass
+@record
 class CgroupEnv:
     """What the host offers: which cgroup mode, where v2 is mounted, our own cgroup, and why not."""
 

@@ -33,24 +33,27 @@ exec errors come back as XX with the errno.
 
 from __future__ import annotations
 
-import json
+import _signal  # the C module: signal.py converts to enums (enum costs the CLI ~3 ms)
 import os
-import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from sandbox import _syscalls as sc
 from sandbox import caps, net, payload, rlimits, rootfs, userns
+from sandbox._record import field, record
 from sandbox.config import DEFAULT_PATH, SandboxConfig
 
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2)
+TYPE_CHECKING = False  # collections.abc imports collections: ~1 ms of the CLI start
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    Target = Sequence[str] | Callable[[], int]  # argv, or (tests, launcher) a function
+
+FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
+                     _signal.SIGUSR1, _signal.SIGUSR2)
 STATUS_MAX = 64 * 1024
 
-Target = Sequence[str] | Callable[[], int]
 
 
-@dataclass
+@record
 class Prepared:
     """Everything the child needs, computed in the parent so the child only makes syscalls."""
 
@@ -109,7 +112,19 @@ def _step(name: str, fn: Callable[[], object]) -> None:
 
 
 def _report(fd: int, obj: dict) -> None:
-    data = (json.dumps(obj) + "\n").encode()[:STATUS_MAX]
+    """A failure report (JSON, one line). Rare: json is imported here, not at start-up."""
+    import json
+
+    _write_status(fd, (json.dumps(obj) + "\n").encode()[:STATUS_MAX])
+
+
+def _report_exit(fd: int, wait_status: int) -> None:
+    """The normal report, formatted by hand: importing json (and re, enum under it) in every
+    box would cost ~4 ms. ``verdict.parse_status_line`` reads exactly this shape first."""
+    _write_status(fd, b'{"ok": true, "wait_status": %d}\n' % wait_status)
+
+
+def _write_status(fd: int, data: bytes) -> None:
     try:
         os.write(fd, data)
     except OSError:
@@ -138,10 +153,10 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
     try:
         keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, request_fd, *pass_fds)
         _step("fds", lambda: _close_fds_except([f for f in keep if f >= 0]))
-        _step("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd))
+        _step("pdeathsig", lambda: caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd))
         _step("userns", lambda: _setup_ids(prep, sync_fd))
         if prep.ids.parent_writes:  # setresuid() just cleared PDEATHSIG (prctl(2)): set it again
-            _step("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd))
+            _step("pdeathsig", lambda: caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd))
         _step("namespaces", lambda: sc.unshare(_unshared_namespaces(prep)))
         if request_fd >= 0:
             mnt_ns = _own_mount_namespace()
@@ -208,6 +223,8 @@ def _await_request(prep: Prepared, request_fd: int, mnt_ns: int) -> int:
     for i in range(3):
         os.dup2(fds[i], i, inheritable=True)
         os.close(fds[i])
+    import json  # the launcher's: already loaded, no I/O
+
     prep.target = [str(a) for a in json.loads(msg)["argv"]]
     return fds[3]  # close-on-exec (MSG_CMSG_CLOEXEC): the payload must not write our report
 
@@ -240,7 +257,7 @@ def _exec_hardening(prep: Prepared, keep_fds: Sequence[int], parent_pidfd: int,
     checked against the parent's pidfd, before seccomp may constrain prctl."""
     steps = _hardening_steps(prep, [parent_pidfd, *keep_fds], plan)
     at = [name for name, _ in steps].index("fds") + 1
-    steps.insert(at, ("pdeathsig", lambda: caps.set_parent_death_signal(signal.SIGKILL, parent_pidfd)))
+    steps.insert(at, ("pdeathsig", lambda: caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd)))
     return steps
 
 
@@ -308,7 +325,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
                                 "error": f"{argv[0]}: {e.strerror}"})
             return 1
     for sig in FORWARDED_SIGNALS:  # forward to the payload: our own death would kill the box
-        signal.signal(sig, lambda s, _f: _kill_quiet(pid, s))
+        _signal.signal(sig, lambda s, _f: _kill_quiet(pid, s))
     status = 0
     while True:
         try:
@@ -326,7 +343,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
             msg = f"{prep.target[0]}: {os.strerror(int(errno_s or 0))}"
         _report(status_fd, {"ok": False, "step": step, "errno": int(errno_s or 0), "error": msg})
         return 1
-    _report(status_fd, {"ok": True, "wait_status": status})
+    _report_exit(status_fd, status)
     return 0
 
 

@@ -8,12 +8,11 @@ same ``verdict.build_result`` as the supervisor's, so both runners always agree.
 
 from __future__ import annotations
 
+import _signal  # the C module: signal.py converts to enums (enum costs the CLI ~3 ms)
 import errno
 import os
 import select
-import signal
 import time
-from collections.abc import Callable, Sequence
 
 from sandbox import _syscalls as sc
 from sandbox import contain, spawn, verdict
@@ -22,6 +21,7 @@ from sandbox.result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 CHUNK = 65536
@@ -225,7 +225,7 @@ def _pump(box: spawn.BoxProcess, in_w: int, data: bytes, outs: dict[int, CappedB
             if reason and facts.killed_for is None:
                 facts.killed_for = reason
             try:
-                sc.pidfd_send_signal(box.pidfd, signal.SIGKILL)
+                sc.pidfd_send_signal(box.pidfd, _signal.SIGKILL)
             except OSError:
                 pass
 

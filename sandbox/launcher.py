@@ -18,7 +18,6 @@ If the supervisor goes away (socket EOF, or PDEATHSIG), every box is killed and 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import selectors
@@ -26,8 +25,8 @@ import signal
 import socket
 import sys
 
+from sandbox import _record, contain, fdpass, spawn
 from sandbox import _syscalls as sc
-from sandbox import contain, fdpass, spawn
 from sandbox.config import SandboxConfig
 
 
@@ -78,7 +77,7 @@ class Launcher:
             if len(self.cache) > 64:
                 self.cache.clear()
             self.cache[key] = prep
-        return dataclasses.replace(prep, target=argv)
+        return _record.replace(prep, target=argv)
 
     def pool_count(self) -> int:
         return sum(1 for _, key in self.warm.values() if key == self.pool_key)
@@ -96,7 +95,7 @@ class Launcher:
             return
         assert self.pool_prep is not None and self.pool_key is not None
         try:
-            wb = spawn.spawn_warm(dataclasses.replace(self.pool_prep, target=[]))
+            wb = spawn.spawn_warm(_record.replace(self.pool_prep, target=[]))
         except OSError:
             self.pool_prep = None  # out of processes or memory: retry after the next request
             return

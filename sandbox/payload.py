@@ -13,15 +13,15 @@ forks a child that sets it just before exec (``sandbox run --memory 16M -- true`
 
 from __future__ import annotations
 
+import _signal  # the C module: signal.py converts to enums (enum costs the CLI ~3 ms)
 import os
 import resource
-import signal
 
 from sandbox import _syscalls as sc
 from sandbox import rlimits
 from sandbox.config import DEFAULT_PATH
 
-SPAWN_SIGDEF = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+SPAWN_SIGDEF = tuple(s for s in _signal.valid_signals() if s not in (_signal.SIGKILL, _signal.SIGSTOP))
 
 
 def start(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tuple[int, int]:
@@ -65,10 +65,10 @@ def fork_exec(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tu
             os.setsid()
             for sig in SPAWN_SIGDEF:
                 try:
-                    signal.signal(sig, signal.SIG_DFL)
+                    _signal.signal(sig, _signal.SIG_DFL)
                 except (OSError, ValueError):
                     pass  # signals Python refuses (glibc-internal ones) keep their default
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
             err = do_exec()
             os.write(exec_w, b"exec:%d:" % err)
         finally:

@@ -21,13 +21,12 @@ so the child only issues syscalls.
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
 
 from sandbox import _syscalls as sc
+from sandbox._record import field, record
 from sandbox.config import SandboxConfig
 
 DEFAULT_EXPOSED = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -45,7 +44,7 @@ STAT_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_
 Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir[, upper]) | ("symlink", dst, text) | ("tmpfs", dst, size)
 
 
-@dataclass
+@record
 class RootfsPlan:
     """The box's root, computed in the parent so init only makes syscalls."""
 
@@ -62,8 +61,17 @@ def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
         ops.append((kind, path, path, True))
 
 
-@functools.lru_cache(maxsize=1)
+_prefixes: list[str] | None = None  # computed once (functools costs the CLI's start ~1 ms)
+
+
 def _python_prefixes() -> list[str]:
+    global _prefixes
+    if _prefixes is None:
+        _prefixes = _find_python_prefixes()
+    return _prefixes
+
+
+def _find_python_prefixes() -> list[str]:
     seen: list[str] = []
     for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix):
         rp = os.path.realpath(p)

@@ -6,6 +6,17 @@ into a BPF program with libseccomp — never hand-assembled — once per policy 
 adds microseconds, not milliseconds, to a box start. The filter is the last step before exec
 (after no_new_privs, which is what lets an unprivileged process install it at all).
 
+The compiled bytes are also kept on disk, next to this module's byte code
+(``__pycache__/seccomp-*.bpf``), so a one-box CLI neither imports pyseccomp nor runs libseccomp
+(~1.7 ms of ``sandbox run``'s start). Trust: exactly that of the ``.pyc`` files beside it —
+whoever can write that directory can already change the code that loads the filter, and no box
+can (the Python prefix is a copy-on-write overlay in a box; see docs/threat-model.md). A cache
+file is used only if its header repeats, byte for byte, the key it was made for: this policy
+(every rule's syscall, errno and argument tests), the libseccomp version and the running
+kernel. Written like byte code: not when ``sys.dont_write_bytecode`` is set;
+``python -m sandbox.seccomp`` writes the default policy's (ci/setup.sh runs it next to
+compileall).
+
 The default policy allows everything except the syscalls below: kernel attack surface a test
 program never needs, anything that could escape or reshape the box, and the terminal-injection
 ioctls. Denials return EPERM, or ENOSYS where programs probe for a feature and fall back
@@ -19,57 +30,18 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from dataclasses import dataclass, field
+import stat
+import sys
 
+from sandbox._record import field, record
 
-def _import_pyseccomp():  # type: ignore[no-untyped-def]
-    """pyseccomp locates libc and libseccomp with ctypes.util.find_library, which runs
-    ``ldconfig -p`` twice (~15 ms), and importing ctypes.util alone (shutil, subprocess, ...)
-    costs ~4 ms of the CLI's cold start. While pyseccomp imports, ``ctypes.util`` is a stub
-    that tries the well-known sonames first; the real module is loaded only if one of them
-    does not load here."""
-    import sys
-    import types
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-    if "pyseccomp" in sys.modules:
-        return sys.modules["pyseccomp"]
-    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
-    had_util = "ctypes.util" in sys.modules
-
-    def find(name: str) -> str | None:
-        so = known.get(name)
-        if so:
-            try:
-                ctypes.CDLL(so)
-                return so
-            except OSError:
-                pass
-        if sys.modules.get("ctypes.util") is stub:  # let the real module in, for good
-            del sys.modules["ctypes.util"]
-        import ctypes.util as real
-
-        return real.find_library(name)
-
-    stub = types.ModuleType("ctypes.util")
-    stub.find_library = find  # type: ignore[attr-defined]
-    if not had_util:
-        sys.modules["ctypes.util"] = stub
-        ctypes.util = stub  # type: ignore[attr-defined]
-    else:
-        real_find = sys.modules["ctypes.util"].find_library
-        sys.modules["ctypes.util"].find_library = find
-    try:
-        import pyseccomp
-    finally:
-        if had_util:
-            sys.modules["ctypes.util"].find_library = real_find
-        elif sys.modules.get("ctypes.util") is stub:
-            del sys.modules["ctypes.util"]
-            del ctypes.util  # type: ignore[attr-defined]
-    return pyseccomp
-
-
-_s = _import_pyseccomp()
+# libseccomp's argument comparisons (enum scmp_compare; checked against pyseccomp's when
+# compiling): the policy is plain data, and pyseccomp is imported only to compile it.
+NE, EQ, MASKED_EQ = 1, 4, 7
 
 EPERM, ENOSYS = errno.EPERM, errno.ENOSYS
 CLONE_NEW_FLAGS = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000,
@@ -86,7 +58,7 @@ TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 Arg = tuple[int, int, int, int]  # (argument index, pyseccomp op, datum_a, datum_b)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rule:
     """One denied syscall (optionally only for some argument values), and why."""
 
@@ -128,24 +100,24 @@ DEFAULT_RULES: tuple[Rule, ...] = tuple(
     + _deny("mount umount2 pivot_root chroot unshare setns open_tree move_mount fsopen fsmount "
             "fsconfig fspick mount_setattr", "reshaping the box's namespaces or mounts")
     + [Rule("clone", f"clone with {name}: no nested namespaces (nested user namespaces are a "
-            "large kernel attack surface)", EPERM, ((0, _s.MASKED_EQ, bit, bit),))
+            "large kernel attack surface)", EPERM, ((0, MASKED_EQ, bit, bit),))
        for name, bit in CLONE_NEW_FLAGS.items() if name != "CLONE_NEWTIME"]
     + _deny("clone3", "its flags live in memory, which seccomp cannot inspect; ENOSYS makes "
             "libc fall back to clone(), whose flags the rules above check", ENOSYS)
     + [Rule("personality", "personality flags that disable ASLR or make data executable", EPERM,
-            ((0, _s.MASKED_EQ, bit | 0x80000000, bit),)) for bit in PERSONALITY_BAD]
+            ((0, MASKED_EQ, bit | 0x80000000, bit),)) for bit in PERSONALITY_BAD]
     + [Rule("socket", "AF_VSOCK reaches the hypervisor/host side", EPERM,
-            ((0, _s.EQ, AF_VSOCK, 0),)),
+            ((0, EQ, AF_VSOCK, 0),)),
        Rule("socket", "AF_NETLINK other than NETLINK_ROUTE (audit, uevents, netfilter ...)",
-            EPERM, ((0, _s.EQ, AF_NETLINK, 0), (2, _s.NE, NETLINK_ROUTE, 0)))]
+            EPERM, ((0, EQ, AF_NETLINK, 0), (2, NE, NETLINK_ROUTE, 0)))]
     + [Rule("ioctl", f"{name}: inject keystrokes into / control the terminal (CVE-2019-10063: "
             "matched on the low 32 bits, so high garbage bits cannot dodge the rule)", EPERM,
-            ((1, _s.MASKED_EQ, 0xFFFFFFFF, req),), group=name.lower())
+            ((1, MASKED_EQ, 0xFFFFFFFF, req),), group=name.lower())
        for name, req in (("TIOCSTI", TIOCSTI), ("TIOCLINUX", TIOCLINUX))]
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     """A named set of rules; compiled once per process by compile_bpf."""
 
@@ -180,7 +152,18 @@ def policy_for(name: str, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (
 _cache: dict[Policy, bytes] = {}
 
 
-def build_filter(policy: Policy) -> _s.SyscallFilter:
+def _pyseccomp() -> Any:
+    from sandbox._imports import import_pyseccomp  # without typing and ctypes.util
+
+    s = import_pyseccomp()
+    if (s.NE, s.EQ, s.MASKED_EQ) != (NE, EQ, MASKED_EQ):
+        raise OSError(errno.EINVAL, "pyseccomp's comparison constants are not libseccomp's")
+    return s
+
+
+def build_filter(policy: Policy) -> Any:
+    """The policy as a pyseccomp ``SyscallFilter`` (for compile_bpf, and for tests)."""
+    _s = _pyseccomp()
     f = _s.SyscallFilter(_s.ALLOW)
     f.set_attr(_s.Attr.ACT_BADARCH, _s.KILL_PROCESS)
     f.set_attr(_s.Attr.CTL_NNP, 0)  # we set no_new_privs ourselves, earlier
@@ -196,22 +179,108 @@ def build_filter(policy: Policy) -> _s.SyscallFilter:
 
 
 def compile_bpf(policy: Policy) -> bytes:
-    """libseccomp's BPF for ``policy`` (cached): export to a memfd and read it back."""
-    if policy not in _cache:
-        fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
-        try:
-            with os.fdopen(os.dup(fd), "rb") as f:
-                build_filter(policy).export_bpf(f)
-            os.lseek(fd, 0, os.SEEK_SET)
-            data = b""
-            while chunk := os.read(fd, 65536):
-                data += chunk
-        finally:
-            os.close(fd)
-        if not data or len(data) % 8:
-            raise OSError(errno.EINVAL, "libseccomp produced an invalid BPF program")
+    """libseccomp's BPF for ``policy``: from this process's cache, the disk cache, or
+    libseccomp (then cached in both)."""
+    data = _cache.get(policy)
+    if data is None:
+        key = _cache_key(policy)
+        data = _read_cached(key)
+        if data is None:
+            data = _compile(policy)
+            if not sys.dont_write_bytecode:
+                write_cached(key, data)
         _cache[policy] = data
-    return _cache[policy]
+    return data
+
+
+def _compile(policy: Policy) -> bytes:
+    """Export libseccomp's program to a memfd and read it back."""
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            build_filter(policy).export_bpf(f)
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    finally:
+        os.close(fd)
+    if not data or len(data) % 8 or len(data) > BPF_MAX:
+        raise OSError(errno.EINVAL, "libseccomp produced an invalid BPF program")
+    return data
+
+
+BPF_MAX = 4096 * 8  # BPF_MAXINSNS instructions of 8 bytes
+CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+
+
+def _libseccomp_version() -> str:
+    class _Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+    try:
+        fn = ctypes.CDLL("libseccomp.so.2").seccomp_version
+    except (OSError, AttributeError):
+        return "unknown"
+    fn.restype = ctypes.POINTER(_Version)
+    v = fn().contents
+    return f"{v.major}.{v.minor}.{v.micro}"
+
+
+def _cache_key(policy: Policy) -> bytes:
+    """Everything the compiled program depends on, spelled out (compared whole, not hashed):
+    each rule's syscall, errno and argument tests (not its explanation), libseccomp, kernel."""
+    u = os.uname()
+    rules = tuple((r.syscall, r.errno, r.args) for r in policy.rules)  # what shapes the BPF
+    return (f"sandbox seccomp cache 1\nlibseccomp {_libseccomp_version()}\n"
+            f"kernel {u.sysname} {u.release} {u.version} {u.machine}\n{rules!r}\n").encode()
+
+
+def _cache_path(key: bytes) -> str:
+    import zlib  # a file name, not an integrity check: the whole key is compared on read
+
+    return os.path.join(CACHE_DIR, f"seccomp-{zlib.crc32(key):08x}-{len(key)}.bpf")
+
+
+def _read_cached(key: bytes) -> bytes | None:
+    try:
+        fd = os.open(_cache_path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid())
+                or st.st_size > len(key) + BPF_MAX):
+            return None
+        raw = os.read(fd, len(key) + BPF_MAX + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    data = raw[len(key):]
+    if raw[:len(key)] != key or not data or len(data) % 8 or len(data) > BPF_MAX:
+        return None
+    return data
+
+
+def write_cached(key: bytes, data: bytes) -> None:
+    """Best effort (a read-only install just compiles every time); atomic (rename)."""
+    path = _cache_path(key)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key + data)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 class _SockFprog(ctypes.Structure):
@@ -230,3 +299,13 @@ def load_bpf(bpf: bytes) -> None:
     if _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"seccomp filter: {os.strerror(err)}")
+
+
+if __name__ == "__main__":  # python -m sandbox.seccomp [DIR]: (re)write the default policy's
+    CACHE_DIR = sys.argv[1] if len(sys.argv) > 1 else CACHE_DIR  # cache file (DIR: for tests)
+    _policy = policy_for("default")
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    for _name in os.listdir(CACHE_DIR):  # stale keys (older kernel, libseccomp, policy)
+        if _name.startswith("seccomp-") and _name.endswith(".bpf"):
+            os.unlink(os.path.join(CACHE_DIR, _name))
+    write_cached(_cache_key(_policy), _compile(_policy))

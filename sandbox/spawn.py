@@ -10,14 +10,17 @@ leaves through ``os._exit`` whatever happens.
 
 from __future__ import annotations
 
+import _signal  # the C module: signal.py converts to enums (enum costs the CLI ~3 ms)
 import gc
 import os
-import signal
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sandbox import _syscalls as sc
 from sandbox import caps, contain, userns
+from sandbox._record import record
+
+TYPE_CHECKING = False  # collections.abc imports collections: ~1 ms of the CLI start
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # Only the namespaces that must come from clone: a pid namespace's first process is the one
 # cloned into it, and the user namespace gives the child the capabilities to unshare the rest.
@@ -27,7 +30,7 @@ from sandbox import caps, contain, userns
 CLONE_FLAGS = sc.CLONE_NEWUSER | sc.CLONE_NEWPID
 
 
-@dataclass
+@record
 class BoxProcess:
     """A box's init as the caller holds it: host pid and a pidfd (signals, exit)."""
 
@@ -38,19 +41,19 @@ class BoxProcess:
 def _reset_signals() -> None:
     """The child inherits our Python signal handlers, ignored signals (ignored dispositions
     even survive execve) and the wakeup fd; a box must start from the kernel defaults."""
-    signal.set_wakeup_fd(-1)
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
+    _signal.set_wakeup_fd(-1)
+    for sig in _signal.valid_signals():
+        if sig in (_signal.SIGKILL, _signal.SIGSTOP):
             continue
         try:
-            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
-                signal.signal(sig, signal.SIG_DFL)
+            if _signal.getsignal(sig) not in (_signal.SIG_DFL, None):
+                _signal.signal(sig, _signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
 
 
-@dataclass
+@record
 class WarmBox:
     """A pre-built box waiting for its command on ``ctl`` (see spawn_warm)."""
 
@@ -126,7 +129,7 @@ def _spawn_via_fork(prep: contain.Prepared, stdin: int, stdout: int, stderr: int
     if pid == 0:
         code = 1
         try:
-            caps.set_parent_death_signal(signal.SIGKILL, caller)
+            caps.set_parent_death_signal(_signal.SIGKILL, caller)
             # 0-2 stay: the box's fds are dup2'd onto them in the clone, and a pidfd opened
             # into a free slot there would be overwritten
             keep = {0, 1, 2, stdin, stdout, stderr, status_w, *pass_fds}
@@ -157,7 +160,7 @@ def _clone(prep: contain.Prepared, flags: int, parent_pidfd: int, stdin: int, st
     # are skipped. We unfreeze right after, so our own collections are unchanged.
     gc.freeze()
     try:
-        pid, pidfd = sc.clone3(flags, exit_signal=signal.SIGCHLD, cgroup_fd=cgroup_fd)
+        pid, pidfd = sc.clone3(flags, exit_signal=_signal.SIGCHLD, cgroup_fd=cgroup_fd)
     except BaseException:
         gc.unfreeze()
         raise
@@ -189,7 +192,7 @@ def _clone(prep: contain.Prepared, flags: int, parent_pidfd: int, stdin: int, st
             userns.write_maps_for(pid, prep.ids)
             os.write(sync_w, b"1")
         except (OSError, Exception):
-            sc.pidfd_send_signal(pidfd, signal.SIGKILL)
+            sc.pidfd_send_signal(pidfd, _signal.SIGKILL)
         finally:
             os.close(sync_w)
     return BoxProcess(pid, pidfd)

@@ -14,15 +14,15 @@ Three modes, chosen in the parent before the clone:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from sandbox import _syscalls as sc
+from sandbox._record import record
 
 ROOT_BLOCK_BASE = 0x40000000
 BLOCK = 65536
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IdPlan:
     """How the box's uid/gid maps are written, and which ids the payload runs as."""
 
