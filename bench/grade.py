@@ -52,9 +52,12 @@ def podman_setup() -> tuple[list[str] | None, str]:
         (root / "usr/lib").mkdir()
         for sub in ("tmp", "proc", "dev", "sub"):
             (root / sub).mkdir()
-        py = os.path.realpath(shutil.which("python3") or "/usr/bin/python3")
+        # the running interpreter: the image gets its stdlib (os.__file__), so it must match
+        # (a python3 on PATH may be a pyenv shim script, or another version)
+        py = os.path.realpath(sys.executable)
         shutil.copy2(py, root / "usr/bin" / os.path.basename(py))
-        os.symlink(os.path.basename(py), root / "usr/bin/python3")
+        if os.path.basename(py) != "python3":
+            os.symlink(os.path.basename(py), root / "usr/bin/python3")
         stdlib = Path(os.__file__).parent
         shutil.copytree(stdlib, root / str(stdlib).lstrip("/"), symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "test", "site-packages"))
