@@ -233,3 +233,16 @@ def test_cli_module_imports_neither_argparse_nor_json():
             "print(' '.join(m for m in ('argparse', 'json') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_entry_gives_grade_and_doctor_the_collector_and_a_normal_exit():
+    """`sandbox grade` runs a whole pytest session in this process: it must not run with the
+    collector off (bin/sandbox turns it off for `run`), nor skip the interpreter's exit."""
+    code = ("import gc, sys\ngc.disable()\n"
+            "sys.argv = ['sandbox', 'doctor', '--json']\n"
+            "import sandbox.doctor\n"
+            "sandbox.doctor.main = lambda argv, as_json: print('gc', gc.isenabled()) or 0\n"
+            "import atexit\natexit.register(lambda: print('normal exit'))\n"
+            "from sandbox.cli import entry\nentry()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.split("\n")[:2] == ["gc True", "normal exit"], p
