@@ -105,7 +105,9 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
     cls.__init__ = __init__  # type: ignore[misc]
     if "__repr__" not in cls.__dict__:
         cls.__repr__ = __repr__  # type: ignore[assignment]
-    cls.__eq__ = __eq__  # type: ignore[assignment]
+    own_eq = "__eq__" in cls.__dict__  # as dataclasses: a class's own methods win
+    if not own_eq:
+        cls.__eq__ = __eq__  # type: ignore[assignment]
     cls.__record_fields__ = names  # type: ignore[attr-defined]
     if frozen:
         def __setattr__(self: Any, name: str, value: Any) -> None:
@@ -124,8 +126,9 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
 
         cls.__setattr__ = __setattr__  # type: ignore[assignment]
         cls.__delattr__ = __delattr__  # type: ignore[assignment]
-        cls.__hash__ = __hash__  # type: ignore[assignment]
-    else:
+        if "__hash__" not in cls.__dict__ or own_eq:
+            cls.__hash__ = __hash__  # type: ignore[assignment]
+    elif not own_eq and "__hash__" not in cls.__dict__:
         cls.__hash__ = None  # type: ignore[assignment]  # mutable and compared by value
     return cls
 

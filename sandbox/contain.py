@@ -112,16 +112,48 @@ def _step(name: str, fn: Callable[[], object]) -> None:
 
 
 def _report(fd: int, obj: dict) -> None:
-    """A failure report (JSON, one line). Rare: json is imported here, not at start-up."""
-    import json
-
-    _write_status(fd, (json.dumps(obj) + "\n").encode()[:STATUS_MAX])
+    """A failure report: one line of JSON (flat: str, int, bool or None values)."""
+    _write_status(fd, (_json_line(obj) + "\n").encode("ascii")[:STATUS_MAX])
 
 
 def _report_exit(fd: int, wait_status: int) -> None:
-    """The normal report, formatted by hand: importing json (and re, enum under it) in every
-    box would cost ~4 ms. ``verdict.parse_status_line`` reads exactly this shape first."""
+    """The normal report. ``verdict.parse_status_line`` reads exactly this shape first."""
     _write_status(fd, b'{"ok": true, "wait_status": %d}\n' % wait_status)
+
+
+def _json_line(obj: dict) -> str:
+    """JSON without the json module. Importing json in every box's parent costs ~4 ms (it
+    brings re and enum), and importing it here, in the box, can fail: after pivot_root a
+    Python installed outside the exposed paths has no stdlib left, and a lost report is a lost
+    verdict. ASCII only: everything else (and lone surrogates from undecodable paths) is
+    ``\\uXXXX``, which json.loads turns back into the same string."""
+    parts = []
+    for key, value in obj.items():
+        if value is None or isinstance(value, bool):
+            text = {None: "null", True: "true", False: "false"}[value]
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = _json_str(str(value))
+        parts.append(f"{_json_str(str(key))}: {text}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def _json_str(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        o = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o > 0xFFFF:
+            o -= 0x10000
+            out.append(f"\\u{0xD800 + (o >> 10):04x}\\u{0xDC00 + (o & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{o:04x}")
+    out.append('"')
+    return "".join(out)
 
 
 def _write_status(fd: int, data: bytes) -> None:

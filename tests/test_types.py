@@ -131,3 +131,19 @@ def test_hostname_rule_unchanged():
     for bad in ("", "a b", "a_b", "ä", "a" * 65, "a/b"):
         with pytest.raises(ConfigError):
             SandboxConfig(hostname=bad).validate()
+
+
+@pytest.mark.parametrize("text", ["plain", 'quo"te \\ back', "new\nline\ttab\x00nul\x7f",
+                                  "ümlaut ☃ 𝄞", "bad \udcff bytes", ""])
+def test_inits_failure_report_is_json_without_the_json_module(text):
+    """init writes its failure report by hand (no json import in the box): every string a
+    step error can carry must come back unchanged through json.loads and parse_status_line."""
+    from sandbox.contain import _json_line
+    from sandbox.verdict import parse_status_line
+
+    obj = {"ok": False, "step": text, "errno": 13, "error": text, "x": None, "y": True}
+    line = _json_line(obj)
+    assert line.isascii() and "\n" not in line and json.loads(line) == obj
+    assert parse_status_line(line.encode() + b"\n") == obj
+    assert parse_status_line(b'{"ok": true, "wait_status": 256}\n') == {"ok": True,
+                                                                        "wait_status": 256}
