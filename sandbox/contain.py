@@ -37,7 +37,7 @@ import _signal  # the C module: signal.py converts to enums (enum costs the CLI 
 import os
 
 from sandbox import _syscalls as sc
-from sandbox import caps, net, payload, rlimits, rootfs, userns
+from sandbox import caps, net, payload, rlimits, rootfs, statusline, userns
 from sandbox._record import field, record
 from sandbox.config import DEFAULT_PATH, SandboxConfig
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
                      _signal.SIGUSR1, _signal.SIGUSR2)
-STATUS_MAX = 64 * 1024
+STATUS_MAX = statusline.STATUS_MAX
 
 
 
@@ -112,48 +112,7 @@ def _step(name: str, fn: Callable[[], object]) -> None:
 
 
 def _report(fd: int, obj: dict) -> None:
-    """A failure report: one line of JSON (flat: str, int, bool or None values)."""
-    _write_status(fd, (_json_line(obj) + "\n").encode("ascii")[:STATUS_MAX])
-
-
-def _report_exit(fd: int, wait_status: int) -> None:
-    """The normal report. ``verdict.parse_status_line`` reads exactly this shape first."""
-    _write_status(fd, b'{"ok": true, "wait_status": %d}\n' % wait_status)
-
-
-def _json_line(obj: dict) -> str:
-    """JSON without the json module. Importing json in every box's parent costs ~4 ms (it
-    brings re and enum), and importing it here, in the box, can fail: after pivot_root a
-    Python installed outside the exposed paths has no stdlib left, and a lost report is a lost
-    verdict. ASCII only: everything else (and lone surrogates from undecodable paths) is
-    ``\\uXXXX``, which json.loads turns back into the same string."""
-    parts = []
-    for key, value in obj.items():
-        if value is None or isinstance(value, bool):
-            text = {None: "null", True: "true", False: "false"}[value]
-        elif isinstance(value, int):
-            text = str(value)
-        else:
-            text = _json_str(str(value))
-        parts.append(f"{_json_str(str(key))}: {text}")
-    return "{" + ", ".join(parts) + "}"
-
-
-def _json_str(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif 0x20 <= o < 0x7F:
-            out.append(ch)
-        elif o > 0xFFFF:
-            o -= 0x10000
-            out.append(f"\\u{0xD800 + (o >> 10):04x}\\u{0xDC00 + (o & 0x3FF):04x}")
-        else:
-            out.append(f"\\u{o:04x}")
-    out.append('"')
-    return "".join(out)
+    _write_status(fd, statusline.encode_failure(obj))
 
 
 def _write_status(fd: int, data: bytes) -> None:
@@ -375,7 +334,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
             msg = f"{prep.target[0]}: {os.strerror(int(errno_s or 0))}"
         _report(status_fd, {"ok": False, "step": step, "errno": int(errno_s or 0), "error": msg})
         return 1
-    _report_exit(status_fd, status)
+    _write_status(status_fd, statusline.encode_exit(status))
     return 0
 
 

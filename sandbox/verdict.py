@@ -11,9 +11,9 @@ from __future__ import annotations
 import _signal  # not signal.py: its enum conversions cost the CLI ~3 ms
 import os
 
+from sandbox import statusline
 from sandbox._record import record
 from sandbox.config import Limits
-from sandbox.contain import STATUS_MAX
 from sandbox.result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
@@ -41,24 +41,8 @@ class Facts:
 
 
 def parse_status_line(raw: bytes) -> dict[str, Any] | None:
-    """Strictly parse init's one JSON line; anything else counts as no report."""
-    if not raw or len(raw) > STATUS_MAX:
-        return None
-    line = raw.split(b"\n", 1)[0]
-    head = b'{"ok": true, "wait_status": '  # contain._report_exit, parsed without json
-    if line.startswith(head) and line.endswith(b"}") and line[len(head):-1].isdigit():
-        return {"ok": True, "wait_status": int(line[len(head):-1])}
-    import json
-
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
-        return None
-    if obj["ok"] and not isinstance(obj.get("wait_status"), int):
-        return None
-    return obj
+    """Init's report, strictly parsed (sandbox.statusline); anything else is no report."""
+    return statusline.parse(raw)
 
 
 def signal_name(n: int) -> str:

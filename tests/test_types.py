@@ -138,12 +138,12 @@ def test_hostname_rule_unchanged():
 def test_inits_failure_report_is_json_without_the_json_module(text):
     """init writes its failure report by hand (no json import in the box): every string a
     step error can carry must come back unchanged through json.loads and parse_status_line."""
-    from sandbox.contain import _json_line
+    from sandbox.statusline import encode_failure
     from sandbox.verdict import parse_status_line
 
     obj = {"ok": False, "step": text, "errno": 13, "error": text, "x": None, "y": True}
-    line = _json_line(obj)
-    assert line.isascii() and "\n" not in line and json.loads(line) == obj
-    assert parse_status_line(line.encode() + b"\n") == obj
+    raw = encode_failure(obj)
+    assert raw.isascii() and raw.count(b"\n") == 1 and raw.endswith(b"\n")
+    assert json.loads(raw) == obj and parse_status_line(raw) == obj
     assert parse_status_line(b'{"ok": true, "wait_status": 256}\n') == {"ok": True,
                                                                         "wait_status": 256}

@@ -1,0 +1,77 @@
+"""Init's one-line report to the box's parent: the format, both ways, in one place.
+
+Init (pid 1 of the box) writes one line on a pipe only it and the parent hold: how the payload
+ended (``{"ok": true, "wait_status": N}``) or which setup step failed and why (``{"ok": false,
+"step": ..., "errno": ..., "error": ...}``). JSON, never pickle; bounded; parsed strictly, and
+anything else counts as no report. Neither side imports ``json`` on the normal path: json
+brings ``re`` and ``enum`` (~4 ms of the CLI's start), and inside the box, after pivot_root, a
+Python installed outside the exposed paths has no stdlib left to import — a report that could
+not be written would be a verdict lost.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+STATUS_MAX = 64 * 1024
+_EXIT_HEAD = b'{"ok": true, "wait_status": '
+
+
+def encode_exit(wait_status: int) -> bytes:
+    """The normal report; ``parse`` reads exactly this shape without json."""
+    return _EXIT_HEAD + b"%d}\n" % wait_status
+
+
+def encode_failure(obj: dict[str, Any]) -> bytes:
+    """A failure report: flat str/int/bool/None values, ASCII JSON (all else ``\\uXXXX``,
+    lone surrogates from undecodable paths included: json.loads gives back the same str)."""
+    parts = []
+    for key, value in obj.items():
+        if value is None or isinstance(value, bool):
+            text = {None: "null", True: "true", False: "false"}[value]
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = _json_str(str(value))
+        parts.append(f"{_json_str(str(key))}: {text}")
+    return ("{" + ", ".join(parts) + "}\n").encode("ascii")[:STATUS_MAX]
+
+
+def _json_str(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        o = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o > 0xFFFF:
+            o -= 0x10000
+            out.append(f"\\u{0xD800 + (o >> 10):04x}\\u{0xDC00 + (o & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{o:04x}")
+    out.append('"')
+    return "".join(out)
+
+
+def parse(raw: bytes) -> dict[str, Any] | None:
+    """Strictly parse init's line; anything else (too long, not JSON, wrong shape) is None."""
+    if not raw or len(raw) > STATUS_MAX:
+        return None
+    line = raw.split(b"\n", 1)[0]
+    digits = line[len(_EXIT_HEAD):-1]
+    if line.startswith(_EXIT_HEAD) and line.endswith(b"}") and digits.isdigit():
+        return {"ok": True, "wait_status": int(digits)}
+    import json  # host side, failures only
+
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
+        return None
+    if obj["ok"] and not isinstance(obj.get("wait_status"), int):
+        return None
+    return obj
