@@ -73,7 +73,7 @@ def _python_prefixes() -> list[str]:
 
 def _find_python_prefixes() -> list[str]:
     seen: list[str] = []
-    for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix):
+    for p in dict.fromkeys((sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix)):
         rp = os.path.realpath(p)
         if any(rp == s or rp.startswith(s + "/") for s in (*DEFAULT_EXPOSED, *seen)):
             continue

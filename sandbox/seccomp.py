@@ -34,6 +34,7 @@ import stat
 import sys
 
 from sandbox._record import field, record
+from sandbox._syscalls import _libc  # the one libc handle (symbols resolved in the parent)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -287,7 +288,6 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _prctl = _libc.prctl  # resolved now, in the parent
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
