@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
                      _signal.SIGUSR1, _signal.SIGUSR2)
-STATUS_MAX = statusline.STATUS_MAX
 
 
 

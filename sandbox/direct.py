@@ -15,7 +15,7 @@ import select
 import time
 
 from sandbox import _syscalls as sc
-from sandbox import contain, spawn, verdict
+from sandbox import contain, spawn, statusline, verdict
 from sandbox.config import SandboxConfig
 from sandbox.result import Result, Status
 
@@ -71,19 +71,6 @@ def xx_result(step: str, err: OSError | str, config: SandboxConfig) -> Result:
                   reason=f"{step}: {msg}", error_step=step, errno=no)
 
 
-def _read_bounded(fd: int, limit: int) -> bytes:
-    out = b""
-    while len(out) <= limit:
-        try:
-            chunk = os.read(fd, CHUNK)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out[: limit + 1]
-
-
 def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
                stdin: bytes | None = None, pass_fds: Sequence[int] = (),
                prepared: contain.Prepared | None = None, inherit_stdin: bool = False,
@@ -137,7 +124,7 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         facts.init_wait_status = status
         facts.cpu_time = ru.ru_utime + ru.ru_stime
         facts.max_rss = ru.ru_maxrss * 1024
-        facts.status_line = _read_bounded(st_r, contain.STATUS_MAX)
+        facts.status_line = statusline.read(st_r)
         if box_cg is not None:
             facts.cgroup = box_cg.stats()
         return verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded)

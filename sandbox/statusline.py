@@ -11,6 +11,8 @@ not be written would be a verdict lost.
 
 from __future__ import annotations
 
+import os
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -54,6 +56,21 @@ def _json_str(s: str) -> str:
             out.append(f"\\u{o:04x}")
     out.append('"')
     return "".join(out)
+
+
+def read(fd: int) -> bytes:
+    """What init wrote on the status pipe (after it exited), at most STATUS_MAX + 1 bytes: one
+    more than a valid line may have, so an overlong one is seen as such and refused."""
+    out = b""
+    while len(out) <= STATUS_MAX:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out[: STATUS_MAX + 1]
 
 
 def parse(raw: bytes) -> dict[str, Any] | None:

@@ -28,9 +28,8 @@ from typing import Any
 import trio
 
 from sandbox import _syscalls as sc
-from sandbox import fdpass, verdict
+from sandbox import fdpass, statusline, verdict
 from sandbox.config import SandboxConfig
-from sandbox.contain import STATUS_MAX
 from sandbox.direct import (
     CHUNK,
     CappedBuffer,
@@ -279,10 +278,7 @@ class Supervisor:
             facts.init_wait_status = slot.exit.get("wait_status")
             facts.cpu_time = float(slot.exit.get("cpu_time", 0.0))
             facts.max_rss = slot.exit.get("max_rss")
-            try:
-                facts.status_line = os.read(st_r, STATUS_MAX + 1)
-            except BlockingIOError:
-                facts.status_line = b""
+            facts.status_line = statusline.read(st_r)
             if box_cg is not None:
                 facts.cgroup = box_cg.stats()
             return verdict.build_result(facts, out.value(), err.value(), out.exceeded,

@@ -40,11 +40,6 @@ class Facts:
     landlock: bool = False
 
 
-def parse_status_line(raw: bytes) -> dict[str, Any] | None:
-    """Init's report, strictly parsed (sandbox.statusline); anything else is no report."""
-    return statusline.parse(raw)
-
-
 def signal_name(n: int) -> str:
     """``SIGSEGV`` for 11; of aliases the alphabetically first, as ``signal.Signals`` picks."""
     names = sorted(k for k, v in vars(_signal).items()
@@ -74,7 +69,7 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
                stderr_truncated=stderr_truncated, enforcement=dict(facts.enforcement),
                seccomp_policy=facts.seccomp_policy, landlock=facts.landlock,
                cgroup=facts.cgroup)
-    report = parse_status_line(facts.status_line)
+    report = statusline.parse(facts.status_line)
     if report and report["ok"]:
         ws = report["wait_status"]
         if os.WIFEXITED(ws):

@@ -137,9 +137,9 @@ def test_hostname_rule_unchanged():
                                   "ümlaut ☃ 𝄞", "bad \udcff bytes", ""])
 def test_inits_failure_report_is_json_without_the_json_module(text):
     """init writes its failure report by hand (no json import in the box): every string a
-    step error can carry must come back unchanged through json.loads and parse_status_line."""
+    step error can carry must come back unchanged through json.loads and statusline.parse."""
     from sandbox.statusline import encode_failure
-    from sandbox.verdict import parse_status_line
+    from sandbox.statusline import parse as parse_status_line
 
     obj = {"ok": False, "step": text, "errno": 13, "error": text, "x": None, "y": True}
     raw = encode_failure(obj)

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from sandbox import _syscalls as sc
-from sandbox import codec, contain, spawn, verdict
+from sandbox import codec, contain, spawn, statusline, verdict
 from sandbox.config import SandboxConfig
 from sandbox.result import Result
 
@@ -164,10 +164,7 @@ class BoxSession:
                               init_wait_status=status, cpu_time=ru.ru_utime + ru.ru_stime,
                               max_rss=ru.ru_maxrss * 1024, killed_for=self._killed_for,
                               seccomp_policy=self._prep.seccomp_desc)
-        try:
-            facts.status_line = os.read(self._st_r, contain.STATUS_MAX + 1)
-        except BlockingIOError:
-            pass
+        facts.status_line = statusline.read(self._st_r)
         out = _read_memfd(self._out, lim.output_limit)
         err = _read_memfd(self._err, lim.output_limit)
         self.result = verdict.build_result(facts, out, err)
