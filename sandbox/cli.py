@@ -262,43 +262,59 @@ def _cmd_run(a: Args) -> int:
     cfg = config_from_args(a)
     if a.systemd_scope and not os.environ.get("SANDBOX_IN_SYSTEMD_SCOPE"):
         _reexec_in_scope(["run", *a.argv])
-    from sandbox.direct import run_direct
+    meta_fd = _open_meta(a.meta) if a.meta else -1
+    try:
+        from sandbox.direct import run_direct
 
-    stream = None if a.json else _write_through
-    result = run_direct(cmd, cfg, inherit_stdin=True, on_output=stream)
-    if a.json or a.meta:
-        import json  # only here: json (and the re it imports) is ~2 ms of every start
+        stream = None if a.json else _write_through
+        result = run_direct(cmd, cfg, inherit_stdin=True, on_output=stream)
+        if a.json or a.meta:
+            import json  # only here: json (and the re it imports) is ~2 ms of every start
 
-        verdict = result.to_dict(include_output=a.json)
-        if a.meta:
-            fd = os.open(a.meta, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644)
-            with open(fd, "w") as f:
-                json.dump(verdict, f, indent=2)
-        if a.json:
-            json.dump(verdict, sys.stdout, indent=2)
-            sys.stdout.write("\n")
+            verdict = result.to_dict(include_output=a.json)
+            if meta_fd >= 0:
+                with open(meta_fd, "w") as f:
+                    meta_fd = -1  # the file object owns it now
+                    json.dump(verdict, f, indent=2)
+            if a.json:
+                json.dump(verdict, sys.stdout, indent=2)
+                sys.stdout.write("\n")
+    finally:
+        if meta_fd >= 0:
+            os.close(meta_fd)
     if not a.json and not a.quiet and result.status != "OK" and result.status != "RE":
         sys.stderr.write(f"sandbox: {result.status}: {result.reason or result.error}\n")
     code = STATUS_EXIT.get(result.status.value)
     return code if code is not None else result.cli_exit_code()
 
 
-def _reexec_in_scope(argv: Sequence[str] | None = None) -> None:
+def _open_meta(path: str) -> int:
+    """Open the --meta file before the box runs: a path we cannot write is a usage error
+    (one line, exit 2), not a traceback after the run. Never through a symlink: the verdict
+    would be written wherever it points."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                       | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        why = "is a symlink (not followed)" if e.errno == 40 else e.strerror  # ELOOP
+        raise UsageError(f"--meta {path!r}: {why}; give a regular file path you can "
+                         "write") from None
+
+
+def _reexec_in_scope(argv: Sequence[str]) -> None:
     """Ask the systemd user manager for a scope with cgroup delegation, then run again in it.
 
-    ``argv`` (default ``sys.argv[1:]``) is re-run unchanged: SANDBOX_IN_SYSTEMD_SCOPE makes
-    the second run ignore ``--systemd-scope``, and the command's own words stay untouched."""
+    ``argv`` is re-run unchanged: SANDBOX_IN_SYSTEMD_SCOPE makes the second run ignore
+    ``--systemd-scope``, and the command's own words stay untouched."""
     import shutil
 
     tool = shutil.which("systemd-run")
     if tool is None or not os.environ.get("XDG_RUNTIME_DIR"):
         raise UsageError("--systemd-scope: no systemd user manager reachable (systemd-run "
                          "missing or no XDG_RUNTIME_DIR); see `sandbox doctor` for other ways")
-    args = list(sys.argv[1:] if argv is None else argv)
     env = {**os.environ, "SANDBOX_IN_SYSTEMD_SCOPE": "1"}
     os.execve(tool, [tool, "--user", "--scope", "--quiet", "-p", "Delegate=yes", "--",
-                     sys.executable, "-m", "sandbox.cli", *args], env)
+                     sys.executable, "-m", "sandbox.cli", *argv], env)
 
 
 def _write_through(which: int, chunk: bytes) -> None:

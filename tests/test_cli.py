@@ -45,6 +45,15 @@ def test_meta_refuses_to_follow_a_symlink(tmp_path):
     (tmp_path / "meta.json").symlink_to(target)
     p = cli("run", "--meta", str(tmp_path / "meta.json"), "--", "true")
     assert p.returncode != 0 and target.read_text() == "keep"
+    assert p.returncode == 2 and p.stderr.count(b"\n") == 1 and b"symlink" in p.stderr, p
+
+
+def test_unwritable_meta_path_is_a_usage_error_before_the_box_runs(tmp_path, no_leftovers):
+    marker = tmp_path / "ran"
+    p = cli("run", "--meta", str(tmp_path / "no" / "dir" / "m.json"), "--bind",
+            f"{tmp_path}:/out", "--", "touch", "/out/ran")
+    assert p.returncode == 2 and p.stderr.count(b"\n") == 1 and b"--meta" in p.stderr, p
+    assert b"Traceback" not in p.stderr and not marker.exists()
 
 
 @pytest.mark.parametrize("args,needle", [
