@@ -206,12 +206,17 @@ def _compile(policy: Policy) -> bytes:
             data += chunk
     finally:
         os.close(fd)
-    if not data or len(data) % 8 or len(data) > BPF_MAX:
+    if not _is_program(data):
         raise OSError(errno.EINVAL, "libseccomp produced an invalid BPF program")
     return data
 
 
 BPF_MAX = 4096 * 8  # BPF_MAXINSNS instructions of 8 bytes
+
+
+def _is_program(data: bytes) -> bool:
+    """Whole 8-byte instructions, at least one, at most the kernel's BPF_MAXINSNS."""
+    return bool(data) and len(data) % 8 == 0 and len(data) <= BPF_MAX
 CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
 
 
@@ -259,9 +264,7 @@ def _read_cached(key: bytes) -> bytes | None:
     finally:
         os.close(fd)
     data = raw[len(key):]
-    if raw[:len(key)] != key or not data or len(data) % 8 or len(data) > BPF_MAX:
-        return None
-    return data
+    return data if raw[:len(key)] == key and _is_program(data) else None
 
 
 def write_cached(key: bytes, data: bytes) -> None:
