@@ -1,4 +1,4 @@
-"""Raw Linux syscalls through ctypes, and nothing else.
+"""Raw Linux syscalls through ctypes (its C half: see ``_clib``), and nothing else.
 
 Python's ``os`` module lacks clone3, pivot_root, mount and friends (3.11). Each wrapper raises
 ``OSError(errno, "<call> <arg>: <strerror>")`` so the in-child sequence can report the failing
@@ -7,16 +7,15 @@ step with its errno. Numbers are per architecture; only x86-64 and aarch64 are s
 
 from __future__ import annotations
 
-import ctypes
 import os
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
-# clone3 goes through a PyDLL handle: ctypes then keeps the GIL across the call, so the child
-# starts owning the GIL it inherited instead of a copy of whatever another thread held.
-_syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
-_syscall_gil.restype = ctypes.c_long
+from sandbox import _clib as ctypes
+
+_libc = ctypes.Library(None)
+_syscall = ctypes.Library(None, restype=ctypes.c_long).syscall
+# clone3 goes through a PyDLL-style handle: ctypes then keeps the GIL across the call, so the
+# child starts owning the GIL it inherited instead of a copy of whatever another thread held.
+_syscall_gil = ctypes.Library(None, keep_gil=True, restype=ctypes.c_long).syscall
 # Resolve symbols now, in the long-lived parent: each box's child would otherwise pay a dlsym
 # per function on first use (CDLL caches the lookup as an attribute).
 for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset"):
@@ -163,7 +162,7 @@ class PreparedExec:
         _fields_ = [("cur", ctypes.c_ulong), ("max", ctypes.c_ulong)]
 
     def __init__(self, argv: list[str], env: dict[str, str], limits: list[tuple[int, int, int]]) -> None:
-        def c_array(items: list[bytes]) -> ctypes.Array[ctypes.c_char_p]:
+        def c_array(items: list[bytes]) -> ctypes.c_char_p:  # (c_char_p * n): an array
             return (ctypes.c_char_p * (len(items) + 1))(*items, None)
 
         self._argv = c_array([os.fsencode(a) for a in argv])

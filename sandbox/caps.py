@@ -18,12 +18,12 @@ Why each step exists:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 
 import _prctl
 
+from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
 from sandbox._syscalls import _libc  # symbols pre-resolved in the parent
 
 _PR_CAP_AMBIENT = 47

@@ -10,11 +10,11 @@ the seccomp filter; ``Result.landlock`` says whether it was.
 
 from __future__ import annotations
 
-import ctypes
 import os
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
+from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
+from sandbox._syscalls import _syscall
+
 _NR_CREATE, _NR_ADD_RULE, _NR_RESTRICT = 444, 445, 446  # same on x86-64 and aarch64
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1

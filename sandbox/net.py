@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import _socket  # the C module: socket.py (enum conversions, selectors) costs the CLI ~1.5 ms
 import fcntl
-import struct
+from _struct import pack, unpack  # struct.py only re-exports these
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -25,10 +25,10 @@ IFF_RUNNING = 0x40
 def loopback_up() -> None:
     s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
-        req = struct.pack("16sh14x", b"lo", 0)
-        flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        req = pack("16sh14x", b"lo", 0)
+        flags = unpack("16sh14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS,
-                    struct.pack("16sh14x", b"lo", flags | IFF_UP | IFF_RUNNING))
+                    pack("16sh14x", b"lo", flags | IFF_UP | IFF_RUNNING))
     finally:
         s.close()
 

@@ -27,12 +27,12 @@ bypass (the classic x32/i386 seccomp escape).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 import sys
 
+from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
 from sandbox._record import field, record
 from sandbox._syscalls import _libc  # the one libc handle (symbols resolved in the parent)
 
@@ -225,7 +225,7 @@ def _libseccomp_version() -> str:
         _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
 
     try:
-        fn = ctypes.CDLL("libseccomp.so.2").seccomp_version
+        fn = ctypes.Library("libseccomp.so.2", use_errno=False).seccomp_version
     except (OSError, AttributeError):
         return "unknown"
     fn.restype = ctypes.POINTER(_Version)
@@ -288,7 +288,7 @@ def write_cached(key: bytes, data: bytes) -> None:
 
 
 class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]  # points into the bytes
 
 
 _prctl = _libc.prctl  # resolved now, in the parent
@@ -297,8 +297,7 @@ _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
 def load_bpf(bpf: bytes) -> None:
     """Install a compiled filter on the calling thread (no_new_privs must already be set)."""
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    prog = _SockFprog(len(bpf) // 8, bpf)
     if _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"seccomp filter: {os.strerror(err)}")
