@@ -122,7 +122,7 @@ def test_run_path_stays_light():
     loaded = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines()
               if line.startswith("import time:") and "|" in line}
     assert "sandbox.direct" in loaded and not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
-    if seccomp._read_cached(seccomp._cache_key(seccomp.policy_for("default"))) is not None:
+    if seccomp._read_cached(seccomp._policy_key(seccomp.policy_for("default"))) is not None:
         assert not loaded & {"pyseccomp", "ctypes"}, sorted(loaded & {"pyseccomp", "ctypes"})
 
 

@@ -37,7 +37,8 @@ def test_round_trip_skips_pyseccomp(cache_dir):
     policy = seccomp.policy_for("default")
     bpf = seccomp.compile_bpf(policy)
     files = list(cache_dir.iterdir())
-    assert len(files) == 1 and files[0].read_bytes() == seccomp._cache_key(policy) + bpf
+    header = seccomp._policy_key(policy) + seccomp._libseccomp_line()
+    assert len(files) == 1 and files[0].read_bytes() == header + bpf
     assert oct(files[0].stat().st_mode & 0o777) == "0o644"
     imported, data = fresh_compile(cache_dir)
     assert imported == "False" and bytes.fromhex(data) == bpf
@@ -55,9 +56,10 @@ def test_each_policy_has_its_own_entry(cache_dir):
                                     "oversized"])
 def test_a_file_that_is_not_exactly_ours_is_ignored(cache_dir, tmp_path_factory, damage):
     policy = seccomp.policy_for("default")
-    key = seccomp._cache_key(policy)
     good = seccomp._compile(policy)
-    path = seccomp._cache_path(key)
+    pkey = seccomp._policy_key(policy)
+    key = pkey + seccomp._libseccomp_line()
+    path = seccomp._cache_path(pkey)
     evil = seccomp._compile(seccomp.Policy("none"))  # allow-all program, a valid BPF
     if damage == "other_key":  # same file name, the header of another policy
         open(path, "wb").write(key.replace(b"keyctl", b"keyctX") + evil)
@@ -71,9 +73,58 @@ def test_a_file_that_is_not_exactly_ours_is_ignored(cache_dir, tmp_path_factory,
         target = tmp_path_factory.mktemp("elsewhere") / "f"
         target.write_bytes(key + evil)
         os.symlink(target, path)
-    assert seccomp._read_cached(key) is None
+    assert seccomp._read_cached(pkey) is None
     imported, data = fresh_compile(cache_dir)
     assert imported == "True" and bytes.fromhex(data) == good
+
+
+def fresh_read(cache_dir, env: dict[str, str] | None = None) -> list[str]:
+    """_read_cached in a new process: (found?, libseccomp mapped in that process?)."""
+    code = ("import sandbox.seccomp as s\n"
+            f"s.CACHE_DIR = {str(cache_dir)!r}\n"
+            "found = s._read_cached(s._policy_key(s.policy_for('default'))) is not None\n"
+            "print(found, '/libseccomp.so' in open('/proc/self/maps').read())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})})
+    return out.stdout.split()
+
+
+def rewrite_libseccomp_line(cache_dir, **changes: str) -> None:
+    """Edit the libseccomp line of the one cache file (fields: version, lib, lib_id, ld_id)."""
+    (path,) = cache_dir.iterdir()
+    raw = path.read_bytes()
+    pkey = seccomp._policy_key(seccomp.policy_for("default"))
+    end = raw.index(b"\n", len(pkey)) + 1
+    _, version, lib, lib_id, _, ld_id = raw[len(pkey):end].decode().split()
+    f = {"version": version, "lib": lib, "lib_id": lib_id, "ld_id": ld_id, **changes}
+    line = f"libseccomp {f['version']} {f['lib']} {f['lib_id']} ld.so.cache {f['ld_id']}\n"
+    path.write_bytes(pkey + line.encode() + raw[end:])
+
+
+def test_unchanged_libseccomp_is_recognised_without_loading_it(cache_dir):
+    seccomp.compile_bpf(seccomp.policy_for("default"))
+    assert fresh_read(cache_dir) == ["True", "False"]
+    # the loader could be redirected: then the library is asked for its version
+    assert fresh_read(cache_dir, {"LD_LIBRARY_PATH": "/nonexistent"}) == ["True", "True"]
+
+
+@pytest.mark.parametrize("change", ["lib_id", "ld_id"])
+def test_a_changed_library_or_loader_cache_means_asking_the_library(cache_dir, change):
+    """An ldconfig run or a replaced library file: the version is then checked by loading
+    libseccomp, and the cached program is used only if it is still the same version."""
+    seccomp.compile_bpf(seccomp.policy_for("default"))
+    rewrite_libseccomp_line(cache_dir, **{change: "1:2:3:4"})
+    assert fresh_read(cache_dir) == ["True", "True"]
+    rewrite_libseccomp_line(cache_dir, version="0.0.1")
+    assert fresh_read(cache_dir) == ["False", "True"]
+    imported, _ = fresh_compile(cache_dir)
+    assert imported == "True"
+
+
+def test_a_malformed_libseccomp_line_is_a_miss(cache_dir):
+    seccomp.compile_bpf(seccomp.policy_for("default"))
+    rewrite_libseccomp_line(cache_dir, lib="two words")
+    assert fresh_read(cache_dir) == ["False", "False"]
 
 
 def test_not_written_when_byte_code_is_not(cache_dir, monkeypatch):
@@ -88,7 +139,7 @@ def test_precompile_command_replaces_stale_entries(tmp_path):
     subprocess.run([sys.executable, "-m", "sandbox.seccomp", str(tmp_path)], check=True)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names[0] == "keep.pyc" and len(names) == 2 and names[1].startswith("seccomp-")
-    key = seccomp._cache_key(seccomp.policy_for("default"))
+    key = seccomp._policy_key(seccomp.policy_for("default"))
     assert (tmp_path / names[1]).read_bytes()[:len(key)] == key
 
 
