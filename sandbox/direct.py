@@ -147,14 +147,19 @@ def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
     subtree) is opened once per process, so pytest-xdist workers never collide."""
     if not config.use_cgroup:
         return None, None
-    from sandbox import cgroups
+    from sandbox import cgroup_env  # the manager's module only where there is something to manage
 
     pid = os.getpid()
     if pid not in _MANAGERS:
-        try:
-            _MANAGERS[pid] = cgroups.CgroupManager.open(require=False)
-        except OSError:
-            _MANAGERS[pid] = None
+        env = cgroup_env.detect()
+        _MANAGERS[pid] = None
+        if not env.reason:
+            from sandbox import cgroups
+
+            try:
+                _MANAGERS[pid] = cgroups.CgroupManager.open(require=False, env=env)
+            except OSError:
+                pass
         if _MANAGERS[pid] is not None:
             import atexit
 
@@ -162,7 +167,7 @@ def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
     mgr: Any = _MANAGERS[pid]
     if mgr is None:
         if config.require_cgroup:
-            return None, f"no usable delegated cgroup v2 subtree ({cgroups.detect().reason})"
+            return None, f"no usable delegated cgroup v2 subtree ({cgroup_env.detect().reason})"
         return None, None
     try:
         return mgr.create_box(config.limits), None
