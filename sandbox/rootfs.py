@@ -21,6 +21,7 @@ so the child only issues syscalls.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -100,29 +101,36 @@ def _etc_files(cfg: SandboxConfig) -> dict[str, bytes | tuple[str, str]]:
 
 
 # path → (identity of the file when read, what we read); a grader plans hundreds of boxes
-_ETC_CACHE: dict[str, tuple[tuple[int, ...], bytes | tuple[str, str]]] = {}
+_ETC_CACHE: dict[str, tuple[tuple[int, ...], bytes]] = {}
 
 
 def _host_etc_file(p: str) -> bytes | tuple[str, str] | None:
-    """A host /etc file's bytes (or its symlink), re-read only when it changed (lstat)."""
+    """A host /etc file's bytes (or its symlink), re-read only when it changed.
+
+    Opened with O_NOFOLLOW (a symlink is copied as a symlink: ELOOP) and O_NONBLOCK (a FIFO
+    put there cannot hang the box start; anything but a regular file is skipped)."""
     try:
-        st = os.lstat(p)
-    except OSError:
-        return None
-    ident = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
-    hit = _ETC_CACHE.get(p)
-    if hit is not None and hit[0] == ident:
-        return hit[1]
-    if stat.S_ISLNK(st.st_mode):
-        got: bytes | tuple[str, str] = ("symlink", os.readlink(p))
-    elif stat.S_ISREG(st.st_mode):
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            return None
         try:
-            with open(p, "rb") as f:
-                got = f.read(1 << 20)
+            return ("symlink", os.readlink(p))
         except OSError:
             return None
-    else:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        ident = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        hit = _ETC_CACHE.get(p)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
+        got = os.read(fd, min(st.st_size, 1 << 20))  # small files; bounded all the same
+    except OSError:
         return None
+    finally:
+        os.close(fd)
     _ETC_CACHE[p] = (ident, got)
     return got
 
