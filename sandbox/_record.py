@@ -71,25 +71,31 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
     post_init = getattr(cls, "__post_init__", None)
     setter = object.__setattr__
 
+    nfields, known = len(specs), frozenset(names)
+
     def __init__(self: Any, *args: Any, **kw: Any) -> None:
-        if len(args) > len(specs):
-            raise TypeError(f"{cls.__name__}() takes {len(specs)} arguments, got {len(args)}")
-        for i, (name, default, factory) in enumerate(specs):
-            if i < len(args):
-                if name in kw:
-                    raise TypeError(f"{cls.__name__}() got {name!r} twice")
-                value = args[i]
-            elif name in kw:
-                value = kw.pop(name)
-            elif factory is not None:
-                value = factory()
-            elif default is not _MISSING:
-                value = default
-            else:
-                raise TypeError(f"{cls.__name__}() missing argument {name!r}")
-            setter(self, name, value)
+        # Values go straight into the instance dict (one update: a frozen record's
+        # __setattr__ is bypassed, as dataclasses bypass it with object.__setattr__).
+        if len(args) > nfields:
+            raise TypeError(f"{cls.__name__}() takes {nfields} arguments, got {len(args)}")
+        values = dict(zip(names, args, strict=False))  # fewer args: the rest below
         if kw:
-            raise TypeError(f"{cls.__name__}() got unexpected arguments: {', '.join(kw)}")
+            for name in kw:
+                if name in values:
+                    raise TypeError(f"{cls.__name__}() got {name!r} twice")
+                if name not in known:
+                    raise TypeError(f"{cls.__name__}() got unexpected arguments: {name}")
+            values.update(kw)
+        if len(values) < nfields:
+            for name, default, factory in specs[len(args):]:
+                if name not in values:
+                    if factory is not None:
+                        values[name] = factory()
+                    elif default is not _MISSING:
+                        values[name] = default
+                    else:
+                        raise TypeError(f"{cls.__name__}() missing argument {name!r}")
+        self.__dict__.update(values)
         if post_init is not None:
             post_init(self)
 
