@@ -2,18 +2,23 @@
 
 Shape (the same trick bubblewrap uses, so host paths under /tmp stay reachable as sources):
 
-1. ``/`` is made recursively private: no mount we make can propagate back to the host.
-2. A staging tmpfs is mounted on /tmp and we ``pivot_root`` into it; the host root is now
-   ``/oldroot`` and every host source is read as ``/oldroot/<path>``.
-3. ``/newroot`` (small tmpfs, the box's ``/``) and ``/scratch`` (tmpfs of ``tmpfs_size``) are
-   made. Scratch holds every overlay upper, the box's /tmp and /dev/shm, so one size cap bounds
-   everything the box can write. Overlay over /oldroot/usr etc. can't be done on ``/`` itself:
-   the host root has locked submounts, so we overlay each exposed directory separately.
-4. /dev (tmpfs + bind-mounted host nodes + private devpts + private shm), /proc (fresh, pid
-   namespace scoped, sensitive files masked).
-5. ``pivot_root(".", ".")`` into newroot and a lazy unmount of the stacked old root: the host
-   tree is gone from this mount namespace; the scratch tmpfs lives on only through the overlays.
-6. ``/`` and ``/dev`` are remounted read-only; only /tmp, /dev/shm and the overlays accept writes.
+1. Nothing we mount can propagate to the host: the mount namespace belongs to our user
+   namespace, so the kernel copied every shared mount as a slave (see ``build_rootfs``).
+2. One tmpfs of ``tmpfs_size`` (plus room for the /etc skeleton) is mounted on /tmp and we
+   ``pivot_root`` into it; the host root is now ``/oldroot`` and every host source is read as
+   ``/oldroot/<path>``. This tmpfs is the only one the box's layout needs: it holds the box's
+   ``/`` skeleton (``/newroot``, a directory bind-mounted onto itself so it can be pivoted
+   into) and ``/scratch`` — every overlay upper, the box's /tmp and /dev/shm — so one size cap
+   bounds everything the box can write. (It was three tmpfs mounts and a fourth for /dev;
+   each superblock costs its set-up and, when the box ends, its shutdown.) Overlay over
+   /oldroot/usr etc. can't be done on ``/`` itself: the host root has locked submounts, so we
+   overlay each exposed directory separately.
+3. /dev (a bind of its own directory, so it can be remounted read-only and noexec, with
+   bind-mounted host nodes, a private devpts and the shm bind), /proc (fresh, pid namespace
+   scoped, sensitive files masked).
+4. ``pivot_root(".", ".")`` into newroot and a lazy unmount of the stacked old root: the host
+   tree is gone from this mount namespace; the tmpfs lives on only through our binds.
+5. ``/`` and ``/dev`` are remounted read-only; only /tmp, /dev/shm and the overlays accept writes.
 
 The plan is computed in the parent (``plan_rootfs``: stats host paths, reads the few /etc files)
 so the child only issues syscalls.
@@ -211,6 +216,13 @@ def _overlay(n: int, src: str, dst: str, host_upper: str | None = None) -> None:
         _bind(src, dst, readonly=True)
 
 
+def _skeleton_bytes(plan: RootfsPlan) -> int:
+    """What the box's own files take of the tmpfs (whole pages), plus slack for directories'
+    and symlinks' pages: added to ``tmpfs_size`` so the box still gets all of it."""
+    pages = sum(-(-len(c) // 4096) for c in plan.etc_files.values() if isinstance(c, bytes))
+    return (pages + 16) * 4096
+
+
 def _write_etc(files: dict[str, bytes | tuple[str, str]]) -> None:
     for name, content in files.items():
         p = "/newroot/etc/" + name
@@ -226,7 +238,7 @@ def _write_etc(files: dict[str, bytes | tuple[str, str]]) -> None:
 
 def _setup_dev() -> None:
     os.mkdir("/newroot/dev")
-    sc.mount("tmpfs", "/newroot/dev", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755,size=64k")
+    sc.mount("/newroot/dev", "/newroot/dev", None, sc.MS_BIND)  # remounted read-only below
     for n in DEV_NODES:
         p = "/newroot/dev/" + n
         os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -276,16 +288,16 @@ def build_rootfs(plan: RootfsPlan) -> None:
     pivot_root's "not shared" rule holds. That pass cost ~1 ms per box. The binds we keep
     after the pivot are made private one by one (``_bind``), so host mounts made later under a
     bound directory do not appear in the box either."""
-    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=64k")
+    size = plan.tmpfs_size + _skeleton_bytes(plan)
+    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=0755,size={size}")
     os.chdir("/tmp")
     os.mkdir("oldroot")
     sc.pivot_root(".", "oldroot")
     os.chdir("/")
-    for d, size, mode in (("/newroot", 4 << 20, "0755"), ("/scratch", plan.tmpfs_size, "0755")):
-        os.mkdir(d)
-        sc.mount("tmpfs", d, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode={mode},size={size}")
-    for d in ("/scratch/up", "/scratch/wk", "/scratch/tmp", "/scratch/shm", "/newroot/etc",
-              "/newroot/tmp"):
+    os.mkdir("/newroot")
+    sc.mount("/newroot", "/newroot", None, sc.MS_BIND)  # a mount point, for pivot_root
+    for d in ("/scratch", "/scratch/up", "/scratch/wk", "/scratch/tmp", "/scratch/shm",
+              "/newroot/etc", "/newroot/tmp"):
         os.mkdir(d)
     os.chmod("/scratch/tmp", 0o1777)
     os.chmod("/scratch/shm", 0o1777)

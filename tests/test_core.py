@@ -201,6 +201,20 @@ def test_tmpfs_size_caps_writes(no_leftovers):
     assert b"rc=1" in r.stdout and b"No space left" in r.stderr
 
 
+def test_tmpfs_size_is_the_box_s_and_shared_by_every_writable_place(no_leftovers):
+    """The box gets its whole tmpfs_size (its own /etc skeleton lives on the same tmpfs but
+    is not charged to it), and /tmp, /dev/shm and the overlays' writes draw on one budget."""
+    cfg = SandboxConfig(limits=Limits.parse(tmpfs_size="4M", fsize=None))
+    w = "head -c {} /dev/zero > {} 2>/dev/null && echo ok{} || echo full{}"
+    script = "; ".join([w.format(4000 * 1024, "/tmp/a", 1, 1),   # nearly all of it: fits
+                        "rm /tmp/a",
+                        w.format(1536 * 1024, "/tmp/b", 2, 2),
+                        w.format(1536 * 1024, "/dev/shm/c", 3, 3),
+                        w.format(1536 * 1024, "/usr/d", 4, 4)])  # the overlay upper: over
+    r = sandbox.run_sync(["sh", "-c", script], cfg)
+    assert r.stdout.split() == [b"ok1", b"ok2", b"ok3", b"full4"], r
+
+
 def test_memory_rlimit_fallback_reported(no_leftovers):
     r = sandbox.run_sync(["python3", "-c", "x = bytearray(300 * 1024 * 1024)"],
                          SandboxConfig(limits=Limits.parse(memory="128M")))
