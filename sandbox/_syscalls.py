@@ -23,9 +23,9 @@ for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset"):
 
 _NR = {
     "x86_64": {"clone3": 435, "pivot_root": 155, "close_range": 436, "pidfd_open": 434,
-               "pidfd_send_signal": 424, "openat2": 437, "setns": 308},
+               "pidfd_send_signal": 424, "openat2": 437, "setns": 308, "mount_setattr": 442},
     "aarch64": {"clone3": 435, "pivot_root": 41, "close_range": 436, "pidfd_open": 434,
-                "pidfd_send_signal": 424, "openat2": 437, "setns": 268},
+                "pidfd_send_signal": 424, "openat2": 437, "setns": 268, "mount_setattr": 442},
 }[os.uname().machine]
 
 # clone / unshare flags (linux/sched.h)
@@ -54,6 +54,12 @@ MS_SLAVE = 1 << 19
 MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
+
+# mount_setattr(2) (linux/mount.h)
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
 
 CLOSE_RANGE_CLOEXEC = 1 << 2
 
@@ -112,6 +118,20 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
 
 def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount {target}")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in ("attr_set", "attr_clr", "propagation",
+                                                     "userns_fd")]
+
+
+def mount_setattr(target: str, attr_set: int, propagation: int = 0) -> None:
+    """Set mount attributes (and propagation) of one mount in one call (Linux >= 5.12).
+    Only what ``attr_set`` names changes: flags the kernel locked stay as they are."""
+    attr = _MountAttr(attr_set, 0, propagation, 0)
+    _check(_syscall(_NR["mount_setattr"], ctypes.c_int(-100), os.fsencode(target),  # AT_FDCWD
+                    ctypes.c_uint(0), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
+           f"mount_setattr {target}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

@@ -189,9 +189,26 @@ def _locked_flags(path: str) -> int:
     return sum(ms for st, ms in STAT_TO_MS if f & st and ms != sc.MS_RDONLY)
 
 
+_have_mount_setattr = True  # until the kernel says ENOSYS (< 5.12)
+
+
 def _bind(src: str, dst: str, readonly: bool) -> None:
+    """Bind ``src`` on ``dst``: private (a bind of a slave would stay the host's slave, so host
+    mounts made later under it would appear in the box), nosuid, nodev, maybe read-only.
+    One mount_setattr does all of that after the bind; kernels without it get the classic
+    MS_PRIVATE + MS_REMOUNT pair, which must repeat the flags the kernel locked."""
+    global _have_mount_setattr
     sc.mount(src, dst, None, sc.MS_BIND)
-    sc.mount(None, dst, None, sc.MS_PRIVATE)  # a bind of a slave would stay the host's slave
+    if _have_mount_setattr:
+        try:
+            sc.mount_setattr(dst, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+                             | (sc.MOUNT_ATTR_RDONLY if readonly else 0), sc.MS_PRIVATE)
+            return
+        except OSError as e:
+            if e.errno != 38:  # ENOSYS
+                raise
+            _have_mount_setattr = False
+    sc.mount(None, dst, None, sc.MS_PRIVATE)
     flags = sc.MS_REMOUNT | sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV | _locked_flags(src)
     sc.mount(None, dst, None, flags | (sc.MS_RDONLY if readonly else 0))
 

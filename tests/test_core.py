@@ -99,15 +99,30 @@ def test_writes_vanish_and_usr_is_protected(box_tmp, no_leftovers):
     assert not os.path.exists("/usr/bin/sandbox-test")
 
 
-def test_ro_bind_is_read_only_and_bind_writes_through(box_tmp, no_leftovers):
+@pytest.mark.parametrize("mount_setattr", [True, False], ids=["mount_setattr", "remount"])
+def test_ro_bind_is_read_only_and_bind_writes_through(box_tmp, no_leftovers, monkeypatch,
+                                                     mount_setattr):
+    """Both ways of finishing a bind (mount_setattr, and the MS_PRIVATE + MS_REMOUNT pair a
+    kernel < 5.12 gets): read-only where asked, nosuid and nodev, and private — not a slave of
+    the host mount, so later host mounts beneath it stay out of the box. (The last check bites
+    where the host's mounts are shared, as under systemd; test_mount_propagation_is_cut_both_ways
+    covers propagation as root everywhere.)"""
+    from sandbox import rootfs
+
+    monkeypatch.setattr(rootfs, "_have_mount_setattr", mount_setattr)  # the box is our fork
     ro, rw = box_tmp / "ro", box_tmp / "rw"
     ro.mkdir()
     rw.mkdir()
     os.chmod(rw, 0o777)
     cfg = SandboxConfig(mounts=[MountSpec("ro-bind", "/ro", str(ro)), MountSpec("bind", "/rw", str(rw))])
-    r = sandbox.run_sync(["sh", "-c", "touch /ro/x 2>/dev/null || echo ro-denied; echo hi > /rw/out"], cfg)
-    assert r.stdout == b"ro-denied\n"
-    assert (rw / "out").read_text() == "hi\n"
+    r = sandbox.run_sync(["sh", "-c", "touch /ro/x 2>/dev/null || echo ro-denied; echo hi > /rw/out;"
+                          " grep -E ' /(ro|rw) ' /proc/self/mountinfo"], cfg)
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "ro-denied" and (rw / "out").read_text() == "hi\n"
+    info = {ln.split()[4]: ln.split(" - ")[0].split()[5:] for ln in lines[1:]}
+    assert info["/ro"][0].split(",")[:3] == ["ro", "nosuid", "nodev"]
+    assert info["/rw"][0].split(",")[:3] == ["rw", "nosuid", "nodev"]
+    assert not [f for opts in info.values() for f in opts[1:]]  # no shared:/master: tags
 
 
 def test_network_only_loopback_and_up(no_leftovers):
