@@ -169,15 +169,13 @@ def _make_target(path: str, is_dir: bool) -> None:
     for i, part in enumerate(parts):
         cur += "/" + part
         last = i == len(parts) - 1
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
+        if not os.access(cur, os.F_OK, follow_symlinks=False):  # (a bool: no exception to pay)
             if last and not is_dir:
                 os.close(os.open(cur, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
             else:
                 os.mkdir(cur, 0o755)
             continue
-        if os.path.stat.S_ISLNK(st.st_mode):
+        if stat.S_ISLNK(os.lstat(cur).st_mode):
             raise OSError(22, f"mount point {path} crosses the symlink {cur[8:]} -> "
                               f"{os.readlink(cur)} in the box; use the real path")
 
@@ -279,9 +277,10 @@ def _setup_proc() -> None:
     empty read-only tmpfs, and /proc/sys & co read-only."""
     os.mkdir("/newroot/proc")
     sc.mount("proc", "/newroot/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    exists = os.access  # F_OK: a bool, where os.path.exists raises and catches inside
     for name in PROC_MASK_FILES:
         p = "/newroot/proc/" + name
-        if os.path.exists(p):
+        if exists(p, os.F_OK):
             sc.mount("/newroot/dev/null", p, None, sc.MS_BIND)
     for name in PROC_MASK_DIRS:
         p = "/newroot/proc/" + name
