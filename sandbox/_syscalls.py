@@ -18,7 +18,8 @@ _syscall = ctypes.Library(None, restype=ctypes.c_long).syscall
 _syscall_gil = ctypes.Library(None, keep_gil=True, restype=ctypes.c_long).syscall
 # Resolve symbols now, in the long-lived parent: each box's child would otherwise pay a dlsym
 # per function on first use (CDLL caches the lookup as an attribute).
-for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset"):
+for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset", "socket",
+              "prlimit", "wait4"):
     getattr(_libc, _name)
 
 _NR = {
@@ -70,7 +71,8 @@ RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
 
-def _check(ret: int, what: str) -> int:
+def check(ret: int, what: str) -> int:
+    """A libc/syscall return value, or OSError(errno, "<what>: <strerror>") for a failure."""
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
@@ -99,12 +101,12 @@ def clone3(flags: int, *, exit_signal: int, cgroup_fd: int | None = None) -> tup
     if cgroup_fd is not None:
         args.flags |= CLONE_INTO_CGROUP
         args.cgroup = cgroup_fd
-    pid = _check(_syscall_gil(_NR["clone3"], ctypes.byref(args), ctypes.sizeof(args)), "clone3")
+    pid = check(_syscall_gil(_NR["clone3"], ctypes.byref(args), ctypes.sizeof(args)), "clone3")
     return (pid, pidfd.value) if pid else (0, -1)
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    check(_libc.unshare(ctypes.c_int(flags)), "unshare")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
@@ -113,11 +115,11 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
     ret = _libc.mount(enc(source) if source else None, enc(target),
                       enc(fstype) if fstype else None, ctypes.c_ulong(flags),
                       enc(data) if data else None)
-    _check(ret, f"mount {fstype or 'bind'} {target}")
+    check(ret, f"mount {fstype or 'bind'} {target}")
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount {target}")
+    check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount {target}")
 
 
 class _MountAttr(ctypes.Structure):
@@ -129,31 +131,68 @@ def mount_setattr(target: str, attr_set: int, propagation: int = 0) -> None:
     """Set mount attributes (and propagation) of one mount in one call (Linux >= 5.12).
     Only what ``attr_set`` names changes: flags the kernel locked stay as they are."""
     attr = _MountAttr(attr_set, 0, propagation, 0)
-    _check(_syscall(_NR["mount_setattr"], ctypes.c_int(-100), os.fsencode(target),  # AT_FDCWD
+    check(_syscall(_NR["mount_setattr"], ctypes.c_int(-100), os.fsencode(target),  # AT_FDCWD
                     ctypes.c_uint(0), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
            f"mount_setattr {target}")
 
 
+class _Rlimit(ctypes.Structure):
+    _fields_ = [("cur", ctypes.c_ulong), ("max", ctypes.c_ulong)]
+
+
+RLIM_INFINITY = (1 << 64) - 1  # as the kernel spells it (Python's resource module says -1)
+
+
+def prlimit(resource: int, new: tuple[int, int] | None = None) -> tuple[int, int]:
+    """prlimit(2) on ourselves: set (soft, hard) when ``new`` is given; returns the limits
+    before. (The ``resource`` extension module would be one more shared object to load on
+    every cold start, for two calls.)"""
+    old = _Rlimit()
+    lim = None if new is None else ctypes.byref(_Rlimit(new[0] & RLIM_INFINITY,
+                                                        new[1] & RLIM_INFINITY))
+    check(_libc.prlimit(0, resource, lim, ctypes.byref(old)), f"prlimit {resource}")
+    return old.cur, old.max
+
+
+class _Rusage(ctypes.Structure):  # struct rusage: two timevals, then 14 longs
+    _fields_ = [("utime_s", ctypes.c_long), ("utime_us", ctypes.c_long),
+                ("stime_s", ctypes.c_long), ("stime_us", ctypes.c_long), ("maxrss", ctypes.c_long),
+                ("rest", ctypes.c_long * 13)]
+
+
+def wait4(pid: int) -> tuple[int, float, int]:
+    """Block until ``pid`` exits: (wait status, user+system CPU seconds, max RSS in bytes).
+    ``os.wait4`` returns the same but imports the ``resource`` extension module for its
+    struct_rusage type on first use (~0.4 ms, between a box's end and its verdict)."""
+    status, ru = ctypes.c_int(0), _Rusage()
+    while _libc.wait4(pid, ctypes.byref(status), 0, ctypes.byref(ru)) < 0:
+        err = ctypes.get_errno()
+        if err != 4:  # EINTR: retry, as os.wait4 does (PEP 475)
+            raise OSError(err, f"wait4 {pid}: {os.strerror(err)}")
+    cpu = ru.utime_s + ru.stime_s + (ru.utime_us + ru.stime_us) / 1e6
+    return status.value, cpu, ru.maxrss * 1024
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
-    _check(_syscall(_NR["pivot_root"], os.fsencode(new_root), os.fsencode(put_old)), "pivot_root")
+    check(_syscall(_NR["pivot_root"], os.fsencode(new_root), os.fsencode(put_old)), "pivot_root")
 
 
 def sethostname(name: str) -> None:
     b = name.encode()
-    _check(_libc.sethostname(b, ctypes.c_size_t(len(b))), "sethostname")
+    check(_libc.sethostname(b, ctypes.c_size_t(len(b))), "sethostname")
 
 
 def close_range(first: int, last: int, flags: int = 0) -> None:
-    _check(_syscall(_NR["close_range"], ctypes.c_uint(first), ctypes.c_uint(last),
+    check(_syscall(_NR["close_range"], ctypes.c_uint(first), ctypes.c_uint(last),
                     ctypes.c_uint(flags)), "close_range")
 
 
 def pidfd_open(pid: int) -> int:
-    return _check(_syscall(_NR["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")
+    return check(_syscall(_NR["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")
 
 
 def pidfd_send_signal(pidfd: int, sig: int) -> None:
-    _check(_syscall(_NR["pidfd_send_signal"], ctypes.c_int(pidfd), ctypes.c_int(sig), None,
+    check(_syscall(_NR["pidfd_send_signal"], ctypes.c_int(pidfd), ctypes.c_int(sig), None,
                     ctypes.c_uint(0)), "pidfd_send_signal")
 
 
@@ -165,7 +204,7 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     """openat2(2): lets the host open files *beneath* a box directory without ever following a
     symlink the box planted out of it (judge0 CVE-2024-28185 class of bugs)."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    return _check(_syscall(_NR["openat2"], ctypes.c_int(dirfd), os.fsencode(path),
+    return check(_syscall(_NR["openat2"], ctypes.c_int(dirfd), os.fsencode(path),
                            ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
                   f"openat2 {path}")
 
@@ -178,16 +217,13 @@ class PreparedExec:
     that follow must not make Python allocate — no string encoding, no PATH joining in Python.
     glibc's execvpe builds candidate paths on the stack."""
 
-    class _Rlimit(ctypes.Structure):
-        _fields_ = [("cur", ctypes.c_ulong), ("max", ctypes.c_ulong)]
-
     def __init__(self, argv: list[str], env: dict[str, str], limits: list[tuple[int, int, int]]) -> None:
         def c_array(items: list[bytes]) -> ctypes.c_char_p:  # (c_char_p * n): an array
             return (ctypes.c_char_p * (len(items) + 1))(*items, None)
 
         self._argv = c_array([os.fsencode(a) for a in argv])
         self._env = c_array([os.fsencode(f"{k}={v}") for k, v in env.items()])
-        self._limits = [(ctypes.c_int(res), self._Rlimit(soft & 0xFFFFFFFFFFFFFFFF, hard & 0xFFFFFFFFFFFFFFFF))
+        self._limits = [(ctypes.c_int(res), _Rlimit(soft & 0xFFFFFFFFFFFFFFFF, hard & 0xFFFFFFFFFFFFFFFF))
                         for res, soft, hard in limits]
         self._setrlimit, self._execvpe = _libc.setrlimit, _libc.execvpe
 

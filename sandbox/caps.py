@@ -24,17 +24,15 @@ import select
 import _prctl
 
 from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
-from sandbox._syscalls import _libc  # symbols pre-resolved in the parent
+from sandbox._syscalls import _libc, check  # symbols pre-resolved in the parent
 
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
 def _raw_prctl(option: int, arg2: int = 0) -> None:
-    if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
-                   ctypes.c_ulong(0), ctypes.c_ulong(0)) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+    check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(0),
+                      ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl({option})")
 
 
 def set_parent_death_signal(sig: int, parent_pidfd: int) -> None:
@@ -98,9 +96,7 @@ def clear_capabilities() -> None:
     round trips per set, ~0.1 ms on every box start). The process holds nothing from here on."""
     hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
-    if _libc.capset(ctypes.byref(hdr), data) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"capset: {os.strerror(err)}")
+    check(_libc.capset(ctypes.byref(hdr), data), "capset")
 
 
 def set_no_new_privs() -> None:

@@ -119,11 +119,9 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         _pump(box, in_w, stdin or b"", {out_r: out, err_r: err}, facts,
               None if lim.wall_time is None else t0 + lim.wall_time,
               cpu_watch(box_cg, lim.cpu_time))
-        _, status, ru = os.wait4(box.pid, 0)
+        status, facts.cpu_time, facts.max_rss = sc.wait4(box.pid)
         facts.wall_time = time.monotonic() - t0
         facts.init_wait_status = status
-        facts.cpu_time = ru.ru_utime + ru.ru_stime
-        facts.max_rss = ru.ru_maxrss * 1024
         facts.status_line = statusline.read(st_r)
         if box_cg is not None:
             facts.cgroup = box_cg.stats()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
-from sandbox._syscalls import _syscall
+from sandbox._syscalls import _syscall, check
 
 _NR_CREATE, _NR_ADD_RULE, _NR_RESTRICT = 444, 445, 446  # same on x86-64 and aarch64
 _CREATE_RULESET_VERSION = 1
@@ -55,9 +55,7 @@ def restrict_writes(writable: list[str], abi: int) -> None:
     attr = _RulesetAttr(rights)
     rfd = _syscall(ctypes.c_long(_NR_CREATE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
                    ctypes.c_uint32(0))
-    if rfd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
+    check(rfd, "landlock_create_ruleset")
     try:
         for path in writable:
             try:
@@ -67,14 +65,12 @@ def restrict_writes(writable: list[str], abi: int) -> None:
             try:
                 is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
                 rule = _PathBeneath(rights if is_dir else rights & (WRITE_FILE | TRUNCATE), fd)
-                if _syscall(ctypes.c_long(_NR_ADD_RULE), ctypes.c_int(rfd),
-                            ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint32(0)) < 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"landlock_add_rule {path}: {os.strerror(err)}")
+                check(_syscall(ctypes.c_long(_NR_ADD_RULE), ctypes.c_int(rfd),
+                               ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule),
+                               ctypes.c_uint32(0)), f"landlock_add_rule {path}")
             finally:
                 os.close(fd)
-        if _syscall(ctypes.c_long(_NR_RESTRICT), ctypes.c_int(rfd), ctypes.c_uint32(0)) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")
+        check(_syscall(ctypes.c_long(_NR_RESTRICT), ctypes.c_int(rfd), ctypes.c_uint32(0)),
+              "landlock_restrict_self")
     finally:
         os.close(rfd)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import _signal  # the C module: signal.py converts to enums (enum costs the CLI ~3 ms)
 import os
-import resource
 
 from sandbox import _syscalls as sc
 from sandbox import rlimits
@@ -42,12 +41,12 @@ AS_HEADROOM = 16 << 20
 
 def split_as_limit(plan: rlimits.Plan) -> tuple[rlimits.Plan, rlimits.Plan]:
     """→ (limits init applies to itself, RLIMIT_AS to set in a forked child only)."""
-    as_plan = [x for x in plan if x[0] == resource.RLIMIT_AS]
+    as_plan = [x for x in plan if x[0] == rlimits.RLIMIT_AS]
     if not as_plan:
         return plan, []
     if rlimits.address_space_size() + AS_HEADROOM <= as_plan[0][1]:
         return plan, []  # we fit: keep the cheap posix_spawn path
-    return [x for x in plan if x[0] != resource.RLIMIT_AS], as_plan
+    return [x for x in plan if x[0] != rlimits.RLIMIT_AS], as_plan
 
 
 def fork_exec(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tuple[int, int]:

@@ -16,34 +16,38 @@ verdict says so (``enforcement[...] == "rlimit"``):
 from __future__ import annotations
 
 import math
-import resource
+import os
+
+from sandbox._syscalls import RLIM_INFINITY, prlimit
 
 Plan = list[tuple[int, int, int]]
+# <asm-generic/resource.h>: the same numbers on x86-64 and aarch64
+RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE, RLIMIT_NPROC, RLIMIT_NOFILE, RLIMIT_AS = 0, 1, 4, 6, 7, 9
 
 
 def plan_rlimits(limits, cgroup_enforced: frozenset[str] = frozenset()) -> tuple[Plan, dict[str, str]]:
     """→ (setrlimit calls, enforcement per limit name)."""
-    plan: Plan = [(resource.RLIMIT_CORE, 0, 0)]
+    plan: Plan = [(RLIMIT_CORE, 0, 0)]
     enf: dict[str, str] = {}
     if limits.nofile is not None:
-        plan.append((resource.RLIMIT_NOFILE, limits.nofile, limits.nofile))
+        plan.append((RLIMIT_NOFILE, limits.nofile, limits.nofile))
         enf["nofile"] = "rlimit"
     else:
         enf["nofile"] = "none"
     if limits.fsize is not None:
-        plan.append((resource.RLIMIT_FSIZE, limits.fsize, limits.fsize))
+        plan.append((RLIMIT_FSIZE, limits.fsize, limits.fsize))
         enf["fsize"] = "rlimit"
     else:
         enf["fsize"] = "none"
     if limits.memory is not None and "memory" not in cgroup_enforced:
-        plan.append((resource.RLIMIT_AS, limits.memory, limits.memory))
+        plan.append((RLIMIT_AS, limits.memory, limits.memory))
         enf["memory"] = "rlimit"
     if limits.cpu_time is not None and "cpu_time" not in cgroup_enforced:
         soft = max(1, math.ceil(limits.cpu_time))
-        plan.append((resource.RLIMIT_CPU, soft, soft + 1))
+        plan.append((RLIMIT_CPU, soft, soft + 1))
         enf["cpu_time"] = "rlimit"
     if limits.pids is not None and "pids" not in cgroup_enforced:
-        plan.append((resource.RLIMIT_NPROC, limits.pids, limits.pids))
+        plan.append((RLIMIT_NPROC, limits.pids, limits.pids))
         enf["pids"] = "rlimit"
     for name in ("memory", "cpu_time", "pids"):
         if getattr(limits, name) is None:
@@ -63,8 +67,8 @@ def clamped(plan: Plan) -> Plan:
     is stricter it is kept (and the soft limit lowered to it)."""
     out: Plan = []
     for res, soft, hard in plan:
-        _, cur_hard = resource.getrlimit(res)
-        if cur_hard != resource.RLIM_INFINITY and hard > cur_hard:
+        _, cur_hard = prlimit(res)
+        if cur_hard != RLIM_INFINITY and hard > cur_hard:
             hard = cur_hard
             soft = min(soft, hard)
         out.append((res, soft, hard))
@@ -73,13 +77,13 @@ def clamped(plan: Plan) -> Plan:
 
 def apply_rlimits(plan: Plan) -> None:
     for res, soft, hard in clamped(plan):
-        resource.setrlimit(res, (soft, hard))
+        prlimit(res, (soft, hard))
 
 
 def address_space_size() -> int:
     """This process's address space in bytes (VmSize: what RLIMIT_AS counts)."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * resource.getpagesize()
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def on_top_of_current_image(plan: Plan) -> Plan:
@@ -88,4 +92,4 @@ def on_top_of_current_image(plan: Plan) -> Plan:
     large pytest process would have no memory left at all. The limit then means "this much
     more than the test process already had"."""
     vsz = address_space_size()
-    return [(r, s + vsz, h + vsz) if r == resource.RLIMIT_AS else (r, s, h) for r, s, h in plan]
+    return [(r, s + vsz, h + vsz) if r == RLIMIT_AS else (r, s, h) for r, s, h in plan]

@@ -34,7 +34,7 @@ import sys
 
 from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
 from sandbox._record import field, record
-from sandbox._syscalls import _libc  # the one libc handle (symbols resolved in the parent)
+from sandbox._syscalls import _libc, check  # the one libc handle (symbols resolved in the parent)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -356,9 +356,7 @@ _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 def load_bpf(bpf: bytes) -> None:
     """Install a compiled filter on the calling thread (no_new_privs must already be set)."""
     prog = _SockFprog(len(bpf) // 8, bpf)
-    if _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"seccomp filter: {os.strerror(err)}")
+    check(_prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp filter")
 
 
 if __name__ == "__main__":  # python -m sandbox.seccomp [DIR]: (re)write the default policy's

@@ -105,8 +105,8 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 # What `sandbox run` must not load (cold start is measured against bubblewrap): each entry is
 # a module some convenience would pull in, and what it would cost.
 HEAVY = ("re", "enum", "typing", "dataclasses", "inspect", "json", "argparse", "collections",
-         "functools", "signal", "subprocess", "ctypes.util", "socket", "weakref", "struct",
-         "types", "trio", "pyroute2")
+         "functools", "signal", "subprocess", "ctypes.util", "socket", "_socket", "weakref",
+         "struct", "types", "resource", "trio", "pyroute2")
 
 
 def test_run_path_stays_light():
