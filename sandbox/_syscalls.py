@@ -12,7 +12,8 @@ import os
 from sandbox import _clib as ctypes
 
 _libc = ctypes.Library(None)
-_syscall = ctypes.Library(None, restype=ctypes.c_long).syscall
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
 # clone3 goes through a PyDLL-style handle: ctypes then keeps the GIL across the call, so the
 # child starts owning the GIL it inherited instead of a copy of whatever another thread held.
 _syscall_gil = ctypes.Library(None, keep_gil=True, restype=ctypes.c_long).syscall
