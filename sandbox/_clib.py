@@ -15,6 +15,7 @@ from __future__ import annotations
 import _ctypes
 from _ctypes import (  # noqa: F401  (re-exported)
     POINTER,
+    Array,
     Structure,
     _SimpleCData,
     addressof,

@@ -84,7 +84,7 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
                 if name in values:
                     raise TypeError(f"{cls.__name__}() got {name!r} twice")
                 if name not in known:
-                    raise TypeError(f"{cls.__name__}() got unexpected arguments: {name}")
+                    raise TypeError(f"{cls.__name__}() got an unexpected argument {name!r}")
             values.update(kw)
         if len(values) < nfields:
             for name, default, factory in specs[len(args):]:

@@ -133,8 +133,8 @@ def mount_setattr(target: str, attr_set: int, propagation: int = 0) -> None:
     Only what ``attr_set`` names changes: flags the kernel locked stay as they are."""
     attr = _MountAttr(attr_set, 0, propagation, 0)
     check(_syscall(_NR["mount_setattr"], ctypes.c_int(-100), os.fsencode(target),  # AT_FDCWD
-                    ctypes.c_uint(0), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
-           f"mount_setattr {target}")
+                   ctypes.c_uint(0), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
+          f"mount_setattr {target}")
 
 
 class _Rlimit(ctypes.Structure):
@@ -185,7 +185,7 @@ def sethostname(name: str) -> None:
 
 def close_range(first: int, last: int, flags: int = 0) -> None:
     check(_syscall(_NR["close_range"], ctypes.c_uint(first), ctypes.c_uint(last),
-                    ctypes.c_uint(flags)), "close_range")
+                   ctypes.c_uint(flags)), "close_range")
 
 
 def pidfd_open(pid: int) -> int:
@@ -194,7 +194,7 @@ def pidfd_open(pid: int) -> int:
 
 def pidfd_send_signal(pidfd: int, sig: int) -> None:
     check(_syscall(_NR["pidfd_send_signal"], ctypes.c_int(pidfd), ctypes.c_int(sig), None,
-                    ctypes.c_uint(0)), "pidfd_send_signal")
+                   ctypes.c_uint(0)), "pidfd_send_signal")
 
 
 class _OpenHow(ctypes.Structure):
@@ -206,8 +206,8 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     symlink the box planted out of it (judge0 CVE-2024-28185 class of bugs)."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     return check(_syscall(_NR["openat2"], ctypes.c_int(dirfd), os.fsencode(path),
-                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
-                  f"openat2 {path}")
+                          ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
+                 f"openat2 {path}")
 
 
 class PreparedExec:
@@ -219,12 +219,12 @@ class PreparedExec:
     glibc's execvpe builds candidate paths on the stack."""
 
     def __init__(self, argv: list[str], env: dict[str, str], limits: list[tuple[int, int, int]]) -> None:
-        def c_array(items: list[bytes]) -> ctypes.c_char_p:  # (c_char_p * n): an array
+        def c_array(items: list[bytes]) -> ctypes.Array:
             return (ctypes.c_char_p * (len(items) + 1))(*items, None)
 
         self._argv = c_array([os.fsencode(a) for a in argv])
         self._env = c_array([os.fsencode(f"{k}={v}") for k, v in env.items()])
-        self._limits = [(ctypes.c_int(res), _Rlimit(soft & 0xFFFFFFFFFFFFFFFF, hard & 0xFFFFFFFFFFFFFFFF))
+        self._limits = [(ctypes.c_int(res), _Rlimit(soft & RLIM_INFINITY, hard & RLIM_INFINITY))
                         for res, soft, hard in limits]
         self._setrlimit, self._execvpe = _libc.setrlimit, _libc.execvpe
 
