@@ -49,9 +49,13 @@ def set_dumpable(flag: bool) -> None:
 
 
 def _last_cap() -> int:
+    """The kernel's highest capability number (newer than python-prctl's table, maybe)."""
     try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
+        fd = os.open("/proc/sys/kernel/cap_last_cap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return int(os.read(fd, 32))
+        finally:
+            os.close(fd)
     except (OSError, ValueError):
         return int(_prctl.CAP_LAST_CAP)
 
