@@ -237,6 +237,19 @@ class PreparedExec:
         return ctypes.get_errno()
 
 
+def read_file(path: str) -> str:
+    """A small kernel interface file (/proc, cgroup files), whole: os.open and read(2) until
+    EOF, without the buffered text-file layer (these reads happen on every box start)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+        return data.decode()
+    finally:
+        os.close(fd)
+
+
 def write_file(path: str, data: str) -> None:
     """One write(2) to a kernel interface file (/proc/*/uid_map, cgroup files): these must
     receive the whole value in a single write, which buffered text I/O does not promise."""

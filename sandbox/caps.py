@@ -24,7 +24,7 @@ import select
 import _prctl
 
 from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
-from sandbox._syscalls import _libc, check  # symbols pre-resolved in the parent
+from sandbox._syscalls import _libc, check, read_file  # symbols pre-resolved in the parent
 
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -51,11 +51,7 @@ def set_dumpable(flag: bool) -> None:
 def _last_cap() -> int:
     """The kernel's highest capability number (newer than python-prctl's table, maybe)."""
     try:
-        fd = os.open("/proc/sys/kernel/cap_last_cap", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return int(os.read(fd, 32))
-        finally:
-            os.close(fd)
+        return int(read_file("/proc/sys/kernel/cap_last_cap"))
     except (OSError, ValueError):
         return int(_prctl.CAP_LAST_CAP)
 

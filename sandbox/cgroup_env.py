@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from sandbox import _syscalls as sc
 from sandbox._record import record
 
 WANTED = ("memory", "pids", "cpu")
@@ -33,16 +34,7 @@ class CgroupEnv:
         return os.path.join(self.mount, self.own_path.lstrip("/"))
 
 
-def _read(path: str) -> str:
-    """A small kernel file in one read (no text-file layer: this runs on every cold start)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = b""
-        while chunk := os.read(fd, 65536):
-            data += chunk
-        return data.decode()
-    finally:
-        os.close(fd)
+_read = sc.read_file
 
 
 def _cgroup2_mount() -> str | None:

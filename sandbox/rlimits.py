@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 
-from sandbox._syscalls import RLIM_INFINITY, prlimit
+from sandbox._syscalls import RLIM_INFINITY, prlimit, read_file
 
 Plan = list[tuple[int, int, int]]
 # <asm-generic/resource.h>: the same numbers on x86-64 and aarch64
@@ -82,11 +82,7 @@ def apply_rlimits(plan: Plan) -> None:
 
 def address_space_size() -> int:
     """This process's address space in bytes (VmSize: what RLIMIT_AS counts)."""
-    fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)  # in init, every box start:
-    try:                                                           # no text-file layer
-        return int(os.read(fd, 256).split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    finally:
-        os.close(fd)
+    return int(read_file("/proc/self/statm").split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def on_top_of_current_image(plan: Plan) -> Plan:

@@ -158,11 +158,11 @@ class BoxSession:
         self._sock.close()  # the worker sees EOF and exits; a stuck one is killed
         if not select.select([self._box.pidfd], [], [], 1.0)[0]:
             self._kill(None)
-        _, status, ru = os.wait4(self._box.pid, 0)
+        status, cpu_time, max_rss = sc.wait4(self._box.pid)
         lim = self.config.limits
         facts = verdict.Facts(lim, self._prep.enforcement, time.monotonic() - self._t0,
-                              init_wait_status=status, cpu_time=ru.ru_utime + ru.ru_stime,
-                              max_rss=ru.ru_maxrss * 1024, killed_for=self._killed_for,
+                              init_wait_status=status, cpu_time=cpu_time,
+                              max_rss=max_rss, killed_for=self._killed_for,
                               seccomp_policy=self._prep.seccomp_desc)
         facts.status_line = statusline.read(self._st_r)
         out = _read_memfd(self._out, lim.output_limit)
