@@ -51,7 +51,6 @@ FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SI
                      _signal.SIGUSR1, _signal.SIGUSR2)
 
 
-
 @record
 class Prepared:
     """Everything the child needs, computed in the parent so the child only makes syscalls."""

@@ -11,9 +11,9 @@ The compiled bytes are also kept on disk, next to this module's byte code
 (~1.7 ms of ``sandbox run``'s start). Trust: exactly that of the ``.pyc`` files beside it —
 whoever can write that directory can already change the code that loads the filter, and no box
 can (the Python prefix is a copy-on-write overlay in a box; see docs/threat-model.md). A cache
-file is used only if its header repeats, byte for byte, the key it was made for: this policy
-(every rule's syscall, errno and argument tests), the libseccomp version and the running
-kernel. Written like byte code: not when ``sys.dont_write_bytecode`` is set;
+file is used only if its header repeats, byte for byte, the key it was made for — this policy
+(every rule's syscall, errno and argument tests) and the running kernel — and names the
+libseccomp we would load now (``_same_libseccomp``). Written like byte code: not when ``sys.dont_write_bytecode`` is set;
 ``python -m sandbox.seccomp`` writes the default policy's (ci/setup.sh runs it next to
 compileall).
 
@@ -184,11 +184,12 @@ def compile_bpf(policy: Policy) -> bytes:
     libseccomp (then cached in both)."""
     data = _cache.get(policy)
     if data is None:
-        data = _read_cached(_policy_key(policy))
+        key = _policy_key(policy)
+        data = _read_cached(key)
         if data is None:
             data = _compile(policy)
             if not sys.dont_write_bytecode:
-                write_cached(_policy_key(policy), data)
+                write_cached(key, data)
         _cache[policy] = data
     return data
 
@@ -216,6 +217,8 @@ BPF_MAX = 4096 * 8  # BPF_MAXINSNS instructions of 8 bytes
 def _is_program(data: bytes) -> bool:
     """Whole 8-byte instructions, at least one, at most the kernel's BPF_MAXINSNS."""
     return bool(data) and len(data) % 8 == 0 and len(data) <= BPF_MAX
+
+
 CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
 
 
