@@ -22,11 +22,7 @@ if ! runuser -u "$TEST_USER" -- test -r "$REPO/pyproject.toml" -a -x "$REPO/.ven
   COPY=/tmp/sandbox-ci-src
   rm -rf "$COPY"; mkdir -p "$COPY"
   tar -C "$REPO" --exclude=./.venv --exclude=./.git -cf - . | tar -C "$COPY" -xf -
-  /usr/bin/python3 -m venv "$COPY/.venv"
-  "$COPY/.venv/bin/pip" install -q --disable-pip-version-check -e "$COPY[dev]"
-  "$COPY/.venv/bin/pip" uninstall -q -y setuptools >/dev/null 2>&1 || true
-  "$COPY/.venv/bin/python" -m compileall -q "$COPY/sandbox" "$COPY/pytest_plugin" "$COPY/.venv/lib" >/dev/null
-  (cd "$COPY" && .venv/bin/python -m sandbox.seccomp)
+  PYTHON=/usr/bin/python3 bash "$COPY/ci/install-venv.sh"
   chmod -R a+rX "$COPY"
   REPO=$COPY
 fi
