@@ -9,7 +9,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 TEST_USER=${SANDBOX_TEST_USER:-sbxtest}
-run_pytest() { "$@"; rc=$?; [ $rc = 5 ] && rc=0; return $rc; }   # 5 = no tests collected
+LOG=$(mktemp /tmp/sandbox-ci-log.XXXXXX); trap 'rm -f "$LOG"' EXIT
+# Each run's output is kept in $LOG so the counts of pytest's summary lines can be added up.
+run_pytest() { "$@" 2>&1 | tee -a "$LOG"; rc=${PIPESTATUS[0]}; [ $rc = 5 ] && rc=0; return $rc; }  # 5 = none collected
+count() { grep -a -E '^=* ?[0-9]+ [a-z]+(, [0-9]+ [a-z]+)* in [0-9.]+s' "$LOG" |
+          grep -o -E "[0-9]+ $1" | awk '{n += $1} END {print n + 0}'; }
 
 if [ "$(id -u)" != 0 ]; then
   exec .venv/bin/python -m pytest -q "$@"
@@ -34,6 +38,10 @@ echo "== core tests as root (second supported mode) =="
 run_pytest env SANDBOX_ROOT_MODE=1 .venv/bin/python -m pytest -q tests/test_core.py tests/test_cli.py tests/test_shutdown.py tests/test_warm_pool.py || status=1
 if [ -f ci/uml-tests.sh ] && [ -z "${SANDBOX_SKIP_UML:-}" ]; then
   echo "== cgroup v2 tests inside a User-Mode Linux guest =="
-  bash ci/uml-tests.sh || status=1
+  run_pytest bash ci/uml-tests.sh || status=1
+else
+  echo "cgroup v2 guest tests: SKIPPED (SANDBOX_SKIP_UML is set)"
 fi
+# One closing line for all runs (unprivileged, root, guest): what CI reads.
+echo "all runs: $(count passed) passed, $(( $(count failed) + $(count error) )) failed, $(count skipped) skipped"
 exit $status

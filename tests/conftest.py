@@ -33,27 +33,97 @@ def descendants(pid: int) -> set[int]:
 class HostState:
     children: set[int]
     mounts: int
-    tmp: set[str]
     fds: set[str]
+    cgroups: set[str]
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def our_cgroups() -> set[str]:
+    """The cgroup directories the project makes (``sandbox-PID`` subtrees, ``supervisor-PID``
+    leaves, ``box-N`` leaves inside a subtree) next to or below our own cgroup, where cgroup v2
+    is delegated; empty elsewhere. Names carry the creating process's pid, so a leftover can be
+    told apart from a subtree another live process (a second xdist worker) is still using."""
+    from sandbox import cgroup_env
+
+    env = cgroup_env.detect()
+    if env.reason or not env.own_dir:
+        return set()
+    found: set[str] = set()
+    for top in {env.own_dir, os.path.dirname(env.own_dir)}:
+        try:
+            names = os.listdir(top)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(("sandbox-", "supervisor-")):
+                path = os.path.join(top, name)
+                found.add(path)
+                try:
+                    found.update(os.path.join(path, n) for n in os.listdir(path) if n.startswith("box-"))
+                except OSError:
+                    pass
+    return found
+
+
+def _owner(path: str) -> int | None:
+    """The pid in a ``sandbox-PID``/``supervisor-PID`` name (for a ``box-N``: its subtree's)."""
+    if os.path.basename(path).startswith("box-"):
+        path = os.path.dirname(path)
+    try:
+        return int(os.path.basename(path).rsplit("-", 1)[1])
+    except ValueError:
+        return None
 
 
 def host_state() -> HostState:
     with open("/proc/self/mountinfo") as f:
         mounts = sum(1 for _ in f)
-    return HostState(descendants(os.getpid()), mounts, set(os.listdir("/tmp")),
-                     set(os.listdir("/proc/self/fd")))
+    return HostState(descendants(os.getpid()), mounts, set(os.listdir("/proc/self/fd")),
+                     our_cgroups())
+
+
+def cgroups_left(before: HostState, after: HostState) -> set[str]:
+    """New project cgroups that outlived their test: a box leaf, or any directory whose
+    creating process is gone. Our own process's subtree may stay (it lives as long as the
+    process does, like the cached manager that made it); other live processes' are theirs."""
+    ours = {os.getpid()} | before.children | after.children
+    left = set()
+    for path in after.cgroups - before.cgroups:
+        pid = _owner(path)
+        if pid is None or not _alive(pid) or (os.path.basename(path).startswith("box-") and pid in ours):
+            left.add(path)
+    return left
 
 
 @pytest.fixture
-def no_leftovers():
-    """Assert the test left no process, mount, /tmp entry or fd behind on the host."""
+def no_leftovers(monkeypatch, tmp_path_factory):
+    """Assert the test left nothing behind, counting only what the test itself made: processes
+    descending from this one, this process's mounts and fds, the project's cgroups (see
+    cgroups_left), and temp files. For the last, the test runs with a fresh TMPDIR of its own
+    (tempfile's default and the environment of every program it starts), which must be empty
+    afterwards: other processes' entries in a shared /tmp (pip builds, a guest run, a second
+    xdist worker) never count."""
+    import shutil
+    import tempfile
+
+    tmp_path_factory.getbasetemp()  # pytest's own temp root is fixed before TMPDIR moves
+    tmp = tempfile.mkdtemp(prefix="sbx-test-tmpdir-")
+    os.chmod(tmp, 0o755)  # root mode: a box's high uid must traverse what the test puts here
+    monkeypatch.setenv("TMPDIR", tmp)
+    monkeypatch.setattr(tempfile, "tempdir", tmp)
     before = host_state()
     yield
     after = host_state()
+    left_tmp = os.listdir(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
     assert after.children - before.children == set(), "processes left behind"
     assert after.mounts == before.mounts, "host mount table changed"
-    assert after.tmp - before.tmp == set(), "temp files/dirs left in /tmp"
+    assert left_tmp == [], f"temp files/dirs left behind: {left_tmp}"
     assert after.fds - before.fds == set(), "file descriptors leaked"
+    assert cgroups_left(before, after) == set(), "cgroups left behind"
 
 
 ROOT_MODE = os.geteuid() == 0
