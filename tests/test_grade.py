@@ -107,7 +107,11 @@ def test_sample_course_exact_scores_and_host_unchanged(course, no_leftovers):
                  if t["outcome"] != "passed"] for n in EXPECTED if got[n] != EXPECTED[n]}
     assert got == EXPECTED, wrong
     assert all(r["max_score"] == 6 and r["total"] == 4 for r in rows.values())
-    assert rows["hanging"]["worst"] in ("TO", "XX") and rows["memhog"]["worst"] in ("ML", "RE", "SG", "TO")
+    assert rows["hanging"]["worst"] == "TO"
+    # ML where a cgroup enforces memory; under the rlimit fallback the refused allocation
+    # raises MemoryError in the student's code (issue: that should become ML too)
+    assert rows["memhog"]["worst"] in ("ML", "RE")
+    assert any("MemoryError" in (t["message"] or "") for t in rows["memhog"]["tests"])
     assert not os.path.exists("/tmp/pwned")                  # nothing was unpickled
     assert os.path.islink(course / "submissions/symlinks/out.txt")  # submission itself untouched
     assert "honest" in p.stdout and "6/6" in p.stdout        # the table
