@@ -41,7 +41,7 @@ def run_sync(argv: Sequence[str], config: SandboxConfig | None = None, *,
     if threading.active_count() == 1:
         from sandbox.direct import run_direct
 
-        return run_direct(list(argv), config, stdin=stdin)
+        return run_direct(argv, config, stdin=stdin)
     import trio
 
     return trio.run(lambda: run(argv, config, stdin=stdin))

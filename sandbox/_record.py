@@ -47,6 +47,27 @@ class FrozenInstanceError(AttributeError):
 
 
 @dataclass_transform(field_specifiers=(field,))
+class _Signature:
+    """``help(Record)`` and ``inspect.signature`` show the fields, defaults and types instead of
+    ``(*args, **kw)``. Built on first use: ``inspect`` is a heavy import for the CLI's path."""
+
+    def __init__(self, specs: list[tuple[str, Any, Any]], cls: type) -> None:
+        self.specs, self.cls = specs, cls
+        self.sig: Any = None
+
+    def __get__(self, inst: Any, owner: Any = None) -> Any:
+        if self.sig is None:
+            import inspect
+
+            ann = self.cls.__dict__.get("__annotations__", {})
+            self.sig = inspect.Signature([inspect.Parameter(
+                    name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ann.get(name, inspect.Parameter.empty),
+                    default=(inspect.Parameter.empty if default is _MISSING and factory is None else
+                             default if factory is None else f"<{getattr(factory, '__name__', 'factory')}()>"))
+                    for name, default, factory in self.specs])
+        return self.sig
+
+
 def record(cls: type[T] | None = None, *, frozen: bool = False) -> Any:
     """Class decorator: ``@record`` or ``@record(frozen=True)``."""
     if cls is None:
@@ -109,6 +130,7 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
         return [getattr(self, n) for n in names] == [getattr(other, n) for n in names]
 
     cls.__init__ = __init__  # type: ignore[misc]
+    cls.__signature__ = _Signature(specs, cls)  # type: ignore[attr-defined]
     if "__repr__" not in cls.__dict__:
         cls.__repr__ = __repr__  # type: ignore[assignment]
     own_eq = "__eq__" in cls.__dict__  # as dataclasses: a class's own methods win

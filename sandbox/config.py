@@ -132,6 +132,24 @@ def parse_count(value: int | str | None, what: str, *, minimum: int = 1) -> int 
     return n
 
 
+def command_argv(argv: Any) -> list[str]:
+    """The command as a list of strings, or one ConfigError in the caller. A bare string is
+    refused rather than iterated: ``run_sync("echo hi")`` used to run a program named ``e``."""
+    if isinstance(argv, str | bytes):
+        raise ConfigError(f"the command must be a list of arguments, not a string: {argv!r} "
+                          f"(e.g. {str(argv).split()!r}, or ['sh', '-c', {argv!r}] for a shell line)")
+    try:
+        out = list(argv)
+    except TypeError:
+        raise ConfigError(f"the command must be a list of arguments, not {type(argv).__name__}") from None
+    if not out:
+        raise ConfigError("empty command: give the program to run, e.g. ['python3', '-c', 'print(1)']")
+    for a in out:
+        if not isinstance(a, str | bytes | os.PathLike) or "\0" in str(a):
+            raise ConfigError(f"command argument {a!r} is not a string without NUL bytes")
+    return [os.fsdecode(a) for a in out]
+
+
 @record
 class Limits:
     """Resource limits. ``None`` means unlimited where that is allowed."""
@@ -147,27 +165,40 @@ class Limits:
     cpus: float | None = None  # cgroup cpu.max share; None = no throttle
     swap: int = 0  # memory.swap.max when a cgroup enforces memory
 
+    def __post_init__(self) -> None:
+        """Accept what users write (``Limits(memory="256M", wall_time="2s")``) and refuse a value
+        no box could use here, in the caller, as one ConfigError: a wrong type used to travel
+        into the box and end as ``XX init: TypeError``."""
+        for key in _LIMIT_FIELDS:
+            setattr(self, key, _parse_limit(key, getattr(self, key)))
+
     @classmethod
     def parse(cls, **kw: Any) -> Limits:
-        """Build from user-facing values (``memory="256M"``, ``wall_time="2s"``, ...)."""
-        lim = cls()
-        for key, raw in kw.items():
-            if key in ("memory", "fsize", "swap"):
-                v: Any = parse_size(raw, "--" + key.replace("_", "-"))
-                if key == "swap" and v is None:
-                    v = 0
-            elif key in ("output_limit", "tmpfs_size"):
-                v = parse_size(raw, "--" + key.replace("_", "-"), allow_none=False)
-            elif key in ("cpu_time", "wall_time"):
-                v = parse_duration(raw, "--" + key.replace("_", "-"))
-            elif key in ("pids", "nofile"):
-                v = parse_count(raw, "--" + key)
-            elif key == "cpus":
-                v = _parse_cpus(raw)
-            else:
+        """Build from user-facing values (``memory="256M"``, ``wall_time="2s"``, ...); an unknown
+        name is a ConfigError (the constructor would raise TypeError)."""
+        for key in kw:
+            if key not in _LIMIT_FIELDS:
                 raise ConfigError(f"unknown limit {key!r}; valid: {', '.join(fields(cls))}")
-            setattr(lim, key, v)
-        return lim
+        return cls(**kw)
+
+
+_LIMIT_FIELDS = ("memory", "pids", "cpu_time", "wall_time", "output_limit", "tmpfs_size",
+                 "nofile", "fsize", "cpus", "swap")
+
+
+def _parse_limit(key: str, raw: Any) -> Any:
+    what = "--" + key.replace("_", "-")
+    if key == "swap" and raw in (0, None):
+        return 0  # no swap: the default
+    if key in ("memory", "fsize", "swap"):
+        return parse_size(raw, what)
+    if key in ("output_limit", "tmpfs_size"):
+        return parse_size(raw, what, allow_none=False)
+    if key in ("cpu_time", "wall_time"):
+        return parse_duration(raw, what)
+    if key in ("pids", "nofile"):
+        return parse_count(raw, what)
+    return _parse_cpus(raw)
 
 
 def _parse_cpus(raw: Any) -> float | None:

@@ -16,7 +16,7 @@ import time
 
 from sandbox import _syscalls as sc
 from sandbox import contain, spawn, statusline, verdict
-from sandbox.config import SandboxConfig
+from sandbox.config import SandboxConfig, command_argv
 from sandbox.result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
@@ -81,8 +81,8 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
     is called with (1 or 2, chunk) as output arrives, within the cap (the CLI streams it).
     """
     config = (config or SandboxConfig()).validate()
-    if not callable(target) and not list(target):
-        raise ValueError("empty command: give the program to run, e.g. ['python3', '-c', 'print(1)']")
+    if not callable(target):
+        target = command_argv(target)
     box_cg, cg_err = open_box_cgroup(config)
     if cg_err:
         return xx_result("cgroup", cg_err, config)

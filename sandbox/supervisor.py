@@ -29,7 +29,7 @@ import trio
 
 from sandbox import _syscalls as sc
 from sandbox import fdpass, statusline, verdict
-from sandbox.config import SandboxConfig
+from sandbox.config import SandboxConfig, command_argv
 from sandbox.direct import (
     CHUNK,
     CappedBuffer,
@@ -204,9 +204,7 @@ class Supervisor:
     async def run(self, argv: Sequence[str], config: SandboxConfig | None = None, *,
                   stdin: bytes | None = None) -> Result:
         config = (config or SandboxConfig()).validate()
-        argv = [str(a) for a in argv]
-        if not argv:
-            raise ValueError("empty command: give the program to run")
+        argv = command_argv(argv)
         async with self._limiter:
             box_cg, cg_err = open_box_cgroup(config)
             if cg_err:

@@ -147,3 +147,52 @@ def test_inits_failure_report_is_json_without_the_json_module(text):
     assert json.loads(raw) == obj and parse_status_line(raw) == obj
     assert parse_status_line(b'{"ok": true, "wait_status": 256}\n') == {"ok": True,
                                                                         "wait_status": 256}
+
+
+# -- bad arguments fail in the caller, never inside the box -------------------------------------
+
+def test_limits_take_what_users_write_and_refuse_the_rest_in_the_caller():
+    assert Limits(memory="256M", wall_time="2s") == Limits.parse(memory="256M", wall_time="2s")
+    assert Limits(memory="256M").memory == 256 << 20 and Limits(wall_time="500ms").wall_time == 0.5
+    for bad, needle in ((dict(memory=[1]), "--memory: [1]"), (dict(pids="x"), "--pids: 'x'"),
+                        (dict(wall_time=-1), "--wall-time: -1"), (dict(tmpfs_size=None), "--tmpfs-size")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            Limits(**bad)
+    with pytest.raises(ConfigError, match="unknown limit 'memroy'"):
+        Limits.parse(memroy="1G")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ("echo hi", "not a string: 'echo hi' (e.g. ['echo', 'hi']"),
+    ([], "empty command"), (["echo", 3], "argument 3"), (["a\0b"], "NUL"), (5, "not int")])
+def test_a_bad_command_is_one_error_in_the_caller(argv, needle):
+    import trio
+
+    import sandbox
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        sandbox.run_sync(argv)
+
+    async def via_supervisor() -> None:
+        async with sandbox.Supervisor() as sup:
+            await sup.run(argv)
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        trio.run(via_supervisor)
+
+
+def test_help_shows_the_fields_and_the_package_is_typed():
+    import inspect
+    import os
+
+    import pytest_plugin
+    import sandbox
+
+    sig = inspect.signature(SandboxConfig)
+    assert list(sig.parameters)[:3] == ["limits", "network", "mounts"]
+    assert sig.parameters["cwd"].default == "/tmp"
+    assert "memory: 'int | None' = 536870912" in str(inspect.signature(Limits))
+    for pkg in (sandbox, pytest_plugin):  # PEP 561 marker, shipped as package data
+        assert os.path.exists(os.path.join(os.path.dirname(pkg.__file__), "py.typed"))
+    with open(os.path.join(os.path.dirname(os.path.dirname(sandbox.__file__)), "pyproject.toml")) as f:
+        assert 'sandbox = ["py.typed"]' in f.read()
