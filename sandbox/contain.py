@@ -87,12 +87,18 @@ def prepare(config: SandboxConfig, target: Target, *,
         prep.landlock = prep.landlock_abi > 0  # reported: False when the kernel lacks it
         prep.landlock_writable = ["/tmp", "/dev", "/proc"] + [
             m.target for m in config.mounts if m.kind in ("bind", "overlay", "tmpfs")]
+    # memfd pages: charged to a memory cgroup, invisible to RLIMIT_AS (refused by seccomp then)
+    memfd = "none" if enforcement["memory"] == "rlimit" else enforcement["memory"]
     if config.seccomp != "none":
         from sandbox import seccomp  # compiled once per policy in this (parent) process
 
-        policy = seccomp.policy_for(config.seccomp, config.seccomp_allow, config.seccomp_deny)
+        policy = seccomp.policy_for(config.seccomp, config.seccomp_allow, config.seccomp_deny,
+                                    memory_rlimit=enforcement["memory"] == "rlimit")
         prep.seccomp_bpf = seccomp.compile_bpf(policy)
         prep.seccomp_desc = policy.describe()
+        if seccomp.refuses(policy, "memfd_create"):
+            memfd = "seccomp"
+    enforcement["memfd"] = memfd
     return prep
 
 

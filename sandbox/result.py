@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any, Literal
 
-    Mechanism = Literal["cgroup", "rlimit", "supervisor", "tmpfs", "none"]
+    # "seccomp": refused outright (memfd under the RLIMIT_AS fallback: nothing could count it)
+    Mechanism = Literal["cgroup", "rlimit", "supervisor", "tmpfs", "seccomp", "none"]
 
 
 

@@ -14,15 +14,18 @@ can (the Python prefix is a copy-on-write overlay in a box; see docs/threat-mode
 file is used only if its header repeats, byte for byte, the key it was made for — this policy
 (every rule's syscall, errno and argument tests) and the running kernel — and names the
 libseccomp we would load now (``_same_libseccomp``). Written like byte code: not when ``sys.dont_write_bytecode`` is set;
-``python -m sandbox.seccomp`` writes the default policy's (ci/setup.sh runs it next to
-compileall).
+``python -m sandbox.seccomp`` writes the default policy's, with and without the memfd rules
+(ci/setup.sh runs it next to compileall).
 
-The default policy allows everything except the syscalls below: kernel attack surface a test
-program never needs, anything that could escape or reshape the box, and the terminal-injection
-ioctls. Denials return EPERM, or ENOSYS where programs probe for a feature and fall back
-(io_uring, clone3). Syscalls of a foreign architecture (i386 via ``int 0x80``, x32) kill the
-process: every rule here is written for the native numbering, so a second ABI would be a
-bypass (the classic x32/i386 seccomp escape).
+The default policy (``sandbox.seccomp_rules``) allows everything except: kernel attack surface
+a test program never needs, anything that could escape or reshape the box, the
+terminal-injection ioctls, personality flags that weaken ASLR, and prlimit() on the box's
+init; under the RLIMIT_AS memory fallback also memfds, which that limit cannot bound.
+Arguments are compared at the width the kernel reads them (32 bits for an ``int``). Denials
+return EPERM, or ENOSYS where programs probe for a feature and fall back (io_uring, clone3,
+memfd). Syscalls of a foreign architecture (i386 via ``int 0x80``, x32) kill the process:
+every rule is written for the native numbering, so a second ABI would be a bypass (the
+classic x32/i386 seccomp escape).
 """
 
 from __future__ import annotations
@@ -35,87 +38,11 @@ import sys
 from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
 from sandbox._record import field, record
 from sandbox._syscalls import _libc, check  # the one libc handle (symbols resolved in the parent)
+from sandbox.seccomp_rules import DEFAULT_RULES, EQ, MASKED_EQ, MEMFD_RULES, NE, Rule, check_widths
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-# libseccomp's argument comparisons (enum scmp_compare; checked against pyseccomp's when
-# compiling): the policy is plain data, and pyseccomp is imported only to compile it.
-NE, EQ, MASKED_EQ = 1, 4, 7
-
-EPERM, ENOSYS = errno.EPERM, errno.ENOSYS
-CLONE_NEW_FLAGS = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000,
-                   "CLONE_NEWUTS": 0x04000000, "CLONE_NEWIPC": 0x08000000,
-                   "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
-                   "CLONE_NEWNET": 0x40000000, "CLONE_NEWTIME": 0x00000080}
-# personality(2) flags that weaken memory protection (ASLR off, executable data, page 0).
-# Each is matched together with bit 31 clear, so the query personality(0xffffffff) still works.
-PERSONALITY_BAD = (0x0040000, 0x0080000, 0x0100000, 0x0200000, 0x0400000, 0x0800000,
-                   0x1000000, 0x2000000, 0x4000000, 0x8000000)
-AF_NETLINK, AF_VSOCK, NETLINK_ROUTE = 16, 40, 0
-TIOCSTI, TIOCLINUX = 0x5412, 0x541C
-
-Arg = tuple[int, int, int, int]  # (argument index, pyseccomp op, datum_a, datum_b)
-
-
-@record(frozen=True)
-class Rule:
-    """One denied syscall (optionally only for some argument values), and why."""
-
-    syscall: str
-    why: str
-    errno: int = EPERM
-    args: tuple[Arg, ...] = ()
-    group: str = ""  # name used by allow=/deny= to relax or add (defaults to the syscall)
-
-    @property
-    def key(self) -> str:
-        return self.group or self.syscall
-
-
-def _deny(names: str, why: str, err: int = EPERM, group: str = "") -> list[Rule]:
-    return [Rule(n, why, err, group=group) for n in names.split()]
-
-
-DEFAULT_RULES: tuple[Rule, ...] = tuple(
-    _deny("keyctl add_key request_key", "kernel keyrings are not namespaced: shared with the "
-          "host user, and a long CVE history")
-    + _deny("bpf", "eBPF verifier bugs are a recurring root exploit path")
-    + _deny("perf_event_open", "kernel pointer/side-channel leaks and exploit history")
-    + _deny("userfaultfd", "used to widen race windows in kernel exploits")
-    + _deny("io_uring_setup io_uring_enter io_uring_register", "io_uring: huge attack surface, "
-            "and its operations are not seen by seccomp; ENOSYS so runtimes fall back", ENOSYS)
-    + _deny("kexec_load kexec_file_load reboot", "replace or stop the host kernel")
-    + _deny("init_module finit_module delete_module create_module get_kernel_syms query_module",
-            "kernel modules")
-    + _deny("acct swapon swapoff syslog quotactl quotactl_fd lookup_dcookie nfsservctl uselib "
-            "ustat sysfs _sysctl vhangup iopl ioperm vm86 vm86old", "host administration, "
-            "obsolete or hardware-level calls no test needs (docker's default profile denies them)")
-    + _deny("settimeofday clock_settime clock_adjtime adjtimex stime", "the clock is not "
-            "namespaced: a box must never move the host's time")
-    + _deny("open_by_handle_at name_to_handle_at", "file handles bypass path-based confinement "
-            "(the 'shocker' container escape)")
-    + _deny("ptrace process_vm_readv process_vm_writev pidfd_getfd", "debugging other "
-            "processes; before Linux 4.8 ptrace could even bypass seccomp", group="ptrace")
-    + _deny("mount umount2 pivot_root chroot unshare setns open_tree move_mount fsopen fsmount "
-            "fsconfig fspick mount_setattr", "reshaping the box's namespaces or mounts")
-    + [Rule("clone", f"clone with {name}: no nested namespaces (nested user namespaces are a "
-            "large kernel attack surface)", EPERM, ((0, MASKED_EQ, bit, bit),))
-       for name, bit in CLONE_NEW_FLAGS.items() if name != "CLONE_NEWTIME"]
-    + _deny("clone3", "its flags live in memory, which seccomp cannot inspect; ENOSYS makes "
-            "libc fall back to clone(), whose flags the rules above check", ENOSYS)
-    + [Rule("personality", "personality flags that disable ASLR or make data executable", EPERM,
-            ((0, MASKED_EQ, bit | 0x80000000, bit),)) for bit in PERSONALITY_BAD]
-    + [Rule("socket", "AF_VSOCK reaches the hypervisor/host side", EPERM,
-            ((0, EQ, AF_VSOCK, 0),)),
-       Rule("socket", "AF_NETLINK other than NETLINK_ROUTE (audit, uevents, netfilter ...)",
-            EPERM, ((0, EQ, AF_NETLINK, 0), (2, NE, NETLINK_ROUTE, 0)))]
-    + [Rule("ioctl", f"{name}: inject keystrokes into / control the terminal (CVE-2019-10063: "
-            "matched on the low 32 bits, so high garbage bits cannot dodge the rule)", EPERM,
-            ((1, MASKED_EQ, 0xFFFFFFFF, req),), group=name.lower())
-       for name, req in (("TIOCSTI", TIOCSTI), ("TIOCLINUX", TIOCLINUX))]
-)
 
 
 @record(frozen=True)
@@ -133,21 +60,30 @@ class Policy:
         return f"{self.name}({','.join(mods)})" if mods else self.name
 
 
-def policy_for(name: str, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()) -> Policy:
+def policy_for(name: str, allow: tuple[str, ...] = (), deny: tuple[str, ...] = (), *,
+               memory_rlimit: bool = False) -> Policy:
     """``allow`` removes rules by syscall or group name (e.g. "ptrace"); ``deny`` adds EPERM
-    rules for more syscalls."""
+    rules for more syscalls. ``memory_rlimit``: the box's memory limit is the RLIMIT_AS
+    fallback, which memfds escape: add ``MEMFD_RULES``."""
     if name == "none":
         return Policy("none")
     if name != "default":
         raise ValueError(f"unknown seccomp policy {name!r}; use default or none")
-    known = {r.key for r in DEFAULT_RULES} | {r.syscall for r in DEFAULT_RULES}
+    candidates = DEFAULT_RULES + MEMFD_RULES
+    known = {r.key for r in candidates} | {r.syscall for r in candidates}
     for a in allow:
         if a not in known:
             raise ValueError(f"seccomp allow {a!r}: not in the default policy; "
                              f"one of: {', '.join(sorted(known))}")
-    rules = tuple(r for r in DEFAULT_RULES if r.key not in allow and r.syscall not in allow)
+    base = candidates if memory_rlimit else DEFAULT_RULES
+    rules = tuple(r for r in base if r.key not in allow and r.syscall not in allow)
     rules += tuple(Rule(d, "denied for this box by its configuration") for d in deny)
     return Policy(name, rules, tuple(allow), tuple(deny))
+
+
+def refuses(policy: Policy, syscall: str) -> bool:
+    """Does the policy deny ``syscall`` whatever its arguments?"""
+    return any(r.syscall == syscall and r.alternatives == ((),) for r in policy.rules)
 
 
 _cache: dict[Policy, bytes] = {}
@@ -164,18 +100,20 @@ def _pyseccomp() -> Any:
 
 def build_filter(policy: Policy) -> Any:
     """The policy as a pyseccomp ``SyscallFilter`` (for compile_bpf, and for tests)."""
+    check_widths(policy.rules)
     _s = _pyseccomp()
     f = _s.SyscallFilter(_s.ALLOW)
     f.set_attr(_s.Attr.ACT_BADARCH, _s.KILL_PROCESS)
     f.set_attr(_s.Attr.CTL_NNP, 0)  # we set no_new_privs ourselves, earlier
     for r in policy.rules:
-        args = [_s.Arg(i, op, a, b) for i, op, a, b in r.args]
-        try:
-            f.add_rule(_s.ERRNO(r.errno), r.syscall, *args)
-        except OSError as e:
-            # a syscall this architecture does not have (vm86 on x86-64, ...): nothing to deny
-            if e.errno not in (errno.EINVAL, errno.EDOM, errno.EFAULT):
-                raise
+        for case in r.alternatives:
+            args = [_s.Arg(i, op, a, b) for i, op, a, b in case]
+            try:
+                f.add_rule(_s.ERRNO(r.errno), r.syscall, *args)
+            except OSError as e:
+                # a syscall this architecture does not have (vm86 on x86-64, ...): nothing to deny
+                if e.errno not in (errno.EINVAL, errno.EDOM, errno.EFAULT):
+                    raise
     return f
 
 
@@ -286,7 +224,7 @@ def _policy_key(policy: Policy) -> bytes:
     """What the program depends on besides libseccomp, spelled out (compared whole, not hashed):
     each rule's syscall, errno and argument tests (not its explanation), and the kernel."""
     u = os.uname()
-    rules = tuple((r.syscall, r.errno, r.args) for r in policy.rules)  # what shapes the BPF
+    rules = tuple((r.syscall, r.errno, r.alternatives) for r in policy.rules)  # shapes the BPF
     return (f"sandbox seccomp cache 2\nkernel {u.sysname} {u.release} {u.version} {u.machine}\n"
             f"{rules!r}\n").encode()
 
@@ -363,10 +301,10 @@ def load_bpf(bpf: bytes) -> None:
 
 
 if __name__ == "__main__":  # python -m sandbox.seccomp [DIR]: (re)write the default policy's
-    CACHE_DIR = sys.argv[1] if len(sys.argv) > 1 else CACHE_DIR  # cache file (DIR: for tests)
-    _policy = policy_for("default")
+    CACHE_DIR = sys.argv[1] if len(sys.argv) > 1 else CACHE_DIR  # cache files (DIR: for tests)
     os.makedirs(CACHE_DIR, exist_ok=True)
     for _name in os.listdir(CACHE_DIR):  # stale keys (older kernel, libseccomp, policy)
         if _name.startswith("seccomp-") and _name.endswith(".bpf"):
             os.unlink(os.path.join(CACHE_DIR, _name))
-    write_cached(_policy_key(_policy), _compile(_policy))
+    for _policy in (policy_for("default"), policy_for("default", memory_rlimit=True)):
+        write_cached(_policy_key(_policy), _compile(_policy))

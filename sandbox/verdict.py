@@ -58,6 +58,17 @@ def _fmt_time(t: float) -> str:
     return f"{t:g}s"
 
 
+def _init_hit_its_cpu_rlimit(facts: Facts, cpu: float, ws: int | None) -> bool:
+    """Under the RLIMIT_CPU fallback init holds the limit too (the payload inherits it), and
+    the payload can make init spend CPU (signals for it to forward, orphans to reap): at the
+    hard limit the kernel SIGKILLs init. Then the box's total CPU (init's rusage) is past the
+    limit: that is a CPU verdict, not a sandbox failure. (prlimit() on init is denied by
+    seccomp, so init's limit is never below the box's.)"""
+    lim = facts.limits.cpu_time
+    return (lim is not None and facts.enforcement.get("cpu_time") == "rlimit" and cpu > lim
+            and ws is not None and os.WIFSIGNALED(ws) and os.WTERMSIG(ws) == _signal.SIGKILL)
+
+
 def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
                  stdout_truncated: bool = False, stderr_truncated: bool = False) -> Result:
     lim = facts.limits
@@ -91,6 +102,10 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
         return r
     if report is None:
         ws = facts.init_wait_status
+        if _init_hit_its_cpu_rlimit(facts, cpu, ws):
+            r.status = Status.TO
+            r.reason = f"CPU time {_fmt_time(lim.cpu_time or 0)} exceeded (init reached its RLIMIT_CPU)"
+            return r
         how = "unknown"
         if ws is not None and os.WIFSIGNALED(ws):
             how = f"signal {os.WTERMSIG(ws)}"

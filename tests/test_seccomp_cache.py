@@ -52,6 +52,19 @@ def test_each_policy_has_its_own_entry(cache_dir):
     assert bytes.fromhex(data) == b
 
 
+def test_the_memory_fallback_variant_has_its_own_key(cache_dir):
+    """The memfd rules (RLIMIT_AS fallback only) change the program, so they change the key:
+    a cached default program is never handed to a box that needs memfds refused, nor the
+    reverse."""
+    plain = seccomp.policy_for("default")
+    fallback = seccomp.policy_for("default", memory_rlimit=True)
+    assert seccomp._policy_key(plain) != seccomp._policy_key(fallback)
+    a, b = seccomp.compile_bpf(plain), seccomp.compile_bpf(fallback)
+    assert a != b and len(list(cache_dir.iterdir())) == 2
+    _, data = fresh_compile(cache_dir, "s.policy_for('default', memory_rlimit=True)")
+    assert bytes.fromhex(data) == b
+
+
 @pytest.mark.parametrize("damage", ["other_key", "truncated", "empty_program", "symlink",
                                     "oversized"])
 def test_a_file_that_is_not_exactly_ours_is_ignored(cache_dir, tmp_path_factory, damage):
@@ -138,9 +151,10 @@ def test_precompile_command_replaces_stale_entries(tmp_path):
     (tmp_path / "keep.pyc").write_bytes(b"")
     subprocess.run([sys.executable, "-m", "sandbox.seccomp", str(tmp_path)], check=True)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names[0] == "keep.pyc" and len(names) == 2 and names[1].startswith("seccomp-")
-    key = seccomp._policy_key(seccomp.policy_for("default"))
-    assert (tmp_path / names[1]).read_bytes()[:len(key)] == key
+    assert names[0] == "keep.pyc" and len(names) == 3  # with and without the memfd rules
+    for policy in (seccomp.policy_for("default"), seccomp.policy_for("default", memory_rlimit=True)):
+        key = seccomp._policy_key(policy)
+        assert (tmp_path / os.path.basename(seccomp._cache_path(key))).read_bytes()[:len(key)] == key
 
 
 def test_pyseccomp_imports_without_typing_weakref_or_ctypes_util():
