@@ -267,7 +267,7 @@ def _cmd_run(a: Args) -> int:
         from sandbox.direct import run_direct
 
         stream = None if a.json else _write_through
-        result = run_direct(cmd, cfg, inherit_stdin=True, on_output=stream)
+        result = run_direct(cmd, cfg, stdin_from=0, on_output=stream)
         if a.json or a.meta:
             import json  # only here: json (and the re it imports) is ~2 ms of every start
 

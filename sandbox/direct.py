@@ -9,9 +9,9 @@ same ``verdict.build_result`` as the supervisor's, so both runners always agree.
 from __future__ import annotations
 
 import _signal  # the C module: signal.py converts to enums (enum costs the CLI ~3 ms)
-import errno
 import os
 import select
+import stat
 import time
 
 from sandbox import _syscalls as sc
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 CHUNK = 65536
+PARKED_MS = 100  # how often a background `sandbox run` checks whether it may read its terminal
 
 
 class CappedBuffer:
@@ -51,17 +52,113 @@ class CappedBuffer:
         return b"".join(self.parts)
 
 
-def box_pipes(stdin: bytes | None, inherit_stdin: bool = False) -> tuple[int, ...]:
+def box_pipes(stdin: bytes | None, stream: bool = False) -> tuple[int, ...]:
     """(in_r, in_w, out_r, out_w, err_r, err_w, status_r, status_w), all close-on-exec; in_w is
-    -1 when there is nothing to feed (the box gets /dev/null, or our own fd 0)."""
-    if stdin is None and inherit_stdin:
-        in_r, in_w = os.dup(0), -1
-    elif stdin is None:
+    -1 when there is nothing to feed (the box gets /dev/null). With ``stream`` the box's stdin
+    is a pipe too, fed from an fd of ours (``StdinFeed``): never that fd itself."""
+    if stdin is None and not stream:
         in_r, in_w = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
     else:
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
     return (in_r, in_w, *os.pipe2(os.O_CLOEXEC), *os.pipe2(os.O_CLOEXEC),
             *os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
+
+
+def _has_input(fd: int) -> bool:
+    """False when ``fd`` is closed or /dev/null: the box then gets /dev/null (EOF) directly,
+    with no pipe to feed."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return not (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3))
+
+
+class StdinFeed:
+    """Feeds the box's stdin pipe (``w``, ours) from bytes given up front or from an fd of ours
+    (``src``, the CLI's own stdin) read as a plain stream.
+
+    Why a pipe even for a file or a terminal: an fd handed in is the caller's open file. A box
+    could reopen it through /proc/self/fd/0 (a file the box's user owns then opens for writing),
+    write to a read-write terminal past every output cap, or change its modes, window size and
+    TIOCEXCL for good; a socket's peer would receive what the box sends. Through the pipe it
+    reaches only the pipe. At most one chunk of ``src`` is held: it is read only once the
+    previous chunk is in the pipe, so a slow box holds back the producer (backpressure), and
+    ``src`` is never set non-blocking (its open file may be a terminal the shell shares).
+    """
+
+    def __init__(self, w: int, data: bytes = b"", src: int = -1) -> None:
+        self.w, self.src, self.pending, self.waiting = w, src, memoryview(data), -1
+        self.tty, self.parked = src >= 0 and os.isatty(src), False
+        os.set_blocking(w, False)
+
+    def _foreground(self) -> bool:
+        """Whether reading our terminal is ours to do. From a background job (`sandbox run
+        ... &`) a read would stop us with SIGTTIN and leave the box unsupervised, and what
+        the user types belongs to the shell then; so we park until we are in the foreground."""
+        try:
+            return os.tcgetpgrp(self.src) == os.getpgrp()
+        except OSError:  # not our controlling terminal: no job control applies
+            return True
+
+    def unpark(self, poller: select.poll) -> None:
+        if self.parked and self._foreground():
+            self.parked = False
+            self._wait(poller, self.src, select.POLLIN)
+
+    def start(self, poller: select.poll) -> None:
+        self._write(poller)
+
+    def ready(self, poller: select.poll, fd: int) -> None:
+        """``fd`` (the one we wait on) polled ready: move what we can."""
+        if fd == self.src:
+            if self.tty and not self._foreground():
+                poller.unregister(fd)
+                self.waiting, self.parked = -1, True
+                return
+            try:
+                chunk = os.read(self.src, CHUNK)
+            except BlockingIOError:  # the caller's fd is non-blocking and another reader won
+                return
+            except OSError:  # EIO (terminal hung up), EBADF (fd 0 open write-only): EOF
+                chunk = b""
+            if not chunk:
+                self.close(poller)
+                return
+            self.pending = memoryview(chunk)
+        self._write(poller)
+
+    def _write(self, poller: select.poll) -> None:
+        try:
+            while self.pending:
+                self.pending = self.pending[os.write(self.w, self.pending):]
+        except BlockingIOError:
+            pass
+        except OSError:  # EPIPE: the box closed its stdin; read no more of the caller's input
+            self.close(poller)
+            return
+        if self.pending:
+            self._wait(poller, self.w, select.POLLOUT)
+        elif self.src >= 0:
+            self._wait(poller, self.src, select.POLLIN)
+        else:
+            self.close(poller)  # all given bytes are in: EOF
+
+    def _wait(self, poller: select.poll, fd: int, ev: int) -> None:
+        if self.waiting != fd:
+            if self.waiting >= 0:
+                poller.unregister(self.waiting)
+            poller.register(fd, ev)
+            self.waiting = fd
+
+    def close(self, poller: select.poll | None = None) -> None:
+        if self.waiting >= 0 and poller is not None:
+            poller.unregister(self.waiting)
+        self.waiting, self.parked = -1, False
+        if self.w >= 0:
+            os.close(self.w)
+            self.w = -1
+        self.pending, self.src = memoryview(b""), -1
 
 
 def xx_result(step: str, err: OSError | str, config: SandboxConfig) -> Result:
@@ -73,12 +170,13 @@ def xx_result(step: str, err: OSError | str, config: SandboxConfig) -> Result:
 
 def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
                stdin: bytes | None = None, pass_fds: Sequence[int] = (),
-               prepared: contain.Prepared | None = None, inherit_stdin: bool = False,
+               prepared: contain.Prepared | None = None, stdin_from: int = -1,
                on_output: Callable[[int, bytes], None] | None = None) -> Result:
     """Run ``target`` (argv to exec, or a callable run inside the box) and return its verdict.
 
-    ``inherit_stdin`` hands our own fd 0 to the box (the CLI: interactive use); ``on_output``
-    is called with (1 or 2, chunk) as output arrives, within the cap (the CLI streams it).
+    ``stdin_from`` (an fd of ours, instead of ``stdin`` bytes: the CLI's fd 0) is streamed into
+    the box's stdin pipe until its EOF; the box never gets the fd itself. ``on_output`` is
+    called with (1 or 2, chunk) as output arrives, within the cap (the CLI streams it).
     """
     config = (config or SandboxConfig()).validate()
     if not callable(target):
@@ -96,7 +194,8 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
     fds: list[int] = []
     facts: verdict.Facts | None = None
     try:
-        in_r, in_w, out_r, out_w, err_r, err_w, st_r, st_w = box_pipes(stdin, inherit_stdin)
+        stdin_from = stdin_from if stdin is None and stdin_from >= 0 and _has_input(stdin_from) else -1
+        in_r, in_w, out_r, out_w, err_r, err_w, st_r, st_w = box_pipes(stdin, stdin_from >= 0)
         fds += [in_r, out_r, out_w, err_r, err_w, st_r, st_w] + ([in_w] if in_w >= 0 else [])
         t0 = time.monotonic()
         cg_fd = box_cg.dir_fd() if box_cg is not None else None
@@ -116,7 +215,10 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
                               landlock=prep.landlock)
         out = CappedBuffer(lim.output_limit, 1, on_output)
         err = CappedBuffer(lim.output_limit, 2, on_output)
-        _pump(box, in_w, stdin or b"", {out_r: out, err_r: err}, facts,
+        feed = StdinFeed(in_w, stdin or b"", stdin_from) if in_w >= 0 else None
+        if in_w >= 0:
+            fds.remove(in_w)  # the feed closes it (EOF for the box)
+        _pump(box, feed, {out_r: out, err_r: err}, facts,
               None if lim.wall_time is None else t0 + lim.wall_time,
               cpu_watch(box_cg, lim.cpu_time))
         status, facts.cpu_time, facts.max_rss = sc.wait4(box.pid)
@@ -195,17 +297,15 @@ def cpu_watch(box_cg: Any, limit: float | None) -> Callable[[], float | None] | 
     return check
 
 
-def _pump(box: spawn.BoxProcess, in_w: int, data: bytes, outs: dict[int, CappedBuffer],
+def _pump(box: spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, CappedBuffer],
           facts: verdict.Facts, deadline: float | None,
           cpu_check: Callable[[], float | None] | None = None) -> None:
-    """Move bytes until the box's init exits; kill it on wall time or output overflow."""
+    """Move bytes until the box's init exits; kill it on wall time or output overflow. The
+    feed, if any, stops when the box exits (a stdin that never ends cannot hold us)."""
     poller = select.poll()
     for fd in outs:
         poller.register(fd, select.POLLIN)
     poller.register(box.pidfd, select.POLLIN)
-    if in_w >= 0:
-        os.set_blocking(in_w, False)
-        poller.register(in_w, select.POLLOUT)
     open_outs, exited, killed = set(outs), False, False
 
     def kill(reason: str | None) -> None:
@@ -220,6 +320,8 @@ def _pump(box: spawn.BoxProcess, in_w: int, data: bytes, outs: dict[int, CappedB
                 pass
 
     try:
+        if feed is not None:
+            feed.start(poller)
         while open_outs or not exited:
             timeout = None
             if deadline is not None and not killed:
@@ -231,6 +333,9 @@ def _pump(box: spawn.BoxProcess, in_w: int, data: bytes, outs: dict[int, CappedB
             if cpu_check is not None and not killed:
                 ms = int(cpu_wait * 1000) + 1
                 timeout = ms if timeout is None else min(timeout, ms)
+            if feed is not None and feed.parked:  # back in the foreground? (no event says so)
+                feed.unpark(poller)
+                timeout = PARKED_MS if timeout is None else min(timeout, PARKED_MS)
             if exited:
                 timeout = 2000  # all box processes are dead; drain what is left in the pipes
             events = poller.poll(timeout)
@@ -244,17 +349,10 @@ def _pump(box: spawn.BoxProcess, in_w: int, data: bytes, outs: dict[int, CappedB
                 if fd == box.pidfd:
                     exited = True
                     poller.unregister(fd)
-                elif fd == in_w:
-                    try:
-                        n = os.write(in_w, data[:CHUNK]) if data else 0
-                        data = data[n:]
-                    except OSError as e:
-                        if e.errno != errno.EAGAIN:
-                            data = b""
-                    if not data:
-                        poller.unregister(in_w)
-                        os.close(in_w)
-                        in_w = -1
+                    if feed is not None:
+                        feed.close(poller)
+                elif feed is not None and fd == feed.waiting:
+                    feed.ready(poller, fd)
                 elif fd in open_outs:
                     chunk = os.read(fd, CHUNK) if ev & (select.POLLIN | select.POLLHUP) else b""
                     if not chunk:
@@ -266,5 +364,5 @@ def _pump(box: spawn.BoxProcess, in_w: int, data: bytes, outs: dict[int, CappedB
         kill(None)
         raise
     finally:
-        if in_w >= 0:
-            os.close(in_w)
+        if feed is not None:
+            feed.close()
