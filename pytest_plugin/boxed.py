@@ -83,14 +83,16 @@ def _fresh_fixtures(item: pytest.Item) -> None:
             fixturedef._finalizers.clear()
 
 
-def _child(item: pytest.Item, adopt: list[tuple[int, int]], stack_fd: int,
-           wall: float | None, ch: int) -> None:
+def _child(item: pytest.Item, adopt: list[tuple[int, int]], spools: dict[int, int],
+           stack_fd: int, wall: float | None, ch: int) -> None:
     from _pytest.runner import runtestprotocol
 
     global CHANNEL
     CHANNEL = ch
     for saved, std in adopt:
         os.dup2(std, saved)
+    for tmpfile_fd, spool in spools.items():  # pytest's capture writes into the spool
+        os.dup2(spool, tmpfile_fd)
     _fresh_fixtures(item)
     faulthandler.enable(file=stack_fd, all_threads=True)
     if wall is not None:  # the stack shortly before the host kills us, for the failure report
@@ -115,14 +117,20 @@ def _child(item: pytest.Item, adopt: list[tuple[int, int]], stack_fd: int,
 def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
     config = item.config
     share, adopt = boxrun.capture_plan(config)
+    # pytest's capture tmpfiles are host files (on /tmp): the box gets a memfd spool in each
+    # one's place, and what is left in a spool afterwards is copied over within the output cap
+    spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
     stack = boxrun.memfd("sandbox-stack")
     try:
-        body = partial(_child, item, adopt, stack, cfg.limits.wall_time)
-        result, data = boxrun.run_in_box(body, cfg, [*share, stack], limit=reportcheck.MAX_CHANNEL,
-                                         on_output=boxrun.echo_output)
+        body = partial(_child, item, adopt, spools, stack, cfg.limits.wall_time)
+        result, data = boxrun.run_in_box(body, cfg, [*spools.values(), stack],
+                                         limit=reportcheck.MAX_CHANNEL, on_output=boxrun.echo_output)
         stack_text = os.pread(stack, STACK_MAX, 0).decode("utf-8", "replace")
+        for tmpfile_fd, spool in spools.items():
+            boxrun.unspool(spool, tmpfile_fd, cfg.limits.output_limit)
     finally:
-        os.close(stack)
+        for fd in (*spools.values(), stack):
+            os.close(fd)
     unfinished = _drain_capture(config)
     out = Outcome([], result)
     try:

@@ -81,6 +81,18 @@ def run_in_box(body: Callable[[int], None], cfg: SandboxConfig, pass_fds: Sequen
         os.close(ch)
 
 
+def unspool(spool: int, dest: int, limit: int) -> None:
+    """Copy what a box left in a capture spool (at most ``limit`` bytes, then a note that the
+    rest was dropped) to pytest's own capture file, where it would have gone unsandboxed."""
+    data = os.pread(spool, limit + 1, 0)
+    if len(data) > limit:
+        data = data[:limit] + f"\n[sandbox: captured output past {limit} bytes dropped]\n".encode()
+    try:
+        write_all(dest, data)
+    except OSError:
+        pass
+
+
 def capture_plan(config: Any) -> tuple[list[int], list[tuple[int, int]]]:
     """How pytest's fd-level output capture works inside the box.
 
