@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pytest_plugin import boxrun
-from sandbox import Limits, Result, SandboxConfig, Status, codec
+from sandbox import Limits, Result, SandboxConfig, Status, codec, memdir
 from sandbox._syscalls import openat2
 from sandbox.config import MountSpec
 from sandbox.direct import run_direct
@@ -36,12 +36,31 @@ class SandboxCallError(Exception):
 class SandboxFixture:
     """``sandbox.run(argv, stdin=b"", wall_time="1s", files={"in.txt": b"..."})`` → Result;
     ``sandbox.call(func, *args)`` → func's return value; ``sandbox.read("out.txt")`` → bytes.
-    Files live in a per-test host directory mounted read-write at ``/work`` (the default cwd)."""
+    Files live in a per-test tmpfs mounted read-write at ``/work`` (the default cwd): the
+    test's boxes share it, it is capped at the tmpfs size (``--sandbox-tmpfs-size``, else
+    ``sandbox run``'s default) in bytes and files, and it takes no host disk (``memdir``).
+    Where the kernel cannot bind such a tmpfs into a box, /work is a private host directory
+    instead (as before: the host disk then bounds it, and ``RLIMIT_FSIZE`` each file)."""
 
     def __init__(self, config: Any) -> None:
         self._config = config
-        self._top, self.workdir = box_writable_dir("sandbox-fixture-")  # the box's /work
+        self._work = -1  # an fd of /work's directory for our own reads and writes, made on first use
+        self._mount: MountSpec | None = None
+        self._top: str | None = None  # the host directory of the fallback
         self.results: list[Result] = []
+
+    def _workdir(self) -> int:
+        if self._work < 0:
+            size = self._config.getoption("sandbox_tmpfs_size") or self._config.getini("sandbox_tmpfs_size")
+            fd = memdir.create(Limits.parse(**({"tmpfs_size": size} if size else {})).tmpfs_size)
+            if fd is not None:
+                self._mount = MountSpec("bind", "/work", fd=fd)
+            else:
+                self._top, path = box_writable_dir("sandbox-fixture-")
+                fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                self._mount = MountSpec("bind", "/work", path)
+            self._work = fd
+        return self._work
 
     def config(self, network: bool = False, cwd: str = "/work",
                mounts: Sequence[MountSpec] = (), **limits: Any) -> SandboxConfig:
@@ -49,8 +68,10 @@ class SandboxFixture:
         if unknown:
             raise TypeError(f"unknown sandbox option(s) {sorted(unknown)}; valid: {LIMIT_KEYS}")
         project, _ = boxrun.pytest_mounts(self._config, temp=False)  # so tracebacks can show source lines
+        self._workdir()
+        assert self._mount is not None
         return SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
-                             mounts=[*project, MountSpec("bind", "/work", self.workdir), *mounts],
+                             mounts=[*project, self._mount, *mounts],
                              cwd=cwd).validate()
 
     def put(self, name: str, data: bytes) -> None:
@@ -59,7 +80,7 @@ class SandboxFixture:
         parts = [p for p in name.split("/") if p not in ("", ".")]
         if not parts or name.startswith("/") or ".." in parts:
             raise ValueError(f"file name {name!r} must be relative, inside /work")
-        dfd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = os.dup(self._workdir())
         try:
             for part in parts[:-1]:
                 try:
@@ -85,7 +106,7 @@ class SandboxFixture:
 
     def read(self, name: str, max_bytes: int = 16 << 20) -> bytes:
         """A file the box wrote under /work, read without following anything it planted."""
-        return read_beneath(self.workdir, name, max_bytes)
+        return read_beneath(self._workdir(), name, max_bytes)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             files: Mapping[str, bytes] | None = None, **opts: Any) -> Result:
@@ -131,4 +152,9 @@ class SandboxFixture:
         raise SandboxCallError("sandbox: the box sent an unexpected message", result=result)
 
     def close(self) -> None:
-        shutil.rmtree(self._top, ignore_errors=True)
+        if self._work >= 0:
+            os.close(self._work)  # the last reference to a memdir: it and its files are freed
+            self._work = -1
+        if self._top is not None:
+            shutil.rmtree(self._top, ignore_errors=True)
+            self._top = None

@@ -25,9 +25,11 @@ for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset", "
 
 _NR = {
     "x86_64": {"clone3": 435, "pivot_root": 155, "close_range": 436, "pidfd_open": 434,
-               "pidfd_send_signal": 424, "openat2": 437, "setns": 308, "mount_setattr": 442},
+               "pidfd_send_signal": 424, "openat2": 437, "setns": 308, "mount_setattr": 442,
+               "open_tree": 428, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
     "aarch64": {"clone3": 435, "pivot_root": 41, "close_range": 436, "pidfd_open": 434,
-                "pidfd_send_signal": 424, "openat2": 437, "setns": 268, "mount_setattr": 442},
+                "pidfd_send_signal": 424, "openat2": 437, "setns": 268, "mount_setattr": 442,
+                "open_tree": 428, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
 }[os.uname().machine]
 
 # clone / unshare flags (linux/sched.h)
@@ -64,6 +66,12 @@ MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
 
 CLOSE_RANGE_CLOEXEC = 1 << 2
+
+# the new mount API (linux/mount.h)
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
 
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -135,6 +143,29 @@ def mount_setattr(target: str, attr_set: int, propagation: int = 0) -> None:
     check(_syscall(_NR["mount_setattr"], ctypes.c_int(-100), os.fsencode(target),  # AT_FDCWD
                    ctypes.c_uint(0), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
           f"mount_setattr {target}")
+
+
+def fs_tmpfs(options: dict[str, str], attrs: int) -> int:
+    """A new tmpfs as a *detached* mount (fsopen, fsconfig, fsmount): an O_PATH fd of its root,
+    in no mount table; the filesystem lives as long as a reference to it does."""
+    fs = check(_syscall(_NR["fsopen"], b"tmpfs", ctypes.c_uint(1)), "fsopen tmpfs")  # CLOEXEC
+    try:
+        for key, value in options.items():
+            check(_syscall(_NR["fsconfig"], ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_STRING),
+                           key.encode(), value.encode(), ctypes.c_int(0)), f"fsconfig {key}={value}")
+        check(_syscall(_NR["fsconfig"], ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_CMD_CREATE),
+                       None, None, ctypes.c_int(0)), "fsconfig create")
+        return check(_syscall(_NR["fsmount"], ctypes.c_int(fs), ctypes.c_uint(1),  # CLOEXEC
+                              ctypes.c_uint(attrs)), "fsmount")
+    finally:
+        os.close(fs)
+
+
+def open_tree_clone(fd: int) -> int:
+    """open_tree(fd, "", OPEN_TREE_CLONE): a detached copy of the mount ``fd`` refers to."""
+    return check(_syscall(_NR["open_tree"], ctypes.c_int(fd), b"",
+                          ctypes.c_uint(OPEN_TREE_CLONE | AT_EMPTY_PATH | os.O_CLOEXEC)),
+                 "open_tree")
 
 
 class _Rlimit(ctypes.Structure):

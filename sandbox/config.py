@@ -215,22 +215,30 @@ def _parse_cpus(raw: Any) -> float | None:
 
 @record
 class MountSpec:
-    """One user-requested mount. ``source`` is a host path (None for tmpfs)."""
+    """One user-requested mount. ``source`` is a host path (None for tmpfs, or with ``fd``)."""
 
     kind: MountKind
     target: str
     source: str | None = None
     size: int | None = None  # tmpfs only
-    # overlay only: a host directory (ours, empty) to hold the overlay's upper and work dirs,
-    # so the host can list what the box changed afterwards (sandbox.grading, safely)
-    upper: str | None = None
+    # bind/ro-bind only, instead of ``source``: a directory fd the caller holds (a
+    # sandbox.memdir tmpfs: writable space that outlives the box and touches no host disk)
+    fd: int | None = None
+    # overlay only: a unix socket (ours) on which the box's init sends an fd of the overlay's
+    # upper directory, in the box's own tmpfs, so the host can list what the box changed
+    # (sandbox.grading, through sandbox.safefs) with no upper on the host's disk
+    upper_to: int | None = None
 
     def validate(self) -> MountSpec:
         if self.kind not in ("ro-bind", "bind", "overlay", "tmpfs"):
             raise ConfigError(f"mount kind {self.kind!r} is not valid; use ro-bind, bind, overlay or tmpfs")
         target = _clean_box_path(self.target, f"--{self.kind} target")
         source = None
-        if self.kind != "tmpfs":
+        if self.fd is not None:
+            if self.kind not in ("ro-bind", "bind") or self.source is not None:
+                raise ConfigError(f"--{self.kind} {target}: fd= is for binds without a source")
+            _check_held_fd(self.fd, f"--{self.kind} {target}: fd", "a directory", 0o040000)
+        elif self.kind != "tmpfs":
             if not self.source:
                 raise ConfigError(f"--{self.kind}: a source path is required (SRC:DEST)")
             # Resolve the user's own path on the host once, here, so the child never follows a
@@ -238,14 +246,21 @@ class MountSpec:
             source = os.path.realpath(os.path.expanduser(self.source))
             if not os.path.exists(source):
                 raise ConfigError(f"--{self.kind} {self.source}: source does not exist on the host")
-        upper = None
-        if self.upper is not None:
-            if self.kind != "overlay":
-                raise ConfigError(f"--{self.kind} {target}: only overlays take an upper directory")
-            upper = os.path.realpath(self.upper)
-            if not os.path.isdir(upper) or os.listdir(upper):
-                raise ConfigError(f"overlay upper {self.upper}: must be an existing empty directory")
-        return MountSpec(self.kind, target, source, self.size, upper)
+        if self.upper_to is not None:
+            if self.kind != "overlay" or not os.path.isdir(source or ""):
+                raise ConfigError(f"--{self.kind} {target}: upper_to= is for overlays of a directory")
+            _check_held_fd(self.upper_to, f"--{self.kind} {target}: upper_to", "a unix socket", 0o140000)
+        return MountSpec(self.kind, target, source, self.size, self.fd, self.upper_to)
+
+
+def _check_held_fd(fd: object, what: str, kind: str, fmt: int) -> None:
+    """A mount refers to a caller's fd: it must be open and of the file type ``fmt``."""
+    try:
+        ok = isinstance(fd, int) and not isinstance(fd, bool) and os.fstat(fd).st_mode & 0o170000 == fmt
+    except OSError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{what} {fd!r} must be an open file descriptor of {kind}")
 
 
 def _clean_box_path(path: str, what: str) -> str:
@@ -319,6 +334,9 @@ class SandboxConfig:
 
     # -- JSON round trip (to the launcher; never pickle) --------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        if any(m.fd is not None or m.upper_to is not None for m in self.mounts):
+            raise ConfigError("mounts holding file descriptors (fd=, upper_to=) only work in the "
+                              "process that holds them (sandbox.direct, the pytest fixture, grading)")
         return asdict(self)  # type: ignore[no-any-return]
 
     @classmethod

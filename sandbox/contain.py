@@ -146,7 +146,8 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
     failure: StepError | None = None
     mnt_ns = -1
     try:
-        keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, request_fd, *pass_fds)
+        keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, request_fd, *pass_fds,
+                *rootfs.held_fds(prep.rootfs))
         _step("fds", lambda: _close_fds_except([f for f in keep if f >= 0]))
         _step("pdeathsig", lambda: caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd))
         _step("userns", lambda: _setup_ids(prep, sync_fd))

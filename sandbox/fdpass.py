@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import socket
 
 MAX_MSG = 1 << 20
@@ -39,3 +40,15 @@ def recv(sock: socket.socket, max_fds: int = MAX_FDS) -> tuple[bytes, list[int]]
     msg, anc, _flags, _addr = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(max_fds * 4),
                                            socket.MSG_CMSG_CLOEXEC)
     return msg, fds_of(anc)
+
+
+def send_dir_fd(sock_fd: int, path: str) -> None:
+    """Send one message with an fd of the directory ``path`` on the socket ``sock_fd``, then
+    close both: how a box's init hands the host an overlay upper in its own tmpfs."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        send(sock, {"upper": True}, [fd])
+    finally:
+        sock.close()
+        os.close(fd)

@@ -102,8 +102,9 @@ def run_grading(subs: list[tuple[str, str]], a: argparse.Namespace, tmp: str,
         log = os.path.join(tmp, f"grade-{i}.log")
         open(log, "w").close()
         out = open(os.path.join(tmp, f"pytest-{i}.out"), "wb")  # noqa: SIM115
-        # Everything a run creates in temp space (each test's overlay upper, pytest's own temp
-        # base) lives under our temp dir, removed at the end even when a run had to be killed.
+        # Everything a run creates in temp space (pytest's own temp base; overlay uppers are in
+        # each box's tmpfs) lives under our temp dir, removed at the end even when a run had to
+        # be killed.
         shard_tmp = os.path.join(tmp, f"tmp-{i}")
         os.mkdir(shard_tmp)
         os.chmod(shard_tmp, 0o711)  # traversable (root mode: the box is another uid), not listable

@@ -47,7 +47,8 @@ PROC_READONLY = ("sys", "irq", "bus", "fs", "sysvipc")
 STAT_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC),
               (1024, sc.MS_NOATIME), (2048, sc.MS_NODIRATIME), (4096, sc.MS_RELATIME))
 
-Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir[, upper]) | ("symlink", dst, text) | ("tmpfs", dst, size)
+Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir[, upper_to, (uid, gid)]) | ("symlink", dst, text)
+#            | ("tmpfs", dst, size) | ("bind-fd", fd, dst, readonly)
 
 
 @record
@@ -153,9 +154,12 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
     for m in sorted(cfg.mounts, key=lambda m: m.target.count("/")):  # parents first
         if m.kind == "tmpfs":
             ops.append(("tmpfs", m.target, m.size or cfg.limits.tmpfs_size))
+        elif m.fd is not None:
+            ops.append(("bind-fd", m.fd, m.target, m.kind == "ro-bind"))
         else:
             assert m.source is not None
-            ops.append((m.kind, m.source, m.target, os.path.isdir(m.source), m.upper))
+            ops.append((m.kind, m.source, m.target, os.path.isdir(m.source))
+                       + ((m.upper_to, (cfg.uid, cfg.gid)) if m.upper_to is not None else ()))
     return RootfsPlan(ops, _etc_files(cfg), cfg.limits.tmpfs_size)
 
 
@@ -211,13 +215,22 @@ def _bind(src: str, dst: str, readonly: bool) -> None:
     sc.mount(None, dst, None, flags | (sc.MS_RDONLY if readonly else 0))
 
 
-def _overlay(n: int, src: str, dst: str, host_upper: str | None = None) -> None:
-    if host_upper:  # upper on a host dir the supervisor reads afterwards (never follows links)
-        up, wk = f"/oldroot{host_upper}/upper", f"/oldroot{host_upper}/work"
-    else:
-        up, wk = f"/scratch/up/{n}", f"/scratch/wk/{n}"
+def held_fds(plan: RootfsPlan) -> list[int]:
+    """The caller's fds that init needs for this plan (kept through init's first fd sweep;
+    ``build_rootfs`` closes each once used, so the payload never holds one)."""
+    return ([op[1] for op in plan.ops if op[0] == "bind-fd"]
+            + [op[4] for op in plan.ops if op[0] == "overlay" and len(op) > 4 and op[4] is not None])
+
+
+def _overlay(n: int, src: str, dst: str, upper_to: int | None = None,
+             owner: tuple[int, int] | None = None) -> None:
+    up, wk = f"/scratch/up/{n}", f"/scratch/wk/{n}"
     os.mkdir(up)
     os.mkdir(wk)
+    if owner is not None:
+        # The upper's root gives the overlay's root its owner: the box user's, so it may write
+        # there as it may in a box-owned directory (init is inside root with a range map).
+        os.chown(up, *owner)
     if any(c in src for c in ",:\\"):
         raise OSError(22, f"overlay source {src!r} contains ',', ':' or '\\'")
     try:
@@ -226,9 +239,15 @@ def _overlay(n: int, src: str, dst: str, host_upper: str | None = None) -> None:
     except OSError as e:
         # Kernels before 6.6 have no user xattrs on tmpfs, so an overlay with a tmpfs upper
         # can be refused; fall back to a read-only bind (writes then fail instead of vanishing).
-        if e.errno not in (22, 95) or host_upper:
+        if e.errno not in (22, 95):
             raise
         _bind(src, dst, readonly=True)
+    if upper_to is not None:
+        # The host lists what the box changed through this fd (sandbox.safefs); it keeps the
+        # box's tmpfs alive after the box is gone, and closing it frees everything.
+        from sandbox import fdpass  # the caller's (it made the socket pair): no I/O
+
+        fdpass.send_dir_fd(upper_to, up)
 
 
 def _skeleton_bytes(plan: RootfsPlan) -> int:
@@ -325,6 +344,10 @@ def build_rootfs(plan: RootfsPlan) -> None:
         if kind == "symlink":
             _make_target(os.path.dirname(op[1]), True)
             os.symlink(op[2], "/newroot" + op[1])
+        elif kind == "bind-fd":  # a tmpfs the caller holds by fd (sandbox.memdir): bind a clone
+            _make_target(op[2], True)
+            _bind(f"/oldroot/proc/self/fd/{op[1]}", "/newroot" + op[2], readonly=op[3])
+            os.close(op[1])
         elif kind == "tmpfs":
             _make_target(op[1], True)
             sc.mount("tmpfs", "/newroot" + op[1], "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
@@ -334,7 +357,7 @@ def build_rootfs(plan: RootfsPlan) -> None:
             _make_target(dst, is_dir)
             if kind == "overlay" and is_dir:
                 n += 1
-                _overlay(n, "/oldroot" + src, "/newroot" + dst, op[4] if len(op) > 4 else None)
+                _overlay(n, "/oldroot" + src, "/newroot" + dst, *op[4:])
             else:
                 _bind("/oldroot" + src, "/newroot" + dst, readonly=(kind != "bind"))
     if plan.cgroup:

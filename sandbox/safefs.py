@@ -4,8 +4,9 @@ A box controls every name under a directory it could write (a ``--bind`` output 
 overlay upper). The host must never follow a symlink the box planted there (judge0's
 CVE-2024-28185/28189: a planted symlink made the judge read or write host files), must not be
 stalled by a FIFO or device, and must bound what it reads. Everything here opens with
-``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`` relative to a
-directory fd, refuses anything but regular files and directories, and caps sizes and counts.
+``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)``
+relative to a directory fd (never crossing into another mount either), refuses anything but
+regular files and directories, and caps sizes and counts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ TYPE_CHECKING = False  # collections.abc imports collections: ~1 ms of the CLI s
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-RESOLVE = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
+RESOLVE = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS | sc.RESOLVE_NO_XDEV
 DEFAULT_MAX = 16 * 1024 * 1024
 
 
@@ -32,7 +33,7 @@ def open_beneath(root_fd: int, relpath: str, *, directory: bool = False) -> int:
     try:
         fd = sc.openat2(root_fd, relpath.lstrip("/") or ".", flags, RESOLVE)
     except OSError as e:
-        if e.errno in (40, 18):  # ELOOP (a symlink), EXDEV (escapes the root)
+        if e.errno in (40, 18):  # ELOOP (a symlink), EXDEV (escapes the root or the mount)
             raise UnsafePath(e.errno, f"{relpath}: refusing to follow a link the box created") from None
         raise
     st = os.fstat(fd)
@@ -61,34 +62,50 @@ def read_beneath(root: str | int, relpath: str, max_bytes: int = DEFAULT_MAX) ->
             os.close(root_fd)
 
 
-def walk_beneath(root: str, max_entries: int = 10000) -> Iterator[tuple[str, os.stat_result]]:
-    """Yield (relative path, lstat) for every entry under ``root`` without following symlinks
-    (they are reported as links, never entered), stopping after ``max_entries``."""
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def walk_beneath(root: str | int, max_entries: int = 10000) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative path, lstat) for every entry under ``root`` (a path, or a directory fd
+    such as a box's overlay upper) without following symlinks (they are reported as links,
+    never entered), stopping after ``max_entries``.
+
+    Each directory is opened only when its turn comes, by its path from ``root`` through
+    ``open_beneath``: a box that makes thousands of directories cannot make us hold an fd per
+    directory, and one that renames a directory while we walk still cannot lead us out."""
+    root_fd = root if isinstance(root, int) else os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     count = 0
-    stack: list[tuple[int, str]] = [(root_fd, "")]
+    pending = [""]
     try:
-        while stack:
-            dfd, prefix = stack.pop()
+        while pending:
+            prefix = pending.pop()
             try:
-                names = sorted(os.listdir(dfd))
-                for name in names:
+                dfd = open_beneath(root_fd, prefix, directory=True)
+            except PermissionError:  # a directory the box made unsearchable: its name was listed
+                if not prefix:
+                    raise
+                continue
+            try:
+                for name in sorted(os.listdir(dfd)):
                     count += 1
                     if count > max_entries:
                         return
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                    rel = f"{prefix}{name}"
-                    yield rel, st
+                    yield prefix + name, st
                     if stat.S_ISDIR(st.st_mode):
-                        stack.append((open_beneath(dfd, name, directory=True), rel + "/"))
+                        pending.append(prefix + name + "/")
             finally:
-                if dfd != root_fd:
-                    os.close(dfd)
-    finally:
-        for dfd, _ in stack:
-            if dfd != root_fd:
                 os.close(dfd)
-        os.close(root_fd)
+    finally:
+        if not isinstance(root, int):
+            os.close(root_fd)
+
+
+def exists_beneath(root_fd: int, relpath: str) -> bool:
+    """Whether ``root_fd/relpath`` exists, as a file, directory or link, with every component
+    resolved beneath ``root_fd`` and no link followed (a path through a link does not exist)."""
+    try:
+        os.close(sc.openat2(root_fd, relpath.lstrip("/") or ".", os.O_PATH | os.O_NOFOLLOW, RESOLVE))
+    except OSError:
+        return False
+    return True
 
 
 def box_writable_dir(prefix: str) -> tuple[str, str]:

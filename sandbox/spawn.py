@@ -15,7 +15,7 @@ import gc
 import os
 
 from sandbox import _syscalls as sc
-from sandbox import caps, contain, userns
+from sandbox import caps, contain, rootfs, userns
 from sandbox._record import record
 
 TYPE_CHECKING = False  # collections.abc imports collections: ~1 ms of the CLI start
@@ -132,7 +132,8 @@ def _spawn_via_fork(prep: contain.Prepared, stdin: int, stdout: int, stderr: int
             caps.set_parent_death_signal(_signal.SIGKILL, caller)
             # 0-2 stay: the box's fds are dup2'd onto them in the clone, and a pidfd opened
             # into a free slot there would be overwritten
-            keep = {0, 1, 2, stdin, stdout, stderr, status_w, *pass_fds}
+            keep = {0, 1, 2, stdin, stdout, stderr, status_w, *pass_fds,
+                    *rootfs.held_fds(prep.rootfs)}
             if cgroup_fd is not None:
                 keep.add(cgroup_fd)
             contain._close_fds_except(sorted(keep))

@@ -64,7 +64,7 @@ def test_record_helpers():
     assert _record.fields(Point) == ("x", "y", "tags") == _record.fields(p)
     assert _record.replace(p, y=5) == Point(1, 5, ["a"]) and p.y == 2
     assert _record.asdict(SandboxConfig(mounts=[MountSpec("tmpfs", "/d")]))["mounts"] == [
-        {"kind": "tmpfs", "target": "/d", "source": None, "size": None, "upper": None}]
+        {"kind": "tmpfs", "target": "/d", "source": None, "size": None, "fd": None, "upper_to": None}]
     cfg = SandboxConfig(env={"A": "1"}, limits=Limits(memory=1 << 20))
     assert SandboxConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 

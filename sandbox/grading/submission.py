@@ -2,25 +2,29 @@
 ``submission.run([...])``, ``submission.changes()``.
 
 Each test gets a fresh box holding the submission as an overlay at /submission (so it may
-write scratch files that never reach the original); the overlay's upper directory is on the
-host and is read afterwards without following anything the submission planted.
+write scratch files that never reach the original). The overlay's upper directory is in the
+box's own tmpfs (``--tmpfs-size`` caps it; nothing lands on the host's disk): the box's init
+sends us an fd of it before the submission's code runs, and ``changes()`` reads through that
+fd without following anything the submission planted. Holding the fd keeps the box's tmpfs
+alive after the box is gone, until ``close()``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import select
+import socket
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import Limits, SandboxConfig
+from sandbox import Limits, SandboxConfig, fdpass
 from sandbox.config import MountSpec
 from sandbox.direct import run_direct
 from sandbox.grading.session import BoxSession, SessionError
 from sandbox.result import Result, Status
-from sandbox.safefs import box_writable_dir, walk_beneath
+from sandbox.safefs import exists_beneath, walk_beneath
 
 BOX_DIR = "/submission"
 SEVERITY = {s: i for i, s in enumerate(["OK", "RE", "SG", "OL", "ML", "TO", "XX"])}
@@ -68,18 +72,22 @@ class Submission:
         self.path = os.path.realpath(path)
         self.name = os.path.basename(self.path.rstrip("/"))
         self.limits, self.call_timeout = limits, call_timeout
-        # the overlay's upper and work dirs land in self._work; nobody else may write there
-        self._tmp, self._work = box_writable_dir("grade-")
         self._session: BoxSession | None = None
+        self._uppers: socket.socket | None = None  # where the session box's init sends its upper
+        self._upper = -1  # that upper's fd, once received
         self.results: list[Result] = []
 
-    def _config(self, upper: str | None = None, **limits: Any) -> SandboxConfig:
+    def _config(self, upper_to: int | None = None, **limits: Any) -> SandboxConfig:
         return SandboxConfig(limits=Limits.parse(**{**self.limits, **limits}), cwd=BOX_DIR,
-                             mounts=[MountSpec("overlay", BOX_DIR, self.path, upper=upper)])
+                             mounts=[MountSpec("overlay", BOX_DIR, self.path, upper_to=upper_to)])
 
     def import_module(self, name: str) -> _Proxy:
         if self._session is None:
-            self._session = BoxSession(self._config(self._work), BOX_DIR)
+            self._uppers, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                self._session = BoxSession(self._config(theirs.fileno()), BOX_DIR)
+            finally:
+                theirs.close()  # init holds its own copy until it sent the upper
         proxy = _Proxy(self, name)
         self._request({"op": "get", "module": name, "path": []}, describe_module=True)
         return proxy
@@ -105,39 +113,50 @@ class Submission:
 
     def changes(self) -> Changes:
         """Files the submission created/modified/deleted in this test's box so far."""
-        upper = os.path.join(self._work, "upper")
         ch = Changes()
-        if not os.path.isdir(upper):
+        upper = self._upper_fd()
+        if upper < 0:
             return ch
-        for rel, st in walk_beneath(upper):
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                ch.deleted.append(rel)  # an overlay whiteout
-            elif not stat.S_ISDIR(st.st_mode):
-                (ch.modified if os.path.lexists(os.path.join(self.path, rel)) else ch.created).append(rel)
+        lower = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for rel, st in walk_beneath(upper):
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    ch.deleted.append(rel)  # an overlay whiteout
+                elif not stat.S_ISDIR(st.st_mode):
+                    (ch.modified if exists_beneath(lower, rel) else ch.created).append(rel)
+        finally:
+            os.close(lower)
         return ch
+
+    def _upper_fd(self) -> int:
+        """The session box's upper directory, as its init sent it (once the box started: a
+        box that failed before its rootfs was made sends nothing, and its socket end closes)."""
+        if self._upper < 0 and self._uppers is not None:
+            if select.select([self._uppers], [], [], self.call_timeout)[0]:
+                _, fds = fdpass.recv(self._uppers, max_fds=1)
+                for fd in fds[1:]:
+                    os.close(fd)
+                if fds and stat.S_ISDIR(os.fstat(fds[0]).st_mode):
+                    self._upper = fds[0]
+                elif fds:
+                    os.close(fds[0])
+            self._uppers.close()
+            self._uppers = None
+        return self._upper
 
     def close(self) -> None:
         if self._session is not None:
             self.results.append(self._session.close())
             self._session = None
-        _rmtree(self._tmp)
+        if self._uppers is not None:
+            self._uppers.close()  # an upper still queued on it goes with it
+            self._uppers = None
+        if self._upper >= 0:
+            os.close(self._upper)  # the last reference: the box's tmpfs is freed
+            self._upper = -1
 
     def worst(self) -> str:
         return max((str(r.status) for r in self.results), key=SEVERITY.__getitem__, default="OK")
 
 
 __all__ = ["Changes", "Status", "Submission", "SubmissionError"]
-
-
-def _rmtree(path: str) -> None:
-    """rmtree that also removes overlayfs' mode-000 ``work/work`` dir. Directories are made
-    searchable top-down first; symlinks are never followed (chmod would follow them)."""
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if not os.path.islink(p):
-                try:
-                    os.chmod(p, 0o700)
-                except OSError:
-                    pass
-    shutil.rmtree(path, ignore_errors=True)
