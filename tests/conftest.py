@@ -32,7 +32,7 @@ def descendants(pid: int) -> set[int]:
 @dataclass
 class HostState:
     children: set[int]
-    mounts: int
+    mounts: set[tuple[str, str]]
     fds: set[str]
     cgroups: set[str]
 
@@ -78,9 +78,38 @@ def _owner(path: str) -> int | None:
         return None
 
 
-def host_state() -> HostState:
+# Where a box mounts before pivot_root (its tmpfs on /tmp, then /newroot, /scratch, /oldroot):
+# a box mount that propagated into our namespace appears at one of these. Other processes of a
+# shared machine (root's podman, a network namespace under /run/netns) mount elsewhere.
+BOX_MOUNT_PLACES = ("/tmp", "/newroot", "/scratch", "/oldroot")
+
+
+TEST_TMPDIR_PREFIX = "sbx-test-tmpdir-"
+
+
+def box_like_mounts() -> set[tuple[str, str]]:
+    """(mount id, mount point) of every mount in our namespace at a place a box mounts, except
+    under another test's TMPDIR (a root-mode test that mounts on purpose, in a second xdist
+    worker: that test checks its own)."""
+    import tempfile
+
+    own = tempfile.gettempdir()
+    others = os.path.join(os.path.dirname(own) if TEST_TMPDIR_PREFIX in own else own,
+                          TEST_TMPDIR_PREFIX)
+    out = set()
     with open("/proc/self/mountinfo") as f:
-        mounts = sum(1 for _ in f)
+        for line in f:
+            fields = line.split()
+            point = fields[4]
+            if point.startswith(others) and not (point + "/").startswith(own + "/"):
+                continue
+            if any(point == p or point.startswith(p + "/") for p in BOX_MOUNT_PLACES):
+                out.add((fields[0], point))
+    return out
+
+
+def host_state() -> HostState:
+    mounts = box_like_mounts()
     return HostState(descendants(os.getpid()), mounts, set(os.listdir("/proc/self/fd")),
                      our_cgroups())
 
@@ -101,7 +130,7 @@ def cgroups_left(before: HostState, after: HostState) -> set[str]:
 @pytest.fixture
 def no_leftovers(monkeypatch, tmp_path_factory):
     """Assert the test left nothing behind, counting only what the test itself made: processes
-    descending from this one, this process's mounts and fds, the project's cgroups (see
+    descending from this one, mounts at the places a box mounts (BOX_MOUNT_PLACES), our fds, the project's cgroups (see
     cgroups_left), and temp files. For the last, the test runs with a fresh TMPDIR of its own
     (tempfile's default and the environment of every program it starts), which must be empty
     afterwards: other processes' entries in a shared /tmp (pip builds, a guest run, a second
@@ -110,7 +139,7 @@ def no_leftovers(monkeypatch, tmp_path_factory):
     import tempfile
 
     tmp_path_factory.getbasetemp()  # pytest's own temp root is fixed before TMPDIR moves
-    tmp = tempfile.mkdtemp(prefix="sbx-test-tmpdir-")
+    tmp = tempfile.mkdtemp(prefix=TEST_TMPDIR_PREFIX)
     os.chmod(tmp, 0o755)  # root mode: a box's high uid must traverse what the test puts here
     monkeypatch.setenv("TMPDIR", tmp)
     monkeypatch.setattr(tempfile, "tempdir", tmp)
@@ -120,7 +149,7 @@ def no_leftovers(monkeypatch, tmp_path_factory):
     left_tmp = os.listdir(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     assert after.children - before.children == set(), "processes left behind"
-    assert after.mounts == before.mounts, "host mount table changed"
+    assert after.mounts - before.mounts == set(), "a box's mounts reached the host's table"
     assert left_tmp == [], f"temp files/dirs left behind: {left_tmp}"
     assert after.fds - before.fds == set(), "file descriptors leaked"
     assert cgroups_left(before, after) == set(), "cgroups left behind"
