@@ -99,6 +99,10 @@ def prepare(config: SandboxConfig, target: Target, *,
         if seccomp.refuses(policy, "memfd_create"):
             memfd = "seccomp"
     enforcement["memfd"] = memfd
+    # Socket and pipe buffers are kernel memory: a memory cgroup charges them, RLIMIT_AS never
+    # sees them (a box held 1 GiB in unix socket buffers under --memory 64M), and no filter
+    # can bound their total. The verdict says so rather than implying --memory covered them.
+    enforcement["kernel_buffers"] = "none" if enforcement["memory"] == "rlimit" else enforcement["memory"]
     return prep
 
 
