@@ -6,6 +6,8 @@ function; a failing step is reported on the status pipe as ``{"ok": false, "step
 half-made box running (the pid namespace dies with init).
 
 init (clone3'd with NEWUSER|NEWPID, maybe INTO_CGROUP):
+  0. scrub      wipe the caller's argv and environment from our copy of its memory (they were
+                /proc/1/cmdline, and readable by a callable payload: sandbox.scrub)
   1. fds        close every inherited fd except the ones we were handed (runc CVE-2024-21626)
   2. pdeathsig  die with the parent
   3. userns     write our own id map (unprivileged) or wait for the parent to write it
@@ -37,7 +39,7 @@ import _signal  # the C module: signal.py converts to enums (enum costs the CLI 
 import os
 
 from sandbox import _syscalls as sc
-from sandbox import caps, net, payload, rlimits, rootfs, statusline, userns
+from sandbox import caps, net, payload, rlimits, rootfs, scrub, statusline, userns
 from sandbox._record import field, record
 from sandbox.config import DEFAULT_PATH, SandboxConfig
 
@@ -140,6 +142,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
     failure: StepError | None = None
     mnt_ns = -1
     try:
+        _step("scrub", scrub.wipe_caller_image)
         keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, request_fd, *pass_fds)
         _step("fds", lambda: _close_fds_except([f for f in keep if f >= 0]))
         _step("pdeathsig", lambda: caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd))
