@@ -16,6 +16,7 @@ init (clone3'd with NEWUSER|NEWPID, maybe INTO_CGROUP):
   5. rootfs     sandbox.rootfs.build_rootfs (tmpfs, overlays, /dev, /proc, pivot_root)
   6. hostname   in the new UTS namespace
   7. network    loopback up in the new net namespace
+  7b. boxuser   (single-id map) a nested user namespace where we are the box user (userns)
   8. dumpable   init becomes non-dumpable (the payload cannot ptrace it or read its memory)
   (a warm box now hardens itself — all of the list below but rlimits and fds — and waits for
   its command; then) start the payload, forward signals, reap everything, report.
@@ -156,6 +157,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         _step("hostname", lambda: sc.sethostname(prep.config.hostname))
         if prep.config.network == "none":
             _step("network", net.loopback_up)
+        _step("boxuser", lambda: userns.enter_box_user(prep.ids))
         _step("dumpable", lambda: caps.set_dumpable(False))
     except StepError as e:
         failure = e

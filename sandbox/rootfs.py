@@ -32,6 +32,7 @@ import stat
 import sys
 
 from sandbox import _syscalls as sc
+from sandbox import ipclimits
 from sandbox._record import field, record
 from sandbox.config import SandboxConfig
 
@@ -57,6 +58,7 @@ class RootfsPlan:
     ops: list[Op] = field(default_factory=list)
     etc_files: dict[str, bytes | tuple[str, str]] = field(default_factory=dict)
     tmpfs_size: int = 0
+    sysctls: list[tuple[str, str]] = field(default_factory=list)  # the box's IPC ns limits
     cgroup: bool = False  # mount our cgroup namespace's cgroup2 read-only at /sys/fs/cgroup
 
 
@@ -156,7 +158,7 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
         else:
             assert m.source is not None
             ops.append((m.kind, m.source, m.target, os.path.isdir(m.source), m.upper))
-    return RootfsPlan(ops, _etc_files(cfg), cfg.limits.tmpfs_size)
+    return RootfsPlan(ops, _etc_files(cfg), cfg.limits.tmpfs_size, ipclimits.plan(cfg.limits.memory))
 
 
 # ------------------------------------------------------------------ child side (no imports) --
@@ -271,12 +273,13 @@ def _setup_dev() -> None:
              sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
 
 
-def _setup_proc() -> None:
+def _setup_proc(sysctls: list[tuple[str, str]]) -> None:
     """Fresh procfs for our pid namespace, with the kernel-wide leaks covered (docker/runc's
     masked paths): /proc/kcore, keys, timer_list, ... become /dev/null, hardware dirs an
-    empty read-only tmpfs, and /proc/sys & co read-only."""
+    empty read-only tmpfs, and /proc/sys & co read-only — after the IPC limits are set."""
     os.mkdir("/newroot/proc")
     sc.mount("proc", "/newroot/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    ipclimits.write("/newroot/proc/sys/", sysctls)
     exists = os.access  # F_OK: a bool, where os.path.exists raises and catches inside
     for name in PROC_MASK_FILES:
         p = "/newroot/proc/" + name
@@ -344,7 +347,7 @@ def build_rootfs(plan: RootfsPlan) -> None:
         sc.mount("cgroup2", "/newroot/sys/fs/cgroup", "cgroup2",
                  sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     _setup_dev()
-    _setup_proc()
+    _setup_proc(plan.sysctls)
     os.chdir("/newroot")
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
