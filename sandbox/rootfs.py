@@ -20,6 +20,11 @@ Shape (the same trick bubblewrap uses, so host paths under /tmp stay reachable a
    tree is gone from this mount namespace; the tmpfs lives on only through our binds.
 5. ``/`` and ``/dev`` are remounted read-only; only /tmp, /dev/shm and the overlays accept writes.
 
+No inode of a host directory is in the box: inotify (and unprivileged fanotify) on one reports
+every host process's opens and reads in it (a bind of /etc/ssl did). /usr and the Python prefix
+are overlays; the /etc directories (``ETC_VIEW``) are binds out of one read-only overlay of the
+host's /etc mounted outside the box's tree. (/dev's nodes are host inodes: /dev/null is watchable.)
+
 The plan is computed in the parent (``plan_rootfs``: stats host paths, reads the few /etc files)
 so the child only issues syscalls.
 """
@@ -39,7 +44,7 @@ from sandbox.config import SandboxConfig
 DEFAULT_EXPOSED = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_COPY = ("ld.so.cache", "ld.so.conf", "host.conf", "protocols", "services", "debian_version",
             "mime.types", "localtime", "os-release", "timezone")
-ETC_BIND = ("alternatives", "ld.so.conf.d", "ssl", "ca-certificates")
+ETC_VIEW = ("alternatives", "ld.so.conf.d", "ssl", "ca-certificates")
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_MASK_FILES = ("kcore", "keys", "key-users", "timer_list", "sched_debug", "sysrq-trigger",
                    "latency_stats", "kallsyms", "kmsg", "config.gz", "vmallocinfo", "pagetypeinfo")
@@ -48,7 +53,13 @@ PROC_READONLY = ("sys", "irq", "bus", "fs", "sysvipc")
 STAT_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC),
               (1024, sc.MS_NOATIME), (2048, sc.MS_NODIRATIME), (4096, sc.MS_RELATIME))
 
-Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir[, upper]) | ("symlink", dst, text) | ("tmpfs", dst, size)
+# A tmpfs inode costs ~1 KiB of kernel slab that size= does not count and only a memory cgroup
+# bounds (a million empty files: ~1 GiB), so a tmpfs gets one per TMPFS_INODE_BYTES of its size,
+# at least TMPFS_MIN_INODES: the default 256M holds 32768 files; more need a larger size.
+TMPFS_INODE_BYTES = 8 * 1024
+TMPFS_MIN_INODES = 4096
+
+Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir[, upper]) | ("symlink", dst, text) | ("tmpfs", dst, size) | ("etc-view", dst)
 
 
 @record
@@ -149,9 +160,11 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
     if cfg.expose_python:
         for p in _python_prefixes():
             _expose(ops, p)
-    for name in ETC_BIND:
-        if os.path.isdir("/etc/" + name):
-            ops.append(("ro-bind", "/etc/" + name, "/etc/" + name, True))
+    etc_dev = os.stat("/etc").st_dev
+    for name in ETC_VIEW:
+        p = "/etc/" + name
+        if os.path.isdir(p):  # one that is a host mount of its own is not in /etc's overlay
+            ops.append(("etc-view", p) if os.stat(p).st_dev == etc_dev else ("ro-bind", p, p, True))
     for m in sorted(cfg.mounts, key=lambda m: m.target.count("/")):  # parents first
         if m.kind == "tmpfs":
             ops.append(("tmpfs", m.target, m.size or cfg.limits.tmpfs_size))
@@ -159,6 +172,10 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
             assert m.source is not None
             ops.append((m.kind, m.source, m.target, os.path.isdir(m.source), m.upper))
     return RootfsPlan(ops, _etc_files(cfg), cfg.limits.tmpfs_size, ipclimits.plan(cfg.limits.memory))
+
+
+def tmpfs_inodes(size: int) -> int:
+    return max(TMPFS_MIN_INODES, size // TMPFS_INODE_BYTES)
 
 
 # ------------------------------------------------------------------ child side (no imports) --
@@ -233,6 +250,12 @@ def _overlay(n: int, src: str, dst: str, host_upper: str | None = None) -> None:
         _bind(src, dst, readonly=True)
 
 
+def _skeleton_inodes(plan: RootfsPlan) -> int:
+    """Inodes the box's own skeleton takes (dirs, /etc files, mount points, overlay work dirs,
+    /dev): added to the box's share, like ``_skeleton_bytes``."""
+    return 64 + len(plan.etc_files) + 4 * len(plan.ops)
+
+
 def _skeleton_bytes(plan: RootfsPlan) -> int:
     """What the box's own files take of the tmpfs (whole pages), plus slack for directories'
     and symlinks' pages: added to ``tmpfs_size`` so the box still gets all of it."""
@@ -298,6 +321,21 @@ def _setup_proc(sysctls: list[tuple[str, str]]) -> None:
                      | sc.MS_NODEV | sc.MS_NOEXEC)
 
 
+def _etc_view() -> str:
+    """Mount the read-only overlay of /etc that ``etc-view`` binds come from (no upper: two lower
+    layers); returns where it is, or the host's /etc where the kernel refuses it."""
+    os.mkdir("/scratch/empty")
+    os.mkdir("/scratch/etc")
+    try:
+        sc.mount("overlay", "/scratch/etc", "overlay", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV,
+                 "lowerdir=/oldroot/etc:/scratch/empty,userxattr")
+    except OSError as e:  # as _overlay: refused on some kernels, a read-only bind instead
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        return "/oldroot/etc"
+    return "/scratch/etc"
+
+
 def build_rootfs(plan: RootfsPlan) -> None:
     """Run in the box's init (uid-mapped, in its new mount + pid namespaces).
 
@@ -308,7 +346,9 @@ def build_rootfs(plan: RootfsPlan) -> None:
     after the pivot are made private one by one (``_bind``), so host mounts made later under a
     bound directory do not appear in the box either."""
     size = plan.tmpfs_size + _skeleton_bytes(plan)
-    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=0755,size={size}")
+    inodes = tmpfs_inodes(plan.tmpfs_size) + _skeleton_inodes(plan)
+    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+             f"mode=0755,size={size},nr_inodes={inodes}")
     os.chdir("/tmp")
     os.mkdir("oldroot")
     sc.pivot_root(".", "oldroot")
@@ -322,16 +362,20 @@ def build_rootfs(plan: RootfsPlan) -> None:
     os.chmod("/scratch/shm", 0o1777)
     _write_etc(plan.etc_files)
     sc.mount("/scratch/tmp", "/newroot/tmp", None, sc.MS_BIND)
-    n = 0
+    n, etc_src = 0, ""
     for op in plan.ops:
         kind = op[0]
-        if kind == "symlink":
+        if kind == "etc-view":
+            etc_src = etc_src or _etc_view()
+            _make_target(op[1], True)
+            _bind(etc_src + op[1][4:], "/newroot" + op[1], readonly=True)
+        elif kind == "symlink":
             _make_target(os.path.dirname(op[1]), True)
             os.symlink(op[2], "/newroot" + op[1])
         elif kind == "tmpfs":
             _make_target(op[1], True)
             sc.mount("tmpfs", "/newroot" + op[1], "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
-                     f"mode=1777,size={op[2]}")
+                     f"mode=1777,size={op[2]},nr_inodes={tmpfs_inodes(op[2])}")
         else:
             src, dst, is_dir = op[1], op[2], op[3]
             _make_target(dst, is_dir)
