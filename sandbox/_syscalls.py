@@ -20,8 +20,9 @@ _syscall_gil = ctypes.Library(None, keep_gil=True, restype=ctypes.c_long).syscal
 # Resolve symbols now, in the long-lived parent: each box's child would otherwise pay a dlsym
 # per function on first use (CDLL caches the lookup as an attribute).
 for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset", "socket",
-              "prlimit", "wait4"):
+              "prlimit", "wait4", "memset", "memcpy", "strlen", "clearenv"):
     getattr(_libc, _name)
+_libc.strlen.restype = ctypes.c_size_t
 
 _NR = {
     "x86_64": {"clone3": 435, "pivot_root": 155, "close_range": 436, "pidfd_open": 434,
@@ -239,6 +240,31 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     return check(_syscall(_NR["openat2"], ctypes.c_int(dirfd), os.fsencode(path),
                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
                  f"openat2 {path}")
+
+
+def zero_memory(addr: int, size: int) -> None:
+    """memset(addr, 0, size) in our own address space (the caller must own those bytes)."""
+    if size > 0:
+        _libc.memset(ctypes.c_void_p(addr), 0, ctypes.c_size_t(size))
+
+
+def copy_to_memory(addr: int, data: bytes) -> None:
+    """memcpy(addr, data, len(data)) in our own address space."""
+    _libc.memcpy(ctypes.c_void_p(addr), data, ctypes.c_size_t(len(data)))
+
+
+def wipe_c_environment() -> None:
+    """Zero every string the C ``environ`` array points to, wherever it lives (the kernel's
+    block, or the heap copies setenv() made), then clearenv(). The strings are measured and
+    zeroed by address: reading one into Python would leave a copy of it behind."""
+    array = ctypes.c_void_p.in_dll(_libc, "environ").value
+    while array:
+        entry = ctypes.c_void_p.from_address(array).value
+        if not entry:
+            break
+        zero_memory(entry, _libc.strlen(ctypes.c_void_p(entry)))
+        array += ctypes.sizeof(ctypes.c_void_p)
+    _libc.clearenv()
 
 
 class PreparedExec:

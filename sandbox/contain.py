@@ -6,6 +6,8 @@ function; a failing step is reported on the status pipe as ``{"ok": false, "step
 half-made box running (the pid namespace dies with init).
 
 init (clone3'd with NEWUSER|NEWPID, maybe INTO_CGROUP):
+  0. scrub      wipe the caller's argv and environment from our copy of its memory (they were
+                /proc/1/cmdline, and readable by a callable payload: sandbox.scrub)
   1. fds        close every inherited fd except the ones we were handed (runc CVE-2024-21626)
   2. pdeathsig  die with the parent
   3. userns     write our own id map (unprivileged) or wait for the parent to write it
@@ -14,6 +16,7 @@ init (clone3'd with NEWUSER|NEWPID, maybe INTO_CGROUP):
   5. rootfs     sandbox.rootfs.build_rootfs (tmpfs, overlays, /dev, /proc, pivot_root)
   6. hostname   in the new UTS namespace
   7. network    loopback up in the new net namespace
+  7b. boxuser   (single-id map) a nested user namespace where we are the box user (userns)
   8. dumpable   init becomes non-dumpable (the payload cannot ptrace it or read its memory)
   (a warm box now hardens itself — all of the list below but rlimits and fds — and waits for
   its command; then) start the payload, forward signals, reap everything, report.
@@ -37,9 +40,8 @@ import _signal  # the C module: signal.py converts to enums (enum costs the CLI 
 import os
 
 from sandbox import _syscalls as sc
-from sandbox import caps, net, payload, rlimits, rootfs, statusline, userns
-from sandbox._record import field, record
-from sandbox.config import DEFAULT_PATH, SandboxConfig
+from sandbox import caps, net, payload, rlimits, rootfs, scrub, statusline, userns
+from sandbox.plan import Prepared, prepare  # noqa: F401 - the parent half, re-exported
 
 TYPE_CHECKING = False  # collections.abc imports collections: ~1 ms of the CLI start
 if TYPE_CHECKING:
@@ -49,61 +51,6 @@ if TYPE_CHECKING:
 
 FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
                      _signal.SIGUSR1, _signal.SIGUSR2)
-
-
-@record
-class Prepared:
-    """Everything the child needs, computed in the parent so the child only makes syscalls."""
-
-    config: SandboxConfig
-    target: Target
-    env: dict[str, str]
-    ids: userns.IdPlan
-    rootfs: rootfs.RootfsPlan
-    rlimits: rlimits.Plan
-    enforcement: dict[str, str]
-    seccomp_bpf: bytes | None = None
-    seccomp_desc: str = "none"
-    landlock: bool = False
-    landlock_abi: int = 0
-    landlock_writable: list[str] = field(default_factory=list)
-    keep_fds: tuple[int, ...] = field(default_factory=tuple)
-
-
-def prepare(config: SandboxConfig, target: Target, *,
-            cgroup_enforced: frozenset[str] = frozenset()) -> Prepared:
-    env = {k: os.environ[k] for k in config.inherit_env if k in os.environ}
-    env.update({"PATH": DEFAULT_PATH, "HOME": "/tmp", "USER": "sandbox", "LOGNAME": "sandbox",
-                "HOSTNAME": config.hostname})
-    env.update(config.env)
-    plan, enforcement = rlimits.plan_rlimits(config.limits, cgroup_enforced)
-    prep = Prepared(config, target, env, userns.plan_ids(config.uid, config.gid, config.id_map),
-                    rootfs.plan_rootfs(config), plan, enforcement)
-    prep.rootfs.cgroup = bool(cgroup_enforced)
-    if config.landlock:
-        from sandbox import landlock
-
-        prep.landlock_abi = landlock.abi_version()
-        prep.landlock = prep.landlock_abi > 0  # reported: False when the kernel lacks it
-        prep.landlock_writable = ["/tmp", "/dev", "/proc"] + [
-            m.target for m in config.mounts if m.kind in ("bind", "overlay", "tmpfs")]
-    # memfd pages: charged to a memory cgroup, invisible to RLIMIT_AS (refused by seccomp then)
-    memfd = "none" if enforcement["memory"] == "rlimit" else enforcement["memory"]
-    if config.seccomp != "none":
-        from sandbox import seccomp  # compiled once per policy in this (parent) process
-
-        policy = seccomp.policy_for(config.seccomp, config.seccomp_allow, config.seccomp_deny,
-                                    memory_rlimit=enforcement["memory"] == "rlimit")
-        prep.seccomp_bpf = seccomp.compile_bpf(policy)
-        prep.seccomp_desc = policy.describe()
-        if seccomp.refuses(policy, "memfd_create"):
-            memfd = "seccomp"
-    enforcement["memfd"] = memfd
-    # Socket and pipe buffers are kernel memory: a memory cgroup charges them, RLIMIT_AS never
-    # sees them (a box held 1 GiB in unix socket buffers under --memory 64M), and no filter
-    # can bound their total. The verdict says so rather than implying --memory covered them.
-    enforcement["kernel_buffers"] = "none" if enforcement["memory"] == "rlimit" else enforcement["memory"]
-    return prep
 
 
 class StepError(Exception):
@@ -150,6 +97,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
     failure: StepError | None = None
     mnt_ns = -1
     try:
+        _step("scrub", scrub.wipe_caller_image)
         keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, request_fd, *pass_fds,
                 *rootfs.held_fds(prep.rootfs))
         _step("fds", lambda: _close_fds_except([f for f in keep if f >= 0]))
@@ -164,6 +112,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         _step("hostname", lambda: sc.sethostname(prep.config.hostname))
         if prep.config.network == "none":
             _step("network", net.loopback_up)
+        _step("boxuser", lambda: userns.enter_box_user(prep.ids))
         _step("dumpable", lambda: caps.set_dumpable(False))
     except StepError as e:
         failure = e

@@ -29,13 +29,14 @@ import os
 from sandbox import _syscalls as sc
 
 MOUNT_ATTR_NOSUID_NODEV = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
-BYTES_PER_INODE = 16384  # 256 MiB → 16 384 files: each costs ~1 KiB of kernel slab beyond `size`
 
 
 def inodes_for(size: int) -> int:
-    """The inode cap for a tmpfs of ``size`` bytes: without one, empty files (which take no
-    pages) would grow the host kernel's slab without bound."""
-    return max(1024, size // BYTES_PER_INODE)
+    """The inode cap for a tmpfs of ``size`` bytes, the same rule as a box's own tmpfs
+    (``rootfs.tmpfs_inodes``): empty files take no pages, only kernel slab."""
+    from sandbox.rootfs import tmpfs_inodes
+
+    return tmpfs_inodes(size)
 
 
 def create(size: int) -> int | None:

@@ -20,6 +20,11 @@ Shape (the same trick bubblewrap uses, so host paths under /tmp stay reachable a
    tree is gone from this mount namespace; the tmpfs lives on only through our binds.
 5. ``/`` and ``/dev`` are remounted read-only; only /tmp, /dev/shm and the overlays accept writes.
 
+No inode of a host directory is in the box: inotify (and unprivileged fanotify) on one reports
+every host process's opens and reads in it (a bind of /etc/ssl did). /usr and the Python prefix
+are overlays; the /etc directories (``ETC_VIEW``) are binds out of one read-only overlay of the
+host's /etc mounted outside the box's tree. (/dev's nodes are host inodes: /dev/null is watchable.)
+
 The plan is computed in the parent (``plan_rootfs``: stats host paths, reads the few /etc files)
 so the child only issues syscalls.
 """
@@ -31,14 +36,12 @@ import os
 import stat
 import sys
 
+from sandbox import _etc, ipclimits
 from sandbox import _syscalls as sc
 from sandbox._record import field, record
 from sandbox.config import SandboxConfig
 
 DEFAULT_EXPOSED = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-ETC_COPY = ("ld.so.cache", "ld.so.conf", "host.conf", "protocols", "services", "debian_version",
-            "mime.types", "localtime", "os-release", "timezone")
-ETC_BIND = ("alternatives", "ld.so.conf.d", "ssl", "ca-certificates")
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_MASK_FILES = ("kcore", "keys", "key-users", "timer_list", "sched_debug", "sysrq-trigger",
                    "latency_stats", "kallsyms", "kmsg", "config.gz", "vmallocinfo", "pagetypeinfo")
@@ -47,8 +50,14 @@ PROC_READONLY = ("sys", "irq", "bus", "fs", "sysvipc")
 STAT_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC),
               (1024, sc.MS_NOATIME), (2048, sc.MS_NODIRATIME), (4096, sc.MS_RELATIME))
 
+# A tmpfs inode costs ~1 KiB of kernel slab that size= does not count and only a memory cgroup
+# bounds (a million empty files: ~1 GiB), so a tmpfs gets one per TMPFS_INODE_BYTES of its size,
+# at least TMPFS_MIN_INODES: the default 256M holds 32768 files; more need a larger size.
+TMPFS_INODE_BYTES = 8 * 1024
+TMPFS_MIN_INODES = 4096
+
 Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir[, upper_to, (uid, gid)]) | ("symlink", dst, text)
-#            | ("tmpfs", dst, size) | ("bind-fd", fd, dst, readonly)
+#            | ("tmpfs", dst, size) | ("bind-fd", fd, dst, readonly) | ("etc-view", dst)
 
 
 @record
@@ -58,6 +67,7 @@ class RootfsPlan:
     ops: list[Op] = field(default_factory=list)
     etc_files: dict[str, bytes | tuple[str, str]] = field(default_factory=dict)
     tmpfs_size: int = 0
+    sysctls: list[tuple[str, str]] = field(default_factory=list)  # the box's IPC ns limits
     cgroup: bool = False  # mount our cgroup namespace's cgroup2 read-only at /sys/fs/cgroup
 
 
@@ -88,59 +98,6 @@ def _find_python_prefixes() -> list[str]:
     return seen
 
 
-def _etc_files(cfg: SandboxConfig) -> dict[str, bytes | tuple[str, str]]:
-    files: dict[str, bytes | tuple[str, str]] = {
-        "passwd": (f"root:x:0:0:root:/root:/bin/sh\n"
-                   f"sandbox:x:{cfg.uid}:{cfg.gid}:sandbox:/tmp:/bin/sh\n"
-                   "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n").encode(),
-        "group": (f"root:x:0:\nsandbox:x:{cfg.gid}:\nnogroup:x:65534:\n").encode(),
-        "hostname": f"{cfg.hostname}\n".encode(),
-        "hosts": f"127.0.0.1 localhost {cfg.hostname}\n::1 localhost ip6-localhost\n".encode(),
-        "nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files dns\nservices: files\n",
-    }
-    names = ETC_COPY + (("resolv.conf",) if cfg.network == "host" else ())
-    for name in names:
-        got = _host_etc_file("/etc/" + name)
-        if got is not None:
-            files[name] = got
-    return files
-
-
-# path → (identity of the file when read, what we read); a grader plans hundreds of boxes
-_ETC_CACHE: dict[str, tuple[tuple[int, ...], bytes]] = {}
-
-
-def _host_etc_file(p: str) -> bytes | tuple[str, str] | None:
-    """A host /etc file's bytes (or its symlink), re-read only when it changed.
-
-    Opened with O_NOFOLLOW (a symlink is copied as a symlink: ELOOP) and O_NONBLOCK (a FIFO
-    put there cannot hang the box start; anything but a regular file is skipped)."""
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno != errno.ELOOP:
-            return None
-        try:
-            return ("symlink", os.readlink(p))
-        except OSError:
-            return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        ident = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        hit = _ETC_CACHE.get(p)
-        if hit is not None and hit[0] == ident:
-            return hit[1]
-        got = os.read(fd, min(st.st_size, 1 << 20))  # small files; bounded all the same
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    _ETC_CACHE[p] = (ident, got)
-    return got
-
-
 def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
     ops: list[Op] = []
     for d in DEFAULT_EXPOSED:
@@ -148,9 +105,11 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
     if cfg.expose_python:
         for p in _python_prefixes():
             _expose(ops, p)
-    for name in ETC_BIND:
-        if os.path.isdir("/etc/" + name):
-            ops.append(("ro-bind", "/etc/" + name, "/etc/" + name, True))
+    etc_dev = os.stat("/etc").st_dev
+    for name in _etc.ETC_VIEW:
+        p = "/etc/" + name
+        if os.path.isdir(p):  # one that is a host mount of its own is not in /etc's overlay
+            ops.append(("etc-view", p) if os.stat(p).st_dev == etc_dev else ("ro-bind", p, p, True))
     for m in sorted(cfg.mounts, key=lambda m: m.target.count("/")):  # parents first
         if m.kind == "tmpfs":
             ops.append(("tmpfs", m.target, m.size or cfg.limits.tmpfs_size))
@@ -160,7 +119,11 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
             assert m.source is not None
             ops.append((m.kind, m.source, m.target, os.path.isdir(m.source))
                        + ((m.upper_to, (cfg.uid, cfg.gid)) if m.upper_to is not None else ()))
-    return RootfsPlan(ops, _etc_files(cfg), cfg.limits.tmpfs_size)
+    return RootfsPlan(ops, _etc.plan_files(cfg), cfg.limits.tmpfs_size, ipclimits.plan(cfg.limits.memory))
+
+
+def tmpfs_inodes(size: int) -> int:
+    return max(TMPFS_MIN_INODES, size // TMPFS_INODE_BYTES)
 
 
 # ------------------------------------------------------------------ child side (no imports) --
@@ -230,7 +193,13 @@ def _overlay(n: int, src: str, dst: str, upper_to: int | None = None,
     if owner is not None:
         # The upper's root gives the overlay's root its owner: the box user's, so it may write
         # there as it may in a box-owned directory (init is inside root with a range map).
-        os.chown(up, *owner)
+        # With the single-id map the box user is init's own id seen from a nested namespace,
+        # and its inside id is unmapped here (EINVAL): init made the directory as that id.
+        try:
+            os.chown(up, *owner)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
     if any(c in src for c in ",:\\"):
         raise OSError(22, f"overlay source {src!r} contains ',', ':' or '\\'")
     try:
@@ -250,24 +219,17 @@ def _overlay(n: int, src: str, dst: str, upper_to: int | None = None,
         fdpass.send_dir_fd(upper_to, up)
 
 
+def _skeleton_inodes(plan: RootfsPlan) -> int:
+    """Inodes the box's own skeleton takes (dirs, /etc files, mount points, overlay work dirs,
+    /dev): added to the box's share, like ``_skeleton_bytes``."""
+    return 64 + len(plan.etc_files) + 4 * len(plan.ops)
+
+
 def _skeleton_bytes(plan: RootfsPlan) -> int:
     """What the box's own files take of the tmpfs (whole pages), plus slack for directories'
     and symlinks' pages: added to ``tmpfs_size`` so the box still gets all of it."""
     pages = sum(-(-len(c) // 4096) for c in plan.etc_files.values() if isinstance(c, bytes))
     return (pages + 16) * 4096
-
-
-def _write_etc(files: dict[str, bytes | tuple[str, str]]) -> None:
-    for name, content in files.items():
-        p = "/newroot/etc/" + name
-        if isinstance(content, tuple):
-            os.symlink(content[1], p)
-            continue
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, content)
-        finally:
-            os.close(fd)
 
 
 def _setup_dev() -> None:
@@ -290,12 +252,13 @@ def _setup_dev() -> None:
              sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
 
 
-def _setup_proc() -> None:
+def _setup_proc(sysctls: list[tuple[str, str]]) -> None:
     """Fresh procfs for our pid namespace, with the kernel-wide leaks covered (docker/runc's
     masked paths): /proc/kcore, keys, timer_list, ... become /dev/null, hardware dirs an
-    empty read-only tmpfs, and /proc/sys & co read-only."""
+    empty read-only tmpfs, and /proc/sys & co read-only — after the IPC limits are set."""
     os.mkdir("/newroot/proc")
     sc.mount("proc", "/newroot/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    ipclimits.write("/newroot/proc/sys/", sysctls)
     exists = os.access  # F_OK: a bool, where os.path.exists raises and catches inside
     for name in PROC_MASK_FILES:
         p = "/newroot/proc/" + name
@@ -324,7 +287,9 @@ def build_rootfs(plan: RootfsPlan) -> None:
     after the pivot are made private one by one (``_bind``), so host mounts made later under a
     bound directory do not appear in the box either."""
     size = plan.tmpfs_size + _skeleton_bytes(plan)
-    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=0755,size={size}")
+    inodes = tmpfs_inodes(plan.tmpfs_size) + _skeleton_inodes(plan)
+    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+             f"mode=0755,size={size},nr_inodes={inodes}")
     os.chdir("/tmp")
     os.mkdir("oldroot")
     sc.pivot_root(".", "oldroot")
@@ -336,12 +301,16 @@ def build_rootfs(plan: RootfsPlan) -> None:
         os.mkdir(d)
     os.chmod("/scratch/tmp", 0o1777)
     os.chmod("/scratch/shm", 0o1777)
-    _write_etc(plan.etc_files)
+    _etc.write_files(plan.etc_files)
     sc.mount("/scratch/tmp", "/newroot/tmp", None, sc.MS_BIND)
-    n = 0
+    n, etc_src = 0, ""
     for op in plan.ops:
         kind = op[0]
-        if kind == "symlink":
+        if kind == "etc-view":
+            etc_src = etc_src or _etc.mount_view()
+            _make_target(op[1], True)
+            _bind(etc_src + op[1][4:], "/newroot" + op[1], readonly=True)
+        elif kind == "symlink":
             _make_target(os.path.dirname(op[1]), True)
             os.symlink(op[2], "/newroot" + op[1])
         elif kind == "bind-fd":  # a tmpfs the caller holds by fd (sandbox.memdir): bind a clone
@@ -351,7 +320,7 @@ def build_rootfs(plan: RootfsPlan) -> None:
         elif kind == "tmpfs":
             _make_target(op[1], True)
             sc.mount("tmpfs", "/newroot" + op[1], "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
-                     f"mode=1777,size={op[2]}")
+                     f"mode=1777,size={op[2]},nr_inodes={tmpfs_inodes(op[2])}")
         else:
             src, dst, is_dir = op[1], op[2], op[3]
             _make_target(dst, is_dir)
@@ -367,7 +336,7 @@ def build_rootfs(plan: RootfsPlan) -> None:
         sc.mount("cgroup2", "/newroot/sys/fs/cgroup", "cgroup2",
                  sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     _setup_dev()
-    _setup_proc()
+    _setup_proc(plan.sysctls)
     os.chdir("/newroot")
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)

@@ -4,8 +4,13 @@ Three modes, chosen in the parent before the clone:
 
 * ``single`` (unprivileged, the default): the box's init writes its own maps right after the
   clone: ``setgroups`` → ``deny`` first (required since Linux 3.19, so an unprivileged user can
-  never drop supplementary groups to escape a negative group ACL), then one line each mapping the
-  chosen inside id to our own host uid/gid. No round trip to the parent: this is the fast path.
+  never drop supplementary groups to escape a negative group ACL), then one line each mapping
+  inside 0 to our own host uid/gid. No round trip to the parent: this is the fast path. init is
+  thus uid 0 of the box's user namespace, as with a range map, which the kernel requires of
+  whoever sets the box's IPC limits (``sandbox.ipclimits``); when its set-up is done it enters
+  a nested user namespace mapping the box user (1000) onto itself (``enter_box_user``), and the
+  payload starts there: one host id throughout, seen as 1000 inside, with no capability in the
+  box's own user namespace (the one that owns its mount, net and IPC namespaces).
 * ``range`` as root: the parent writes a 65536-id map onto an unused high host block, so the box
   holds no host identity that owns anything; the child waits on a pipe until the maps exist.
 * ``range`` via ``newuidmap``/``newgidmap`` for a plain user with an ``/etc/subuid`` range.
@@ -74,10 +79,26 @@ _write = sc.write_file
 
 
 def write_own_maps(plan: IdPlan) -> None:
-    """In the child, right after clone(CLONE_NEWUSER): the unprivileged single-id map."""
+    """In the child, right after clone(CLONE_NEWUSER): the unprivileged single-id map, of
+    inside 0 (the box user's comes with ``enter_box_user``)."""
+    _write_maps(0, plan.outside_uid, 0, plan.outside_gid)
+
+
+def enter_box_user(plan: IdPlan) -> None:
+    """Single-id map, at the end of init's set-up: a nested user namespace mapping the box
+    user onto init's uid 0, so init and the payload are the box user from here on. We keep
+    every capability in the new namespace (to drop them as the hardening says) and none in the
+    box's: nothing after this step needs one there."""
+    if plan.parent_writes or (plan.inside_uid, plan.inside_gid) == (0, 0):
+        return
+    sc.unshare(sc.CLONE_NEWUSER)
+    _write_maps(plan.inside_uid, 0, plan.inside_gid, 0)
+
+
+def _write_maps(uid: int, outside_uid: int, gid: int, outside_gid: int) -> None:
     _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", f"{plan.inside_uid} {plan.outside_uid} 1\n")
-    _write("/proc/self/gid_map", f"{plan.inside_gid} {plan.outside_gid} 1\n")
+    _write("/proc/self/uid_map", f"{uid} {outside_uid} 1\n")
+    _write("/proc/self/gid_map", f"{gid} {outside_gid} 1\n")
 
 
 def write_maps_for(pid: int, plan: IdPlan) -> None:

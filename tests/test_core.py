@@ -17,7 +17,7 @@ import pytest
 import trio
 
 import sandbox
-from sandbox import Limits, SandboxConfig, Status
+from sandbox import Limits, SandboxConfig, Status, _etc
 from sandbox.config import MountSpec
 
 
@@ -61,16 +61,15 @@ def test_host_home_invisible(no_leftovers):
 def test_curated_etc_copies_files_keeps_symlinks_and_skips_the_rest(tmp_path):
     """The host /etc files a box gets are read by the parent with O_NOFOLLOW|O_NONBLOCK: a
     symlink is copied as a symlink (never followed), a FIFO neither hangs nor is copied."""
-    from sandbox import rootfs
 
     (tmp_path / "file").write_bytes(b"x" * 10)
     os.symlink("/etc/shadow", tmp_path / "link")
     os.mkfifo(tmp_path / "fifo")
-    got = {n: rootfs._host_etc_file(str(tmp_path / n)) for n in ("file", "link", "fifo", "none")}
+    got = {n: _etc.host_file(str(tmp_path / n)) for n in ("file", "link", "fifo", "none")}
     assert got == {"file": b"x" * 10, "link": ("symlink", "/etc/shadow"), "fifo": None,
                    "none": None}
     (tmp_path / "file").write_bytes(b"changed")
-    assert rootfs._host_etc_file(str(tmp_path / "file")) == b"changed"  # not a stale copy
+    assert _etc.host_file(str(tmp_path / "file")) == b"changed"  # not a stale copy
     r = sandbox.run_sync(["sh", "-c", "head -c 4 /etc/ld.so.cache; readlink /etc/os-release"])
     assert r.stdout.startswith(open("/etc/ld.so.cache", "rb").read(4))
     if os.path.islink("/etc/os-release"):  # Debian's is (../usr/lib/os-release)
