@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Run the cgroup v2 test module inside one User-Mode Linux guest (pure v2, delegated subtree)
-# as an unprivileged uid. One guest for the whole module: forks are slow under UML.
+# Run the cgroup v2 tests inside one User-Mode Linux guest (pure v2, delegated subtree) as an
+# unprivileged uid: tests/test_cgroups.py, and the escape test whose verdict depends on a
+# memory cgroup (kernel buffers charged to it). One guest for all of them: forks are slow
+# under UML.
 #   bash ci/uml-tests.sh [pytest args]
 # First a boot probe (/bin/true in a guest, ~3 s): a guest that cannot boot here (no UML
 # package, no ptrace, a kernel panic) is reported as ONE line
@@ -26,4 +28,4 @@ fi
 printf '%s\n' "$probe" | grep -v '^[[:space:]]*$' >&2   # e.g. the shim notice
 exec bash ci/uml-run.sh --user "$uid" --mem "$mem" "${cow[@]}" --cwd "$REPO" -- \
   "$REPO/.venv/bin/python" -m pytest -q --color=no -p no:cacheprovider -p no:pytest_isolate \
-  tests/test_cgroups.py "$@"
+  tests/test_cgroups.py tests/escape/test_kernel_memory.py "$@"

@@ -247,6 +247,23 @@ def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
     subtree) is opened once per process, so pytest-xdist workers never collide."""
     if not config.use_cgroup:
         return None, None
+    mgr: Any = cgroup_manager()
+    if mgr is None:
+        if config.require_cgroup:
+            from sandbox import cgroup_env
+
+            return None, f"no usable delegated cgroup v2 subtree ({cgroup_env.detect().reason})"
+        return None, None
+    try:
+        return mgr.create_box(config.limits), None
+    except OSError as e:
+        if config.require_cgroup:
+            return None, f"cannot create the box's cgroup: {e}"
+        return None, None
+
+
+def cgroup_manager() -> Any:
+    """This process's delegated subtree (opened once: it may move us into a leaf), or None."""
     from sandbox import cgroup_env  # the manager's module only where there is something to manage
 
     pid = os.getpid()
@@ -264,17 +281,7 @@ def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
             import atexit
 
             atexit.register(_MANAGERS[pid].close)  # type: ignore[union-attr]
-    mgr: Any = _MANAGERS[pid]
-    if mgr is None:
-        if config.require_cgroup:
-            return None, f"no usable delegated cgroup v2 subtree ({cgroup_env.detect().reason})"
-        return None, None
-    try:
-        return mgr.create_box(config.limits), None
-    except OSError as e:
-        if config.require_cgroup:
-            return None, f"cannot create the box's cgroup: {e}"
-        return None, None
+    return _MANAGERS[pid]
 
 
 def cgroup_enforced(box_cg: Any) -> frozenset[str]:

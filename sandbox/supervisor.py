@@ -35,6 +35,7 @@ from sandbox.direct import (
     CappedBuffer,
     box_pipes,
     cgroup_enforced,
+    cgroup_manager,
     open_box_cgroup,
     xx_result,
 )
@@ -92,7 +93,7 @@ class Supervisor:
     async def __aenter__(self) -> Supervisor:
         # Open our cgroup subtree first (it may move this process into a leaf, per the
         # no-internal-processes rule), so the launcher starts where it belongs.
-        open_box_cgroup(SandboxConfig(use_cgroup=True))
+        cgroup_manager()  # (it used to make a box leaf here too, and never removed it)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = await trio.lowlevel.open_process(

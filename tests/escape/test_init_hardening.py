@@ -180,6 +180,7 @@ def test_sysv_shm_stays_within_the_memory_limit(no_leftovers):
     r = py(SYSV_HOLD, memory="256M", wall_time="20s")
     if r.enforcement["memory"] == "cgroup" and r.status == Status.ML:
         return  # charged to the box's memory cgroup: killed at memory.max
+    assert len(r.stdout.split()) == 6, r
     held, err, raised, shmmax, shmall, msgmni = r.stdout.split()
     assert r.status == Status.OK, r
     assert int(held) <= 256 and err == b"ENOSPC", r.stdout
