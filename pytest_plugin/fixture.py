@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import traceback
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +17,7 @@ from sandbox import Limits, Result, SandboxConfig, Status, codec, memdir
 from sandbox._syscalls import openat2
 from sandbox.config import MountSpec
 from sandbox.direct import run_direct
+from sandbox.grading.session import BoxSession, InvalidReply, SessionError
 from sandbox.safefs import RESOLVE, UnsafePath, box_writable_dir, open_beneath, read_beneath
 
 LIMIT_KEYS = ("memory", "wall_time", "cpu_time", "pids", "output_limit", "tmpfs_size",
@@ -116,40 +117,46 @@ class SandboxFixture:
         self.results.append(r)
         return r
 
-    def call(self, func: Callable[..., Any], *args: Any, sandbox_options: Mapping[str, Any] | None = None,
-             **kwargs: Any) -> Any:
+    def call(self, func: Callable[..., Any] | str, *args: Any,
+             sandbox_options: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         """Run ``func(*args, **kwargs)`` in a fresh box; return its result decoded from tagged
-        JSON (None, bool, int, float, str, bytes, list, tuple, dict)."""
-        def body(ch: int) -> None:
-            try:
-                payload: Any = {"ok": func(*args, **kwargs)}
-                data = codec.encode(payload)
-            except BaseException as e:  # noqa: BLE001 - described, never shipped as an object
-                data = codec.encode({"error": {"type": type(e).__name__, "message": str(e)[:10000],
-                                               "traceback": traceback.format_exc()[-20000:]}})
-            boxrun.write_all(ch, data)
+        JSON (None, bool, int, float, str, bytes, list, tuple, dict).
 
-        result, data = boxrun.run_in_box(body, self.config(**dict(sandbox_options or {})),
-                                         limit=codec.MAX_BYTES)
-        self.results.append(result)
-        if result.status != Status.OK:
-            raise SandboxCallError(f"sandbox: {result.reason or result.error or result.status}",
-                                   result=result)
-        if data is None:
-            raise SandboxCallError(f"sandbox: the box sent more than {codec.MAX_BYTES >> 20} MiB",
-                                   result=result)
+        The box runs a fresh interpreter (``sandbox.worker``) that has nothing of this process:
+        ``func`` crosses as its module and qualified name and is imported inside the box (or
+        give ``"module:function"``, so the untrusted module is never imported here at all);
+        the arguments cross as tagged JSON, like the result. /work and the project's import
+        directories come first on the box's ``sys.path``."""
+        module, qualname = _reference(func)
+        name = f"{module}.{qualname}"
+        msg = {"op": "call", "module": module, "path": qualname.split("."), "args": list(args),
+               "kwargs": kwargs}
         try:
-            msg = codec.decode(data)
+            codec.tag(msg)
         except codec.CodecError as e:
-            raise SandboxCallError(f"sandbox: the box sent invalid data ({e})", result=result) from None
-        if isinstance(msg, dict) and set(msg) == {"ok"}:
-            return msg["ok"]
-        if isinstance(msg, dict) and set(msg) == {"error"} and isinstance(msg["error"], dict):
-            err = msg["error"]
-            raise SandboxCallError(f"{err.get('type')}: {err.get('message')}",
-                                   type_name=str(err.get("type")),
-                                   traceback_text=str(err.get("traceback", "")), result=result)
-        raise SandboxCallError("sandbox: the box sent an unexpected message", result=result)
+            raise TypeError(f"sandbox.call({name}): the arguments cannot cross into the box: {e}") from None
+        cfg = self.config(**dict(sandbox_options or {}))
+        session = BoxSession(cfg, _import_path(cfg, module))
+        reply, error = None, ""
+        try:
+            wall = cfg.limits.wall_time
+            reply = session.request(msg, NO_LIMIT if wall is None else max(0.0, wall - session.elapsed()))
+        except InvalidReply as e:
+            error = f"sandbox: the box sent invalid data ({e})"
+        except SessionError as e:
+            error = str(e)
+        finally:
+            result = session.close()
+            self.results.append(result)
+        if result.status != Status.OK and not error.startswith("sandbox: the box sent"):
+            error = f"sandbox: {result.reason or result.error or result.status}"
+        if error or reply is None:
+            raise SandboxCallError(error or "sandbox: no reply", result=result)
+        if "ok" in reply:
+            return reply["ok"]
+        err = reply["error"] if isinstance(reply["error"], dict) else {}
+        raise SandboxCallError(f"{err.get('type')}: {err.get('message')}", type_name=str(err.get("type")),
+                               traceback_text=str(err.get("traceback", "")), result=result)
 
     def close(self) -> None:
         if self._work >= 0:
@@ -158,3 +165,53 @@ class SandboxFixture:
         if self._top is not None:
             shutil.rmtree(self._top, ignore_errors=True)
             self._top = None
+
+
+NO_LIMIT = 365 * 86400.0  # a call's time limit when the box has no wall time
+
+
+def _reference(func: Callable[..., Any] | str) -> tuple[str, str]:
+    """(module, qualified name) by which a fresh interpreter can import ``func``; a TypeError
+    naming the function and why, for what cannot be imported by name."""
+    if isinstance(func, str):
+        module, _, qualname = func.partition(":")
+        if not module or not qualname:
+            raise TypeError(f"sandbox.call({func!r}): give a function, or 'module:function'")
+        return module, qualname
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    why = ""
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        why, module, qualname = "it has no module and qualified name (a partial or a callable object?)", "?", repr(func)
+    elif "<lambda>" in qualname:
+        why = "it is a lambda"
+    elif "<locals>" in qualname:
+        why = "it is defined inside a function (a closure)"
+    elif module == "__main__":
+        why = "it lives in __main__, which another interpreter cannot import"
+    else:
+        obj: Any = sys.modules.get(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not func and obj != func:
+            why = "its module and name lead to something else (a decorated function or a bound method?)"
+    if why:
+        raise TypeError(f"sandbox.call({module}.{qualname}): {why}. The box runs a fresh Python that "
+                        "has nothing of this test process (no closures, no globals) and imports the "
+                        "function by module and name: define it at module level, or pass 'module:function'")
+    return module, qualname
+
+
+def _import_path(cfg: SandboxConfig, module: str) -> list[str]:
+    """/work, then the directory ``module`` was imported from and this process's ``sys.path``
+    entries, those the box sees at the same path (the project overlay)."""
+    shared = [m.target for m in cfg.mounts if m.source is not None and m.source == m.target]
+    mod = sys.modules.get(module)
+    file = getattr(mod, "__file__", None)
+    roots = list(sys.path)
+    if isinstance(file, str):
+        root = os.path.realpath(file)
+        for _ in range(1 + module.count(".") + (os.path.basename(root) == "__init__.py")):
+            root = os.path.dirname(root)
+        roots.insert(0, root)
+    seen = [os.path.realpath(p) for p in roots if p]
+    return ["/work", *dict.fromkeys(p for p in seen if any(p == t or p.startswith(t + "/") for t in shared))]

@@ -4,13 +4,19 @@ Never pickle: unpickling bytes a box wrote is code execution on the host. Values
 JSON-compatible (None, bool, int, float, str, list, dict with str keys) plus bytes and tuples,
 tagged as ``{"$bytes": "<base64>"}`` / ``{"$tuple": [...]}``. Decoding checks every type, the
 nesting depth and the total size, and raises ``CodecError`` (never anything else) on garbage.
+
+The box's worker (``sandbox.worker``) loads this module from its source inside a fresh
+interpreter and uses ``tag``/``untag`` with its own JSON (``json`` imports ``re``, ``enum`` and
+more: ~10 ms of every worker start), so this module imports only ``binascii`` at load time.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-from typing import Any
+import binascii
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_BYTES = 32 * 1024 * 1024
 MAX_DEPTH = 64
@@ -26,7 +32,7 @@ def _enc(v: Any, depth: int) -> Any:
     if v is None or isinstance(v, bool | int | float | str):
         return v
     if isinstance(v, bytes | bytearray | memoryview):
-        return {"$bytes": base64.b64encode(bytes(v)).decode()}
+        return {"$bytes": binascii.b2a_base64(bytes(v), newline=False).decode()}
     if isinstance(v, tuple):
         return {"$tuple": [_enc(x, depth + 1) for x in v]}
     if isinstance(v, list):
@@ -41,8 +47,15 @@ def _enc(v: Any, depth: int) -> Any:
                      "(use None, bool, int, float, str, bytes, list, tuple, dict)")
 
 
+def tag(v: Any) -> Any:
+    """``v`` as plain JSON-able values (bytes and tuples tagged); CodecError if it may not cross."""
+    return _enc(v, 0)
+
+
 def encode(v: Any) -> bytes:
-    data = json.dumps(_enc(v, 0), allow_nan=True).encode()
+    import json
+
+    data = json.dumps(tag(v), allow_nan=True).encode()
     if len(data) > MAX_BYTES:
         raise CodecError(f"value too large ({len(data)} bytes > {MAX_BYTES})")
     return data
@@ -62,7 +75,7 @@ def _dec(v: Any, depth: int) -> Any:
                 if not isinstance(inner, str):
                     raise CodecError("bad $bytes")
                 try:
-                    return base64.b64decode(inner, validate=True)
+                    return binascii.a2b_base64(inner, strict_mode=True)
                 except ValueError as e:
                     raise CodecError("bad $bytes") from e
             if tag == "$tuple":
@@ -77,14 +90,21 @@ def _dec(v: Any, depth: int) -> Any:
     raise CodecError(f"unexpected {type(v).__name__}")
 
 
+def untag(raw: Any) -> Any:
+    """The value that ``tag`` made ``raw`` from, every type checked; CodecError on garbage."""
+    try:
+        return _dec(raw, 0)
+    except RecursionError as e:
+        raise CodecError("value nested too deeply") from e
+
+
 def decode(data: bytes) -> Any:
+    import json
+
     if len(data) > MAX_BYTES:
         raise CodecError("message too large")
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError) as e:
         raise CodecError(f"not valid JSON: {str(e)[:100]}") from None
-    try:
-        return _dec(raw, 0)
-    except RecursionError as e:
-        raise CodecError("value nested too deeply") from e
+    return untag(raw)

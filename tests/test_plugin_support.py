@@ -9,8 +9,12 @@ import pytest
 
 @pytest.fixture
 def run(pytester: pytest.Pytester):
-    """Write ``test_it.py`` and run pytest on it in-process (real boxes, this user)."""
-    def go(src: str, *args: str) -> pytest.RunResult:
+    """Write ``test_it.py`` (and ``helpers`` as ``calls.py``: functions for ``sandbox.call``, which
+    imports them by name in a fresh interpreter) and run pytest on it in-process (real boxes,
+    this user)."""
+    def go(src: str, *args: str, helpers: str | None = None) -> pytest.RunResult:
+        if helpers is not None:
+            pytester.makepyfile(calls=helpers)
         pytester.makepyfile(test_it=textwrap.dedent(src))
         return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:pytest_isolate", *args)
     return go

@@ -94,10 +94,49 @@ def test_kernel_verdict_beats_a_forged_pass(run):
     r.stdout.fnmatch_lines(["FAILED test_it.py::test_prints_fake_pass - assert False"])
 
 
+CALLS = r'''
+import os
+
+
+def values(a, b):
+    return {"sum": a + b, "raw": b"\x00", "t": (1, 2)}
+
+
+def divide():
+    return 1 / 0
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def evil():
+    return Evil()
+
+
+class Thing:
+    def method(self):
+        return 1
+
+
+def liar():
+    """Answers for the worker on the box's socket: a frame that is not tagged JSON."""
+    for f in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{f}").startswith("socket:"):
+                os.write(int(f), b"\x00\x00\x00\x09\x80\x04garbage")
+        except OSError:
+            pass
+    os._exit(0)
+'''
+
+
 def test_fixture_run_and_call(run):
     r = run("""
         import pytest
         from pytest_plugin.fixture import SandboxCallError
+        import calls
 
         def test_run(sandbox):
             r = sandbox.run(["python3", "-c", "print('1 passed'); print(int(input()) * 2)"],
@@ -114,20 +153,30 @@ def test_fixture_run_and_call(run):
             assert r.ok and sandbox.read("out.txt") == b"ABC"
 
         def test_call_values(sandbox):
-            assert sandbox.call(lambda a, b: {"sum": a + b, "raw": b"\\x00", "t": (1, 2)}, 2, 3) == \\
-                {"sum": 5, "raw": b"\\x00", "t": (1, 2)}
+            assert sandbox.call(calls.values, 2, 3) == {"sum": 5, "raw": b"\\x00", "t": (1, 2)}
+            assert sandbox.call("calls:values", 2, 3)["sum"] == 5   # never imported here
 
         def test_call_exception_is_described(sandbox):
             with pytest.raises(SandboxCallError, match="ZeroDivisionError") as e:
-                sandbox.call(lambda: 1 / 0)
+                sandbox.call(calls.divide)
             assert "1 / 0" in e.value.traceback_text and e.value.type_name == "ZeroDivisionError"
+            assert "sandbox" not in e.value.traceback_text  # the submission's frames, not the worker's
 
         def test_call_refuses_objects(sandbox):
-            class Evil:
-                def __reduce__(self):
-                    return (print, ("unpickled!",))
             with pytest.raises(SandboxCallError, match="cannot cross"):
-                sandbox.call(lambda: Evil())
+                sandbox.call(calls.evil)
+            with pytest.raises(TypeError, match="arguments cannot cross"):
+                sandbox.call(calls.values, object(), 1)
+
+        def test_call_refuses_what_a_fresh_interpreter_cannot_import(sandbox):
+            with pytest.raises(TypeError, match=r"call\\(test_it.*<lambda>\\): it is a lambda"):
+                sandbox.call(lambda: 1)
+            def inner():
+                return 1
+            with pytest.raises(TypeError, match=r"inner\\): it is defined inside a function .*module level"):
+                sandbox.call(inner)
+            with pytest.raises(TypeError, match="bound method"):
+                sandbox.call(calls.Thing().method)
 
         def test_call_in_a_box(sandbox):
             import os
@@ -137,8 +186,8 @@ def test_fixture_run_and_call(run):
             import time
             with pytest.raises(SandboxCallError, match="wall time 0.3s exceeded"):
                 sandbox.call(time.sleep, 10, sandbox_options={"wall_time": "0.3s"})
-        """)
-    r.assert_outcomes(passed=8)
+        """, helpers=CALLS)
+    r.assert_outcomes(passed=9)
     assert "unpickled!" not in r.stdout.str()
 
 
@@ -160,13 +209,8 @@ def test_fixture_is_immune_to_lies_and_planted_links(run, tmp_path):
             assert r.stdout == payload          # bytes; nothing on the host unpickles them
 
         def test_forged_call_answer(sandbox):
-            def liar():
-                for f in os.listdir("/proc/self/fd"):
-                    if "sandbox-channel" in os.path.realpath(f"/proc/self/fd/{{f}}"):
-                        os.write(int(f), b"\\x80\\x04garbage")
-                os._exit(0)
             with pytest.raises(SandboxCallError, match="invalid data"):
-                sandbox.call(liar)
+                sandbox.call("calls:liar")
 
         def test_planted_symlinks_are_not_followed(sandbox):
             r = sandbox.run(["sh", "-c", "ln -s {secret} in.txt; ln -s {secret} out.txt; mkfifo fifo"])
@@ -179,7 +223,7 @@ def test_fixture_is_immune_to_lies_and_planted_links(run, tmp_path):
                 sandbox.put("fifo", b"x")
             with pytest.raises(ValueError):
                 sandbox.put("../escape", b"x")
-        """)
+        """, helpers=CALLS)
     r.assert_outcomes(passed=4)
     assert secret.read_bytes() == b"host data"
 

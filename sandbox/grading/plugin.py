@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sandbox.grading import submission as _submission
 from sandbox.grading.submission import Submission
 
 _RESULTS = pytest.StashKey[dict[str, dict[str, Any]]]()
@@ -46,9 +47,11 @@ def submission(request: pytest.FixtureRequest) -> Any:
     if not hasattr(request, "param"):
         pytest.skip("no --submission given (run through `sandbox grade`)")
     cfg = request.config
+    spec = getattr(_STATE.get("next"), "callspec", None)
     sub = Submission(request.param, {"memory": cfg.getoption("grade_memory"),
                                      "wall_time": cfg.getoption("grade_wall_time"),
-                                     "pids": cfg.getoption("grade_pids")}, cfg.getoption("call_timeout"))
+                                     "pids": cfg.getoption("grade_pids")}, cfg.getoption("call_timeout"),
+                     next_path=spec.params.get("submission") if spec is not None else None)
     props = request.node.user_properties
     props.append(("grade_submission", sub.name))
     try:
@@ -57,6 +60,31 @@ def submission(request: pytest.FixtureRequest) -> Any:
         sub.close()  # the verdicts below ride to the controller on the teardown report
         props.append(("grade_worst", sub.worst()))
         props.append(("grade_peak_memory", max((r.peak_memory or 0 for r in sub.results), default=0)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Remember which test comes next: its submission's zygote is kept (see submission.py)."""
+    _STATE["next"] = nextitem
+    yield
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _submission.shutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Within each test module, run one submission's tests after another: each submission's
+    boxes come from a zygote of its own (a fork of a clean interpreter that serves that
+    submission alone: ``sandbox.grading.zygote``), made once per submission and module."""
+    order = {p: i for i, p in enumerate(config.getoption("submission"))}
+    modules: dict[str, int] = {}
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        spec = getattr(item, "callspec", None)
+        sub = spec.params.get("submission") if spec is not None else None
+        return modules.setdefault(str(item.path), len(modules)), order.get(sub, -1)
+    items.sort(key=key)
 
 
 @pytest.hookimpl(tryfirst=True)

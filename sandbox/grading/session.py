@@ -1,7 +1,8 @@
 """An interactive box: a worker inside answers calls into a submission's code, one at a time.
 
-The worker is a function cloned into the box from the (trusted) grader process; it imports the
-submission's modules *inside* the box and runs calls there. Requests and replies are
+The worker is a fresh Python interpreter exec'd in the box (``sandbox.worker``): it has seen
+nothing of the (trusted) caller — no heap, no frames, no modules, no argv, no environment
+block — and imports the submission's modules *inside* the box. Requests and replies are
 length-prefixed tagged JSON (``sandbox.codec``) over a socketpair: never pickle, every frame
 bounded, every reply awaited with a time limit. When a call times out or the box dies, the
 box is killed and the session is over; the verdict comes from the kernel as for any box.
@@ -17,21 +18,30 @@ import select
 import signal
 import socket
 import struct
-import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sandbox import _syscalls as sc
-from sandbox import codec, contain, spawn, statusline, verdict
+from sandbox import codec, contain, spawn, statusline, verdict, worker
 from sandbox.config import SandboxConfig
+from sandbox.direct import xx_result
 from sandbox.result import Result
 
-MAX_FRAME = 8 * 1024 * 1024
-FORBIDDEN_NAMES = ("__",)  # no dunder traversal: only the submission's own public names
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sandbox.grading.zygote import Zygote
+
+MAX_FRAME = worker.MAX_FRAME
+START_TIMEOUT = 60.0  # for the worker's start-up when the box has no wall time
 
 
 class SessionError(Exception):
     """The box could not answer: timeout, death, or a malformed reply (message says which)."""
+
+
+class InvalidReply(SessionError):
+    """The box answered something that is not a well-formed reply (it was killed)."""
 
 
 def _send(sock: socket.socket, data: bytes) -> None:
@@ -55,100 +65,115 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
 def _recv(sock: socket.socket, deadline: float | None) -> bytes:
     (n,) = struct.unpack("!I", _recv_exact(sock, 4, deadline))
     if n > MAX_FRAME:
-        raise SessionError(f"reply of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+        raise codec.CodecError(f"reply of {n} bytes exceeds the {MAX_FRAME}-byte limit")
     return _recv_exact(sock, n, deadline)
 
 
-def worker_loop(fd: int, workdir: str) -> int:
-    """Runs INSIDE the box: serve import/call requests until the socket closes."""
-    import importlib
-    import traceback
-
-    sock = socket.socket(fileno=fd)
-    # The grader's sys.stdout/stderr are pytest's capture objects, whose fds are not in the box:
-    # give the submission plain ones on the box's own 1 and 2 (they go to bounded memfds).
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stdin = open(os.devnull)  # noqa: SIM115
-    sys.path.insert(0, workdir)
-    os.chdir(workdir)
-    modules: dict[str, Any] = {}
-    while True:
-        try:
-            req = codec.decode(_recv(sock, None))
-        except (EOFError, OSError):
-            return 0
-        try:
-            name = req["module"]
-            if name not in modules:
-                modules[name] = importlib.import_module(name)
-            obj = modules[name]
-            for part in req.get("path", []):
-                if part.startswith(FORBIDDEN_NAMES):
-                    raise AttributeError(f"access to {part!r} is not allowed")
-                obj = getattr(obj, part)
-            if req["op"] == "import":
-                value = None
-            elif req["op"] == "call":
-                value = obj(*req.get("args", ()), **req.get("kwargs", {}))
-            else:
-                value = obj
-            reply = codec.encode({"ok": value})
-        except BaseException as e:  # noqa: BLE001 - described, never shipped as an object
-            reply = codec.encode({"error": {"type": type(e).__name__, "message": str(e)[:10000],
-                                            "traceback": traceback.format_exc()[-20000:]}})
-        _send(sock, reply)
-
-
 class BoxSession:
-    """One box with a worker; ``request()`` round trips; ``close()`` → the box's verdict."""
+    """One box with a worker; ``request()`` round trips; ``close()`` → the box's verdict.
 
-    def __init__(self, config: SandboxConfig, workdir: str) -> None:
+    The worker is never a copy of the caller: with ``factory`` (grading) the box is cloned by
+    that submission's zygote, a clean interpreter with the worker loaded
+    (``sandbox.grading.zygote``); without (the fixture's ``call``) the box execs a fresh
+    interpreter and is sent the worker's code (``sandbox.worker``). ``path``: directories (as
+    the box sees them) put first on the worker's ``sys.path``; the caller's site-packages
+    directories follow. The box starts at once; its first request waits for the worker's
+    "ready" under the box's wall time, not under the call's time limit."""
+
+    def __init__(self, config: SandboxConfig, path: Sequence[str], factory: Zygote | None = None) -> None:
         self.config = config.validate()
         host, box = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = host
         self._out = os.memfd_create("box-stdout", os.MFD_CLOEXEC)
         self._err = os.memfd_create("box-stderr", os.MFD_CLOEXEC)
         self._st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        box_fd = box.fileno()
-        self._prep = contain.prepare(self.config, lambda: worker_loop(box_fd, workdir))
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._factory = factory
+        self._box: spawn.BoxProcess | None = None
         self._t0 = time.monotonic()
         try:
-            self._box = spawn.spawn_box(self._prep, stdin=null, stdout=self._out, stderr=self._err,
-                                        status_w=st_w, pass_fds=[box_fd])
+            if factory is not None:  # cloned by the zygote: its worker is already loaded
+                factory.spawn(self.config, [box.fileno(), self._out, self._err, st_w])
+            else:  # a fresh interpreter exec'd in the box, sent its code first
+                self._spawn_here(box.fileno(), st_w)
         finally:
-            os.close(null)
             os.close(st_w)
             box.close()
         self._killed_for: str | None = None
+        self._ready = False
         self.result: Result | None = None
+        try:  # fits in the socket's buffer: read by the worker as it starts
+            if factory is None:
+                host.sendall(worker.boot_frame())
+            _send(host, codec.encode({"path": [*path, *worker.site_dirs()]}))
+        except OSError:
+            pass  # the box died already: the first request reports how
+
+    def _spawn_here(self, box_fd: int, st_w: int) -> None:
+        prep = contain.prepare(self.config, worker.command(box_fd))
+        self._enforcement, self._seccomp = prep.enforcement, prep.seccomp_desc
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._box = spawn.spawn_box(prep, stdin=null, stdout=self._out, stderr=self._err,
+                                        status_w=st_w, pass_fds=[box_fd])
+        finally:
+            os.close(null)
+
+    def _started(self) -> spawn.BoxProcess:
+        """The box, once the zygote said it cloned it (OSError: it could not)."""
+        if self._box is None:
+            assert self._factory is not None
+            pid, pidfd, reply = self._factory.spawned()
+            self._box = spawn.BoxProcess(pid, pidfd)
+            self._enforcement, self._seccomp = dict(reply["enforcement"]), str(reply["seccomp"])
+        return self._box
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
 
     def request(self, msg: dict[str, Any], timeout: float) -> Any:
         if self.result is not None:
             raise SessionError(f"the submission's box is gone ({self.result.reason or self.result.status})")
         try:
-            _send(self._sock, codec.encode(msg))
-            reply = codec.decode(_recv(self._sock, time.monotonic() + timeout))
+            self._started()
+        except OSError:
+            res = self.close()
+            raise SessionError(f"the submission's box did not start ({res.reason})") from None
+        if not self._ready:
+            wall = self.config.limits.wall_time
+            self._exchange(None, self._t0 + (START_TIMEOUT if wall is None else wall),
+                           "the worker did not start within the box's wall time")
+            self._ready = True
+        return self._exchange(msg, time.monotonic() + timeout,
+                              f"call did not return within {timeout:g}s (time limit)")
+
+    def _exchange(self, msg: dict[str, Any] | None, deadline: float, late: str) -> Any:
+        """Send ``msg`` (None: only wait for the worker's "ready") and return the reply."""
+        data = None if msg is None else codec.encode(msg)  # the caller's values: its own error
+        try:
+            if data is not None:
+                _send(self._sock, data)
+            reply = codec.decode(_recv(self._sock, deadline))
         except TimeoutError:
             self._kill("wall")
-            raise SessionError(f"call did not return within {timeout:g}s (time limit)") from None
+            raise SessionError(late) from None
         except (EOFError, OSError):
             res = self.close()
             raise SessionError(f"the submission's box died ({res.reason or res.error or res.status})") from None
         except codec.CodecError as e:
             self._kill(None)
-            raise SessionError(f"invalid reply from the submission's box: {e}") from None
-        if isinstance(reply, dict) and set(reply) <= {"ok", "error"} and len(reply) == 1:
+            raise InvalidReply(f"invalid reply from the submission's box: {e}") from None
+        if msg is None and reply == {"ready": True}:
+            return reply
+        if msg is not None and isinstance(reply, dict) and set(reply) <= {"ok", "error"} and len(reply) == 1:
             return reply
         self._kill(None)
-        raise SessionError("invalid reply from the submission's box")
+        raise InvalidReply("invalid reply from the submission's box")
 
     def _kill(self, reason: str | None) -> None:
         if self._killed_for is None:
             self._killed_for = reason
         try:
-            sc.pidfd_send_signal(self._box.pidfd, signal.SIGKILL)
+            sc.pidfd_send_signal(self._started().pidfd, signal.SIGKILL)
         except OSError:
             pass
 
@@ -156,19 +181,29 @@ class BoxSession:
         if self.result is not None:
             return self.result
         self._sock.close()  # the worker sees EOF and exits; a stuck one is killed
-        if not select.select([self._box.pidfd], [], [], 1.0)[0]:
+        try:
+            box = self._started()
+        except OSError as e:
+            self.result = xx_result("clone", e, self.config)
+            for fd in (self._out, self._err, self._st_r):
+                os.close(fd)
+            return self.result
+        if not select.select([box.pidfd], [], [], 1.0)[0]:
             self._kill(None)
-        status, cpu_time, max_rss = sc.wait4(self._box.pid)
+        if self._factory is not None:
+            status, cpu_time, max_rss = self._factory.wait(box.pid)
+        else:
+            status, cpu_time, max_rss = sc.wait4(box.pid)
         lim = self.config.limits
-        facts = verdict.Facts(lim, self._prep.enforcement, time.monotonic() - self._t0,
+        facts = verdict.Facts(lim, self._enforcement, time.monotonic() - self._t0,
                               init_wait_status=status, cpu_time=cpu_time,
                               max_rss=max_rss, killed_for=self._killed_for,
-                              seccomp_policy=self._prep.seccomp_desc)
+                              seccomp_policy=self._seccomp)
         facts.status_line = statusline.read(self._st_r)
         out = _read_memfd(self._out, lim.output_limit)
         err = _read_memfd(self._err, lim.output_limit)
         self.result = verdict.build_result(facts, out, err)
-        for fd in (self._box.pidfd, self._out, self._err, self._st_r):
+        for fd in (box.pidfd, self._out, self._err, self._st_r):
             os.close(fd)
         return self.result
 

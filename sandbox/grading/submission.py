@@ -23,6 +23,7 @@ from sandbox import Limits, SandboxConfig, fdpass
 from sandbox.config import MountSpec
 from sandbox.direct import run_direct
 from sandbox.grading.session import BoxSession, SessionError
+from sandbox.grading.zygote import Zygote, stop_factory
 from sandbox.result import Result, Status
 from sandbox.safefs import exists_beneath, walk_beneath
 
@@ -67,12 +68,40 @@ class _Proxy:
         return f"<submission proxy {self._module}.{'.'.join(self._path)}>"
 
 
+# Zygotes (sandbox.grading.zygote): per submission, a fork of one clean factory process that
+# clones the submission's test boxes, so a worker's interpreter start-up is paid once per
+# grading run, not per test. A zygote no open session uses is closed when another
+# submission's test opens its box, or after a test that no submission test follows (the
+# factory then stops too).
+_zygotes: dict[str, Zygote] = {}
+
+
+def shutdown() -> None:
+    """End of the run: every box factory."""
+    _prune(None)
+    stop_factory()
+
+
+def _prune(keep: str | None) -> None:
+    for path, zygote in list(_zygotes.items()):
+        if zygote.users <= 0 and path != keep:
+            del _zygotes[path]
+            zygote.close()
+
+
 class Submission:
-    def __init__(self, path: str, limits: dict[str, Any], call_timeout: float) -> None:
+    """``next_path``: the submission of the test that runs after this one (the grading plugin
+    knows pytest's order), whose box factory is kept when this one closes; None (the last
+    test, or a Submission used on its own): every factory stops when this closes."""
+
+    def __init__(self, path: str, limits: dict[str, Any], call_timeout: float,
+                 next_path: str | None = None) -> None:
         self.path = os.path.realpath(path)
         self.name = os.path.basename(self.path.rstrip("/"))
         self.limits, self.call_timeout = limits, call_timeout
+        self.next_path = None if next_path is None else os.path.realpath(next_path)
         self._session: BoxSession | None = None
+        self._zygote: Zygote | None = None
         self._uppers: socket.socket | None = None  # where the session box's init sends its upper
         self._upper = -1  # that upper's fd, once received
         self.results: list[Result] = []
@@ -81,13 +110,24 @@ class Submission:
         return SandboxConfig(limits=Limits.parse(**{**self.limits, **limits}), cwd=BOX_DIR,
                              mounts=[MountSpec("overlay", BOX_DIR, self.path, upper_to=upper_to)])
 
+    def _open(self) -> None:
+        _prune(self.path)
+        zygote = _zygotes.get(self.path)
+        if zygote is None or not zygote.alive:
+            if zygote is not None:
+                zygote.close()  # it died: its sessions' verdicts say so
+            zygote = _zygotes[self.path] = Zygote()
+        self._uppers, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._session = BoxSession(self._config(theirs.fileno()), [BOX_DIR], factory=zygote)
+        finally:
+            theirs.close()  # init holds its own copy until it sent the upper
+        self._zygote = zygote
+        zygote.users += 1
+
     def import_module(self, name: str) -> _Proxy:
         if self._session is None:
-            self._uppers, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                self._session = BoxSession(self._config(theirs.fileno()), BOX_DIR)
-            finally:
-                theirs.close()  # init holds its own copy until it sent the upper
+            self._open()
         proxy = _Proxy(self, name)
         self._request({"op": "get", "module": name, "path": []}, describe_module=True)
         return proxy
@@ -148,6 +188,13 @@ class Submission:
         if self._session is not None:
             self.results.append(self._session.close())
             self._session = None
+            if self._zygote is not None:
+                self._zygote.users -= 1
+                self._zygote = None
+        if self.next_path is None:
+            shutdown()
+        else:
+            _prune(self.next_path)
         if self._uppers is not None:
             self._uppers.close()  # an upper still queued on it goes with it
             self._uppers = None

@@ -1,0 +1,257 @@
+"""Clean box factories: a fresh interpreter per grading run, forked once per submission, that
+clones the submission's test boxes.
+
+Every test's box needs a worker interpreter that has seen nothing of the teacher (see
+``sandbox.worker``). Exec'ing a fresh Python in every box works (the fixture's ``call`` does)
+but costs each test ~9 ms of CPU for the interpreter's start-up, which on a 2-core machine
+grading 2 submissions at a time is most of a test. The *factory* pays it once per grading run
+(pytest process): it is exec'd by the grader — ``python -I -S -B``, a clean environment (the
+allowlist a box gets anyway), no argv but its socket and our pid — and imports the box-making
+code and ``sandbox.worker``. It never reads anything of a submission: its only request is
+"fork", which hands it a socket. The fork, a *zygote*, serves one submission on that socket:
+it clones each of its test boxes, whose payload is a fork of that clean image running
+``worker.serve``. What such a worker can find in its memory is our code and its zygote's
+requests: box configs of this one submission (limits, its own directory) and fd numbers.
+Never the teacher's frames, modules, argv or environment, and never another submission (the
+factory that all zygotes are forks of has seen none). The grading plugin runs a submission's
+tests one after another, so one zygote serves all of them (``pytest_collection_modifyitems``).
+
+Zygote protocol (``SOCK_SEQPACKET``, ``sandbox.fdpass`` JSON + fds), in the order the grader sends:
+  → ``{"op": "spawn", "config": {...}, "upper_to": [i, ...]}`` fds ``[worker socket, stdout,
+    stderr, status_w, *upper sockets]`` (the config's fd-holding overlays, by mount index,
+    get the trailing fds);
+  ← ``{"op": "spawned", "pid": P, "enforcement": ..., "seccomp": ...}`` fds ``[pidfd]``, or
+    ``{"op": "error", "error": "...", "errno": E}``, one per spawn, in order;
+  ← ``{"op": "exited", "pid": P, "wait_status": S, "cpu_time": T, "max_rss": B}`` whenever a
+    box's init was reaped. EOF: the zygote kills and reaps its boxes, and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+from sandbox import _record, fdpass, worker
+from sandbox import _syscalls as sc
+from sandbox.config import SandboxConfig
+
+ENTRY = """\
+import sys
+sys.path[:0] = {paths!r}
+from sandbox.grading import zygote
+zygote.factory_main({fd}, {parent})
+"""
+
+_factory: list[Any] = []  # [socket, Popen] of this process's factory, once started
+
+
+def _factory_socket() -> socket.socket:
+    if _factory and _factory[1].poll() is not None:  # it died (killed?): start another
+        stop_factory()
+    if not _factory:
+        import subprocess  # (not in the factory itself: what it imports, every box carries)
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        entry = ENTRY.format(paths=[package_root, *worker.site_dirs()], fd=theirs.fileno(),
+                             parent=os.getpid())
+        env = {k: os.environ[k] for k in SandboxConfig().inherit_env if k in os.environ}
+        try:
+            proc = subprocess.Popen([os.path.realpath(sys.executable), *worker.FLAGS, "-c", entry],
+                                    env=env, pass_fds=[theirs.fileno()], cwd="/",
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        _factory[:] = [ours, proc]
+    return _factory[0]
+
+
+def stop_factory() -> None:
+    """The factory exits (its zygotes are already gone, or die with it)."""
+    if _factory:
+        sock, proc = _factory
+        _factory.clear()
+        sock.close()
+        proc.wait()
+
+
+class Zygote:
+    """The grader's handle on one submission's zygote (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.users = 0  # open sessions whose box came from here
+        self.alive = True  # until it stops answering: its spawns then fail, and a new one is made
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            fdpass.send(_factory_socket(), {"op": "fork"}, [theirs.fileno()])
+        except OSError:
+            self.alive = False
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._exits: dict[int, tuple[int | None, float, int | None]] = {}
+        self._pending = 0  # spawns sent, answers not taken yet
+        self._replies: list[tuple[dict[str, Any], list[int]]] = []
+
+    def spawn(self, cfg: SandboxConfig, fds: list[int]) -> None:
+        """Ask for a box (``fds``: worker socket, stdout, stderr, status_w); ``spawned()`` reads
+        the answer, so the zygote's start-up and the clone overlap the caller's own work."""
+        held = [i for i, m in enumerate(cfg.mounts) if m.upper_to is not None]
+        plain = _record.replace(cfg, mounts=[_record.replace(m, upper_to=None) for m in cfg.mounts])
+        self._pending += 1
+        try:
+            fdpass.send(self._sock, {"op": "spawn", "config": plain.to_dict(), "upper_to": held},
+                        [*fds, *(cfg.mounts[i].upper_to for i in held)])
+        except OSError as e:  # answered here: the spawn fails like one the zygote refused
+            self.alive = False
+            self._replies.append(({"op": "error", "error": e.strerror, "errno": e.errno}, []))
+
+    def spawned(self) -> tuple[int, int, dict[str, Any]]:
+        """(pid, pidfd, reply) of the oldest spawn not answered yet; OSError if it failed."""
+        while not self._replies:
+            self._next()
+        msg, fds = self._replies.pop(0)
+        self._pending -= 1
+        if msg.get("op") != "spawned" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(msg.get("errno") or 0, f"box factory: {msg.get('error')}")
+        return int(msg["pid"]), fds[0], msg
+
+    def wait(self, pid: int) -> tuple[int | None, float, int | None]:
+        """A box's wait status and rusage, once the zygote reaped it (None: the zygote is gone)."""
+        while pid not in self._exits:
+            try:
+                self._next()
+            except OSError:
+                return None, 0.0, None
+        return self._exits.pop(pid)
+
+    def _next(self) -> None:
+        """One message: an exit is filed by pid, a spawn's answer queued in order."""
+        data, fds = fdpass.recv(self._sock, max_fds=1)
+        if not data:
+            self.alive = False
+            raise OSError(32, "the box factory exited")
+        msg = json.loads(data)
+        if msg.get("op") == "exited":
+            self._exits[int(msg["pid"])] = (int(msg["wait_status"]), float(msg["cpu_time"]),
+                                            int(msg["max_rss"]))
+        else:
+            self._replies.append((msg, fds))
+
+    def close(self) -> None:
+        """The zygote kills and reaps any box still running, then exits (the factory reaps it)."""
+        while self._pending:
+            try:
+                os.close(self.spawned()[1])
+            except OSError:
+                break
+        self._sock.close()
+
+
+# ------------------------------------------------------------ the factory and its zygotes --
+
+def factory_main(fd: int, parent: int) -> None:
+    """Fork a zygote for each socket the grader sends; exit at EOF."""
+    import prctl
+
+    from sandbox import contain, spawn  # noqa: F401 - loaded once here, for every zygote
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the grader's to handle
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    contain.prepare(SandboxConfig().validate(), ["true"])  # rootfs plan caches, seccomp program
+    ctl = socket.socket(fileno=fd)
+    zygotes: set[int] = set()
+    while True:
+        data, fds = fdpass.recv(ctl, max_fds=1)
+        if not data or len(fds) != 1:
+            break
+        me = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ctl.close()
+                prctl.set_pdeathsig(signal.SIGKILL)
+                if os.getppid() == me:
+                    _zygote_main(fds[0])
+                    code = 0
+            finally:
+                os._exit(code)
+        os.close(fds[0])
+        zygotes.add(pid)
+        for z in list(zygotes):  # reap the zygotes whose submission is done
+            if os.waitpid(z, os.WNOHANG)[0]:
+                zygotes.discard(z)
+    for z in zygotes:  # grader gone: their sockets are at EOF too, or they die with us
+        os.waitpid(z, 0)
+
+
+def _zygote_main(fd: int) -> None:
+    """One submission's zygote: clone the boxes asked for, report each one's exit."""
+    sock = socket.socket(fileno=fd)
+    boxes: dict[int, int] = {}  # pidfd → pid
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    try:
+        while True:
+            for ready, _ in poller.poll():
+                if ready != sock.fileno():
+                    pid = boxes.pop(ready)
+                    poller.unregister(ready)
+                    os.close(ready)
+                    status, cpu, rss = sc.wait4(pid)
+                    fdpass.send(sock, {"op": "exited", "pid": pid, "wait_status": status,
+                                       "cpu_time": cpu, "max_rss": rss})
+                    continue
+                data, fds = fdpass.recv(sock)
+                if not data:
+                    return
+                box = _spawn(sock, json.loads(data), fds)
+                if box is not None:
+                    boxes[box[1]] = box[0]
+                    poller.register(box[1], select.POLLIN)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        for pidfd, pid in boxes.items():
+            try:
+                sc.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            sc.wait4(pid)
+
+
+def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[int, int] | None:
+    from sandbox import contain, spawn
+
+    try:
+        cfg = SandboxConfig.from_dict(req["config"])
+        for i, fd in zip(req["upper_to"], fds[4:], strict=True):
+            cfg.mounts[i] = _record.replace(cfg.mounts[i], upper_to=fd)
+        box_fd = fds[0]
+        prep = contain.prepare(cfg.validate(), lambda: worker.serve(box_fd))
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            box = spawn.spawn_box(prep, stdin=null, stdout=fds[1], stderr=fds[2], status_w=fds[3],
+                                  pass_fds=[box_fd])
+        finally:
+            os.close(null)
+    except Exception as e:  # noqa: BLE001 - every failure becomes an XX verdict in the grader
+        fdpass.send(sock, {"op": "error", "error": getattr(e, "strerror", None) or str(e),
+                           "errno": getattr(e, "errno", None)})
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+    fdpass.send(sock, {"op": "spawned", "pid": box.pid, "enforcement": prep.enforcement,
+                       "seccomp": prep.seccomp_desc}, [box.pidfd])
+    return box.pid, box.pidfd

@@ -1,0 +1,244 @@
+"""The worker that runs untrusted Python inside a box: a FRESH interpreter, never a clone.
+
+Grading proxies (``submission.import_module("solution").add(2, 3)``) and the pytest fixture's
+``sandbox.call(func, ...)`` used to run the untrusted code in a fork of the trusted caller.
+A fork keeps everything: the teacher's stack frames and globals (the expected values),
+``linecache`` (the test's source), ``sys.modules`` (the grading plugin's results of the other
+submissions), ``sys.argv`` and, even after ``os.environ`` is cleared, the environment block in
+memory. A hostile submission read all of that (tests/escape/test_clean_worker.py). Now the
+worker runs in an address space that has seen nothing of the caller, made one of two ways:
+
+* grading: a fork of the submission's zygote, a clean interpreter that loaded this module
+  (``sandbox.grading.zygote``: the interpreter's start-up is paid once per run, not per test);
+* the fixture's ``call``: the box's payload is ``python -I -S -B -c BOOT``, exec'd by the
+  box's init like any program, and sent this module's code (below).
+
+How the worker's code gets into an exec'd box: this module and ``sandbox.codec`` (they need
+only the standard library), compiled here, are sent as the first frame on the socket the box
+is handed, and BOOT, a few lines in ``-c``, turns them into modules. Chosen over mounting the
+package into the box because the project may be installed editable from a directory that is
+not in the box, and a mount would show the box a host path and all of our code; a read-only
+memfd would work too but needs one more fd kept open through init's fd sweep. The code is
+ours and public: nothing in it is the caller's.
+
+Interpreter flags: ``-I`` (no PYTHON* variables, no user site, no script directory on the
+path), ``-S`` (no ``site``: .pth files run code at start-up and an editable install's import
+hook holds host paths; the caller's site-packages directories are put on ``sys.path`` as plain
+entries instead, so a submission can import what the grader's Python has installed), ``-B``
+(no ``__pycache__`` written into the submission's directory: ``changes()`` would list it).
+The binary is the caller's interpreter with symlinks resolved (``/usr/bin/python3.11``, not a
+venv's ``bin/python`` link): the box exposes /usr and the running Python's prefix.
+
+Protocol (after BOOT's frame, if any): 4-byte big-endian length + tagged JSON (``sandbox.codec``), both
+ways. The host sends ``{"path": [...]}``; the worker prepends it to ``sys.path`` and answers
+``{"ready": true}``; then each request ``{"op": "import"|"get"|"call", "module": M, "path":
+[attr, ...], "args": [...], "kwargs": {...}}`` gets ``{"ok": value}`` or ``{"error": {"type",
+"message", "traceback"}}``. EOF ends the worker. The worker shares its process with the
+untrusted code, so the host treats every reply as hostile (``sandbox.grading.session``).
+
+JSON inside the box comes from the ``_json`` C accelerator directly: the ``json`` package
+imports ``re`` (and with it ``enum``, ``functools``, ``collections``), ~10 ms of every start.
+"""
+
+from __future__ import annotations
+
+import _json
+import os
+import sys
+
+from sandbox import codec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+MAX_FRAME = 8 * 1024 * 1024
+FORBIDDEN_NAMES = ("__",)  # no dunder traversal: only the submission's own public names
+FLAGS = ("-I", "-S", "-B")
+
+BOOT = """\
+import sys
+def boot(fd):
+    import marshal, os
+    def read(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = os.read(fd, n - len(buf))
+            if not chunk:
+                os._exit(0)
+            buf += chunk
+        return buf
+    main, code = marshal.loads(read(int.from_bytes(read(4), "big")))
+    for name, obj in code:
+        mod = sys.modules[name] = type(sys)(name)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, mod)
+        exec(obj, mod.__dict__)
+    main = sys.modules[main]
+    for name, _ in code:
+        del sys.modules[name]
+    del code, obj
+    main.serve(fd)
+boot(%d)
+"""
+
+# ---------------------------------------------------------------------------- host side --
+
+_sources: bytes | None = None
+_site: list[str] | None = None
+
+
+def command(fd: int) -> list[str]:
+    """The box's argv: the worker, talking on ``fd`` (an inheritable socket handed to the box)."""
+    return [os.path.realpath(sys.executable), *FLAGS, "-c", BOOT % fd]
+
+
+def boot_frame() -> bytes:
+    """BOOT's frame: (main module, [(module name, code), ...]) as marshal data, compiled once
+    per process from our installed sources (compiling them in every box cost ~2.4 ms; marshal
+    is the interpreter's own format, and the box runs this same interpreter binary). The data
+    goes into the box, never out: nothing from a box is ever unmarshalled."""
+    global _sources
+    if _sources is None:
+        import marshal
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        code = [("sandbox", compile("", "<sandbox>", "exec"))]
+        for name in ("codec", "worker"):
+            with open(os.path.join(here, name + ".py"), encoding="utf-8") as f:
+                code.append(("sandbox." + name, compile(f.read(), f"<sandbox.{name}>", "exec")))
+        data = marshal.dumps(("sandbox.worker", code))
+        _sources = len(data).to_bytes(4, "big") + data
+    return _sources
+
+
+def site_dirs() -> list[str]:
+    """The caller's site-packages directories (venv or system), as plain ``sys.path`` entries."""
+    global _site
+    if _site is None:
+        _site = [p for p in sys.path
+                 if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+    return list(_site)
+
+
+# ------------------------------------------------------------------ inside the box (stdlib) --
+
+class _Scanner:
+    """The context ``_json.make_scanner`` reads: json.loads' defaults (NaN and ±Infinity accepted,
+    as ``codec.encode`` writes them)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
+def _unencodable(o: object) -> object:
+    raise codec.CodecError(f"{type(o).__name__} cannot cross the sandbox boundary")
+
+
+_scan = _json.make_scanner(_Scanner())
+_encode = _json.make_encoder(None, _unencodable, _json.encode_basestring_ascii, None, ":", ",",
+                             False, False, True)
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _receive(fd: int) -> Any:
+    """The host's next message (trusted: it comes from our own code), or None at EOF."""
+    head = _read_exact(fd, 4)
+    data = _read_exact(fd, int.from_bytes(head, "big")) if head else None
+    if data is None:
+        return None
+    text = data.decode()
+    value, end = _scan(text, 0)
+    if end != len(text):
+        raise ValueError("trailing data after the host's message")
+    return codec.untag(value)
+
+
+def _frame(msg: Any) -> bytes:
+    data = "".join(_encode(codec.tag(msg), 0)).encode()
+    if len(data) > MAX_FRAME:
+        raise codec.CodecError(f"reply of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return len(data).to_bytes(4, "big") + data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _describe(e: BaseException) -> dict[str, str]:
+    """An exception as text: type name, message, and the traceback from the first frame that is
+    not the worker's own (the caller sees the submission's frames, not ours)."""
+    import traceback
+
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_globals is globals():
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(e), e, tb))
+    return {"type": type(e).__name__, "message": str(e)[:10000], "traceback": text[-20000:]}
+
+
+def _answer(req: dict[str, Any], modules: dict[str, Any]) -> Any:
+    name = req["module"]
+    if name not in modules:
+        __import__(name)  # (importlib.import_module: one more import, ~0.4 ms, for the same)
+        modules[name] = sys.modules[name]
+    obj = modules[name]
+    for part in req.get("path", []):
+        if part.startswith(FORBIDDEN_NAMES):
+            raise AttributeError(f"access to {part!r} is not allowed")
+        obj = getattr(obj, part)
+    if req["op"] == "import":
+        return None
+    if req["op"] == "call":
+        return obj(*req.get("args", ()), **req.get("kwargs", {}))
+    return obj
+
+
+def serve(fd: int) -> None:
+    """Answer the host's requests on ``fd`` until it closes the socket, then exit."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # the box's 1 and 2 are bounded memfds: keep lines as they come
+            stream.reconfigure(line_buffering=True)
+    setup = _receive(fd)
+    if setup is None:
+        os._exit(0)
+    sys.path[:0] = [str(p) for p in setup["path"]]
+    del setup
+    _write_all(fd, _frame({"ready": True}))
+    modules: dict[str, Any] = {}
+    while True:
+        req = _receive(fd)
+        if req is None:
+            break
+        try:
+            reply = _frame({"ok": _answer(req, modules)})
+        except BaseException as e:  # noqa: BLE001 - described, never shipped as an object
+            reply = _frame({"error": _describe(e)})
+        del req
+        try:
+            _write_all(fd, reply)
+        except OSError:
+            break
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)  # no interpreter teardown: nothing the kernel would not free, and faster

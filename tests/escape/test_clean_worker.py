@@ -1,0 +1,288 @@
+"""Nothing of the teacher crosses into the box that runs a submission's code (issue 13, escape 1).
+
+A hostile submission with no real implementation looks for the expected answers where a clone
+of the grader would have them: the caller's stack frames and globals, every object the
+collector knows, ``linecache``, ``sys.modules`` (the teacher's test module, the grading
+plugin's state with the other submissions' results), ``sys.argv`` and the environment, and
+finally every readable byte of its own address space (``/proc/self/mem``: where a cloned
+process keeps the grader's environment block even after ``os.environ`` was cleared).
+
+Each channel is one test of a small course worth one point, passed only if the channel leaked
+the secret answer, a string that only appears in the teacher's test file, a secret from the
+grader's environment, or another submission's name. Control tests hand a value *in* as an
+argument and must find it (the scanners work: finding nothing is not a broken scanner). The
+same hostile code then runs through the ``sandbox`` fixture's ``call``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+HOSTILE = r'''
+import gc, linecache, os, re, sys
+
+LIMIT = 2_000_000  # strings looked at per channel
+
+
+def _walk(obj, out, seen, depth):
+    """str values reachable from obj through containers, modules and instance dicts."""
+    if len(out) > LIMIT or id(obj) in seen:
+        return
+    if isinstance(obj, str):
+        out.append(obj)
+        return
+    if isinstance(obj, (bytes, bytearray)):
+        out.append(bytes(obj).decode("latin-1"))
+        return
+    seen.add(id(obj))
+    if depth <= 0:
+        return
+    try:
+        if isinstance(obj, dict):
+            items = [*obj.keys(), *obj.values()]
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            items = list(obj)
+        elif hasattr(obj, "__dict__") and isinstance(vars(obj), dict):
+            items = [vars(obj)]
+        else:
+            return
+    except Exception:
+        return
+    for x in items:
+        _walk(x, out, seen, depth - 1)
+
+
+def _frames():
+    out, seen, f = [], set(), sys._getframe(2)
+    while f is not None:
+        _walk(f.f_locals, out, seen, 4)
+        _walk(f.f_globals, out, seen, 4)
+        out.extend(c for c in f.f_code.co_consts if isinstance(c, str))
+        f = f.f_back
+    return out
+
+
+def _gc():
+    for o in gc.get_objects():
+        try:
+            if isinstance(o, dict):
+                yield from (x for x in [*o.keys(), *o.values()] if isinstance(x, str))
+            elif isinstance(o, (list, tuple)):
+                yield from (x for x in o if isinstance(x, str))
+        except Exception:
+            pass
+
+
+def _linecache():
+    return [line for entry in list(linecache.cache.values()) if len(entry) > 2 for line in entry[2]]
+
+
+def _modules():
+    out, seen = [], set()
+    for name, mod in list(sys.modules.items()):
+        out.append(name)
+        out.append(str(getattr(mod, "__file__", "")))
+        _walk(getattr(mod, "__dict__", {}), out, seen, 4)
+    return out
+
+
+def _argv():
+    out = list(sys.argv) + list(os.environ.values())
+    for p in ("/proc/self/cmdline", "/proc/self/environ", "/proc/1/cmdline", "/proc/1/environ"):
+        try:
+            with open(p, "rb") as f:
+                out.extend(x.decode("latin-1") for x in f.read().split(b"\0"))
+        except OSError:
+            pass
+    return out
+
+
+def _mem(patterns):
+    """Every readable mapping of this process, searched as bytes. Not through /proc/self/mem
+    (a non-dumpable process does not own its /proc files): the kernel copies each chunk into a
+    file with write(2), which fails with EFAULT on an unreadable page instead of crashing."""
+    import ctypes
+
+    rx = [re.compile(p.encode()) for p in patterns]
+    found, chunk = set(), 1 << 20
+    sink = os.open("/tmp", os.O_RDWR | os.O_TMPFILE)  # (memfds are denied under an rlimit)
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read().splitlines()
+        for line in maps:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if "r" not in parts[1] or line.endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
+                continue
+            addr = lo
+            while addr < hi:
+                n = min(chunk + 64, hi - addr)  # chunks overlap: a match may span a boundary
+                try:
+                    got = os.pwrite(sink, (ctypes.c_char * n).from_address(addr), 0)
+                except OSError:
+                    addr += 4096
+                    continue
+                data = os.pread(sink, got, 0)
+                for r in rx:
+                    found.update(m.decode("latin-1") for m in r.findall(data))
+                addr += max(got - 64, 4096) if got < n else chunk
+    finally:
+        os.close(sink)
+    return sorted(found)
+
+
+def find(channel, patterns, decoy=None):
+    """Matches of the patterns the channel exposes (``decoy``: a control value handed in)."""
+    if channel == "mem":
+        return _mem(patterns)
+    texts = {"frames": _frames, "gc": _gc, "linecache": _linecache, "modules": _modules,
+             "argv": _argv}[channel]()
+    rx, found, batch = re.compile("|".join(patterns)), set(), []
+    for t in texts:  # searched in batches: one string per object would be slow, one for all too big
+        batch.append(t)
+        if len(batch) >= 20000:
+            found.update(rx.findall("\n".join(batch)))
+            batch.clear()
+    found.update(rx.findall("\n".join(batch)))
+    return sorted(found)
+'''
+
+CHANNELS = ("frames", "gc", "linecache", "modules", "argv", "mem")
+CONTROLS = ("frames", "gc", "mem")  # where an argument must be visible
+
+
+def _secrets() -> dict[str, str]:
+    return {"answer": f"ANSWER-{secrets.token_hex(8)}", "marker": f"MARKER-{secrets.token_hex(8)}",
+            "env": f"ENVSECRET-{secrets.token_hex(8)}", "peer": f"peer_{secrets.token_hex(4)}",
+            "control": f"CONTROL-{secrets.token_hex(8)}"}
+
+
+def _teacher_tests(s: dict[str, str], fixture: str, ask: str, with_peer: bool) -> str:
+    """The teacher's test file: the answer and the marker exist only here. ``ask`` defines
+    ``ask(box, *args)``, which runs the submission's ``find`` the way the course does."""
+    peer_rx, peer = (', "peer_[0-9a-f]{8}"', f', "{s["peer"]}"') if with_peer else ("", "")
+    return textwrap.dedent(f'''
+        import os
+        import pytest
+
+        ANSWER = "{s["answer"]}"  # the secret expected value
+        # {s["marker"]}: a string that only appears in this file
+        PATTERNS = ["ANSWER-[0-9a-f]{{16}}", "MARKER-[0-9a-f]{{16}}", "ENVSECRET-[0-9a-f]{{16}}"{peer_rx}]
+        TARGETS = {{ANSWER, "{s["marker"]}", os.environ["GRADER_SECRET"]{peer}}}
+        ''') + textwrap.dedent(ask) + textwrap.dedent(f'''
+
+        @pytest.mark.parametrize("channel", {CHANNELS!r})
+        def test_leak(channel, {fixture}):
+            found = ask({fixture}, "find", channel, PATTERNS)
+            assert TARGETS & set(found), "nothing leaked"
+
+        @pytest.mark.parametrize("channel", {CONTROLS!r})
+        def test_control(channel, {fixture}):
+            control = "{s["control"]}"
+            assert control in ask({fixture}, "find", channel, ["CONTROL-[0-9a-f]{{16}}"], control)
+        ''')
+
+
+GRADE_ASK = """
+    def ask(submission, name, *args):
+        return getattr(submission.import_module("solution"), name)(*args)
+    """
+FIXTURE_ASK = """
+    import hostile
+
+    def ask(sandbox, name, *args):
+        return sandbox.call(getattr(hostile, name), *args,
+                            sandbox_options={"memory": "1G", "wall_time": "60s"})
+    """
+
+
+def test_graded_hostile_submission_finds_nothing_of_the_teacher(box_tmp: Path, no_leftovers):
+    s = _secrets()
+    (box_tmp / "tests").mkdir()
+    (box_tmp / "tests" / "test_course.py").write_text(_teacher_tests(
+        s, "submission", GRADE_ASK, with_peer=True))
+    for name in (s["peer"], "zz_hostile"):  # same shard (-j 1); the peer is graded first
+        (box_tmp / "subs" / name).mkdir(parents=True)
+        (box_tmp / "subs" / name / "solution.py").write_text(HOSTILE)
+    for p in box_tmp.rglob("*"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    env = {**os.environ, "GRADER_SECRET": s["env"]}
+    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "grade", "--tests", str(box_tmp / "tests"),
+                        "--submissions", str(box_tmp / "subs"), "-j", "1", "--call-timeout", "30",
+                        "--wall-time", "60s", "--memory", "1G", "--no-progress",
+                        "--out", str(box_tmp / "r.json")],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads((box_tmp / "r.json").read_text())["submissions"]}
+    row = rows["zz_hostile"]
+    outcome = {t["nodeid"].split("::")[-1]: (t["outcome"], t["message"]) for t in row["tests"]}
+    assert all(outcome[f"test_control[zz_hostile-{c}]"][0] == "passed" for c in CONTROLS), outcome
+    leaked = {k: v for k, v in outcome.items() if k.startswith("test_leak") and v[0] == "passed"}
+    assert leaked == {}, leaked
+    assert row["score"] == len(CONTROLS) and row["error"] is None, outcome
+
+
+def test_fixture_call_finds_nothing_of_the_caller(box_tmp: Path, no_leftovers):
+    """A pytest run of its own (in a directory the box can traverse in root mode too) whose
+    process holds the secrets; ``hostile.find`` is called through the fixture."""
+    s = _secrets()
+    (box_tmp / "hostile.py").write_text(HOSTILE)
+    (box_tmp / "test_it.py").write_text(_teacher_tests(s, "sandbox", FIXTURE_ASK, with_peer=False))
+    for p in box_tmp.iterdir():
+        os.chmod(p, 0o644)
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:pytest_isolate",
+                        "-rA", "--rootdir", str(box_tmp), str(box_tmp / "test_it.py")],
+                       cwd=box_tmp, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "GRADER_SECRET": s["env"]})
+    out = p.stdout
+    controls = [f"PASSED test_it.py::test_control[{c}]" for c in CONTROLS]
+    assert all(c in out for c in controls), out[-4000:]
+    leaked = [ln for ln in out.splitlines() if ln.startswith("PASSED test_it.py::test_leak")]
+    assert leaked == [], out[-4000:]
+    assert f"{len(CONTROLS)} passed" in out and f"{len(CHANNELS)} failed" in out, out[-4000:]
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_each_submission_has_a_zygote_of_its_own(box_tmp: Path, monkeypatch, no_leftovers):
+    """A submission's boxes come from a zygote that serves it alone, forked from a factory
+    that was exec'd clean and never saw a submission: no process a worker is a fork of ever
+    held another submission's requests, or the grader's argv and environment."""
+    from sandbox.grading.submission import Submission
+
+    secret = f"ENVSECRET-{secrets.token_hex(8)}"
+    monkeypatch.setenv("GRADER_SECRET", secret)
+    paths = []
+    for name in ("first", "second"):
+        (box_tmp / name).mkdir()
+        (box_tmp / name / "solution.py").write_text("def add(a, b):\n    return a + b\n")
+        os.chmod(box_tmp / name, 0o755)
+        os.chmod(box_tmp / name / "solution.py", 0o644)
+        paths.append(str(box_tmp / name))
+    lim = {"memory": "256M", "wall_time": "10s", "pids": "64"}
+    zygotes = []
+    for path, nxt in ((paths[0], paths[1]), (paths[1], paths[1]), (paths[1], None)):
+        sub = Submission(path, lim, 10.0, next_path=nxt)
+        try:
+            assert sub.import_module("solution").add(2, 3) == 5
+            assert sub._session is not None
+            zygotes.append(_ppid(sub._session._started().pid))  # the box's init's parent
+            factory = _ppid(zygotes[-1])
+            assert factory != os.getpid() and _ppid(factory) == os.getpid()
+            with open(f"/proc/{factory}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{factory}/environ", "rb") as f:
+                environ = f.read()
+        finally:
+            sub.close()
+        assert not any(x.encode() in cmdline + environ for x in (*paths, secret, "pytest"))
+    assert zygotes[0] != zygotes[1] == zygotes[2]  # one zygote per submission, for all its tests
