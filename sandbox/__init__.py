@@ -22,10 +22,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+    from sandbox._box import Box, BoxError, Changes, Usage
+    from sandbox._box_proc import Process
     from sandbox.supervisor import Supervisor
 
-__all__ = ["ConfigError", "Limits", "MountSpec", "Result", "SandboxConfig", "Status",
-           "Supervisor", "run", "run_sync"]
+__all__ = ["Box", "BoxError", "Changes", "ConfigError", "Limits", "MountSpec", "Process",
+           "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "run", "run_sync"]
+
+_LAZY = {"Box": "sandbox._box", "BoxError": "sandbox._box", "Changes": "sandbox._box",
+         "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox.supervisor"}
 
 
 def run_sync(argv: Sequence[str], config: SandboxConfig | None = None, *,
@@ -59,8 +64,11 @@ async def run(argv: Sequence[str], config: SandboxConfig | None = None, *,
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Supervisor":
-        from sandbox.supervisor import Supervisor
+    """The rest of the API, imported on first use (the CLI's start pays for none of it)."""
+    if name in _LAZY:
+        import importlib
 
-        return Supervisor
-    raise AttributeError(name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

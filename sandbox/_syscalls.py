@@ -206,6 +206,25 @@ def wait4(pid: int) -> tuple[int, float, int]:
     return status.value, cpu, ru.maxrss * 1024
 
 
+class acting_as:
+    """``with acting_as(uid, gid):`` file system ids of *this thread* set to another id (setfsuid(2):
+    per thread, and no other credential changes). Root writes into a box's tmpfs with it: the tmpfs
+    belongs to the box's user namespace, where host root is unmapped (EOVERFLOW), and the files must
+    be the box user's anyway."""
+
+    def __init__(self, uid: int, gid: int) -> None:
+        self.ids = (uid, gid)
+
+    def __enter__(self) -> None:
+        self.old = (_libc.setfsuid(-1), _libc.setfsgid(-1))  # -1: change nothing, return current
+        _libc.setfsgid(self.ids[1])
+        _libc.setfsuid(self.ids[0])
+
+    def __exit__(self, *exc: object) -> None:
+        _libc.setfsuid(self.old[0])
+        _libc.setfsgid(self.old[1])
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     check(_syscall(_NR["pivot_root"], os.fsencode(new_root), os.fsencode(put_old)), "pivot_root")
 

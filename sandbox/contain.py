@@ -133,7 +133,37 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         _report(status_fd, {"ok": False, "step": failure.step, "errno": failure.err.errno,
                             "error": failure.err.strerror or str(failure.err)})
         return 1
+    if prep.serve:
+        return _serve_requests(prep, status_fd, pass_fds[0], parent_pidfd)
     return _supervise_payload(prep, status_fd, pass_fds, parent_pidfd, ahead)
+
+
+def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: int) -> int:
+    """A held box (``sandbox.Box``): the same hardening as an exec payload's, applied to init
+    for the box's whole life, then hand the host our ``/`` and tmpfs and serve its requests
+    (``sandbox._box_init``). Per-process CPU and address-space limits go to each child."""
+    from sandbox import _box_init, fdpass
+
+    root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    own, per_child = _box_init.split_limits(prep.rlimits)
+    keep = [status_fd, sock_fd, root_fd, prep.rootfs.tmpfs_fd]
+    for name, fn in _exec_hardening(prep, keep, parent_pidfd, own):
+        try:
+            fn()
+        except OSError as e:
+            _report(status_fd, {"ok": False, "step": name, "errno": e.errno or 0,
+                                "error": e.strerror or str(e)})
+            return 1
+    os.close(parent_pidfd)
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    fdpass.send(sock, {"op": "ready"}, [root_fd, prep.rootfs.tmpfs_fd])
+    sock.detach()
+    for fd in (root_fd, prep.rootfs.tmpfs_fd, status_fd):
+        os.close(fd)
+    _box_init.null_stdio()
+    return _box_init.serve(prep, sock_fd, per_child)
 
 
 def _own_mount_namespace() -> int:

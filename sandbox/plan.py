@@ -36,6 +36,7 @@ class Prepared:
     landlock_abi: int = 0
     landlock_writable: list[str] = field(default_factory=list)
     keep_fds: tuple[int, ...] = field(default_factory=tuple)
+    serve: bool = False  # a held box (sandbox.Box): init serves requests instead of one payload
 
 
 def prepare(config: SandboxConfig, target: Target, *,

@@ -69,6 +69,10 @@ class RootfsPlan:
     tmpfs_size: int = 0
     sysctls: list[tuple[str, str]] = field(default_factory=list)  # the box's IPC ns limits
     cgroup: bool = False  # mount our cgroup namespace's cgroup2 read-only at /sys/fs/cgroup
+    # A held box (sandbox.Box): its / stays writable (on the same capped tmpfs), and init keeps
+    # a handle on the tmpfs itself (``tmpfs_fd``) for the host to list what changed.
+    held: bool = False
+    tmpfs_fd: int = -1
 
 
 def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
@@ -294,6 +298,8 @@ def build_rootfs(plan: RootfsPlan) -> None:
     os.mkdir("oldroot")
     sc.pivot_root(".", "oldroot")
     os.chdir("/")
+    if plan.held:
+        plan.tmpfs_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     os.mkdir("/newroot")
     sc.mount("/newroot", "/newroot", None, sc.MS_BIND)  # a mount point, for pivot_root
     for d in ("/scratch", "/scratch/up", "/scratch/wk", "/scratch/tmp", "/scratch/shm",
@@ -341,4 +347,5 @@ def build_rootfs(plan: RootfsPlan) -> None:
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
-    sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
+    sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV
+             | (0 if plan.held else sc.MS_RDONLY))

@@ -1,0 +1,453 @@
+"""``Box``: a box you hold. Its namespaces, root filesystem and writable layer live until you close
+it; every ``exec`` in it has its own wall time, output cap and verdict.
+
+The host half of a held box (the child half is ``sandbox._box_init``). Opening one is a one-shot
+box's whole set-up (``contain.prepare``, ``spawn.spawn_box``, the same init sequence and
+hardening) with a request socket instead of a payload. The host then:
+
+* starts processes by sending argv and three fresh pipe ends (never a fd of its own: what a
+  box holds of ours is only ever a pipe);
+* reads and writes the box's files itself, through two directory fds init sent when it was
+  ready: the box's ``/`` (for ``put``/``get``) and its tmpfs (for ``changes``: the overlay uppers,
+  /tmp, /dev/shm and the skeleton, all in that one size- and inode-capped tmpfs). Every open
+  is ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)``: a link the box
+  planted is refused, not followed (judge0's CVE-2024-28185 was a planted symlink), and reads are
+  bounded.
+* watches the box's init: when it dies (memory.oom.group kills the whole box, or a box-wide
+  limit was spent) every running process ends with that verdict and the box is closed.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import stat
+import time
+
+from sandbox import _syscalls as sc
+from sandbox import _box_init, contain, direct, fdpass, safefs, spawn, statusline, verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
+from sandbox._box_proc import Process
+from sandbox._record import field, record, replace
+from sandbox.config import SandboxConfig, command_argv, parse_duration
+from sandbox.result import Result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+RESOLVE_IN_BOX = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
+NOT_FILES = ("proc", "sys", "dev")  # kernel views, not the box's files (except /dev/shm)
+READY_TIMEOUT = 30.0
+GET_MAX = 16 << 20
+
+
+class BoxError(Exception):
+    """A box could not start, or was used after it closed. ``result`` holds the XX verdict with
+    the failed step when the box's init reported one."""
+
+    def __init__(self, message: str, result: Result | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@record
+class Changes:
+    """Paths (as the box sees them) created, modified and deleted since the box started."""
+
+    created: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+@record
+class Usage:
+    """The whole box over its life: every process it ever had, init included."""
+
+    cpu_time: float = 0.0
+    peak_memory: int | None = None
+    wall_time: float = 0.0
+    execs: int = 0
+    memory_exceeded: bool = False
+    enforcement: dict[str, Any] = field(default_factory=dict)
+
+
+class Box:
+    """A held box. ``with Box(config) as box: box.exec([...])`` (see the README).
+
+    Not thread-safe: use one Box from one thread (the trio API runs each call in a worker thread
+    for you)."""
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = (config or SandboxConfig()).validate()
+        self.usage: Usage | None = None
+        self._sock: socket.socket | None = None
+        self._procs: dict[int, Process] = {}
+        self._next_id = 0
+        self._dead = False
+
+    # ---------------------------------------------------------------- lifecycle --
+    def __enter__(self) -> Box:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> Box:
+        import socket
+
+        if self._sock is not None:
+            raise BoxError("this box is already open")
+        cg, cg_err = direct.open_box_cgroup(self.config)
+        if cg_err:
+            raise BoxError(f"cgroup: {cg_err}", direct.xx_result("cgroup", cg_err, self.config))
+        self._cg = cg
+        try:
+            self._prep = contain.prepare(self.config, (), cgroup_enforced=direct.cgroup_enforced(cg))
+        except OSError as e:
+            self._destroy_cgroup()
+            raise BoxError(f"prepare: {e}", direct.xx_result("prepare", e, self.config)) from None
+        self._prep.serve = True
+        self._prep.rootfs.held = True
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        cg_fd = cg.dir_fd() if cg is not None else None
+        self._t0 = time.monotonic()
+        try:
+            self._init = spawn.spawn_box(self._prep, stdin=null, stdout=null, stderr=null,
+                                         status_w=st_w, pass_fds=[theirs.fileno()], cgroup_fd=cg_fd)
+        except OSError as e:
+            ours.close()
+            self._destroy_cgroup()
+            raise BoxError(f"clone: {e.strerror}", direct.xx_result("clone", e, self.config)) from None
+        finally:
+            for fd in (null, st_w, *([cg_fd] if cg_fd is not None else [])):
+                os.close(fd)
+            theirs.close()
+        self._sock, self._status_r = ours, st_r
+        msg, fds = self._recv(READY_TIMEOUT)
+        if not msg or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            result = self._startup_failure()
+            self.close()
+            raise BoxError(result.error or "the box did not start", result)
+        self._root, self._tmpfs = fds
+        st = os.fstat(self._root)
+        self._owner = ((st.st_uid + self.config.uid, st.st_gid + self.config.gid)
+                       if self._prep.ids.parent_writes else None)
+        self._uppers = _upper_targets(self._prep.rootfs.ops)
+        self._baseline = self._snapshot()
+        return self
+
+    def close(self) -> Usage:
+        """End every process and the box; returns (and keeps in ``usage``) the box's totals."""
+        if self.usage is not None:
+            return self.usage
+        if self._sock is None:
+            raise BoxError("this box was never opened")
+        for p in list(self._procs.values()):
+            p._box_gone()
+        self._sock.close()
+        for fd in (getattr(self, "_root", -1), getattr(self, "_tmpfs", -1)):
+            if fd >= 0:
+                os.close(fd)
+        self._root = self._tmpfs = -1
+        try:
+            sc.pidfd_send_signal(self._init.pidfd, 9)  # its namespace dies with it
+        except OSError:
+            pass
+        _status, cpu, rss = sc.wait4(self._init.pid)
+        os.close(self._init.pidfd)
+        os.close(self._status_r)
+        u = Usage(cpu, rss, time.monotonic() - self._t0, self._next_id,
+                  enforcement=dict(self._prep.enforcement))
+        if self._cg is not None:
+            stats = self._cg.stats()
+            u.cpu_time = stats.get("cpu_usec", 0) / 1e6 if "cpu_usec" in stats else cpu
+            u.peak_memory = stats.get("memory_peak") or rss
+            u.memory_exceeded = int(stats.get("oom_kill", 0) or 0) > 0
+        self._destroy_cgroup()
+        self.usage, self._dead = u, True
+        return u
+
+    def _destroy_cgroup(self) -> None:
+        if getattr(self, "_cg", None) is not None:
+            self._cg.destroy()
+            self._cg = None
+
+    def _startup_failure(self) -> Result:
+        if select.select([self._init.pidfd], [], [], 5.0)[0]:
+            line = statusline.read(self._status_r)
+        else:
+            line = b""
+        facts = verdict.Facts(self.config.limits, self._prep.enforcement, 0.0, status_line=line)
+        r = verdict.build_result(facts)
+        if r.error is None:
+            r.error = "init: the box did not report ready"
+        return r
+
+    # ---------------------------------------------------------------- processes --
+    def exec(self, argv: Sequence[str], *, stdin: bytes | None = None, cwd: str | None = None,
+             env: dict[str, str] | None = None, wall_time: float | str | None = None,
+             cpu_time: float | str | None = None, output_limit: int | str | None = None,
+             on_output: Callable[[int, bytes], None] | None = None) -> Result:
+        """Run ``argv`` in this box to its end: its verdict. ``wall_time``, ``cpu_time`` and
+        ``output_limit`` default to the config's limits; ``on_output(1|2, chunk)`` sees output
+        as it arrives, within the cap."""
+        proc = self.start(argv, cwd=cwd, env=env, wall_time=wall_time, cpu_time=cpu_time,
+                          output_limit=output_limit)
+        return proc.communicate(stdin, on_output)
+
+    def start(self, argv: Sequence[str], *, cwd: str | None = None,
+              env: dict[str, str] | None = None, wall_time: float | str | None = None,
+              cpu_time: float | str | None = None,
+              output_limit: int | str | None = None) -> Process:
+        """Start ``argv`` in the background: a ``Process`` with ``stdin`` (a pipe of ours),
+        ``wait()``, ``kill()`` and its output (``read``/``wait``)."""
+        self._check_open()
+        argv = command_argv(argv)
+        lim = self.config.limits
+        changes: dict[str, Any] = {}
+        if wall_time is not None:
+            changes["wall_time"] = parse_duration(wall_time, "wall_time")
+        if cpu_time is not None:
+            changes["cpu_time"] = parse_duration(cpu_time, "cpu_time")
+        if output_limit is not None:
+            from sandbox.config import parse_size
+
+            changes["output_limit"] = parse_size(output_limit, "output_limit")
+        if changes:
+            lim = replace(lim, **changes)
+        if cwd is not None and not cwd.startswith("/"):
+            from sandbox.config import ConfigError
+
+            raise ConfigError(f"cwd {cwd!r}: must be an absolute path in the box")
+        if env is not None:
+            env = {str(k): str(v) for k, v in env.items()}
+        rl = []
+        if "cpu_time" in changes:
+            rl.append([0, int(-(-changes["cpu_time"] // 1)), int(-(-changes["cpu_time"] // 1)) + 1])
+        self._next_id += 1
+        proc = Process(self, self._next_id, argv, lim)
+        in_r, out_w, err_w = proc._pipes()
+        try:
+            fdpass.send(self._sock, {"op": "exec", "id": proc.id, "argv": argv, "env": env or {},
+                                     "cwd": cwd or self.config.cwd, "rlimits": rl},
+                        [in_r, out_w, err_w])
+        except OSError as e:
+            proc._close_all()
+            self._box_died()
+            raise BoxError(f"the box is gone: {e.strerror}") from None
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        self._procs[proc.id] = proc
+        proc.t0 = time.monotonic()
+        while proc.state == "starting":
+            self._wait_events([], None)
+        return proc
+
+    def _check_open(self) -> None:
+        if self._sock is None or self._dead:
+            raise BoxError("this box is closed" if self._sock is not None else
+                           "this box is not open: use `with Box(config) as box:` or box.open()")
+
+    def _recv(self, timeout: float | None) -> tuple[bytes, list[int]]:
+        assert self._sock is not None
+        r = select.select([self._sock, self._init.pidfd], [], [], timeout)[0]
+        if self._sock not in r:
+            return b"", []
+        return fdpass.recv(self._sock, max_fds=2)
+
+    def _wait_events(self, fds: list[int], timeout: float | None) -> list[int]:
+        """Wait for one of ``fds``, a message from init, or its death; handle the last two.
+        Returns the ready ``fds``."""
+        import json
+
+        assert self._sock is not None
+        watch = [*fds, self._init.pidfd] + ([] if self._dead else [self._sock.fileno()])
+        ready = select.select(watch, [], [], timeout)[0]
+        if not self._dead and self._sock.fileno() in ready:
+            msg, extra = fdpass.recv(self._sock, max_fds=2)
+            for fd in extra:
+                os.close(fd)
+            if not msg:
+                self._box_died()
+            else:
+                m = json.loads(msg)
+                p = self._procs.get(int(m.get("id", 0)))
+                if p is not None:
+                    p._message(m)
+                    if p.state == "done":
+                        self._procs.pop(p.id, None)
+        elif self._init.pidfd in ready and not self._dead:
+            self._box_died()
+        return [fd for fd in ready if fd in fds]
+
+    def _kill(self, proc: Process) -> None:
+        if not self._dead:
+            try:
+                fdpass.send(self._sock, {"op": "kill", "id": proc.id})
+            except OSError:
+                self._box_died()
+
+    def _box_died(self) -> None:
+        """init is gone (OOM group kill, a box-wide limit, or killed): so is every process."""
+        self._dead = True
+        memory = False
+        if self._cg is not None:
+            memory = self._cg.oom_killed()
+        for p in list(self._procs.values()):
+            p._box_gone("memory" if memory else None)
+        self._procs.clear()
+
+    def kill_box(self) -> None:
+        """SIGKILL the box's init (and so everything in it); the box is then closed."""
+        try:
+            sc.pidfd_send_signal(self._init.pidfd, 9)
+        except OSError:
+            pass
+
+    # -------------------------------------------------------------------- files --
+    def _open_parent(self, path: str, create: bool) -> tuple[int, str]:
+        self._check_open()
+        parts = [p for p in str(path).split("/") if p]
+        if not str(path).startswith("/") or not parts or ".." in parts:
+            from sandbox.config import ConfigError
+
+            raise ConfigError(f"path {path!r}: must be an absolute path in the box, without '..'")
+        if parts[0] in NOT_FILES and parts[:2] != ["dev", "shm"]:
+            from sandbox.config import ConfigError
+
+            raise ConfigError(f"path {path!r}: /{parts[0]} is a kernel view, not the box's files")
+        dfd = os.dup(self._root)
+        try:
+            for part in parts[:-1]:
+                if create:
+                    try:
+                        self._create(lambda p=part, d=dfd: os.mkdir(p, 0o755, dir_fd=d), part, dfd)
+                    except FileExistsError:
+                        pass
+                nfd = sc.openat2(dfd, part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, RESOLVE_IN_BOX)
+                os.close(dfd)
+                dfd = nfd
+        except OSError as e:
+            os.close(dfd)
+            if e.errno in (40, 20, 18):  # ELOOP, ENOTDIR, EXDEV
+                raise safefs.UnsafePath(e.errno, f"{path}: refusing to follow a link the box made") from None
+            raise
+        return dfd, parts[-1]
+
+    def _create(self, fn: Callable[[], Any], name: str | None, dfd: int) -> Any:
+        """Run ``fn`` (a create or rename in ``dfd``) so the new entry is the box user's.
+
+        Unprivileged (single-id map) we are the box user. Root (range maps) is unmapped in the
+        box's user namespace, which owns its tmpfs: a file root creates there fails (EOVERFLOW).
+        So we act as the box user (setfsuid: this thread only) where it may write, and otherwise
+        (a directory of the box's root user, such as ``/``) as that root, then give the entry to
+        the box user."""
+        if self._owner is None:
+            return fn()
+        try:
+            with sc.acting_as(*self._owner):
+                return fn()
+        except PermissionError:
+            base = (self._owner[0] - self.config.uid, self._owner[1] - self.config.gid)
+            with sc.acting_as(*base):
+                out = fn()
+            if name is not None:
+                os.chown(name, *self._owner, dir_fd=dfd, follow_symlinks=False)
+            return out
+
+    def put(self, path: str, data: bytes | str | os.PathLike[str], *, mode: int = 0o644) -> None:
+        """Write a file into the box: ``data`` bytes, or the path of a host file to copy.
+        Parent directories are made; an existing file is replaced, a link is never followed."""
+        src = None if isinstance(data, (bytes, bytearray, memoryview)) else os.fspath(data)
+        dfd, name = self._open_parent(path, create=True)
+        try:
+            tmp = f".sandbox-put-{os.getpid()}-{self._next_id}"
+            fd = self._create(lambda: os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                dir_fd=dfd), tmp, dfd)
+            try:
+                if src is None:
+                    view = memoryview(data)  # type: ignore[arg-type]
+                    while view:
+                        view = view[os.write(fd, view):]
+                else:
+                    with open(src, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            os.write(fd, chunk)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+            self._create(lambda: os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd), None, dfd)
+        finally:
+            os.close(dfd)
+
+    def get(self, path: str, max_bytes: int = GET_MAX) -> bytes:
+        """A file of the box, at most ``max_bytes``; refuses links, FIFOs and devices."""
+        dfd, name = self._open_parent(path, create=False)
+        try:
+            return safefs.read_beneath(dfd, name, max_bytes)
+        finally:
+            os.close(dfd)
+
+    def changes(self) -> Changes:
+        """Created / modified / deleted since the box started (files and links; directories
+        only when made or removed)."""
+        self._check_open()
+        now = self._snapshot()
+        ch = Changes()
+        for p, sig in now.items():
+            old = self._baseline.get(p)
+            if sig[0] == "whiteout":
+                ch.deleted.append(p)
+            elif old is None:
+                if sig[0] != "dir" or not sig[2]:
+                    ch.created.append(p)
+            elif old != sig and sig[0] != "dir":
+                ch.modified.append(p)
+        ch.deleted += [p for p in self._baseline if p not in now]
+        for lst in (ch.created, ch.modified, ch.deleted):
+            lst.sort()
+        return ch
+
+    def _snapshot(self) -> dict[str, tuple]:
+        """Every entry of the box's tmpfs as the box sees it: path → (kind, size/mtime, in lower)."""
+        out: dict[str, tuple] = {}
+        places = [("newroot", ""), ("scratch/tmp", "/tmp"), ("scratch/shm", "/dev/shm")]
+        places += [(f"scratch/up/{n}", dst) for n, (dst, _src) in self._uppers.items()]
+        lowers = {dst: src for dst, src in self._uppers.values()}
+        for rel, prefix in places:
+            try:
+                fd = safefs.open_beneath(self._tmpfs, rel, directory=True)
+            except OSError:
+                continue
+            try:
+                for sub, st in safefs.walk_beneath(fd, max_entries=20000):
+                    path = f"{prefix}/{sub}"
+                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and prefix in lowers:
+                        out[path] = ("whiteout",)
+                        continue
+                    kind = ("dir" if stat.S_ISDIR(st.st_mode) else
+                            "link" if stat.S_ISLNK(st.st_mode) else "file")
+                    in_lower = prefix in lowers and os.path.lexists(lowers[prefix] + "/" + sub)
+                    out[path] = (kind, (st.st_size, st.st_mtime_ns, st.st_ino) if kind != "dir" else 0, in_lower)
+            finally:
+                os.close(fd)
+        return out
+
+
+def _upper_targets(ops: list) -> dict[int, tuple[str, str]]:
+    """Overlay number (as rootfs numbers its uppers) → (target in the box, host lower)."""
+    out, n = {}, 0
+    for op in ops:
+        if op[0] == "overlay" and op[3]:
+            n += 1
+            out[n] = (op[2], op[1])
+    return out

@@ -1,0 +1,188 @@
+"""The child half of a held box (``sandbox.Box``): its init serves commands until the host closes.
+
+A one-shot box's init starts one payload and reports once. A held box's init does the same set-up
+and the same hardening on itself (``contain``), and then, instead of a single payload, answers
+requests on a SOCK_SEQPACKET socket whose other end only the host holds:
+
+  → {"op": "exec", "id": N, "argv": [...], "env": {...}, "cwd": "/...", "rlimits": [...]}
+    fds [stdin, stdout, stderr]                 start a process; ← {"op": "started", "id", "pid"}
+                                                or ← {"op": "failed", "id", "step", "errno", "error"}
+  → {"op": "kill", "id": N}                     SIGKILL that process's group
+  ← {"op": "exited", "id", "wait_status", "cpu_time", "max_rss"}   (rusage of that process and
+                                                the descendants it waited for)
+  EOF on the socket                             init exits: the kernel kills the pid namespace
+
+Why init and not the host starts each process: the host is outside the box's namespaces, and a
+process entering them from outside (setns) starts as a copy of a trusted process with its
+capabilities and fds; init is already inside, hardened (capabilities gone, no_new_privs,
+seccomp), and starts every process the way a one-shot box starts its payload (posix_spawn with
+setsid and default signals, or fork + prepared setrlimit/exec for per-process limits it cannot
+hold itself). Per-process CPU and address-space limits are applied in the child only: init
+lives as long as the box, and its own RLIMIT_CPU would otherwise kill it.
+
+Every message is ours to parse strictly: the socket is not reachable from inside the box (init
+holds its end close-on-exec and is non-dumpable), so bad input means a bug, and init then exits.
+
+Processes are grouped by their session (setsid: pid = sid = pgid). When a process ends, what is
+left of its group is killed too, so an exec's helpers cannot keep its output pipes open; a
+double fork with its own setsid escapes that and lives until the box closes (it still counts
+toward every box-wide limit).
+"""
+
+from __future__ import annotations
+
+import _signal
+import os
+import select
+
+from sandbox import payload, rlimits
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
+    from sandbox.plan import Prepared
+
+NULL_FDS = 3  # init's own 0/1/2 are /dev/null between requests
+
+
+def split_limits(plan: rlimits.Plan) -> tuple[rlimits.Plan, rlimits.Plan]:
+    """→ (limits init holds for the box's life, per-process limits each child sets itself)."""
+    per_child = (rlimits.RLIMIT_CPU, rlimits.RLIMIT_AS)
+    return ([x for x in plan if x[0] not in per_child], [x for x in plan if x[0] in per_child])
+
+
+class BoxInit:
+    """init's side of the request socket: the processes it started, by request id."""
+
+    def __init__(self, prep: Prepared, sock: socket.socket, child_limits: rlimits.Plan) -> None:
+        self.prep, self.sock, self.child_limits = prep, sock, child_limits
+        self.running: dict[int, int] = {}  # box pid → request id
+
+    def send(self, obj: dict) -> None:
+        from sandbox import fdpass
+
+        fdpass.send(self.sock, obj)
+
+    def start(self, rid: int, req: dict, fds: list[int]) -> None:
+        argv = [str(a) for a in req["argv"]]
+        env = dict(self.prep.env)
+        env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+        limits = _merge(self.child_limits, [tuple(int(v) for v in x) for x in req.get("rlimits") or []])
+        step = "cwd"
+        try:
+            os.chdir(str(req.get("cwd") or self.prep.config.cwd))
+            for i in range(3):
+                os.dup2(fds[i], i, inheritable=True)
+            step = "exec"
+            pid, exec_r = payload.start(argv, env, limits)
+        except OSError as e:
+            what = argv[0] if step == "exec" else str(req.get("cwd"))
+            self.send({"op": "failed", "id": rid, "step": step, "errno": e.errno or 0,
+                       "error": f"{what}: {e.strerror}"})
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+            null_stdio()
+            os.chdir("/")
+        if exec_r >= 0:  # fork + exec: the child reports a failed exec on this pipe
+            err = os.read(exec_r, 64)
+            os.close(exec_r)
+            if err:
+                os.waitpid(pid, 0)
+                no = int(err.split(b":")[1] or 0)
+                self.send({"op": "failed", "id": rid, "step": "exec", "errno": no,
+                           "error": f"{argv[0]}: {os.strerror(no)}"})
+                return
+        self.running[pid] = rid
+        self.send({"op": "started", "id": rid, "pid": pid})
+
+    def kill(self, rid: int) -> None:
+        for pid, r in self.running.items():
+            if r == rid:
+                _kill_group(pid)
+
+    def reap(self) -> None:
+        """Collect every child that ended (orphans of the box included: we are its pid 1)."""
+        while True:
+            try:
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            rid = self.running.pop(pid, None)
+            if rid is not None:
+                _kill_group(pid)
+                self.send({"op": "exited", "id": rid, "wait_status": status,
+                           "cpu_time": ru.ru_utime + ru.ru_stime, "max_rss": ru.ru_maxrss * 1024})
+
+
+def _merge(base: rlimits.Plan, extra: list) -> rlimits.Plan:
+    """Per-request limits replace the box's own for the same resource, never raise them."""
+    out = {r: (s, h) for r, s, h in base}
+    for r, s, h in extra:
+        if r in out:
+            s, h = min(s, out[r][0]), min(h, out[r][1])
+        out[r] = (s, h)
+    return [(r, s, h) for r, (s, h) in out.items()]
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, _signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def null_stdio() -> None:
+    fd = os.open("/dev/null", os.O_RDWR)
+    for i in range(NULL_FDS):
+        if fd != i:
+            os.dup2(fd, i)
+    if fd >= NULL_FDS:
+        os.close(fd)
+
+
+def serve(prep: Prepared, sock_fd: int, child_limits: rlimits.Plan) -> int:
+    """init's loop for a held box (already hardened). Returns when the host closes the socket."""
+    import json
+    import socket
+
+    from sandbox import fdpass
+
+    sock = socket.socket(fileno=sock_fd)
+    box = BoxInit(prep, sock, child_limits)
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    _signal.signal(_signal.SIGCHLD, lambda _s, _f: None)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        for fd, _ev in poller.poll():
+            if fd == wake_r:
+                while True:
+                    try:
+                        if not os.read(wake_r, 256):
+                            break
+                    except BlockingIOError:
+                        break
+                box.reap()
+                continue
+            msg, fds = fdpass.recv(sock, max_fds=3)
+            if not msg:
+                return 0
+            req = json.loads(msg)
+            op, rid = req.get("op"), int(req.get("id", 0))
+            if op == "exec" and len(fds) == 3:
+                box.start(rid, req, fds)
+                box.reap()  # a process that already ended (before our handler saw SIGCHLD)
+            elif op == "kill":
+                box.kill(rid)
+            else:
+                for f in fds:
+                    os.close(f)
+                return 1

@@ -1,0 +1,211 @@
+"""``Process``: one program started in a held ``Box`` — its pipes, its limits, its verdict.
+
+Its stdin, stdout and stderr are pipes the host made for it alone (the box never receives one of
+the caller's fds). Its verdict comes from the same ``verdict.build_result`` as a one-shot box's,
+with the facts init reported for this process (its wait status and the rusage of it and the
+descendants it waited for) and the host's own timers and byte counts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from sandbox import statusline, verdict
+from sandbox.direct import CHUNK, CappedBuffer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from sandbox._box import Box
+    from sandbox.config import Limits
+    from sandbox.result import Result
+
+KILL_GRACE = 2.0  # init answers a kill at once; if it does not, the whole box is killed
+
+
+class Process:
+    """A program running in a held box (``Box.start``). ``stdin`` is a binary pipe (close it for
+    EOF); ``wait()`` collects the output (capped) and returns the ``Result``."""
+
+    def __init__(self, box: Box, pid_id: int, argv: list[str], limits: Limits) -> None:
+        self.box, self.id, self.argv, self.limits = box, pid_id, argv, limits
+        self.pid: int | None = None  # in the box's pid namespace
+        self.state = "starting"  # → running → exited (output may remain) → done
+        self.result: Result | None = None
+        self.stdin: Any = None
+        self.t0 = time.monotonic()
+        self._facts: dict[str, Any] = {}
+        self._killed_for: str | None = None
+        self._kill_sent = 0.0
+        self._out = CappedBuffer(limits.output_limit, 1)
+        self._err = CappedBuffer(limits.output_limit, 2)
+        self._open: dict[int, CappedBuffer] = {}
+
+    def _pipes(self) -> tuple[int, int, int]:
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
+        self._open = {out_r: self._out, err_r: self._err}
+        self.stdin = open(in_w, "wb", buffering=0)  # noqa: SIM115 - closed by wait/kill
+        return in_r, out_w, err_w
+
+    # ------------------------------------------------------------ from the box --
+    def _message(self, m: dict[str, Any]) -> None:
+        op = m.get("op")
+        if op == "started":
+            self.pid, self.state = int(m["pid"]), "running"
+        elif op == "failed":
+            self._facts = {"status_line": statusline.encode_failure(
+                {"ok": False, "step": str(m.get("step")), "errno": int(m.get("errno") or 0),
+                 "error": str(m.get("error"))})}
+            self._finish()
+        elif op == "exited":
+            self._facts = {"status_line": statusline.encode_exit(int(m["wait_status"])),
+                           "cpu_time": float(m["cpu_time"]), "max_rss": int(m["max_rss"])}
+            self._finish()
+
+    def _box_gone(self, why: str | None = None) -> None:
+        """The box died (or is closing): this process died with it."""
+        if self.state in ("exited", "done"):
+            return
+        if why and self._killed_for is None:
+            self._killed_for = why
+        if not self._facts:
+            self._facts = {"status_line": b"" if why is None and self._killed_for is None
+                           else statusline.encode_exit(9)}
+        self._finish()
+        self._drain()
+        self._build()
+
+    def _finish(self) -> None:
+        self.state = "exited"
+        self.wall_time = time.monotonic() - self.t0
+
+    # -------------------------------------------------------------- from us --
+    def kill(self, why: str | None = None) -> None:
+        """SIGKILL this process (and what is left of its process group)."""
+        if self.state in ("starting", "running") and not self._kill_sent:
+            self._killed_for = self._killed_for or why
+            self._kill_sent = time.monotonic()
+            self.box._kill(self)
+
+    def poll(self) -> Result | None:
+        """The verdict if the process has ended and its output is in, else None (no waiting)."""
+        if self.state != "done":
+            self._step(0)
+        return self.result
+
+    def communicate(self, stdin: bytes | None = None,
+                    on_output: Callable[[int, bytes], None] | None = None) -> Result:
+        """Feed ``stdin`` (then EOF), collect the output, wait for the end: the verdict."""
+        if on_output is not None:
+            self._out.sink = self._err.sink = on_output
+        if stdin:
+            from sandbox.direct import StdinFeed  # noqa: F401 - same backpressure rules
+
+            self._feed = memoryview(bytes(stdin))
+            os.set_blocking(self.stdin.fileno(), False)
+        else:
+            self._close_stdin()
+        return self.wait()
+
+    def wait(self, timeout: float | None = None) -> Result | None:
+        """Wait for the end (at most ``timeout`` seconds: None if still running then)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.state != "done":
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._step(left)
+        return self.result
+
+    def _step(self, timeout: float | None) -> None:
+        now = time.monotonic()
+        deadline = None if self.limits.wall_time is None else self.t0 + self.limits.wall_time
+        waits = [t for t in (timeout, None if deadline is None or self._kill_sent else deadline - now,
+                             KILL_GRACE - (now - self._kill_sent) if self._kill_sent else None)
+                 if t is not None]
+        wait = max(0.0, min(waits)) if waits else None
+        if self.state == "exited":
+            self._drain()
+            self._build()
+            return
+        fds = list(self._open)
+        feed = getattr(self, "_feed", None)
+        if feed is not None and self.stdin is not None:
+            self._write_stdin()
+        ready = self.box._wait_events(fds, wait)
+        for fd in ready:
+            self._read(fd)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline and self.state == "running":
+            self.kill("wall")
+        if self._kill_sent and self.state == "running" and now - self._kill_sent > KILL_GRACE:
+            self.box.kill_box()
+
+    def _write_stdin(self) -> None:
+        try:
+            while self._feed:
+                self._feed = self._feed[os.write(self.stdin.fileno(), self._feed):]
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self.stdin is not None:
+            self.stdin.close()
+            self.stdin = None
+        self._feed = None
+
+    def _read(self, fd: int) -> None:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if not chunk:
+            os.close(fd)
+            del self._open[fd]
+        elif not self._open[fd].feed(chunk):
+            self.kill("output")
+
+    def _drain(self) -> None:
+        """After the end: take what is already in the pipes (a leftover that escaped the
+        process group cannot hold us: we stop at the first empty read)."""
+        for fd in list(self._open):
+            while fd in self._open:
+                try:
+                    chunk = os.read(fd, CHUNK)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                if not self._open[fd].feed(chunk):
+                    self._killed_for = self._killed_for or "output"
+                    break
+        self._close_all()
+
+    def _close_all(self) -> None:
+        for fd in list(self._open):
+            os.close(fd)
+        self._open.clear()
+        self._close_stdin()
+
+    def _build(self) -> None:
+        if self.state == "done":
+            return
+        facts = verdict.Facts(self.limits, self.box._prep.enforcement, self.wall_time,
+                              status_line=self._facts.get("status_line", b""),
+                              cpu_time=self._facts.get("cpu_time", 0.0),
+                              max_rss=self._facts.get("max_rss"), killed_for=self._killed_for,
+                              seccomp_policy=self.box._prep.seccomp_desc,
+                              landlock=self.box._prep.landlock, init_wait_status=0)
+        self.result = verdict.build_result(facts, self._out.value(), self._err.value(),
+                                           self._out.exceeded, self._err.exceeded)
+        self.state = "done"
