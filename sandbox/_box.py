@@ -24,8 +24,8 @@ import select
 import stat
 import time
 
-from sandbox import _syscalls as sc
 from sandbox import _box_init, contain, direct, fdpass, safefs, spawn, statusline, verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
+from sandbox import _syscalls as sc
 from sandbox._box_proc import Process
 from sandbox._record import field, record, replace
 from sandbox.config import SandboxConfig, command_argv, parse_duration
@@ -230,7 +230,13 @@ class Box:
             env = {str(k): str(v) for k, v in env.items()}
         rl = []
         if "cpu_time" in changes:
-            rl.append([0, int(-(-changes["cpu_time"] // 1)), int(-(-changes["cpu_time"] // 1)) + 1])
+            box_cpu = self.config.limits.cpu_time
+            if box_cpu is not None and changes["cpu_time"] > box_cpu:
+                from sandbox.config import ConfigError
+
+                raise ConfigError(f"cpu_time {cpu_time!r}: more than the box's own {box_cpu:g}s")
+            soft = max(1, int(-(-changes["cpu_time"] // 1)))  # RLIMIT_CPU counts whole seconds
+            rl.append([0, soft, soft + 1])
         self._next_id += 1
         proc = Process(self, self._next_id, argv, lim)
         in_r, out_w, err_w = proc._pipes()

@@ -17,8 +17,8 @@ process entering them from outside (setns) starts as a copy of a trusted process
 capabilities and fds; init is already inside, hardened (capabilities gone, no_new_privs,
 seccomp), and starts every process the way a one-shot box starts its payload (posix_spawn with
 setsid and default signals, or fork + prepared setrlimit/exec for per-process limits it cannot
-hold itself). Per-process CPU and address-space limits are applied in the child only: init
-lives as long as the box, and its own RLIMIT_CPU would otherwise kill it.
+hold itself, or a per-request CPU limit lower than the box's: the child cannot raise a hard
+limit it inherited, only one it set itself).
 
 Every message is ours to parse strictly: the socket is not reachable from inside the box (init
 holds its end close-on-exec and is non-dumpable), so bad input means a bug, and init then exits.
@@ -47,9 +47,15 @@ NULL_FDS = 3  # init's own 0/1/2 are /dev/null between requests
 
 
 def split_limits(plan: rlimits.Plan) -> tuple[rlimits.Plan, rlimits.Plan]:
-    """→ (limits init holds for the box's life, per-process limits each child sets itself)."""
-    per_child = (rlimits.RLIMIT_CPU, rlimits.RLIMIT_AS)
-    return ([x for x in plan if x[0] not in per_child], [x for x in plan if x[0] in per_child])
+    """→ (limits init holds, and its children inherit; per-process limits each child sets
+    itself). As in a one-shot box, init holds them all unless it does not fit under the
+    address-space limit (``payload.split_as_limit``): a child that must set its own limits is
+    a fork of init (a copy of the caller's whole image), where posix_spawn is not.
+
+    init's own CPU time counts against the RLIMIT_CPU it holds. It ignores the soft limit's
+    SIGXCPU, so only the hard limit ends it, and with it the box (a CPU-time verdict: init
+    spent that time for the box, reaping and serving it)."""
+    return payload.split_as_limit(plan)
 
 
 class BoxInit:
@@ -158,6 +164,7 @@ def serve(prep: Prepared, sock_fd: int, child_limits: rlimits.Plan) -> int:
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     _signal.signal(_signal.SIGCHLD, lambda _s, _f: None)
+    _signal.signal(_signal.SIGXCPU, lambda _s, _f: None)
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)

@@ -43,6 +43,7 @@ class Process:
         self._out = CappedBuffer(limits.output_limit, 1)
         self._err = CappedBuffer(limits.output_limit, 2)
         self._open: dict[int, CappedBuffer] = {}
+        self._on_output: Callable[[int, bytes], None] | None = None
 
     def _pipes(self) -> tuple[int, int, int]:
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -103,8 +104,7 @@ class Process:
     def communicate(self, stdin: bytes | None = None,
                     on_output: Callable[[int, bytes], None] | None = None) -> Result:
         """Feed ``stdin`` (then EOF), collect the output, wait for the end: the verdict."""
-        if on_output is not None:
-            self._out.sink = self._err.sink = on_output
+        self._on_output = on_output
         if stdin:
             from sandbox.direct import StdinFeed  # noqa: F401 - same backpressure rules
 
@@ -172,8 +172,17 @@ class Process:
         if not chunk:
             os.close(fd)
             del self._open[fd]
-        elif not self._open[fd].feed(chunk):
+        elif not self._take(fd, chunk):
             self.kill("output")
+
+    def _take(self, fd: int, chunk: bytes) -> bool:
+        """Keep ``chunk`` within the cap (and show it to ``on_output``); False once over it."""
+        buf = self._open[fd]
+        before = buf.size
+        ok = buf.feed(chunk)
+        if self._on_output is not None and buf.size > before:
+            self._on_output(buf.which, chunk[: buf.size - before])
+        return ok
 
     def _drain(self) -> None:
         """After the end: take what is already in the pipes (a leftover that escaped the
@@ -186,7 +195,7 @@ class Process:
                     break
                 if not chunk:
                     break
-                if not self._open[fd].feed(chunk):
+                if not self._take(fd, chunk):
                     self._killed_for = self._killed_for or "output"
                     break
         self._close_all()

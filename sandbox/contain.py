@@ -141,7 +141,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
 def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: int) -> int:
     """A held box (``sandbox.Box``): the same hardening as an exec payload's, applied to init
     for the box's whole life, then hand the host our ``/`` and tmpfs and serve its requests
-    (``sandbox._box_init``). Per-process CPU and address-space limits go to each child."""
+    (``sandbox._box_init``)."""
     from sandbox import _box_init, fdpass
 
     root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -40,6 +40,9 @@ from sandbox.direct import (
     xx_result,
 )
 from sandbox.result import Result
+
+if TYPE_CHECKING:
+    from sandbox._abox import AsyncBox
 
 DRAIN_GRACE = 2.0  # after init died, every box process is dead; pipes reach EOF promptly
 
@@ -201,6 +204,13 @@ class Supervisor:
         assert self._sock is not None
         async with self._send_lock:
             await self._sock.sendmsg([json.dumps(obj).encode()], fdpass.rights(fds))
+
+    def box(self, config: SandboxConfig | None = None) -> AsyncBox:
+        """A held box for trio: ``async with sup.box(config) as box: await box.exec([...])``
+        (see ``sandbox.Box``)."""
+        from sandbox._abox import AsyncBox
+
+        return AsyncBox(config)
 
     async def run(self, argv: Sequence[str], config: SandboxConfig | None = None, *,
                   stdin: bytes | None = None) -> Result:

@@ -1,0 +1,94 @@
+"""The trio face of a held box: ``async with sup.box(config) as box: await box.exec([...])``.
+
+Each call runs the sync ``Box`` method in a worker thread (``trio.to_thread``), one call at a
+time per box (a lock: a ``Box`` is not thread-safe). The box's own work is waiting on pipes and
+its init, so a thread per busy box is what it costs; the event loop is never blocked.
+``on_output`` callbacks run in trio (``trio.from_thread``), so they may touch trio objects.
+A started process (``start``) keeps running while other calls use the box.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import trio
+
+from sandbox._box import Box, Changes, Usage
+from sandbox._box_proc import Process
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from sandbox.config import SandboxConfig
+    from sandbox.result import Result
+
+
+class AsyncProcess:
+    """``Process`` for trio: ``await wait()``, ``kill()``, ``stdin`` (a sync pipe: use
+    ``await write(data)`` / ``await close_stdin()``)."""
+
+    def __init__(self, abox: AsyncBox, proc: Process) -> None:
+        self._abox, self._proc = abox, proc
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    async def write(self, data: bytes) -> None:
+        await self._abox._call(self._proc.stdin.write, data)
+
+    async def close_stdin(self) -> None:
+        await self._abox._call(self._proc._close_stdin)
+
+    async def wait(self) -> Result:
+        result = await self._abox._call(self._proc.wait)
+        assert result is not None
+        return result
+
+    async def kill(self) -> None:
+        await self._abox._call(self._proc.kill)
+
+
+class AsyncBox:
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self._box = Box(config)
+        self._lock = trio.Lock()
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        async with self._lock:
+            return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw))
+
+    async def __aenter__(self) -> AsyncBox:
+        await self._call(self._box.open)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with trio.CancelScope(shield=True):  # a cancelled caller still gets its box closed
+            await self._call(self._box.close)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._box.usage
+
+    async def exec(self, argv: Sequence[str], *, on_output: Callable[[int, bytes], Any] | None = None,
+                   **kw: Any) -> Result:
+        """``Box.exec``; ``on_output(1|2, chunk)`` is called in trio as output arrives."""
+        sink = None
+        if on_output is not None:
+            def sink(which: int, chunk: bytes) -> None:
+                trio.from_thread.run_sync(on_output, which, chunk)
+        return await self._call(self._box.exec, argv, on_output=sink, **kw)
+
+    async def start(self, argv: Sequence[str], **kw: Any) -> AsyncProcess:
+        return AsyncProcess(self, await self._call(self._box.start, argv, **kw))
+
+    async def put(self, path: str, data: Any, **kw: Any) -> None:
+        await self._call(self._box.put, path, data, **kw)
+
+    async def get(self, path: str, **kw: Any) -> bytes:
+        return await self._call(self._box.get, path, **kw)
+
+    async def changes(self) -> Changes:
+        return await self._call(self._box.changes)

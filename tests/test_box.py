@@ -1,0 +1,195 @@
+"""``sandbox.Box``: a held box — many execs, files in and out, changes, a background process.
+
+Runs as the unprivileged user in CI and again as root (ci/test.sh): both id-map modes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+import trio
+
+import sandbox
+from sandbox import Box, BoxError, ConfigError, Limits, SandboxConfig, Status
+from sandbox.safefs import UnsafePath
+
+ROOT_MODE = os.geteuid() == 0
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed (ci/setup.sh installs it)")
+def test_the_readme_example_compiles_once_and_runs_in_the_same_box(no_leftovers):
+    with Box(SandboxConfig(limits=Limits.parse(memory="256M"))) as box:
+        box.put("/src/main.c", b"#include <stdio.h>\nint main(){FILE*f=fopen(\"out.txt\",\"w\");"
+                               b"fputs(\"42\\n\",f);return 3;}")
+        r = box.exec(["gcc", "-o", "/src/a.out", "/src/main.c"], cwd="/src")
+        assert r.status is Status.OK, (r.reason, r.stderr)
+        r = box.exec(["/src/a.out"], stdin=b"", wall_time="1s", cwd="/src")
+        assert (r.status, r.exit_code) == (Status.RE, 3)
+        assert r.wall_time > 0 and r.cpu_time >= 0 and r.peak_memory
+        assert box.get("/src/out.txt") == b"42\n"
+        ch = box.changes()
+        assert {"/src", "/src/main.c", "/src/a.out", "/src/out.txt"} <= set(ch.created)
+        assert ch.deleted == []
+    assert box.usage is not None and box.usage.execs == 2 and box.usage.cpu_time > 0
+
+
+def test_the_trio_example_streams_output(no_leftovers):
+    seen: list[tuple[int, bytes]] = []
+
+    async def main() -> sandbox.Result:
+        async with sandbox.Supervisor() as sup:
+            async with sup.box(SandboxConfig()) as box:
+                await box.put("/data/in.txt", b"hello\n")
+                return await box.exec(["sh", "-c", "cat /data/in.txt; echo err >&2"],
+                                      on_output=lambda which, chunk: seen.append((which, chunk)))
+
+    r = trio.run(main)
+    assert (r.status, r.stdout, r.stderr) == (Status.OK, b"hello\n", b"err\n")
+    assert b"".join(c for w, c in seen if w == 1) == b"hello\n"
+    assert b"".join(c for w, c in seen if w == 2) == b"err\n"
+
+
+def test_a_timed_out_or_flooding_exec_leaves_the_box_usable(no_leftovers):
+    with Box() as box:
+        assert box.exec(["sh", "-c", "echo kept > /tmp/state"]).status is Status.OK
+        r = box.exec(["sh", "-c", "sleep 30 & sleep 30"], wall_time="0.3s")
+        assert r.status is Status.TO and r.wall_time < 5
+        r = box.exec(["sh", "-c", "yes"], output_limit="64K")
+        assert r.status is Status.OL and len(r.stdout) == 64 * 1024
+        r = box.exec(["cat", "/tmp/state"])
+        assert (r.status, r.stdout) == (Status.OK, b"kept\n")
+        r = box.exec(["sh", "-c", "ps -e -o comm= | sort | tr '\\n' ' '"])
+        assert "sleep" not in r.stdout.decode() and "yes" not in r.stdout.decode()
+
+
+def test_each_exec_has_its_own_verdict_and_limits(no_leftovers):
+    with Box(SandboxConfig(limits=Limits.parse(wall_time="5s"))) as box:
+        assert box.exec(["false"]).status is Status.RE
+        assert box.exec(["sh", "-c", "kill -SEGV $$"]).status is Status.SG
+        r = box.exec(["no-such-program"])
+        assert r.status is Status.XX and r.error_step == "exec"
+        r = box.exec(["pwd"], cwd="/no/such/dir")
+        assert r.status is Status.XX and r.error_step == "cwd"
+        r = box.exec(["sh", "-c", "while :; do :; done"], cpu_time="1s")
+        assert r.status is Status.TO and 0.8 < r.cpu_time < 3
+        r = box.exec(["sh", "-c", "echo $FOO; cat"], env={"FOO": "bar"}, stdin=b"x" * 300_000,
+                     output_limit="1M")
+        assert r.status is Status.OK and r.stdout == b"bar\n" + b"x" * 300_000
+
+
+def test_memory_limit_under_the_rlimit_fallback_is_per_exec(no_leftovers):
+    with Box(SandboxConfig(limits=Limits.parse(memory="128M"))) as box:
+        if box._prep.enforcement["memory"] != "rlimit":
+            pytest.skip("a memory cgroup is delegated here: see tests/test_cgroups.py")
+        r = box.exec(["python3", "-c", "b = []\nwhile True: b.append(bytearray(1 << 20))"])
+        assert r.status is Status.ML, (r.reason, r.stderr[-200:])
+        assert box.exec(["echo", "still here"]).stdout == b"still here\n"
+
+
+def test_put_and_get_never_follow_a_link_the_box_planted(no_leftovers, tmp_path):
+    host_file = tmp_path / "secret"
+    host_file.write_bytes(b"host secret\n")
+    with Box() as box:
+        box.exec(["sh", "-c", f"ln -s {host_file} /tmp/link; ln -s /etc /tmp/dirlink; "
+                              "mkfifo /tmp/fifo; head -c 100000 /dev/zero > /tmp/big"])
+        with pytest.raises(UnsafePath):
+            box.get("/tmp/link")
+        with pytest.raises(UnsafePath):
+            box.get("/tmp/dirlink/passwd")
+        with pytest.raises(UnsafePath):
+            box.put("/tmp/dirlink/evil", b"x")
+        with pytest.raises(UnsafePath):
+            box.get("/tmp/fifo")  # refused at once: a FIFO would stall the host
+        box.put("/tmp/link", b"replaced\n")  # replaces the link itself, never its target
+        assert host_file.read_bytes() == b"host secret\n"
+        assert box.exec(["cat", "/tmp/link"]).stdout == b"replaced\n"
+        assert len(box.get("/tmp/big", max_bytes=1000)) == 1000
+        with pytest.raises(ConfigError, match="kernel view"):
+            box.get("/proc/1/environ")
+        with pytest.raises(ConfigError, match="absolute"):
+            box.put("relative.txt", b"")
+        with pytest.raises(ConfigError, match="absolute"):
+            box.get("/tmp/../etc/passwd")
+
+
+def test_put_copies_a_host_file_and_the_box_user_owns_it(no_leftovers, tmp_path):
+    src = tmp_path / "prog.sh"
+    src.write_bytes(b"#!/bin/sh\necho from host file\n")
+    with Box() as box:
+        box.put("/code/prog.sh", src, mode=0o755)
+        r = box.exec(["sh", "-c", "/code/prog.sh; stat -c '%U %a' /code /code/prog.sh; "
+                                  "echo more >> /code/prog.sh && echo writable"])
+        assert r.stdout == b"from host file\nsandbox 755\nsandbox 755\nwritable\n", r.stderr
+
+
+def test_changes_lists_what_the_box_did(no_leftovers):
+    with Box() as box:
+        assert box.changes() == sandbox.Changes()
+        box.exec(["sh", "-c", "mkdir -p /tmp/d && echo 1 > /tmp/d/f && echo 2 > /dev/shm/s"])
+        ch = box.changes()
+        assert ch.created == ["/dev/shm/s", "/tmp/d", "/tmp/d/f"] and not ch.modified
+        box.exec(["sh", "-c", "echo 3 >> /tmp/d/f"])
+        assert box.changes().created == ch.created  # made since the start: still "created"
+        if not ROOT_MODE:  # the box user owns its /etc only with the single-id map
+            box.exec(["sh", "-c", "rm /etc/hostname; echo x >> /etc/hosts"])
+            ch = box.changes()
+            assert "/etc/hostname" in ch.deleted and ch.modified == ["/etc/hosts"]
+
+
+def test_a_started_process_runs_beside_execs(no_leftovers):
+    with Box() as box:
+        server = box.start(["sh", "-c", "while read line; do echo \"got $line\"; done"])
+        server.stdin.write(b"one\n")
+        assert box.exec(["echo", "meanwhile"]).stdout == b"meanwhile\n"
+        server.stdin.write(b"two\n")
+        server.stdin.close()
+        r = server.wait()
+        assert (r.status, r.stdout) == (Status.OK, b"got one\ngot two\n")
+        sleeper = box.start(["sleep", "60"])
+        assert sleeper.wait(timeout=0.2) is None
+        sleeper.kill()
+        r = sleeper.wait()
+        assert r.status is Status.SG and r.signal == 9
+        assert box.exec(["true"]).status is Status.OK
+
+
+def test_bad_arguments_fail_in_the_caller(no_leftovers):
+    with pytest.raises(ConfigError):
+        Box(SandboxConfig(limits=Limits(memory="lots")))
+    with Box() as box:
+        with pytest.raises(ConfigError, match="not a string"):
+            box.exec("echo hi")  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="wall_time"):
+            box.exec(["true"], wall_time="soon")
+        with pytest.raises(ConfigError, match="cwd"):
+            box.exec(["true"], cwd="relative")
+    with pytest.raises(BoxError, match="closed"):
+        box.exec(["true"])
+    with pytest.raises(BoxError, match="not open"):
+        Box().exec(["true"])
+
+
+def test_a_box_from_a_threaded_caller(no_leftovers):
+    out: list[sandbox.Result] = []
+
+    def worker() -> None:
+        with Box() as box:
+            out.append(box.exec(["echo", "from a thread"]))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.stdout for r in out] == [b"from a thread\n"] * 3
+
+
+def test_many_boxes_many_execs_leave_nothing_behind(no_leftovers):
+    for i in range(200):
+        with Box() as box:
+            for j in range(5):
+                r = box.exec(["sh", "-c", f"echo {i}.{j} > /tmp/n; cat /tmp/n"])
+                assert r.stdout == f"{i}.{j}\n".encode()
