@@ -59,6 +59,8 @@ def test_a_timed_out_or_flooding_exec_leaves_the_box_usable(no_leftovers):
         assert r.status is Status.TO and r.wall_time < 5
         r = box.exec(["sh", "-c", "yes"], output_limit="64K")
         assert r.status is Status.OL and len(r.stdout) == 64 * 1024
+        r = box.exec(["sh", "-c", "sleep 30 & echo bg"], wall_time="5s")  # its helper ends with it
+        assert (r.status, r.stdout) == (Status.OK, b"bg\n") and r.wall_time < 4
         r = box.exec(["cat", "/tmp/state"])
         assert (r.status, r.stdout) == (Status.OK, b"kept\n")
         r = box.exec(["sh", "-c", "ps -e -o comm= | sort | tr '\\n' ' '"])
