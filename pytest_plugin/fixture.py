@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pytest_plugin import boxrun
-from sandbox import Limits, Result, SandboxConfig, Status, codec, memdir
+from sandbox import Box, Limits, Result, SandboxConfig, Status, codec, memdir
 from sandbox._syscalls import openat2
 from sandbox.config import MountSpec
 from sandbox.direct import run_direct
@@ -36,6 +36,7 @@ class SandboxCallError(Exception):
 
 class SandboxFixture:
     """``sandbox.run(argv, stdin=b"", wall_time="1s", files={"in.txt": b"..."})`` → Result;
+    ``with sandbox.box() as box: box.exec(argv)`` → a held box (``sandbox.Box``) sharing /work;
     ``sandbox.call(func, *args)`` → func's return value; ``sandbox.read("out.txt")`` → bytes.
     Files live in a per-test tmpfs mounted read-write at ``/work`` (the default cwd): the
     test's boxes share it, it is capped at the tmpfs size (``--sandbox-tmpfs-size``, else
@@ -116,6 +117,11 @@ class SandboxFixture:
         r = run_direct(list(argv), self.config(**opts), stdin=stdin)
         self.results.append(r)
         return r
+
+    def box(self, network: bool = False, cwd: str = "/work", **limits: Any) -> Box:
+        """A held box (``with sandbox.box() as box: box.exec(...)``) with this test's /work:
+        compile once, run many; files in and out with ``box.put``/``box.get`` or ``put``/``read``."""
+        return Box(self.config(network=network, cwd=cwd, **limits))
 
     def call(self, func: Callable[..., Any] | str, *args: Any,
              sandbox_options: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:

@@ -152,6 +152,15 @@ def test_fixture_run_and_call(run):
             r = sandbox.run(["sh", "-c", "tr a-z A-Z < in.txt > out.txt"], files={"in.txt": b"abc"})
             assert r.ok and sandbox.read("out.txt") == b"ABC"
 
+        def test_held_box_shares_work(sandbox):
+            sandbox.put("main.sh", b"echo compiled > prog.out")
+            with sandbox.box(wall_time="5s") as box:
+                assert box.exec(["sh", "main.sh"]).ok        # cwd /work, the test's /work
+                box.put("/work/data", b"x")
+                r = box.exec(["sh", "-c", "cat prog.out data"])
+                assert r.stdout == b"compiled\\nx"
+            assert sandbox.read("prog.out") == b"compiled\\n"
+
         def test_call_values(sandbox):
             assert sandbox.call(calls.values, 2, 3) == {"sum": 5, "raw": b"\\x00", "t": (1, 2)}
             assert sandbox.call("calls:values", 2, 3)["sum"] == 5   # never imported here
@@ -187,7 +196,7 @@ def test_fixture_run_and_call(run):
             with pytest.raises(SandboxCallError, match="wall time 0.3s exceeded"):
                 sandbox.call(time.sleep, 10, sandbox_options={"wall_time": "0.3s"})
         """, helpers=CALLS)
-    r.assert_outcomes(passed=9)
+    r.assert_outcomes(passed=10)
     assert "unpickled!" not in r.stdout.str()
 
 
