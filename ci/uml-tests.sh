@@ -28,4 +28,4 @@ fi
 printf '%s\n' "$probe" | grep -v '^[[:space:]]*$' >&2   # e.g. the shim notice
 exec bash ci/uml-run.sh --user "$uid" --mem "$mem" "${cow[@]}" --cwd "$REPO" -- \
   "$REPO/.venv/bin/python" -m pytest -q --color=no -p no:cacheprovider -p no:pytest_isolate \
-  tests/test_cgroups.py tests/escape/test_kernel_memory.py "$@"
+  tests/test_cgroups.py tests/test_box_cgroup.py tests/escape/test_kernel_memory.py "$@"

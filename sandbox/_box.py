@@ -105,7 +105,10 @@ class Box:
             raise BoxError(f"cgroup: {cg_err}", direct.xx_result("cgroup", cg_err, self.config))
         self._cg = cg
         try:
-            self._prep = contain.prepare(self.config, (), cgroup_enforced=direct.cgroup_enforced(cg))
+            # CPU time is per exec (RLIMIT_CPU, inherited from init): the cgroup's cpu.stat
+            # counts the whole box's life, which no single exec's verdict should be charged with.
+            enforced = direct.cgroup_enforced(cg) - {"cpu_time"}
+            self._prep = contain.prepare(self.config, (), cgroup_enforced=enforced)
         except OSError as e:
             self._destroy_cgroup()
             raise BoxError(f"prepare: {e}", direct.xx_result("prepare", e, self.config)) from None

@@ -1,0 +1,37 @@
+"""A held box under a real delegated cgroup v2 (the User-Mode Linux guest, ci/uml-tests.sh):
+box-wide memory and pids for the box's whole life; an OOM ends the box with ML."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox import Box, BoxError, Limits, SandboxConfig, Status, cgroups
+
+ENV = cgroups.detect()
+pytestmark = pytest.mark.skipif(bool(ENV.reason), reason=ENV.reason or "")
+
+HOG = ("import os\n"
+       "for _ in range(3):\n"
+       "    if os.fork() == 0: break\n"
+       "b = bytearray(30 << 20)\n"
+       "for i in range(0, len(b), 4096): b[i] = 1\n"
+       "import time; time.sleep(2)\n")
+
+
+def test_a_memory_hog_ends_the_box_with_ml():
+    with Box(SandboxConfig(require_cgroup=True, limits=Limits.parse(memory="64M"))) as box:
+        assert box._prep.enforcement["memory"] == "cgroup"
+        assert box.exec(["echo", "ok"]).ok
+        r = box.exec(["python3", "-c", HOG], wall_time="20s")
+        assert r.status is Status.ML, (r.status, r.reason)
+        with pytest.raises(BoxError, match="closed"):
+            box.exec(["true"])
+    assert box.usage is not None and box.usage.memory_exceeded
+
+
+def test_cpu_time_is_per_exec_under_a_cgroup():
+    with Box(SandboxConfig(require_cgroup=True, limits=Limits.parse(cpu_time="1s"))) as box:
+        for _ in range(2):  # the second exec gets its own second, not what is left of the box's
+            r = box.exec(["sh", "-c", "while :; do :; done"], wall_time="10s")
+            assert r.status is Status.TO and r.cpu_time >= 0.9
+        assert box.exec(["true"]).ok
