@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -29,3 +31,12 @@ def test_the_python_quick_start_runs_as_written(n, tmp_path, no_leftovers):
     assert out.returncode == 0, out.stderr
     if n == 0:
         assert out.stdout.startswith("RE 3 ") and "b'got hi\\n'" in out.stdout
+
+
+def test_the_pytest_quick_start_passes_as_written(pytester, no_leftovers):
+    text = README.read_text()
+    section = text[text.index("### pytest"):text.index("### Grading submissions")]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    pytester.makepyfile(test_quick=block)
+    r = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=2)
