@@ -1,8 +1,13 @@
-"""cgroup v2 detection: is a delegated subtree with the memory, pids and cpu controllers ours?
+"""cgroup v2 detection: is a delegated subtree ours, and which of the memory, pids and cpu
+controllers may it use?
 
 Split from ``sandbox.cgroups`` because every box start asks this, and most hosts answer no
 (no delegation, a v1/v2 hybrid): then only this module is imported, and the box falls back to
-rlimits (``CgroupEnv.reason`` says why, in every verdict's enforcement and in the doctor).
+rlimits. The answer is per controller: a subtree delegated with memory and pids but not cpu
+still holds those two limits (systemd's ``Delegate=memory pids`` does exactly that). Every
+verdict says for each limit no cgroup holds why not (``Result.fallback_reasons``, built by
+``fallback_reasons`` from ``CgroupEnv.reason`` or from the kernel file that lacks the
+controller), so the cause is in the verdict and not only in ``sandbox doctor``.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 import os
 
 from sandbox import _syscalls as sc
-from sandbox._record import record
+from sandbox._record import field, record
 
 WANTED = ("memory", "pids", "cpu")
+# limit → the controller that holds it; cpu_time needs none: cpu.stat is a core file of every
+# cgroup v2, so any box cgroup counts the CPU of all its processes.
+CONTROLLER_OF = {"memory": "memory", "pids": "pids", "cpus": "cpu", "cpu_time": ""}
 Mode = str  # "unified" | "hybrid" | "legacy" | "none" (no typing import: CLI start-up)
 
 
@@ -25,7 +33,8 @@ class CgroupEnv:
     own_path: str | None
     delegated: bool
     controllers: frozenset[str]
-    reason: str
+    reason: str  # why no cgroup at all ("" when one can be used)
+    missing: dict[str, str] = field(default_factory=dict)  # wanted controller → why it is not usable
 
     @property
     def own_dir(self) -> str | None:
@@ -81,7 +90,45 @@ def detect() -> CgroupEnv:
     if not env.delegated:
         env.reason = (f"cgroup v2 subtree {env.own_path} is not delegated to uid {os.getuid()} "
                       "(no write access to it or its parent)")
-    elif missing:
+    elif len(missing) == len(WANTED):
         env.reason = (f"cgroup v2 {', '.join(missing)} controller(s) not delegated"
                       + (" (hybrid v1/v2 host: they are bound to cgroup v1)" if mode == "hybrid" else ""))
+    else:  # some: the box cgroups hold those limits, rlimits the others
+        top = parent if parent in writable else own
+        env.missing = {c: why_missing(top, c, mount) for c in missing}
     return env
+
+
+def why_missing(cg: str, controller: str, mount: str) -> str:
+    """Why ``controller`` is not in ``cg``'s ``cgroup.controllers``: the kernel offers a child
+    only what its parent's ``cgroup.subtree_control`` enables, so walk up to the first cgroup
+    that has it and name the file that does not pass it on (and whether we may write it)."""
+    d = cg
+    while d.startswith(mount) and d != mount:
+        p = os.path.dirname(d)
+        try:
+            have = _read(os.path.join(p, "cgroup.controllers")).split()
+        except OSError:
+            break
+        if controller in have:
+            ctl = os.path.join(p, "cgroup.subtree_control")
+            how = ("" if os.access(ctl, os.W_OK) else f", which uid {os.getuid()} may not write")
+            return f"{controller} controller not delegated to {d}: {ctl} lacks {controller}{how}"
+        d = p
+    return (f"the cgroup v2 hierarchy at {mount} has no {controller} controller"
+            " (bound to cgroup v1, or not built into the kernel)")
+
+
+def fallback_reasons(limits: object, held: frozenset[str] | set[str],
+                     why: str | dict[str, str]) -> dict[str, str]:
+    """limit → why no cgroup holds it, for each limit that is set, that a cgroup would hold,
+    and that ``held`` lacks. ``why``: one reason for all (the box has no cgroup) or per
+    controller (its cgroup lacks that one). ``memfd`` and ``kernel_buffers`` follow memory:
+    a memory cgroup is what would have counted them."""
+    out: dict[str, str] = {}
+    for limit, ctl in CONTROLLER_OF.items():
+        if getattr(limits, limit) is not None and limit not in held:
+            out[limit] = why if isinstance(why, str) else why.get(ctl, f"no {ctl} controller")
+    if "memory" in out:
+        out["memfd"] = out["kernel_buffers"] = out["memory"]
+    return out

@@ -12,7 +12,9 @@ Kernel rules this module obeys:
   our cgroup's *parent* (when that is delegated to us: a sibling subtree, nothing moves), or move
   this process into its own leaf (``supervisor-<pid>``) first, when it is alone in its cgroup.
 * Controllers must be enabled top-down: a missing controller is enabled in the parent's
-  ``subtree_control`` as far up as we may write.
+  ``subtree_control`` as far up as we may write. One we cannot enable is recorded with the
+  file that lacks it (``CgroupManager.missing``): the boxes use the controllers there are, and
+  the limits the missing ones would hold fall back to rlimits, each verdict saying why.
 * Moving a process (``clone3(CLONE_INTO_CGROUP)`` or a ``cgroup.procs`` write) needs write
   access to the common ancestor's ``cgroup.procs``: inside our delegated subtree, it is ours.
 
@@ -27,7 +29,14 @@ import os
 import time
 
 from sandbox import _syscalls as sc
-from sandbox.cgroup_env import WANTED, CgroupEnv, _read, detect  # noqa: F401 (detect: re-exported)
+from sandbox.cgroup_env import (  # noqa: F401 (detect: re-exported)
+    WANTED,
+    CgroupEnv,
+    _read,
+    detect,
+    fallback_reasons,
+    why_missing,
+)
 from sandbox.config import Limits
 
 
@@ -46,6 +55,9 @@ class CgroupManager:
         self.env, self.base, self.controllers = env, base, controllers
         self.moved_from = moved_from  # our original cgroup when we moved into a leaf of it
         self._counter = itertools.count()
+        # wanted controller → why our subtree does not have it (the kernel file lacking it)
+        self.missing = {c: why_missing(base, c, env.mount or "/") for c in WANTED if c not in controllers}
+        self.last_error = ""  # why the latest create_box failed (its box falls back)
 
     @classmethod
     def open(cls, *, require: bool = False, env: CgroupEnv | None = None) -> CgroupManager | None:
@@ -87,7 +99,11 @@ class CgroupManager:
 
     def create_box(self, limits: Limits, name: str | None = None) -> BoxCgroup:
         path = os.path.join(self.base, name or f"box-{next(self._counter)}")
-        os.mkdir(path)
+        try:
+            os.mkdir(path)
+        except OSError as e:
+            self.last_error = f"cannot create the box's cgroup under {self.base}: {e.strerror or e}"
+            raise
         box = BoxCgroup(path, {})
         try:
             if "memory" in self.controllers and limits.memory is not None:
@@ -105,9 +121,11 @@ class CgroupManager:
                 box.cpus = limits.cpus
             if limits.cpu_time is not None:
                 box.enforced["cpu_time"] = "cgroup"  # cpu.stat usage is kept for every cgroup
-        except OSError:
+        except OSError as e:
+            self.last_error = f"cannot set the limits of the box's cgroup {path}: {e.strerror or e}"
             box.destroy()
             raise
+        box.fallback = fallback_reasons(limits, set(box.enforced), self.missing)
         return box
 
     def close(self) -> None:
@@ -150,6 +168,7 @@ class BoxCgroup:
     def __init__(self, path: str, enforced: dict[str, str]) -> None:
         self.path, self.enforced = path, enforced
         self.cpus: float | None = None
+        self.fallback: dict[str, str] = {}  # limit → why this cgroup does not hold it
 
     def dir_fd(self) -> int:
         """For clone3(CLONE_INTO_CGROUP): the box's first process is born in this leaf, so no

@@ -152,7 +152,9 @@ def _cmd_run(a: Args) -> int:
         if meta_fd >= 0:
             os.close(meta_fd)
     if not a.json and not a.quiet and result.status != "OK" and result.status != "RE":
-        sys.stderr.write(f"sandbox: {result.status}: {result.reason or result.error}\n")
+        note = result.fallback_note()
+        sys.stderr.write(f"sandbox: {result.status}: {result.reason or result.error}"
+                         + (f" [{note}]" if note else "") + "\n")
     code = STATUS_EXIT.get(result.status.value)
     return code if code is not None else result.cli_exit_code()
 

@@ -212,7 +212,8 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
             fds.remove(fd)
         fds.append(box.pidfd)
         facts = verdict.Facts(lim, prep.enforcement, 0.0, seccomp_policy=prep.seccomp_desc,
-                              landlock=prep.landlock)
+                              landlock=prep.landlock,
+                              fallback_reasons=cgroup_fallbacks(config, box_cg))
         out = CappedBuffer(lim.output_limit, 1, on_output)
         err = CappedBuffer(lim.output_limit, 2, on_output)
         feed = StdinFeed(in_w, stdin or b"", stdin_from) if in_w >= 0 else None
@@ -239,6 +240,7 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
 
 
 _MANAGERS: dict[int, object] = {}  # pid → CgroupManager | None: one subtree per process
+_NO_MANAGER: dict[int, str] = {}  # pid → why it has none (for the verdicts' fallback reasons)
 
 
 def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
@@ -269,14 +271,14 @@ def cgroup_manager() -> Any:
     pid = os.getpid()
     if pid not in _MANAGERS:
         env = cgroup_env.detect()
-        _MANAGERS[pid] = None
+        _MANAGERS[pid], _NO_MANAGER[pid] = None, env.reason
         if not env.reason:
             from sandbox import cgroups
 
             try:
-                _MANAGERS[pid] = cgroups.CgroupManager.open(require=False, env=env)
-            except OSError:
-                pass
+                _MANAGERS[pid] = cgroups.CgroupManager.open(require=True, env=env)
+            except OSError as e:
+                _NO_MANAGER[pid] = f"cannot set up a cgroup subtree in {env.own_path}: {e.strerror or e}"
         if _MANAGERS[pid] is not None:
             import atexit
 
@@ -288,6 +290,23 @@ def cgroup_enforced(box_cg: Any) -> frozenset[str]:
     if box_cg is None:
         return frozenset()
     return frozenset(k for k, v in box_cg.enforced.items() if v == "cgroup")
+
+
+def cgroup_fallbacks(config: SandboxConfig, box_cg: Any) -> dict[str, str]:
+    """limit → why no cgroup holds it (``Result.fallback_reasons``): the box's cgroup lacks the
+    controller, or the box has none (why this process has no subtree, or its leaf failed)."""
+    from sandbox import cgroup_env
+
+    if box_cg is not None:
+        return dict(box_cg.fallback)
+    mgr: Any = _MANAGERS.get(os.getpid())
+    if not config.use_cgroup:
+        why = "this box does not use cgroups (use_cgroup=False)"
+    elif mgr is None:
+        why = _NO_MANAGER.get(os.getpid()) or "no cgroup v2 subtree was opened"
+    else:
+        why = mgr.last_error or "the box's cgroup could not be created"
+    return cgroup_env.fallback_reasons(config.limits, frozenset(), why)
 
 
 def cpu_watch(box_cg: Any, limit: float | None) -> Callable[[], float | None] | None:

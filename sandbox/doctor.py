@@ -128,7 +128,13 @@ def diagnose() -> list[Check]:
     from sandbox import cgroups
 
     env = cgroups.detect()
-    if not env.reason:
+    if not env.reason and env.missing:  # some controllers: those limits by cgroup, the rest not
+        held = [c for c in cgroups.WANTED if c not in env.missing]
+        out.append(Check("cgroup v2", "warn", f"{env.mode}, delegated subtree {env.own_path}: "
+                         f"{', '.join(held)} limits are enforced by cgroup v2; "
+                         + "; ".join(env.missing.values()) + " (those limits fall back, verdicts say why)",
+                         "delegate the missing controllers too (systemd: Delegate=cpu cpuset io memory pids)"))
+    elif not env.reason:
         out.append(Check("cgroup v2", "ok", f"{env.mode}, delegated subtree {env.own_path}: "
                          "memory, pids and CPU limits are enforced by cgroup v2"))
     else:

@@ -99,6 +99,9 @@ class Result:
     errno: int | None = None
     reason: str | None = None  # human summary for non-OK statuses ("wall time 2s exceeded")
     enforcement: dict[str, Mechanism] = field(default_factory=dict)
+    # limit → why no cgroup holds it, for each set limit a cgroup would hold (memory, pids,
+    # cpus, cpu_time; memfd and kernel_buffers with memory) that fell back: empty when all held
+    fallback_reasons: dict[str, str] = field(default_factory=dict)
     seccomp_policy: str | None = None
     landlock: bool = False
     cgroup: dict[str, Any] | None = None  # raw cgroup figures where a cgroup was used
@@ -119,6 +122,15 @@ class Result:
             return 128 + self.signal
         return 125
 
+    def fallback_note(self) -> str:
+        """For the CLI's verdict line: when the limit behind an ML or TO verdict was held by a
+        fallback, which one and why no cgroup held it ("" otherwise)."""
+        limit = {"ML": "memory", "TO": "cpu_time"}.get(self.status.value, "")
+        if limit == "cpu_time" and "CPU time" not in (self.reason or ""):
+            return ""  # a wall-time TO: the supervisor's timer, no fallback involved
+        why = self.fallback_reasons.get(limit)
+        return f"{limit} held by {self.enforcement.get(limit, 'none')}: {why}" if why else ""
+
     def to_dict(self, *, include_output: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
             "status": self.status.value,
@@ -136,6 +148,7 @@ class Result:
             "error_step": self.error_step,
             "errno": self.errno,
             "enforcement": dict(self.enforcement),
+            "fallback_reasons": dict(self.fallback_reasons),
             "seccomp_policy": self.seccomp_policy,
             "landlock": self.landlock,
         }

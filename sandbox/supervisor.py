@@ -35,6 +35,7 @@ from sandbox.direct import (
     CappedBuffer,
     box_pipes,
     cgroup_enforced,
+    cgroup_fallbacks,
     cgroup_manager,
     open_box_cgroup,
     xx_result,
@@ -270,7 +271,8 @@ class Supervisor:
             own.append(slot.pidfd)
             facts = verdict.Facts(lim, slot.reply.get("enforcement", {}), 0.0,
                                   seccomp_policy=slot.reply.get("seccomp"),
-                                  landlock=bool(slot.reply.get("landlock")))
+                                  landlock=bool(slot.reply.get("landlock")),
+                                  fallback_reasons=cgroup_fallbacks(config, box_cg))
             out, err = CappedBuffer(lim.output_limit), CappedBuffer(lim.output_limit)
             in_holder = [in_w] if in_w >= 0 else []
             in_w = -1  # owned by in_holder from here: the feeder closes it to signal EOF

@@ -12,7 +12,7 @@ import _signal  # not signal.py: its enum conversions cost the CLI ~3 ms
 import os
 
 from sandbox import statusline
-from sandbox._record import record
+from sandbox._record import field, record
 from sandbox.config import Limits
 from sandbox.result import Result, Status
 
@@ -30,6 +30,7 @@ class Facts:
     limits: Limits
     enforcement: dict[str, Any]
     wall_time: float
+    fallback_reasons: dict[str, str] = field(default_factory=dict)  # limit → why no cgroup holds it
     init_wait_status: int | None = None
     cpu_time: float = 0.0  # from init's rusage: covers every process the box ever had
     max_rss: int | None = None  # bytes
@@ -79,7 +80,9 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
                stdout=stdout, stderr=stderr, stdout_truncated=stdout_truncated,
                stderr_truncated=stderr_truncated, enforcement=dict(facts.enforcement),
                seccomp_policy=facts.seccomp_policy, landlock=facts.landlock,
-               cgroup=facts.cgroup)
+               cgroup=facts.cgroup, fallback_reasons={
+                   k: why for k, why in facts.fallback_reasons.items()
+                   if facts.enforcement.get(k, "cgroup") != "cgroup"})
     report = statusline.parse(facts.status_line)
     if report and report["ok"]:
         ws = report["wait_status"]

@@ -169,3 +169,126 @@ def test_cli_runs_leave_no_cgroup_subtree_behind():
                            capture_output=True, timeout=120)
         assert p.returncode == 0, p.stderr
     assert set(os.listdir(top)) == before
+
+
+# -- every path gives its box a cgroup: 4 processes x 30 MiB under 64 MiB is ML --------------
+# Each process alone stays under the limit (under the RLIMIT_AS fallback, per process, all
+# four survive); only a cgroup that holds the whole box sees 120 MiB.
+HOG = '''
+import os, time
+def hog():
+    kids = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            x = bytearray(30 << 20)
+            for i in range(0, len(x), 4096):
+                x[i] = 1
+            time.sleep(3)
+            os._exit(0)
+        kids.append(pid)
+    for k in kids:
+        os.waitpid(k, 0)
+    return "survived"
+'''
+HOG_LIMITS = {"memory": "64M", "wall_time": "30s"}
+
+
+def _hog_is_ml(r: sandbox.Result) -> None:
+    assert r.enforcement["memory"] == "cgroup", r.enforcement
+    assert r.status == Status.ML and r.cgroup and r.cgroup["oom_kill"] >= 1, r
+    assert "memory" not in r.fallback_reasons, r.fallback_reasons
+
+
+def test_hog_exec_path_cli_json():
+    import json
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--memory", "64M", "--json",
+                        "--", "python3", "-c", HOG + "hog()"], capture_output=True, text=True,
+                       timeout=120)
+    v = json.loads(p.stdout)
+    assert v["status"] == "ML" and v["enforcement"]["memory"] == "cgroup", v
+    assert v["cgroup"]["oom_kill"] >= 1 and v["fallback_reasons"] == {}, v
+
+
+def test_hog_submission_run_and_import_module(tmp_path):
+    from sandbox.grading.submission import Submission, SubmissionError
+
+    (tmp_path / "hogmod.py").write_text(HOG)
+    sub = Submission(str(tmp_path), HOG_LIMITS, call_timeout=30)
+    try:
+        _hog_is_ml(sub.run(["python3", "-c", "import hogmod; hogmod.hog()"]))
+        with pytest.raises(SubmissionError, match="memory limit"):
+            sub.import_module("hogmod").hog()
+    finally:
+        sub.close()
+    assert len(sub.results) == 2
+    _hog_is_ml(sub.results[-1])  # the import_module box, cloned by the zygote
+
+
+def test_hog_fixture_call(request):
+    from pytest_plugin.fixture import SandboxCallError
+
+    fx = request.getfixturevalue("sandbox")
+    fx.put("hogmod.py", HOG.encode())
+    with pytest.raises(SandboxCallError, match="memory limit"):
+        fx.call("hogmod:hog", sandbox_options=HOG_LIMITS)
+    _hog_is_ml(fx.results[-1])
+    _hog_is_ml(fx.run(["python3", "-c", "import hogmod; hogmod.hog()"], **HOG_LIMITS))
+
+
+PARTIAL = '''
+import json, os, sys
+os.makedirs(sys.argv[1], exist_ok=True)
+open(os.path.join(sys.argv[1], "cgroup.procs"), "w").write("0")
+import sandbox
+from sandbox import Limits, SandboxConfig, cgroup_env
+env = cgroup_env.detect()
+r = sandbox.run_sync(["python3", "-c", sys.argv[2] + "hog()"], SandboxConfig(
+    require_cgroup=True, limits=Limits.parse(memory="64M", pids=32, cpus=0.5, cpu_time="20s")))
+from sandbox.doctor import diagnose
+doc = {c.name: c for c in diagnose()}["cgroup v2"]
+print(json.dumps({"reason": env.reason, "missing": env.missing, "status": r.status,
+                  "enforcement": r.enforcement, "fallback_reasons": r.fallback_reasons,
+                  "doctor": [doc.status, doc.detail]}))
+'''
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any subtree_control")
+def test_only_memory_and_pids_delegated():
+    """A subtree whose parent enables memory and pids for it but not cpu, and that we may not
+    change (as systemd's Delegate=memory pids leaves it): the boxes use a cgroup for memory
+    and pids (the hog is ML), cpu_time is counted by cpu.stat anyway, and cpus says it is not
+    enforced, naming the file that lacks the cpu controller."""
+    import json
+    import subprocess
+    import sys
+
+    sandbox.run_sync(["true"], cfg())  # our subtree exists: its parent enables every controller
+    top = os.path.dirname(_base())
+    part = os.path.join(top, f"partial-{os.getpid()}")
+    os.mkdir(part)
+    ctl = os.path.join(part, "cgroup.subtree_control")
+    try:
+        with open(ctl, "w") as f:
+            f.write("+memory +pids")
+        os.chmod(ctl, 0o444)  # the delegating parent is not ours to change
+        p = subprocess.run([sys.executable, "-c", PARTIAL, os.path.join(part, "main"), HOG],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        v = json.loads(p.stdout)
+    finally:
+        os.chmod(ctl, 0o644)
+        for d in (os.path.join(part, "main"), part):
+            if os.path.isdir(d):
+                os.rmdir(d)
+    assert v["reason"] == "" and list(v["missing"]) == ["cpu"], v
+    enf, why = v["enforcement"], v["fallback_reasons"]
+    assert v["status"] == "ML", v
+    assert (enf["memory"], enf["pids"], enf["cpu_time"], enf["cpus"]) == ("cgroup", "cgroup", "cgroup", "none")
+    assert list(why) == ["cpus"], why
+    assert v["doctor"][0] == "warn" and why["cpus"] in v["doctor"][1], v["doctor"]
+    assert why["cpus"] == (f"cpu controller not delegated to {part}/main: {ctl} lacks cpu, "
+                           "which uid %d may not write" % os.getuid()), why

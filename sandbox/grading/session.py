@@ -25,7 +25,7 @@ from typing import Any
 from sandbox import _syscalls as sc
 from sandbox import codec, contain, spawn, statusline, verdict, worker
 from sandbox.config import SandboxConfig
-from sandbox.direct import xx_result
+from sandbox.direct import cgroup_enforced, cgroup_fallbacks, open_box_cgroup, xx_result
 from sandbox.result import Result
 
 TYPE_CHECKING = False
@@ -78,10 +78,21 @@ class BoxSession:
     interpreter and is sent the worker's code (``sandbox.worker``). ``path``: directories (as
     the box sees them) put first on the worker's ``sys.path``; the caller's site-packages
     directories follow. The box starts at once; its first request waits for the worker's
-    "ready" under the box's wall time, not under the call's time limit."""
+    "ready" under the box's wall time, not under the call's time limit.
+
+    The box gets its own cgroup leaf from *this* process's subtree, like every other box
+    (``sandbox.direct.open_box_cgroup``): the zygote clones the box straight into it
+    (``CLONE_INTO_CGROUP`` with the leaf's fd we send), so the memory, pids and CPU limits hold
+    the whole box, not one process of it; we read its counters and remove it at ``close``."""
 
     def __init__(self, config: SandboxConfig, path: Sequence[str], factory: Zygote | None = None) -> None:
         self.config = config.validate()
+        self.result: Result | None = None
+        self._t0 = time.monotonic()
+        self._cg, cg_err = open_box_cgroup(self.config)
+        if cg_err:  # require_cgroup without one: no box at all, the verdict says why
+            self.result = xx_result("cgroup", cg_err, self.config)
+            return
         host, box = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = host
         self._out = os.memfd_create("box-stdout", os.MFD_CLOEXEC)
@@ -89,18 +100,24 @@ class BoxSession:
         self._st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._factory = factory
         self._box: spawn.BoxProcess | None = None
-        self._t0 = time.monotonic()
+        cg_fd = self._cg.dir_fd() if self._cg is not None else None
         try:
             if factory is not None:  # cloned by the zygote: its worker is already loaded
-                factory.spawn(self.config, [box.fileno(), self._out, self._err, st_w])
+                factory.spawn(self.config, [box.fileno(), self._out, self._err, st_w],
+                              cgroup_fd=cg_fd, cgroup_enforced=sorted(cgroup_enforced(self._cg)))
             else:  # a fresh interpreter exec'd in the box, sent its code first
-                self._spawn_here(box.fileno(), st_w)
+                self._spawn_here(box.fileno(), st_w, cg_fd)
+        except BaseException:
+            if self._cg is not None:
+                self._cg.destroy()
+            raise
         finally:
             os.close(st_w)
             box.close()
+            if cg_fd is not None:
+                os.close(cg_fd)
         self._killed_for: str | None = None
         self._ready = False
-        self.result: Result | None = None
         try:  # fits in the socket's buffer: read by the worker as it starts
             if factory is None:
                 host.sendall(worker.boot_frame())
@@ -108,13 +125,14 @@ class BoxSession:
         except OSError:
             pass  # the box died already: the first request reports how
 
-    def _spawn_here(self, box_fd: int, st_w: int) -> None:
-        prep = contain.prepare(self.config, worker.command(box_fd))
+    def _spawn_here(self, box_fd: int, st_w: int, cg_fd: int | None) -> None:
+        prep = contain.prepare(self.config, worker.command(box_fd),
+                               cgroup_enforced=cgroup_enforced(self._cg))
         self._enforcement, self._seccomp = prep.enforcement, prep.seccomp_desc
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._box = spawn.spawn_box(prep, stdin=null, stdout=self._out, stderr=self._err,
-                                        status_w=st_w, pass_fds=[box_fd])
+                                        status_w=st_w, pass_fds=[box_fd], cgroup_fd=cg_fd)
         finally:
             os.close(null)
 
@@ -187,6 +205,8 @@ class BoxSession:
             self.result = xx_result("clone", e, self.config)
             for fd in (self._out, self._err, self._st_r):
                 os.close(fd)
+            if self._cg is not None:
+                self._cg.destroy()
             return self.result
         if not select.select([box.pidfd], [], [], 1.0)[0]:
             self._kill(None)
@@ -198,8 +218,12 @@ class BoxSession:
         facts = verdict.Facts(lim, self._enforcement, time.monotonic() - self._t0,
                               init_wait_status=status, cpu_time=cpu_time,
                               max_rss=max_rss, killed_for=self._killed_for,
-                              seccomp_policy=self._seccomp)
+                              seccomp_policy=self._seccomp,
+                              fallback_reasons=cgroup_fallbacks(self.config, self._cg))
         facts.status_line = statusline.read(self._st_r)
+        if self._cg is not None:  # an OOM kill takes init too: only the cgroup tells ML
+            facts.cgroup = self._cg.stats()
+            self._cg.destroy()
         out = _read_memfd(self._out, lim.output_limit)
         err = _read_memfd(self._err, lim.output_limit)
         self.result = verdict.build_result(facts, out, err)

@@ -17,9 +17,11 @@ factory that all zygotes are forks of has seen none). The grading plugin runs a 
 tests one after another, so one zygote serves all of them (``pytest_collection_modifyitems``).
 
 Zygote protocol (``SOCK_SEQPACKET``, ``sandbox.fdpass`` JSON + fds), in the order the grader sends:
-  → ``{"op": "spawn", "config": {...}, "upper_to": [i, ...]}`` fds ``[worker socket, stdout,
-    stderr, status_w, *upper sockets]`` (the config's fd-holding overlays, by mount index,
-    get the trailing fds);
+  → ``{"op": "spawn", "config": {...}, "upper_to": [i, ...], "cgroup_enforced": [...]}`` fds
+    ``[worker socket, stdout, stderr, status_w, *upper sockets, (cgroup dir)]`` (the config's
+    fd-holding overlays, by mount index, get the upper sockets; with ``"cgroup": true`` the
+    box's cgroup leaf comes last, holding the ``cgroup_enforced`` limits: the grader made it
+    in its own delegated subtree and removes it, the zygote only clones the box into it);
   ← ``{"op": "spawned", "pid": P, "enforcement": ..., "seccomp": ...}`` fds ``[pidfd]``, or
     ``{"op": "error", "error": "...", "errno": E}``, one per spawn, in order;
   ← ``{"op": "exited", "pid": P, "wait_status": S, "cpu_time": T, "max_rss": B}`` whenever a
@@ -55,6 +57,13 @@ def _factory_socket() -> socket.socket:
         stop_factory()
     if not _factory:
         import subprocess  # (not in the factory itself: what it imports, every box carries)
+
+        from sandbox.direct import cgroup_manager
+
+        # Our cgroup subtree first: opening it may move us into a leaf of our cgroup, which the
+        # kernel refuses once another process (the factory) shares that cgroup. The factory is
+        # then born next to us, where it may clone boxes into our leaves.
+        cgroup_manager()
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,15 +107,20 @@ class Zygote:
         self._pending = 0  # spawns sent, answers not taken yet
         self._replies: list[tuple[dict[str, Any], list[int]]] = []
 
-    def spawn(self, cfg: SandboxConfig, fds: list[int]) -> None:
-        """Ask for a box (``fds``: worker socket, stdout, stderr, status_w); ``spawned()`` reads
-        the answer, so the zygote's start-up and the clone overlap the caller's own work."""
+    def spawn(self, cfg: SandboxConfig, fds: list[int], cgroup_fd: int | None = None,
+              cgroup_enforced: list[str] | None = None) -> None:
+        """Ask for a box (``fds``: worker socket, stdout, stderr, status_w; ``cgroup_fd``: the
+        box's cgroup leaf, holding ``cgroup_enforced``); ``spawned()`` reads the answer, so the
+        zygote's start-up and the clone overlap the caller's own work."""
         held = [i for i, m in enumerate(cfg.mounts) if m.upper_to is not None]
         plain = _record.replace(cfg, mounts=[_record.replace(m, upper_to=None) for m in cfg.mounts])
+        enforced = list(cgroup_enforced or []) if cgroup_fd is not None else []
         self._pending += 1
         try:
-            fdpass.send(self._sock, {"op": "spawn", "config": plain.to_dict(), "upper_to": held},
-                        [*fds, *(cfg.mounts[i].upper_to for i in held)])
+            fdpass.send(self._sock, {"op": "spawn", "config": plain.to_dict(), "upper_to": held,
+                                     "cgroup": cgroup_fd is not None, "cgroup_enforced": enforced},
+                        [*fds, *(cfg.mounts[i].upper_to for i in held),
+                         *([cgroup_fd] if cgroup_fd is not None else [])])
         except OSError as e:  # answered here: the spawn fails like one the zygote refused
             self.alive = False
             self._replies.append(({"op": "error", "error": e.strerror, "errno": e.errno}, []))
@@ -235,14 +249,19 @@ def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[in
 
     try:
         cfg = SandboxConfig.from_dict(req["config"])
-        for i, fd in zip(req["upper_to"], fds[4:], strict=True):
+        uppers, rest = fds[4:4 + len(req["upper_to"])], fds[4 + len(req["upper_to"]):]
+        for i, fd in zip(req["upper_to"], uppers, strict=True):
             cfg.mounts[i] = _record.replace(cfg.mounts[i], upper_to=fd)
+        cgroup_fd = rest[0] if req.get("cgroup") and rest else None
+        if req.get("cgroup") and cgroup_fd is None:
+            raise OSError(22, "spawn request without the box's cgroup fd")
         box_fd = fds[0]
-        prep = contain.prepare(cfg.validate(), lambda: worker.serve(box_fd))
+        prep = contain.prepare(cfg.validate(), lambda: worker.serve(box_fd),
+                               cgroup_enforced=frozenset(req.get("cgroup_enforced", [])))
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             box = spawn.spawn_box(prep, stdin=null, stdout=fds[1], stderr=fds[2], status_w=fds[3],
-                                  pass_fds=[box_fd])
+                                  pass_fds=[box_fd], cgroup_fd=cgroup_fd)
         finally:
             os.close(null)
     except Exception as e:  # noqa: BLE001 - every failure becomes an XX verdict in the grader
