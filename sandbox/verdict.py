@@ -80,9 +80,7 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
                stdout=stdout, stderr=stderr, stdout_truncated=stdout_truncated,
                stderr_truncated=stderr_truncated, enforcement=dict(facts.enforcement),
                seccomp_policy=facts.seccomp_policy, landlock=facts.landlock,
-               cgroup=facts.cgroup, fallback_reasons={
-                   k: why for k, why in facts.fallback_reasons.items()
-                   if facts.enforcement.get(k, "cgroup") != "cgroup"})
+               cgroup=facts.cgroup, fallback_reasons=dict(facts.fallback_reasons))
     report = statusline.parse(facts.status_line)
     if report and report["ok"]:
         ws = report["wait_status"]
