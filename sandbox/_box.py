@@ -71,6 +71,7 @@ class Usage:
     execs: int = 0
     memory_exceeded: bool = False
     enforcement: dict[str, Any] = field(default_factory=dict)
+    fallback_reasons: dict[str, str] = field(default_factory=dict)  # as Result.fallback_reasons
 
 
 class Box:
@@ -103,7 +104,7 @@ class Box:
         cg, cg_err = direct.open_box_cgroup(self.config)
         if cg_err:
             raise BoxError(f"cgroup: {cg_err}", direct.xx_result("cgroup", cg_err, self.config))
-        self._cg = cg
+        self._cg, self._fallback = cg, direct.cgroup_fallbacks(self.config, cg)
         try:
             # CPU time is per exec (RLIMIT_CPU, inherited from init): the cgroup's cpu.stat
             # counts the whole box's life, which no single exec's verdict should be charged with.
@@ -167,7 +168,7 @@ class Box:
         os.close(self._init.pidfd)
         os.close(self._status_r)
         u = Usage(cpu, rss, time.monotonic() - self._t0, self._next_id,
-                  enforcement=dict(self._prep.enforcement))
+                  enforcement=dict(self._prep.enforcement), fallback_reasons=dict(self._fallback))
         if self._cg is not None:
             stats = self._cg.stats()
             u.cpu_time = stats.get("cpu_usec", 0) / 1e6 if "cpu_usec" in stats else cpu

@@ -214,7 +214,8 @@ class Process:
                               cpu_time=self._facts.get("cpu_time", 0.0),
                               max_rss=self._facts.get("max_rss"), killed_for=self._killed_for,
                               seccomp_policy=self.box._prep.seccomp_desc,
-                              landlock=self.box._prep.landlock, init_wait_status=0)
+                              landlock=self.box._prep.landlock, init_wait_status=0,
+                              fallback_reasons=self.box._fallback)
         self.result = verdict.build_result(facts, self._out.value(), self._err.value(),
                                            self._out.exceeded, self._err.exceeded)
         self.state = "done"

@@ -58,14 +58,20 @@ HELD_BY_A_CGROUP = {"memory", "pids", "cpus", "cpu_time"}  # and with memory: me
 
 
 def _paths(request: pytest.FixtureRequest, tmp: str) -> dict[str, sandbox.Result]:
-    """One verdict from each way a box is made: run_sync, the trio supervisor, the CLI, the
-    fixture's run and call, the grader's submission.run and import_module."""
+    """One verdict from each way a box is made: run_sync, a held Box (an exec and its usage),
+    the trio supervisor, the CLI, the fixture's run and call, the grader's submission.run and
+    import_module."""
     import trio
 
     from sandbox.grading.submission import Submission
 
     cfg = SandboxConfig(limits=Limits.parse(**LIMITED))
     out = {"exec": sandbox.run_sync(["true"], cfg)}
+    with sandbox.Box(cfg) as box:
+        out["Box.exec"] = box.exec(["true"])
+    assert box.usage is not None
+    out["Box.usage"] = sandbox.Result(Status.OK, enforcement=box.usage.enforcement,
+                                      fallback_reasons=box.usage.fallback_reasons)
 
     async def sup() -> sandbox.Result:
         async with sandbox.Supervisor() as s:

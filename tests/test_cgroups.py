@@ -292,3 +292,11 @@ def test_only_memory_and_pids_delegated():
     assert v["doctor"][0] == "warn" and why["cpus"] in v["doctor"][1], v["doctor"]
     assert why["cpus"] == (f"cpu controller not delegated to {part}/main: {ctl} lacks cpu, "
                            "which uid %d may not write" % os.getuid()), why
+
+
+def test_hog_held_box():
+    with sandbox.Box(cfg(**HOG_LIMITS)) as box:
+        r = box.exec(["python3", "-c", HOG + "hog()"])
+    assert r.enforcement["memory"] == "cgroup" and "memory" not in r.fallback_reasons, r
+    assert box.usage is not None and box.usage.memory_exceeded, (r, box.usage)
+    assert r.status == Status.ML, r
