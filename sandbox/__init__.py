@@ -22,14 +22,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-    from sandbox._box import Box, BoxError, Changes, Usage
+    from sandbox._box import Box, BoxError, Usage
+    from sandbox._box_files import Changes
     from sandbox._box_proc import Process
     from sandbox.supervisor import Supervisor
 
 __all__ = ["Box", "BoxError", "Changes", "ConfigError", "Limits", "MountSpec", "Process",
            "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "run", "run_sync"]
 
-_LAZY = {"Box": "sandbox._box", "BoxError": "sandbox._box", "Changes": "sandbox._box",
+_LAZY = {"Box": "sandbox._box", "BoxError": "sandbox._box", "Changes": "sandbox._box_files",
          "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox.supervisor"}
 
 

@@ -7,12 +7,8 @@ hardening) with a request socket instead of a payload. The host then:
 
 * starts processes by sending argv and three fresh pipe ends (never a fd of its own: what a
   box holds of ours is only ever a pipe);
-* reads and writes the box's files itself, through two directory fds init sent when it was
-  ready: the box's ``/`` (for ``put``/``get``) and its tmpfs (for ``changes``: the overlay uppers,
-  /tmp, /dev/shm and the skeleton, all in that one size- and inode-capped tmpfs). Every open
-  is ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)``: a link the box
-  planted is refused, not followed (judge0's CVE-2024-28185 was a planted symlink), and reads are
-  bounded.
+* reads and writes the box's files itself (``sandbox._box_files``: through fds init sent,
+  never following a link the box planted);
 * watches the box's init: when it dies (memory.oom.group kills the whole box, or a box-wide
   limit was spent) every running process ends with that verdict and the box is closed.
 """
@@ -21,11 +17,11 @@ from __future__ import annotations
 
 import os
 import select
-import stat
 import time
 
-from sandbox import _box_init, contain, direct, fdpass, safefs, spawn, statusline, verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
+from sandbox import _box_init, contain, direct, fdpass, spawn, statusline, verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
 from sandbox import _syscalls as sc
+from sandbox._box_files import GET_MAX, BoxFiles, Changes
 from sandbox._box_proc import Process
 from sandbox._record import field, record, replace
 from sandbox.config import SandboxConfig, command_argv, parse_duration
@@ -37,10 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-RESOLVE_IN_BOX = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
-NOT_FILES = ("proc", "sys", "dev")  # kernel views, not the box's files (except /dev/shm)
 READY_TIMEOUT = 30.0
-GET_MAX = 16 << 20
 
 
 class BoxError(Exception):
@@ -50,15 +43,6 @@ class BoxError(Exception):
     def __init__(self, message: str, result: Result | None = None) -> None:
         super().__init__(message)
         self.result = result
-
-
-@record
-class Changes:
-    """Paths (as the box sees them) created, modified and deleted since the box started."""
-
-    created: list[str] = field(default_factory=list)
-    modified: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
 
 
 @record
@@ -139,12 +123,11 @@ class Box:
             result = self._startup_failure()
             self.close()
             raise BoxError(result.error or "the box did not start", result)
-        self._root, self._tmpfs = fds
-        st = os.fstat(self._root)
-        self._owner = ((st.st_uid + self.config.uid, st.st_gid + self.config.gid)
-                       if self._prep.ids.parent_writes else None)
-        self._uppers = _upper_targets(self._prep.rootfs.ops)
-        self._baseline = self._snapshot()
+        st = os.fstat(fds[0])  # the box's / belongs to its root: our ids for it, mapped
+        owner = ((st.st_uid + self.config.uid, st.st_gid + self.config.gid)
+                 if self._prep.ids.parent_writes else None)
+        self._files = BoxFiles(fds[0], fds[1], owner, (self.config.uid, self.config.gid),
+                               self._prep.rootfs.ops)
         return self
 
     def close(self) -> Usage:
@@ -156,10 +139,8 @@ class Box:
         for p in list(self._procs.values()):
             p._box_gone()
         self._sock.close()
-        for fd in (getattr(self, "_root", -1), getattr(self, "_tmpfs", -1)):
-            if fd >= 0:
-                os.close(fd)
-        self._root = self._tmpfs = -1
+        if getattr(self, "_files", None) is not None:
+            self._files.close()
         try:
             sc.pidfd_send_signal(self._init.pidfd, 9)  # its namespace dies with it
         except OSError:
@@ -323,141 +304,21 @@ class Box:
             pass
 
     # -------------------------------------------------------------------- files --
-    def _open_parent(self, path: str, create: bool) -> tuple[int, str]:
-        self._check_open()
-        parts = [p for p in str(path).split("/") if p]
-        if not str(path).startswith("/") or not parts or ".." in parts:
-            from sandbox.config import ConfigError
 
-            raise ConfigError(f"path {path!r}: must be an absolute path in the box, without '..'")
-        if parts[0] in NOT_FILES and parts[:2] != ["dev", "shm"]:
-            from sandbox.config import ConfigError
-
-            raise ConfigError(f"path {path!r}: /{parts[0]} is a kernel view, not the box's files")
-        dfd = os.dup(self._root)
-        try:
-            for part in parts[:-1]:
-                if create:
-                    try:
-                        self._create(lambda p=part, d=dfd: os.mkdir(p, 0o755, dir_fd=d), part, dfd)
-                    except FileExistsError:
-                        pass
-                nfd = sc.openat2(dfd, part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, RESOLVE_IN_BOX)
-                os.close(dfd)
-                dfd = nfd
-        except OSError as e:
-            os.close(dfd)
-            if e.errno in (40, 20, 18):  # ELOOP, ENOTDIR, EXDEV
-                raise safefs.UnsafePath(e.errno, f"{path}: refusing to follow a link the box made") from None
-            raise
-        return dfd, parts[-1]
-
-    def _create(self, fn: Callable[[], Any], name: str | None, dfd: int) -> Any:
-        """Run ``fn`` (a create or rename in ``dfd``) so the new entry is the box user's.
-
-        Unprivileged (single-id map) we are the box user. Root (range maps) is unmapped in the
-        box's user namespace, which owns its tmpfs: a file root creates there fails (EOVERFLOW).
-        So we act as the box user (setfsuid: this thread only) where it may write, and otherwise
-        (a directory of the box's root user, such as ``/``) as that root, then give the entry to
-        the box user."""
-        if self._owner is None:
-            return fn()
-        try:
-            with sc.acting_as(*self._owner):
-                return fn()
-        except PermissionError:
-            base = (self._owner[0] - self.config.uid, self._owner[1] - self.config.gid)
-            with sc.acting_as(*base):
-                out = fn()
-            if name is not None:
-                os.chown(name, *self._owner, dir_fd=dfd, follow_symlinks=False)
-            return out
-
+    # -------------------------------------------------------------------- files --
     def put(self, path: str, data: bytes | str | os.PathLike[str], *, mode: int = 0o644) -> None:
         """Write a file into the box: ``data`` bytes, or the path of a host file to copy.
         Parent directories are made; an existing file is replaced, a link is never followed."""
-        src = None if isinstance(data, (bytes, bytearray, memoryview)) else os.fspath(data)
-        dfd, name = self._open_parent(path, create=True)
-        try:
-            tmp = f".sandbox-put-{os.getpid()}-{self._next_id}"
-            fd = self._create(lambda: os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                dir_fd=dfd), tmp, dfd)
-            try:
-                if src is None:
-                    view = memoryview(data)  # type: ignore[arg-type]
-                    while view:
-                        view = view[os.write(fd, view):]
-                else:
-                    with open(src, "rb") as f:
-                        while chunk := f.read(1 << 20):
-                            os.write(fd, chunk)
-                os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
-            self._create(lambda: os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd), None, dfd)
-        finally:
-            os.close(dfd)
+        self._check_open()
+        self._files.put(path, data, mode=mode)
 
     def get(self, path: str, max_bytes: int = GET_MAX) -> bytes:
         """A file of the box, at most ``max_bytes``; refuses links, FIFOs and devices."""
-        dfd, name = self._open_parent(path, create=False)
-        try:
-            return safefs.read_beneath(dfd, name, max_bytes)
-        finally:
-            os.close(dfd)
+        self._check_open()
+        return self._files.get(path, max_bytes)
 
     def changes(self) -> Changes:
         """Created / modified / deleted since the box started (files and links; directories
         only when made or removed)."""
         self._check_open()
-        now = self._snapshot()
-        ch = Changes()
-        for p, sig in now.items():
-            old = self._baseline.get(p)
-            if sig[0] == "whiteout":
-                ch.deleted.append(p)
-            elif old is None:
-                if sig[0] != "dir" or not sig[2]:
-                    ch.created.append(p)
-            elif old != sig and sig[0] != "dir":
-                ch.modified.append(p)
-        ch.deleted += [p for p in self._baseline if p not in now]
-        for lst in (ch.created, ch.modified, ch.deleted):
-            lst.sort()
-        return ch
-
-    def _snapshot(self) -> dict[str, tuple]:
-        """Every entry of the box's tmpfs as the box sees it: path → (kind, size/mtime, in lower)."""
-        out: dict[str, tuple] = {}
-        places = [("newroot", ""), ("scratch/tmp", "/tmp"), ("scratch/shm", "/dev/shm")]
-        places += [(f"scratch/up/{n}", dst) for n, (dst, _src) in self._uppers.items()]
-        lowers = {dst: src for dst, src in self._uppers.values()}
-        for rel, prefix in places:
-            try:
-                fd = safefs.open_beneath(self._tmpfs, rel, directory=True)
-            except OSError:
-                continue
-            try:
-                for sub, st in safefs.walk_beneath(fd, max_entries=20000):
-                    path = f"{prefix}/{sub}"
-                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and prefix in lowers:
-                        out[path] = ("whiteout",)
-                        continue
-                    kind = ("dir" if stat.S_ISDIR(st.st_mode) else
-                            "link" if stat.S_ISLNK(st.st_mode) else "file")
-                    in_lower = prefix in lowers and os.path.lexists(lowers[prefix] + "/" + sub)
-                    out[path] = (kind, (st.st_size, st.st_mtime_ns, st.st_ino) if kind != "dir" else 0, in_lower)
-            finally:
-                os.close(fd)
-        return out
-
-
-def _upper_targets(ops: list) -> dict[int, tuple[str, str]]:
-    """Overlay number (as rootfs numbers its uppers) → (target in the box, host lower)."""
-    out, n = {}, 0
-    for op in ops:
-        if op[0] == "overlay" and op[3]:
-            n += 1
-            out[n] = (op[2], op[1])
-    return out
+        return self._files.changes()

@@ -1,0 +1,192 @@
+"""The files of a held box, from the host: ``put``, ``get`` and ``changes`` (see ``sandbox.Box``).
+
+The host works on the box's files itself, through two directory fds its init sent when it was
+ready: the box's ``/`` (for ``put``/``get``, crossing the box's own mounts: /tmp, the overlays)
+and its tmpfs (for ``changes``: the overlay uppers, /tmp, /dev/shm and the skeleton, all in that
+one size- and inode-capped tmpfs). Every name is resolved one component at a time with
+``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)``: a link the box planted
+is refused, never followed (judge0's CVE-2024-28185 was a planted symlink); reads are bounded
+and only of regular files (a FIFO would stall us); a put writes a new file and renames it over
+the name, so a planted link is replaced, not written through.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from sandbox import _syscalls as sc
+from sandbox import safefs
+from sandbox._record import field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+RESOLVE_IN_BOX = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
+NOT_FILES = ("proc", "sys", "dev")  # kernel views, not the box's files (except /dev/shm)
+GET_MAX = 16 << 20
+
+
+@record
+class Changes:
+    """Paths (as the box sees them) created, modified and deleted since the box started."""
+
+    created: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+class BoxFiles:
+    """``root``/``tmpfs``: the fds init sent (ours to close); ``owner``: the box user's host ids
+    when we are root (range maps), else None; ``ops``: the rootfs plan (where the uppers go)."""
+
+    def __init__(self, root: int, tmpfs: int, owner: tuple[int, int] | None,
+                 inside_ids: tuple[int, int], ops: list) -> None:
+        self.root, self.tmpfs, self.owner, self.inside_ids = root, tmpfs, owner, inside_ids
+        self.uppers = _upper_targets(ops)
+        self.puts = 0
+        self.baseline = self._snapshot()
+
+    def close(self) -> None:
+        for fd in (self.root, self.tmpfs):
+            if fd >= 0:
+                os.close(fd)
+        self.root = self.tmpfs = -1
+
+    def _open_parent(self, path: str, create: bool) -> tuple[int, str]:
+        parts = [p for p in str(path).split("/") if p]
+        if not str(path).startswith("/") or not parts or ".." in parts:
+            from sandbox.config import ConfigError
+
+            raise ConfigError(f"path {path!r}: must be an absolute path in the box, without '..'")
+        if parts[0] in NOT_FILES and parts[:2] != ["dev", "shm"]:
+            from sandbox.config import ConfigError
+
+            raise ConfigError(f"path {path!r}: /{parts[0]} is a kernel view, not the box's files")
+        dfd = os.dup(self.root)
+        try:
+            for part in parts[:-1]:
+                if create:
+                    try:
+                        self._create(lambda p=part, d=dfd: os.mkdir(p, 0o755, dir_fd=d), part, dfd)
+                    except FileExistsError:
+                        pass
+                nfd = sc.openat2(dfd, part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, RESOLVE_IN_BOX)
+                os.close(dfd)
+                dfd = nfd
+        except OSError as e:
+            os.close(dfd)
+            if e.errno in (40, 20, 18):  # ELOOP, ENOTDIR, EXDEV
+                raise safefs.UnsafePath(e.errno, f"{path}: refusing to follow a link the box made") from None
+            raise
+        return dfd, parts[-1]
+
+    def _create(self, fn: Callable[[], Any], name: str | None, dfd: int) -> Any:
+        """Run ``fn`` (a create or rename in ``dfd``) so the new entry is the box user's.
+
+        Unprivileged (single-id map) we are the box user. Root (range maps) is unmapped in the
+        box's user namespace, which owns its tmpfs: a file root creates there fails (EOVERFLOW).
+        So we act as the box user (setfsuid: this thread only) where it may write, and otherwise
+        (a directory of the box's root user, such as ``/``) as that root, then give the entry to
+        the box user."""
+        if self.owner is None:
+            return fn()
+        try:
+            with sc.acting_as(*self.owner):
+                return fn()
+        except PermissionError:
+            base = (self.owner[0] - self.inside_ids[0], self.owner[1] - self.inside_ids[1])
+            with sc.acting_as(*base):
+                out = fn()
+            if name is not None:
+                os.chown(name, *self.owner, dir_fd=dfd, follow_symlinks=False)
+            return out
+
+    def put(self, path: str, data: bytes | str | os.PathLike[str], *, mode: int = 0o644) -> None:
+        self.puts += 1
+        src = None if isinstance(data, (bytes, bytearray, memoryview)) else os.fspath(data)
+        dfd, name = self._open_parent(path, create=True)
+        try:
+            tmp = f".sandbox-put-{os.getpid()}-{self.puts}"
+            fd = self._create(lambda: os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                dir_fd=dfd), tmp, dfd)
+            try:
+                if src is None:
+                    view = memoryview(data)  # type: ignore[arg-type]
+                    while view:
+                        view = view[os.write(fd, view):]
+                else:
+                    with open(src, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            os.write(fd, chunk)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+            self._create(lambda: os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd), None, dfd)
+        finally:
+            os.close(dfd)
+
+    def get(self, path: str, max_bytes: int = GET_MAX) -> bytes:
+        """A file of the box, at most ``max_bytes``; refuses links, FIFOs and devices."""
+        dfd, name = self._open_parent(path, create=False)
+        try:
+            return safefs.read_beneath(dfd, name, max_bytes)
+        finally:
+            os.close(dfd)
+
+    def changes(self) -> Changes:
+        """Created / modified / deleted since the box started (files and links; directories
+        only when made or removed)."""
+        now = self._snapshot()
+        ch = Changes()
+        for p, sig in now.items():
+            old = self.baseline.get(p)
+            if sig[0] == "whiteout":
+                ch.deleted.append(p)
+            elif old is None:
+                if sig[0] != "dir" or not sig[2]:
+                    ch.created.append(p)
+            elif old != sig and sig[0] != "dir":
+                ch.modified.append(p)
+        ch.deleted += [p for p in self.baseline if p not in now]
+        for lst in (ch.created, ch.modified, ch.deleted):
+            lst.sort()
+        return ch
+
+    def _snapshot(self) -> dict[str, tuple]:
+        """Every entry of the box's tmpfs as the box sees it: path → (kind, size/mtime, in lower)."""
+        out: dict[str, tuple] = {}
+        places = [("newroot", ""), ("scratch/tmp", "/tmp"), ("scratch/shm", "/dev/shm")]
+        places += [(f"scratch/up/{n}", dst) for n, (dst, _src) in self.uppers.items()]
+        lowers = {dst: src for dst, src in self.uppers.values()}
+        for rel, prefix in places:
+            try:
+                fd = safefs.open_beneath(self.tmpfs, rel, directory=True)
+            except OSError:
+                continue
+            try:
+                for sub, st in safefs.walk_beneath(fd, max_entries=20000):
+                    path = f"{prefix}/{sub}"
+                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and prefix in lowers:
+                        out[path] = ("whiteout",)
+                        continue
+                    kind = ("dir" if stat.S_ISDIR(st.st_mode) else
+                            "link" if stat.S_ISLNK(st.st_mode) else "file")
+                    in_lower = prefix in lowers and os.path.lexists(lowers[prefix] + "/" + sub)
+                    out[path] = (kind, (st.st_size, st.st_mtime_ns, st.st_ino) if kind != "dir" else 0, in_lower)
+            finally:
+                os.close(fd)
+        return out
+
+
+def _upper_targets(ops: list) -> dict[int, tuple[str, str]]:
+    """Overlay number (as rootfs numbers its uppers) → (target in the box, host lower)."""
+    out, n = {}, 0
+    for op in ops:
+        if op[0] == "overlay" and op[3]:
+            n += 1
+            out[n] = (op[2], op[1])
+    return out
