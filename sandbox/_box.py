@@ -80,6 +80,14 @@ class Box:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        """A box dropped without ``close``: end it now rather than at our exit (PDEATHSIG)."""
+        if getattr(self, "_sock", None) is not None and self.usage is None:
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - interpreter shutdown: the kernel cleans up
+                pass
+
     def open(self) -> Box:
         import socket
 

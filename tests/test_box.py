@@ -195,3 +195,12 @@ def test_many_boxes_many_execs_leave_nothing_behind(no_leftovers):
             for j in range(5):
                 r = box.exec(["sh", "-c", f"echo {i}.{j} > /tmp/n; cat /tmp/n"])
                 assert r.stdout == f"{i}.{j}\n".encode()
+
+
+def test_a_box_dropped_without_close_is_ended(no_leftovers):
+    import gc
+
+    box = Box().open()
+    assert box.exec(["true"]).ok
+    del box
+    gc.collect()  # nothing of it is left for no_leftovers to find
