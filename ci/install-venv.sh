@@ -14,6 +14,8 @@ PY=${PYTHON:-/usr/bin/python3}
 # The venv too: pip's legacy install of python-prctl skips prctl.py when PYTHONDONTWRITEBYTECODE
 # is set.
 .venv/bin/python -m compileall -q sandbox pytest_plugin .venv/lib >/dev/null
-# ...and, beside the byte code, the default seccomp policy compiled by libseccomp (see
-# sandbox/seccomp.py: the CLI then needs neither pyseccomp nor libseccomp to start a box).
+# ...and the default seccomp policy compiled by libseccomp, into .venv/share/sandbox (read
+# before the user's ~/.cache/sandbox; see sandbox/_seccomp_cache.py): the CLI then needs
+# neither pyseccomp nor libseccomp to start a box. Earlier versions kept it in __pycache__.
+rm -f sandbox/__pycache__/seccomp-*.bpf
 .venv/bin/python -m sandbox.seccomp

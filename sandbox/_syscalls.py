@@ -1,13 +1,16 @@
-"""Raw Linux syscalls through ctypes (its C half: see ``_clib``), and nothing else.
+"""Raw Linux syscalls through ctypes (its C half: see ``_clib``), and two adapters.
 
 Python's ``os`` module lacks clone3, pivot_root, mount and friends (3.11). Each wrapper raises
 ``OSError(errno, "<call> <arg>: <strerror>")`` so the in-child sequence can report the failing
 step with its errno. Numbers are per architecture; only x86-64 and aarch64 are supported.
+``prlimit`` and ``wait4`` are the ``resource``/``os`` calls in the shape the callers use (the
+kernel's RLIM_INFINITY; CPU seconds and RSS bytes).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 
 from sandbox import _clib as ctypes
 
@@ -19,8 +22,8 @@ _syscall.restype = ctypes.c_long
 _syscall_gil = ctypes.Library(None, keep_gil=True, restype=ctypes.c_long).syscall
 # Resolve symbols now, in the long-lived parent: each box's child would otherwise pay a dlsym
 # per function on first use (CDLL caches the lookup as an attribute).
-for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset", "socket",
-              "prlimit", "wait4", "memset", "memcpy", "strlen", "clearenv"):
+for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset", "memset",
+              "memcpy", "strlen", "clearenv"):
     getattr(_libc, _name)
 _libc.strlen.restype = ctypes.c_size_t
 
@@ -169,41 +172,34 @@ def open_tree_clone(fd: int) -> int:
                  "open_tree")
 
 
-class _Rlimit(ctypes.Structure):
+class _Rlimit(ctypes.Structure):  # for PreparedExec: setrlimit without a Python allocation
     _fields_ = [("cur", ctypes.c_ulong), ("max", ctypes.c_ulong)]
 
 
 RLIM_INFINITY = (1 << 64) - 1  # as the kernel spells it (Python's resource module says -1)
 
 
-def prlimit(resource: int, new: tuple[int, int] | None = None) -> tuple[int, int]:
-    """prlimit(2) on ourselves: set (soft, hard) when ``new`` is given; returns the limits
-    before. (The ``resource`` extension module would be one more shared object to load on
-    every cold start, for two calls.)"""
-    old = _Rlimit()
-    lim = None if new is None else ctypes.byref(_Rlimit(new[0] & RLIM_INFINITY,
-                                                        new[1] & RLIM_INFINITY))
-    check(_libc.prlimit(0, resource, lim, ctypes.byref(old)), f"prlimit {resource}")
-    return old.cur, old.max
+def _to_py(v: int) -> int:
+    return resource.RLIM_INFINITY if v >= 1 << 63 else v
 
 
-class _Rusage(ctypes.Structure):  # struct rusage: two timevals, then 14 longs
-    _fields_ = [("utime_s", ctypes.c_long), ("utime_us", ctypes.c_long),
-                ("stime_s", ctypes.c_long), ("stime_us", ctypes.c_long), ("maxrss", ctypes.c_long),
-                ("rest", ctypes.c_long * 13)]
+def _to_kernel(v: int) -> int:
+    return v & RLIM_INFINITY  # -1 -> RLIM_INFINITY
+
+
+def prlimit(res: int, new: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``resource.prlimit`` on ourselves, in the kernel's spelling of "unlimited"
+    (``RLIM_INFINITY``): set (soft, hard) when ``new`` is given; returns the limits before."""
+    old = (resource.prlimit(0, res) if new is None
+           else resource.prlimit(0, res, (_to_py(new[0]), _to_py(new[1]))))
+    return _to_kernel(old[0]), _to_kernel(old[1])
 
 
 def wait4(pid: int) -> tuple[int, float, int]:
-    """Block until ``pid`` exits: (wait status, user+system CPU seconds, max RSS in bytes).
-    ``os.wait4`` returns the same but imports the ``resource`` extension module for its
-    struct_rusage type on first use (~0.4 ms, between a box's end and its verdict)."""
-    status, ru = ctypes.c_int(0), _Rusage()
-    while _libc.wait4(pid, ctypes.byref(status), 0, ctypes.byref(ru)) < 0:
-        err = ctypes.get_errno()
-        if err != 4:  # EINTR: retry, as os.wait4 does (PEP 475)
-            raise OSError(err, f"wait4 {pid}: {os.strerror(err)}")
-    cpu = ru.utime_s + ru.stime_s + (ru.utime_us + ru.stime_us) / 1e6
-    return status.value, cpu, ru.maxrss * 1024
+    """Block until ``pid`` exits (``os.wait4``): (wait status, user+system CPU seconds, max
+    RSS in bytes)."""
+    _, status, ru = os.wait4(pid, 0)
+    return status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
 
 
 class acting_as:
