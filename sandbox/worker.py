@@ -89,9 +89,13 @@ _sources: bytes | None = None
 _site: list[str] | None = None
 
 
-def command(fd: int) -> list[str]:
-    """The box's argv: the worker, talking on ``fd`` (an inheritable socket handed to the box)."""
-    return [os.path.realpath(sys.executable), *FLAGS, "-c", BOOT % fd]
+def command(fd: int, expose_python: bool | str = True) -> list[str]:
+    """The box's argv: the worker, talking on ``fd`` (an inheritable socket handed to the box),
+    run as the box sees our interpreter (``/opt/python/bin/python3.11`` for one outside /usr)."""
+    from sandbox import rootfs
+
+    exe = os.path.realpath(sys.executable)
+    return [*(rootfs.box_paths([exe], expose_python) or [exe]), *FLAGS, "-c", BOOT % fd]
 
 
 def boot_frame() -> bytes:
@@ -114,7 +118,8 @@ def boot_frame() -> bytes:
 
 
 def site_dirs() -> list[str]:
-    """The caller's site-packages directories (venv or system), as plain ``sys.path`` entries."""
+    """The caller's site-packages directories (venv or system), as plain ``sys.path`` entries
+    (host paths: ``rootfs.box_paths`` says where a box sees them)."""
     global _site
     if _site is None:
         _site = [p for p in sys.path
