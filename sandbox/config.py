@@ -296,10 +296,10 @@ class SandboxConfig:
     seccomp_allow: tuple[str, ...] = ()  # syscalls to relax per box
     seccomp_deny: tuple[str, ...] = ()  # extra syscalls to deny per box
     landlock: bool = False
-    # The running Python's prefixes outside /usr (a venv), read-only: True at neutral paths
-    # (/opt/python, /opt/venv: no host path in the box), "host" at the host's own paths (a box
-    # that is a clone of the caller and imports from where it already did: @sandboxed tests)
-    expose_python: bool | Literal["host"] = True
+    # The running Python's prefixes outside /usr, read-only overlays (sandbox.rootfs._exposed):
+    # True the installation at /opt/python, "venv" a venv too at /opt/venv (no host path in
+    # the mounts), "host" both at the host's own paths (a clone of the caller: @sandboxed)
+    expose_python: bool | Literal["venv", "host"] = True
     require_cgroup: bool = False
     use_cgroup: bool = True
     id_map: Literal["auto", "single", "range"] = "auto"
@@ -314,9 +314,10 @@ class SandboxConfig:
             raise ConfigError(f"--hostname {self.hostname!r} is not valid; use letters, digits, '.' and '-' (max 64)")
         if not self.cwd.startswith("/"):
             raise ConfigError(f"--cwd {self.cwd!r}: must be an absolute path inside the box")
-        if self.expose_python not in (True, False, "host"):
-            raise ConfigError(f"expose_python {self.expose_python!r} is not valid; use True (at "
-                              "/opt/python, /opt/venv), 'host' (at the host's paths) or False")
+        if self.expose_python not in (True, False, "venv", "host"):
+            raise ConfigError(f"expose_python {self.expose_python!r} is not valid; use True (the "
+                              "installation at /opt/python), 'venv' (and the venv at /opt/venv), "
+                              "'host' (both at the host's paths) or False")
         if self.seccomp not in ("default", "none"):
             raise ConfigError(f"--seccomp {self.seccomp!r} is not valid; use default or none")
         for k in self.env:

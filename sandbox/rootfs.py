@@ -87,17 +87,17 @@ def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
 
 
 # Where the box sees the running Python's prefixes that are not under /usr: base_prefix,
-# base_exec_prefix, prefix, exec_prefix (a venv's). At the host's path, /proc/self/mountinfo and
-# the directories above named the user (/home/USER/.venv) and the checkout; these names say
-# nothing of the host. A venv still runs there: its pyvenv.cfg's ``home`` is the base's bin.
+# base_exec_prefix (the installation: what runs the interpreter), prefix, exec_prefix (a
+# venv's). At the host's path, /proc/self/mountinfo and the directories above named the user
+# (/home/USER/.venv) and the checkout; these names say nothing of the host.
 PYTHON_AT = ("/opt/python", "/opt/python-exec", "/opt/venv", "/opt/venv-exec")
 
 _prefixes: list[tuple[str, str]] | None = None  # computed once (functools costs the CLI's start ~1 ms)
 
 
 def _python_prefixes() -> list[tuple[str, str]]:
-    """(host path, neutral box path) of each prefix to expose: one inside another (a
-    pyenv-virtualenv env in its base) is seen through its parent's mount."""
+    """(host path, neutral box path) of each prefix: one inside another (a pyenv-virtualenv
+    env in its base) is seen through its parent's mount."""
     global _prefixes
     if _prefixes is None:
         _prefixes = _find_python_prefixes()
@@ -113,6 +113,23 @@ def _find_python_prefixes() -> list[tuple[str, str]]:
     return seen
 
 
+def _exposed(expose_python: bool | str) -> list[tuple[str, str]]:
+    """(host path, box path) of the prefixes a box with this ``expose_python`` gets.
+
+    True: only the installation, at /opt/python. Not the venv: its files name where it lives
+    (pyvenv.cfg's ``command``, its scripts' ``#!`` lines, every byte-compiled module's file
+    name: 1605 files of this project's venv held its host path), and no program in a box
+    runs from it (``python3`` there is /usr/bin's). "venv": the venv too, at /opt/venv (the
+    fixture's call worker imports what the tests' Python has installed; pyvenv.cfg's
+    ``home`` is the base's bin, so the venv's own interpreter runs there too). "host": all at
+    their host paths (a clone of the caller imports from where it already did)."""
+    if not expose_python:
+        return []
+    pairs = [(h, at) for h, at in _python_prefixes()
+             if expose_python in ("venv", "host") or at.startswith("/opt/python")]
+    return [(h, h) for h, _ in pairs] if expose_python == "host" else pairs
+
+
 def _under(path: str, roots: Sequence[str]) -> str | None:
     return next((r for r in roots if path == r or path.startswith(r + "/")), None)
 
@@ -121,16 +138,13 @@ def box_paths(paths: Iterable[str], expose_python: bool | str = True) -> list[st
     """The host paths of the running Python (``sys.path`` entries, the interpreter) as a box
     with this ``expose_python`` sees them; those the box does not have are left out, so no
     host path is handed in for nothing (a worker's ``sys.path`` is readable by the box)."""
+    pairs = dict(_exposed(expose_python))
     out: list[str] = []
     for p in paths:
         rp = os.path.realpath(p) if p.startswith("/") else ""
-        if _under(rp, DEFAULT_EXPOSED) is not None:
-            out.append(rp)
-            continue
-        pairs = _python_prefixes() if expose_python else []
-        root = _under(rp, [h for h, _ in pairs])
+        root = _under(rp, DEFAULT_EXPOSED) or _under(rp, list(pairs))
         if root is not None:
-            out.append(rp if expose_python == "host" else dict(pairs)[root] + rp[len(root):])
+            out.append(pairs.get(root, root) + rp[len(root):])
     return out
 
 
@@ -138,10 +152,9 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
     ops: list[Op] = []
     for d in DEFAULT_EXPOSED:
         _expose(ops, d)
-    if cfg.expose_python:
-        for host, at in _python_prefixes():  # "host": at the host's path (a clone of the caller)
-            if os.path.isdir(host):
-                ops.append(("overlay", host, host if cfg.expose_python == "host" else at, True))
+    for host, at in _exposed(cfg.expose_python):
+        if os.path.isdir(host):
+            ops.append(("overlay", host, at, True))
     etc_dev = os.stat("/etc").st_dev
     for name in _etc.ETC_VIEW:
         p = "/etc/" + name

@@ -27,7 +27,9 @@ hook holds host paths; the caller's site-packages directories are put on ``sys.p
 entries instead, so a submission can import what the grader's Python has installed), ``-B``
 (no ``__pycache__`` written into the submission's directory: ``changes()`` would list it).
 The binary is the caller's interpreter with symlinks resolved (``/usr/bin/python3.11``, not a
-venv's ``bin/python`` link): the box exposes /usr and the running Python's prefix.
+venv's ``bin/python`` link), as the box sees it: the box exposes /usr and the running Python's
+prefixes at neutral paths (``sandbox.rootfs.box_paths``: /opt/python, and /opt/venv for the
+fixture's call), so no host path of them is handed in.
 
 Protocol (after BOOT's frame, if any): 4-byte big-endian length + tagged JSON (``sandbox.codec``), both
 ways. The host sends ``{"path": [...]}``; the worker prepends it to ``sys.path`` and answers

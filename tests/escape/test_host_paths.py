@@ -5,7 +5,9 @@ venv at its host path, so /proc/self/mountinfo (mount point, and the overlay's
 ``lowerdir=/oldroot/home/USER/proj/.venv``) and a listing of /home named the user and the
 checkout. Here the CLI runs from a venv made for the test under a directory with a name of its
 own (``hostuser<random>``), and the box must not show that name, the checkout's path, the
-test's own venv or the user's name; Python must still run, the venv's own interpreter too.
+test's own venv or the user's name; Python must still run. A `sandbox run` box has no venv
+(its files name its host path); with ``expose_python="venv"`` (the fixture's call) it is at
+/opt/venv and its own interpreter runs there.
 """
 
 from __future__ import annotations
@@ -29,7 +31,17 @@ CHECKOUT = str(Path(__file__).resolve().parents[2])
 
 PROBE = ("cat /proc/self/mountinfo; echo ====; cat /proc/mounts; echo ====; ls -a / /opt /opt/* 2>&1;"
          " ls -a /home 2>&1; echo ====; python3 -c 'import sys; print(sys.prefix)';"
-         " /opt/venv/bin/python -c 'import sys; print(sys.prefix)'")
+         " /opt/venv/bin/python -c 'import sys; print(sys.prefix)' 2>&1")
+
+# run by the venv's python: a default box (the CLI's) and one with expose_python="venv"
+RUN_BOTH = f"""
+import json, subprocess, sys
+import sandbox
+cli = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--", "sh", "-c", {PROBE!r}],
+                     capture_output=True, text=True)
+venv = sandbox.run_sync(["sh", "-c", {PROBE!r}], sandbox.SandboxConfig(expose_python="venv"))
+print(json.dumps({{"default": cli.stdout + cli.stderr, "venv": venv.stdout.decode()}}))
+"""
 
 
 def _user_venv(box_tmp: Path) -> tuple[Path, str]:
@@ -54,7 +66,8 @@ def _named(text: str, word: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def probe() -> Iterator[tuple[str, str, Path]]:
+def probe() -> Iterator[tuple[dict[str, str], str, Path]]:
+    import json
     import shutil
     import tempfile
 
@@ -62,9 +75,10 @@ def probe() -> Iterator[tuple[str, str, Path]]:
     os.chmod(box_tmp, 0o755)
     try:
         venv, name = _user_venv(box_tmp)
-        p = subprocess.run([str(venv / "bin" / "python"), "-m", "sandbox.cli", "run", "--",
-                            "sh", "-c", PROBE], capture_output=True, text=True, timeout=120)
-        yield p.stdout + p.stderr, name, venv
+        p = subprocess.run([str(venv / "bin" / "python"), "-c", RUN_BOTH], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        yield json.loads(p.stdout), name, venv
     finally:
         shutil.rmtree(box_tmp, ignore_errors=True)
 
@@ -73,12 +87,13 @@ def _forbidden(name: str, venv: Path) -> list[str]:
     return [str(venv), name, CHECKOUT, os.path.realpath(sys.prefix), os.path.expanduser("~")]
 
 
-def test_the_mount_tables_name_no_host_path(probe):
+@pytest.mark.parametrize("mode", ["default", "venv"])
+def test_the_mount_tables_name_no_host_path(probe, mode):
     """mountinfo and /proc/mounts: mount points and the overlays' options (lowerdir is given
     by fd) hold no host path of the venv, the checkout, the home directory or the user."""
     out, name, venv = probe
-    mountinfo, mounts = out.split("====\n")[:2]
-    assert " /opt/venv " in mountinfo, mountinfo  # the venv is there, at a neutral path
+    mountinfo, mounts = out[mode].split("====\n")[:2]
+    assert (" /opt/venv " in mountinfo) == (mode == "venv"), mountinfo  # at a neutral path
     for table in (mountinfo, mounts):
         for bad in _forbidden(name, venv):
             if bad not in ("/", "/tmp"):
@@ -86,20 +101,24 @@ def test_the_mount_tables_name_no_host_path(probe):
         assert not _named(table, getpass.getuser()), table
 
 
-def test_listing_the_box_shows_no_host_name(probe):
+@pytest.mark.parametrize("mode", ["default", "venv"])
+def test_listing_the_box_shows_no_host_name(probe, mode):
     out, name, _ = probe
-    listing = out.split("====\n")[2]
-    assert "venv" in listing and "No such file" in listing, listing  # /opt/venv; no /home
+    listing = out[mode].split("====\n")[2]
+    assert ("venv" in listing) == (mode == "venv") and "No such file" in listing, listing  # no /home
     assert name not in listing and not _named(listing, getpass.getuser()), listing
     for part in Path(CHECKOUT).parts[1:]:
         assert not _named(listing, part), (part, listing)
 
 
 def test_python_still_runs_in_the_box(probe):
-    """The system python3, and the venv's own interpreter at its neutral path (its
-    pyvenv.cfg's ``home`` is /usr/bin)."""
+    """The system python3; with "venv" the venv's own interpreter too, at its neutral path (its
+    pyvenv.cfg's ``home`` is /usr/bin). The default box has no venv: its files name its host
+    path (pyvenv.cfg, scripts, byte code)."""
     out, _, _ = probe
-    assert out.split("====\n")[3].splitlines() == ["/usr", "/opt/venv"], out
+    assert out["venv"].split("====\n")[3].splitlines() == ["/usr", "/opt/venv"], out["venv"]
+    default = out["default"].split("====\n")[3].splitlines()
+    assert default[0] == "/usr" and default[1].endswith("not found"), out["default"]
 
 
 HIDDEN = """

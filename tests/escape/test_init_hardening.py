@@ -227,10 +227,10 @@ WATCH = """
 
 
 def _python_prefix() -> tuple[str, str]:
-    """(host path, box path) of the running Python's prefix (a venv is at a neutral path)."""
-    from sandbox.rootfs import _python_prefixes
+    """(host path, box path) of the running Python's installation in a `sandbox run` box."""
+    from sandbox.rootfs import _exposed
 
-    return (_python_prefixes() or [("/usr", "/usr")])[0]
+    return (_exposed(True) or [("/usr", "/usr")])[0]
 
 
 @pytest.mark.parametrize("where", ["/etc/ssl", "/etc/alternatives", "/etc/ca-certificates",
