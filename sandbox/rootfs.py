@@ -186,7 +186,8 @@ def _make_target(path: str, is_dir: bool, hide: bool = False) -> None:
     pytest box, the Python prefix of a clone of the caller), so the directories made on the
     way are mode 0111: the box walks through them but cannot list the names in them (``ls
     /home`` showed the user's name). Not even their owner, the box user under the single-id
-    map: its permission bits are --x too, and chmod fails on the read-only root."""
+    map: its permission bits are --x too, and chmod fails on the read-only root (not in a
+    writable mount such as the box's /tmp, where the owner may chmod them back)."""
     cur = "/newroot"
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):

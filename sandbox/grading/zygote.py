@@ -265,7 +265,8 @@ def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[in
         if req.get("cgroup") and cgroup_fd is None:
             raise OSError(22, "spawn request without the box's cgroup fd")
         box_fd = fds[0]
-        prep = contain.prepare(cfg.validate(), lambda: _serve(box_fd, cfg.expose_python),
+        expose = cfg.expose_python
+        prep = contain.prepare(cfg.validate(), lambda: _serve(box_fd, expose),
                                cgroup_enforced=frozenset(req.get("cgroup_enforced", [])))
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
