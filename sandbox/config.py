@@ -296,7 +296,7 @@ class SandboxConfig:
     seccomp_allow: tuple[str, ...] = ()  # syscalls to relax per box
     seccomp_deny: tuple[str, ...] = ()  # extra syscalls to deny per box
     landlock: bool = False
-    # The running Python's prefixes outside /usr, read-only overlays (sandbox.rootfs._exposed):
+    # The running Python's prefixes outside /usr, read-only overlays (sandbox._pyprefix.exposed):
     # True the installation at /opt/python, "venv" a venv too at /opt/venv (no host path in
     # the mounts), "host" both at the host's own paths (a clone of the caller: @sandboxed)
     expose_python: bool | Literal["venv", "host"] = True

@@ -34,18 +34,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import sys
 
 from sandbox import _etc, ipclimits
 from sandbox import _syscalls as sc
+from sandbox._pyprefix import DEFAULT_EXPOSED, exposed
 from sandbox._record import field, record
 from sandbox.config import SandboxConfig
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
-
-DEFAULT_EXPOSED = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_MASK_FILES = ("kcore", "keys", "key-users", "timer_list", "sched_debug", "sysrq-trigger",
                    "latency_stats", "kallsyms", "kmsg", "config.gz", "vmallocinfo", "pagetypeinfo")
@@ -86,73 +81,11 @@ def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
         ops.append((kind, path, path, True))
 
 
-# Where the box sees the running Python's prefixes that are not under /usr: base_prefix,
-# base_exec_prefix (the installation: what runs the interpreter), prefix, exec_prefix (a
-# venv's). At the host's path, /proc/self/mountinfo and the directories above named the user
-# (/home/USER/.venv) and the checkout; these names say nothing of the host.
-PYTHON_AT = ("/opt/python", "/opt/python-exec", "/opt/venv", "/opt/venv-exec")
-
-_prefixes: list[tuple[str, str]] | None = None  # computed once (functools costs the CLI's start ~1 ms)
-
-
-def _python_prefixes() -> list[tuple[str, str]]:
-    """(host path, neutral box path) of each prefix: one inside another (a pyenv-virtualenv
-    env in its base) is seen through its parent's mount."""
-    global _prefixes
-    if _prefixes is None:
-        _prefixes = _find_python_prefixes()
-    return _prefixes
-
-
-def _find_python_prefixes() -> list[tuple[str, str]]:
-    seen: list[tuple[str, str]] = []
-    for p, at in zip((sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix), PYTHON_AT, strict=True):
-        rp = os.path.realpath(p)
-        if _under(rp, DEFAULT_EXPOSED) is None and _under(rp, [h for h, _ in seen]) is None:
-            seen.append((rp, at))
-    return seen
-
-
-def _exposed(expose_python: bool | str) -> list[tuple[str, str]]:
-    """(host path, box path) of the prefixes a box with this ``expose_python`` gets.
-
-    True: only the installation, at /opt/python. Not the venv: its files name where it lives
-    (pyvenv.cfg's ``command``, its scripts' ``#!`` lines, every byte-compiled module's file
-    name: 1605 files of this project's venv held its host path), and no program in a box
-    runs from it (``python3`` there is /usr/bin's). "venv": the venv too, at /opt/venv (the
-    fixture's call worker imports what the tests' Python has installed; pyvenv.cfg's
-    ``home`` is the base's bin, so the venv's own interpreter runs there too). "host": all at
-    their host paths (a clone of the caller imports from where it already did)."""
-    if not expose_python:
-        return []
-    pairs = [(h, at) for h, at in _python_prefixes()
-             if expose_python in ("venv", "host") or at.startswith("/opt/python")]
-    return [(h, h) for h, _ in pairs] if expose_python == "host" else pairs
-
-
-def _under(path: str, roots: Sequence[str]) -> str | None:
-    return next((r for r in roots if path == r or path.startswith(r + "/")), None)
-
-
-def box_paths(paths: Iterable[str], expose_python: bool | str = True) -> list[str]:
-    """The host paths of the running Python (``sys.path`` entries, the interpreter) as a box
-    with this ``expose_python`` sees them; those the box does not have are left out, so no
-    host path is handed in for nothing (a worker's ``sys.path`` is readable by the box)."""
-    pairs = dict(_exposed(expose_python))
-    out: list[str] = []
-    for p in paths:
-        rp = os.path.realpath(p) if p.startswith("/") else ""
-        root = _under(rp, DEFAULT_EXPOSED) or _under(rp, list(pairs))
-        if root is not None:
-            out.append(pairs.get(root, root) + rp[len(root):])
-    return out
-
-
 def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
     ops: list[Op] = []
     for d in DEFAULT_EXPOSED:
         _expose(ops, d)
-    for host, at in _exposed(cfg.expose_python):
+    for host, at in exposed(cfg.expose_python):
         if os.path.isdir(host):
             ops.append(("overlay", host, at, True))
     etc_dev = os.stat("/etc").st_dev
@@ -186,8 +119,8 @@ def _make_target(path: str, is_dir: bool, hide: bool = False) -> None:
     pytest box, the Python prefix of a clone of the caller), so the directories made on the
     way are mode 0111: the box walks through them but cannot list the names in them (``ls
     /home`` showed the user's name). Not even their owner, the box user under the single-id
-    map: its permission bits are --x too, and chmod fails on the read-only root (not in a
-    writable mount such as the box's /tmp, where the owner may chmod them back)."""
+    map: its permission bits are --x too, and chmod fails on the read-only root (not on a
+    held box's writable root or in the box's /tmp, where the owner may chmod them back)."""
     cur = "/newroot"
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):

@@ -247,9 +247,9 @@ def _zygote_main(fd: int) -> None:
 def _serve(fd: int, expose_python: bool | str) -> None:
     """In the box: the worker, its ``sys.path`` (the factory's, host paths: our package, the
     grader's site-packages, the stdlib) cut to the entries the box has, as the box sees them."""
-    from sandbox import rootfs
+    from sandbox import _pyprefix
 
-    sys.path[:] = rootfs.box_paths(sys.path, expose_python)
+    sys.path[:] = _pyprefix.box_paths(sys.path, expose_python)
     worker.serve(fd)
 
 

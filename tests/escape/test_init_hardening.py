@@ -228,9 +228,9 @@ WATCH = """
 
 def _python_prefix() -> tuple[str, str]:
     """(host path, box path) of the running Python's installation in a `sandbox run` box."""
-    from sandbox.rootfs import _exposed
+    from sandbox._pyprefix import exposed
 
-    return (_exposed(True) or [("/usr", "/usr")])[0]
+    return (exposed(True) or [("/usr", "/usr")])[0]
 
 
 @pytest.mark.parametrize("where", ["/etc/ssl", "/etc/alternatives", "/etc/ca-certificates",
