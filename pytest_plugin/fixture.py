@@ -142,6 +142,7 @@ class SandboxFixture:
         except codec.CodecError as e:
             raise TypeError(f"sandbox.call({name}): the arguments cannot cross into the box: {e}") from None
         cfg = self.config(**dict(sandbox_options or {}))
+        cfg.expose_python = "venv"  # the worker imports what this Python has installed
         session = BoxSession(cfg, _import_path(cfg, module))
         reply, error = None, ""
         try:

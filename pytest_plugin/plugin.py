@@ -107,6 +107,7 @@ def _build_config(item: pytest.Item, needs_tmp: bool) -> SandboxConfig:
                           f"{', '.join(LIMIT_KEYS)}, network, {', '.join(sorted(fields))}")
     mounts, cwd = boxrun.pytest_mounts(cfg, temp=needs_tmp)
     kw.setdefault("inherit_env", (*ENV_ALLOWLIST, *PYTEST_ENV))
+    kw.setdefault("expose_python", "host")  # a clone of pytest: imports from where it did
     sc = SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
                        mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
     return sc.validate()

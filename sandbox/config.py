@@ -296,7 +296,10 @@ class SandboxConfig:
     seccomp_allow: tuple[str, ...] = ()  # syscalls to relax per box
     seccomp_deny: tuple[str, ...] = ()  # extra syscalls to deny per box
     landlock: bool = False
-    expose_python: bool = True  # expose the running Python's prefixes read-only
+    # The running Python's prefixes outside /usr, read-only overlays (sandbox._pyprefix.exposed):
+    # True the installation at /opt/python, "venv" a venv too at /opt/venv (no host path in
+    # the mounts), "host" both at the host's own paths (a clone of the caller: @sandboxed)
+    expose_python: bool | Literal["venv", "host"] = True
     require_cgroup: bool = False
     use_cgroup: bool = True
     id_map: Literal["auto", "single", "range"] = "auto"
@@ -311,6 +314,10 @@ class SandboxConfig:
             raise ConfigError(f"--hostname {self.hostname!r} is not valid; use letters, digits, '.' and '-' (max 64)")
         if not self.cwd.startswith("/"):
             raise ConfigError(f"--cwd {self.cwd!r}: must be an absolute path inside the box")
+        if self.expose_python not in (True, False, "venv", "host"):
+            raise ConfigError(f"expose_python {self.expose_python!r} is not valid; use True (the "
+                              "installation at /opt/python), 'venv' (and the venv at /opt/venv), "
+                              "'host' (both at the host's paths) or False")
         if self.seccomp not in ("default", "none"):
             raise ConfigError(f"--seccomp {self.seccomp!r} is not valid; use default or none")
         for k in self.env:

@@ -34,14 +34,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import sys
 
 from sandbox import _etc, ipclimits
 from sandbox import _syscalls as sc
+from sandbox._pyprefix import DEFAULT_EXPOSED, exposed
 from sandbox._record import field, record
 from sandbox.config import SandboxConfig
 
-DEFAULT_EXPOSED = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_MASK_FILES = ("kcore", "keys", "key-users", "timer_list", "sched_debug", "sysrq-trigger",
                    "latency_stats", "kallsyms", "kmsg", "config.gz", "vmallocinfo", "pagetypeinfo")
@@ -82,33 +81,13 @@ def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
         ops.append((kind, path, path, True))
 
 
-_prefixes: list[str] | None = None  # computed once (functools costs the CLI's start ~1 ms)
-
-
-def _python_prefixes() -> list[str]:
-    global _prefixes
-    if _prefixes is None:
-        _prefixes = _find_python_prefixes()
-    return _prefixes
-
-
-def _find_python_prefixes() -> list[str]:
-    seen: list[str] = []
-    for p in dict.fromkeys((sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix)):
-        rp = os.path.realpath(p)
-        if any(rp == s or rp.startswith(s + "/") for s in (*DEFAULT_EXPOSED, *seen)):
-            continue
-        seen.append(rp)
-    return seen
-
-
 def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
     ops: list[Op] = []
     for d in DEFAULT_EXPOSED:
         _expose(ops, d)
-    if cfg.expose_python:
-        for p in _python_prefixes():
-            _expose(ops, p)
+    for host, at in exposed(cfg.expose_python):
+        if os.path.isdir(host):
+            ops.append(("overlay", host, at, True))
     etc_dev = os.stat("/etc").st_dev
     for name in _etc.ETC_VIEW:
         p = "/etc/" + name
@@ -132,9 +111,16 @@ def tmpfs_inodes(size: int) -> int:
 
 # ------------------------------------------------------------------ child side (no imports) --
 
-def _make_target(path: str, is_dir: bool) -> None:
+def _make_target(path: str, is_dir: bool, hide: bool = False) -> None:
     """Create a mount point inside /newroot, refusing to walk through a symlink (the only
-    symlinks there are ours, e.g. /bin -> usr/bin, and following one would mount elsewhere)."""
+    symlinks there are ours, e.g. /bin -> usr/bin, and following one would mount elsewhere).
+
+    ``hide``: the target is a host path (a mount at its source's path: the project of a
+    pytest box, the Python prefix of a clone of the caller), so the directories made on the
+    way are mode 0111: the box walks through them but cannot list the names in them (``ls
+    /home`` showed the user's name). Not even their owner, the box user under the single-id
+    map: its permission bits are --x too, and chmod fails on the read-only root (not on a
+    held box's writable root or in the box's /tmp, where the owner may chmod them back)."""
     cur = "/newroot"
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):
@@ -144,7 +130,7 @@ def _make_target(path: str, is_dir: bool) -> None:
             if last and not is_dir:
                 os.close(os.open(cur, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
             else:
-                os.mkdir(cur, 0o755)
+                os.mkdir(cur, 0o111 if hide and not last else 0o755)
             continue
         if stat.S_ISLNK(os.lstat(cur).st_mode):
             raise OSError(22, f"mount point {path} crosses the symlink {cur[8:]} -> "
@@ -204,17 +190,21 @@ def _overlay(n: int, src: str, dst: str, upper_to: int | None = None,
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-    if any(c in src for c in ",:\\"):
-        raise OSError(22, f"overlay source {src!r} contains ',', ':' or '\\'")
+    # The lower layer by fd, not by name: mountinfo (and /proc/mounts) show the option string
+    # as given, and "lowerdir=/oldroot/home/USER/.venv" named the host path to every box.
+    # (A name with ',' ':' or '\\' would also have split the option string.)
+    lower = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         sc.mount("overlay", dst, "overlay", sc.MS_NOSUID | sc.MS_NODEV,
-                 f"lowerdir={src},upperdir={up},workdir={wk},userxattr")
+                 f"lowerdir=/oldroot/proc/self/fd/{lower},upperdir={up},workdir={wk},userxattr")
     except OSError as e:
         # Kernels before 6.6 have no user xattrs on tmpfs, so an overlay with a tmpfs upper
         # can be refused; fall back to a read-only bind (writes then fail instead of vanishing).
         if e.errno not in (22, 95):
             raise
         _bind(src, dst, readonly=True)
+    finally:
+        os.close(lower)
     if upper_to is not None:
         # The host lists what the box changed through this fd (sandbox.safefs); it keeps the
         # box's tmpfs alive after the box is gone, and closing it frees everything.
@@ -329,7 +319,7 @@ def build_rootfs(plan: RootfsPlan) -> None:
                      f"mode=1777,size={op[2]},nr_inodes={tmpfs_inodes(op[2])}")
         else:
             src, dst, is_dir = op[1], op[2], op[3]
-            _make_target(dst, is_dir)
+            _make_target(dst, is_dir, hide=src == dst)
             if kind == "overlay" and is_dir:
                 n += 1
                 _overlay(n, "/oldroot" + src, "/newroot" + dst, *op[4:])

@@ -27,7 +27,9 @@ hook holds host paths; the caller's site-packages directories are put on ``sys.p
 entries instead, so a submission can import what the grader's Python has installed), ``-B``
 (no ``__pycache__`` written into the submission's directory: ``changes()`` would list it).
 The binary is the caller's interpreter with symlinks resolved (``/usr/bin/python3.11``, not a
-venv's ``bin/python`` link): the box exposes /usr and the running Python's prefix.
+venv's ``bin/python`` link), as the box sees it: the box exposes /usr and the running Python's
+prefixes at neutral paths (``sandbox._pyprefix.box_paths``: /opt/python, and /opt/venv for the
+fixture's call), so no host path of them is handed in.
 
 Protocol (after BOOT's frame, if any): 4-byte big-endian length + tagged JSON (``sandbox.codec``), both
 ways. The host sends ``{"path": [...]}``; the worker prepends it to ``sys.path`` and answers
@@ -89,9 +91,13 @@ _sources: bytes | None = None
 _site: list[str] | None = None
 
 
-def command(fd: int) -> list[str]:
-    """The box's argv: the worker, talking on ``fd`` (an inheritable socket handed to the box)."""
-    return [os.path.realpath(sys.executable), *FLAGS, "-c", BOOT % fd]
+def command(fd: int, expose_python: bool | str = True) -> list[str]:
+    """The box's argv: the worker, talking on ``fd`` (an inheritable socket handed to the box),
+    run as the box sees our interpreter (``/opt/python/bin/python3.11`` for one outside /usr)."""
+    from sandbox import _pyprefix
+
+    exe = os.path.realpath(sys.executable)
+    return [*(_pyprefix.box_paths([exe], expose_python) or [exe]), *FLAGS, "-c", BOOT % fd]
 
 
 def boot_frame() -> bytes:
@@ -114,7 +120,8 @@ def boot_frame() -> bytes:
 
 
 def site_dirs() -> list[str]:
-    """The caller's site-packages directories (venv or system), as plain ``sys.path`` entries."""
+    """The caller's site-packages directories (venv or system), as plain ``sys.path`` entries
+    (host paths: ``_pyprefix.box_paths`` says where a box sees them)."""
     global _site
     if _site is None:
         _site = [p for p in sys.path

@@ -22,8 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sandbox import _pyprefix, codec, contain, spawn, statusline, verdict, worker
 from sandbox import _syscalls as sc
-from sandbox import codec, contain, spawn, statusline, verdict, worker
 from sandbox.config import SandboxConfig
 from sandbox.direct import cgroup_enforced, cgroup_fallbacks, open_box_cgroup, xx_result
 from sandbox.result import Result
@@ -121,12 +121,13 @@ class BoxSession:
         try:  # fits in the socket's buffer: read by the worker as it starts
             if factory is None:
                 host.sendall(worker.boot_frame())
-            _send(host, codec.encode({"path": [*path, *worker.site_dirs()]}))
+            site = _pyprefix.box_paths(worker.site_dirs(), self.config.expose_python)
+            _send(host, codec.encode({"path": [*path, *site]}))
         except OSError:
             pass  # the box died already: the first request reports how
 
     def _spawn_here(self, box_fd: int, st_w: int, cg_fd: int | None) -> None:
-        prep = contain.prepare(self.config, worker.command(box_fd),
+        prep = contain.prepare(self.config, worker.command(box_fd, self.config.expose_python),
                                cgroup_enforced=cgroup_enforced(self._cg))
         self._enforcement, self._seccomp = prep.enforcement, prep.seccomp_desc
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

@@ -244,6 +244,15 @@ def _zygote_main(fd: int) -> None:
             sc.wait4(pid)
 
 
+def _serve(fd: int, expose_python: bool | str) -> None:
+    """In the box: the worker, its ``sys.path`` (the factory's, host paths: our package, the
+    grader's site-packages, the stdlib) cut to the entries the box has, as the box sees them."""
+    from sandbox import _pyprefix
+
+    sys.path[:] = _pyprefix.box_paths(sys.path, expose_python)
+    worker.serve(fd)
+
+
 def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[int, int] | None:
     from sandbox import contain, spawn
 
@@ -256,7 +265,8 @@ def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[in
         if req.get("cgroup") and cgroup_fd is None:
             raise OSError(22, "spawn request without the box's cgroup fd")
         box_fd = fds[0]
-        prep = contain.prepare(cfg.validate(), lambda: worker.serve(box_fd),
+        expose = cfg.expose_python
+        prep = contain.prepare(cfg.validate(), lambda: _serve(box_fd, expose),
                                cgroup_enforced=frozenset(req.get("cgroup_enforced", [])))
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -226,10 +226,11 @@ WATCH = """
     """
 
 
-def _python_prefix() -> str:
-    from sandbox.rootfs import _python_prefixes
+def _python_prefix() -> tuple[str, str]:
+    """(host path, box path) of the running Python's installation in a `sandbox run` box."""
+    from sandbox._pyprefix import exposed
 
-    return (_python_prefixes() or ["/usr"])[0]
+    return (exposed(True) or [("/usr", "/usr")])[0]
 
 
 @pytest.mark.parametrize("where", ["/etc/ssl", "/etc/alternatives", "/etc/ca-certificates",
@@ -238,11 +239,12 @@ def test_inotify_in_the_box_sees_no_host_activity(where, no_leftovers):
     """A host directory bound into the box shares its inodes: a watch on /etc/ssl reported
     every host process that opened, listed or read something there. Every directory of the
     default box is an overlay's inode, so the host's accesses make no event in the box."""
+    inside = where
     if where == "python-prefix":
-        where = _python_prefix()
+        where, inside = _python_prefix()
     if not os.path.isdir(where):
         pytest.skip(f"{where} does not exist on this host")
-    box = subprocess.Popen([*CLI, "run", "--", "python3", "-c", textwrap.dedent(WATCH), where],
+    box = subprocess.Popen([*CLI, "run", "--", "python3", "-c", textwrap.dedent(WATCH), inside],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert box.stdout is not None and box.stdin is not None
