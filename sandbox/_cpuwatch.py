@@ -39,12 +39,17 @@ from __future__ import annotations
 
 import os
 import select
+import time
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
 if TYPE_CHECKING:
     from typing import Any
 
 MIN_WAIT = 0.005  # seconds: the closest two samples get, near the end of the budget
+# ... and never closer than this many times what the last sample took: a box that idles just
+# below its budget with hundreds of processes (a walk of each per sample) cannot make the
+# supervisor spend more than about a tenth of a CPU watching it.
+COST_FACTOR = 10
 MAX_PROCS = 4096  # a sample stops there (the box's pids limit is far lower; a bound per sample)
 FALLBACK = "rlimit+supervisor"  # enforcement["cpu_time"]: RLIMIT_CPU per process, this box-wide
 _TICK = os.sysconf("SC_CLK_TCK")  # /proc/P/stat times are in clock ticks
@@ -102,8 +107,12 @@ class _Watch:
         raise NotImplementedError
 
     def __call__(self) -> float | None:
+        t = time.monotonic()
         remaining = self.limit - self.sample()
-        return None if remaining <= 0 else max(MIN_WAIT, remaining / self.ncpu)
+        cost = time.monotonic() - t
+        if remaining <= 0:
+            return None
+        return max(MIN_WAIT, COST_FACTOR * cost, remaining / self.ncpu)
 
 
 class CgroupWatch(_Watch):

@@ -8,6 +8,7 @@ not exercised, and those tests skip (the cgroup v2 guest covers the cgroup side)
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -120,23 +121,24 @@ def _spinner_cpu(stdout: bytes) -> float:
 
 
 def _assert_box_wide_cpu_kill(r: sandbox.Result) -> None:
-    assert r.enforcement["cpu_time"] == "rlimit+supervisor", r.enforcement
+    """The one watcher stopped the box at its total: a cgroup's count where delegated (the
+    cgroup v2 guest runs these too), else the process-tree walk."""
+    assert r.enforcement["cpu_time"] == ("rlimit+supervisor" if FALLBACK else "cgroup"), r.enforcement
     assert r.status == Status.TO, r
     assert r.reason == "CPU time 1s exceeded (all the box's processes)", r.reason  # not SIGXCPU
     assert r.cpu_time >= 1.0, r.cpu_time
 
 
-@needs_fallback
 def test_two_process_spinner_is_stopped_at_the_box_total(no_leftovers):
     r = sandbox.run_sync(["sh", "-c", "yes >/dev/null & yes >/dev/null"],
                          SandboxConfig(limits=Limits.parse(cpu_time="1s")))
     _assert_box_wide_cpu_kill(r)
     r = py(SPINNERS, cpu_time="1s")
     _assert_box_wide_cpu_kill(r)
-    assert _spinner_cpu(r.stdout) < 1.5  # well below the 2 s that two per-process limits allow
+    if FALLBACK:  # well below the 2 s that two per-process limits allow
+        assert _spinner_cpu(r.stdout) < 1.5
 
 
-@needs_fallback
 def test_two_process_spinner_through_the_supervisor(no_leftovers):
     async def main() -> tuple[sandbox.Result, sandbox.Result]:
         cfg = SandboxConfig(limits=Limits.parse(cpu_time="1s"))
@@ -148,8 +150,22 @@ def test_two_process_spinner_through_the_supervisor(no_leftovers):
     a, b = trio.run(main)
     _assert_box_wide_cpu_kill(a)
     _assert_box_wide_cpu_kill(b)
-    assert _spinner_cpu(b.stdout) < 1.5
+    if FALLBACK:
+        assert _spinner_cpu(b.stdout) < 1.5
 
+
+
+@needs_fallback
+@pytest.mark.xfail(strict=True, reason="known gap: when the payload exits first, init exits and "
+                   "the kernel kills the rest unwaited-for (zap_pid_ns_processes), after the "
+                   "watch's last sample; the fix is in init (reap the rest before reporting)")
+def test_cpu_of_processes_left_behind_by_the_payload_is_counted(no_leftovers):
+    """Two spinners left running when the payload exits after 1 s: ~2 s of CPU used. Today
+    the watch's last sample was at the start (its budget of 10 s cannot run out before 5 s)
+    and init's rusage never sees the spinners: cpu_time is ~0."""
+    r = sandbox.run_sync(["sh", "-c", "yes >/dev/null & yes >/dev/null & sleep 1"],
+                         SandboxConfig(limits=Limits.parse(cpu_time="10s")))
+    assert r.status == Status.OK and r.cpu_time >= 0.2, r.cpu_time  # ~0.01 today
 
 @needs_fallback
 def test_an_idle_box_is_not_charged(no_leftovers):
@@ -180,23 +196,34 @@ def test_cpu_watch_keeps_the_time_of_children_nobody_waited_for():
             "def gone(pid):\n"
             "    try: os.kill(pid, 0)\n"
             "    except ProcessLookupError: return True\n"
+            "def second():\n"
+            "    pid = spin()\n"
+            "    while not gone(pid): time.sleep(0.01)\n"
+            "    print('done', flush=True)\n"
+            "    time.sleep(60)\n"
             "first = spin()\n"
             "while not gone(first): time.sleep(0.01)\n"
-            "threading.Thread(target=lambda: (spin(), time.sleep(60)), daemon=True).start()\n"
+            "threading.Thread(target=second, daemon=True).start()\n"
             "time.sleep(60)\n")
-    p = subprocess.Popen([sys.executable, "-c", code])
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     pidfd = os.pidfd_open(p.pid)
+    assert p.stdout is not None
+    done = select.poll()
+    done.register(p.stdout, select.POLLIN)
     try:
         watch = _cpuwatch.TreeWatch(10.0, p.pid, pidfd)
-        deadline = time.monotonic() + 20
-        while watch() is not None and watch.used < 0.75 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert 0.75 <= watch.used < 1.5, watch.used
+        deadline = time.monotonic() + 30
+        while watch() is not None and not done.poll(20) and time.monotonic() < deadline:
+            pass
+        assert watch() is not None and p.stdout.readline() == b"done\n"
     finally:
-        p.kill()
-        p.wait()
+        parent = _kill_and_reap(p)
         os.close(pidfd)
-    assert watch() is not None and watch.used >= 0.75  # init (the root) gone: nothing is counted
+        p.stdout.close()
+    # at most what was used: the parent's own (its rusage; it waited for no one) + 2 spinners
+    assert 0.7 <= watch.used <= parent + 2 * 0.45, (watch.used, parent)  # ticks: ~0.8 - 0.06
+    used = watch.used
+    assert watch() is not None and watch.used == used  # the root is gone: nothing more counted
 
 
 def test_cpu_watch_counts_waited_for_children_it_never_saw():
@@ -215,10 +242,18 @@ def test_cpu_watch_counts_waited_for_children_it_never_saw():
     try:
         assert p.stdout is not None and p.stdout.readline() == b"reaped\n"
         watch = _cpuwatch.TreeWatch(10.0, p.pid, pidfd)
-        assert watch() is not None and 0.4 <= watch.used < 1.0, watch.used
+        assert watch() is not None
     finally:
-        p.kill()
-        p.wait()
+        total = _kill_and_reap(p)  # its rusage: its own and its waited-for child's
         os.close(pidfd)
         if p.stdout is not None:
             p.stdout.close()
+    assert 0.37 <= watch.used <= total, (watch.used, total)  # stat truncates to ticks
+
+
+def _kill_and_reap(p: subprocess.Popen) -> float:
+    """Kill ``p`` and reap it with wait4: its CPU seconds and its waited-for children's."""
+    p.kill()
+    _pid, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return ru.ru_utime + ru.ru_stime
