@@ -25,8 +25,10 @@ cutime+cstime (the children it waited for). Two lower bounds come out of a sampl
 
 ``used`` is the largest of both and of every earlier sample: monotone, and never more than the
 box used. What it cannot see: a process nobody waits for, born and dead between two samples
-(the kernel keeps no record of it). RLIMIT_CPU still caps each process on its own, and the
-wall time the whole box. A sample counts only if init was still alive after it (its pidfd, or
+(the kernel keeps no record of it), and what processes the payload leaves running spend
+after the last sample (init's exit kills them unwaited-for; init reaping them itself before it
+reports would close that). RLIMIT_CPU still caps each process on its own, and the wall time
+the whole box. A sample counts only if init was still alive after it (its pidfd, or
 else its unchanged start time): once init has been reaped its pid, and so the walk's root,
 may belong to a host process.
 
