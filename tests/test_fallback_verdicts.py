@@ -263,3 +263,39 @@ def _kill_and_reap(p: subprocess.Popen) -> float:
     _pid, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     return ru.ru_utime + ru.ru_stime
+
+
+@needs_fallback
+def test_the_watch_samples_on_its_schedule_not_on_every_chunk(monkeypatch, no_leftovers):
+    """direct._pump wakes for every chunk of output; the tree walk must not run each time (a
+    chatty box would make the CLI walk /proc thousands of times): with 60 s of budget on an
+    idle-ish box, a handful of samples."""
+    from sandbox import _cpuwatch
+    from sandbox.direct import run_direct
+
+    samples = []
+    sample = _cpuwatch.TreeWatch.sample
+    monkeypatch.setattr(_cpuwatch.TreeWatch, "sample", lambda self: samples.append(1) or sample(self))
+    code = "import sys, time\nfor i in range(3000):\n    print(i, flush=True)\n    time.sleep(0.0002)"
+    r = run_direct(["python3", "-c", code], SandboxConfig(limits=Limits.parse(cpu_time="60s")))
+    assert r.status == Status.OK and r.stdout.count(b"\n") == 3000, r
+    assert 1 <= len(samples) < 10, len(samples)
+
+
+def test_the_watch_counts_nothing_once_init_has_exited():
+    """Once init has exited its pid may be reaped and reused by any host process, so the
+    walk's root is no longer the box's: a sample after the pidfd says "exited" counts nothing,
+    even while /proc still shows the dead init (here a zombie that spun 0.3 s)."""
+    from sandbox import _cpuwatch
+
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    p = subprocess.Popen([sys.executable, "-c", code])
+    pidfd = os.pidfd_open(p.pid)
+    try:
+        select.select([pidfd], [], [], 30)  # exited, not reaped: its stat is still there
+        assert _cpuwatch._stat(p.pid) is not None and _cpuwatch._stat(p.pid)[1] >= 25
+        watch = _cpuwatch.TreeWatch(10.0, p.pid, pidfd)
+        assert watch() is not None and watch.used == 0.0
+    finally:
+        p.wait()
+        os.close(pidfd)
