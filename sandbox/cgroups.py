@@ -242,13 +242,8 @@ class BoxCgroup:
             delay = min(delay * 2, 0.05)
 
     async def watch_cpu_time(self, limit: float) -> None:
-        """Return once the box has used ``limit`` CPU seconds (all its processes together).
+        """Return once the box has used ``limit`` CPU seconds (all its processes together):
+        the one CPU-time watcher and its schedule live in sandbox/_cpuwatch.py."""
+        from sandbox import _cpuwatch
 
-        Not a fixed poll: after each read we sleep until the earliest moment the budget could
-        run out (remaining / CPUs the box may use), so an idle box costs one read per wake-up
-        and a busy one is caught within a few ms of the limit."""
-        import trio
-
-        ncpu = float(self.cpus or os.cpu_count() or 1)
-        while (used := self.cpu_seconds()) < limit:
-            await trio.sleep(max(0.005, (limit - used) / max(ncpu, 0.01)))
+        await _cpuwatch.until_spent(_cpuwatch.CgroupWatch(self, limit))

@@ -29,12 +29,14 @@ PARKED_MS = 100  # how often a background `sandbox run` checks whether it may re
 
 
 class CappedBuffer:
-    """Collects at most ``cap`` bytes; remembers whether more was offered (→ OL)."""
+    """Collects at most ``cap`` bytes; remembers whether more was offered (→ OL). With a
+    ``sink`` the bytes go there, and only the last ``verdict.TAIL`` stay (``tail``: the
+    verdict reads the end of stderr, see ``verdict._refused_allocation``)."""
 
     def __init__(self, cap: int, which: int = 0,
                  sink: Callable[[int, bytes], None] | None = None) -> None:
         self.cap, self.parts, self.size, self.exceeded = cap, [], 0, False
-        self.which, self.sink = which, sink
+        self.which, self.sink, self.tail = which, sink, b""
 
     def feed(self, data: bytes) -> bool:
         room = self.cap - self.size
@@ -44,6 +46,7 @@ class CappedBuffer:
             self.size += len(data)
             if self.sink is not None:
                 self.sink(self.which, data)
+                self.tail = (self.tail + data[-verdict.TAIL:])[-verdict.TAIL:]
             else:
                 self.parts.append(data)
         return not self.exceeded
@@ -219,16 +222,21 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         feed = StdinFeed(in_w, stdin or b"", stdin_from) if in_w >= 0 else None
         if in_w >= 0:
             fds.remove(in_w)  # the feed closes it (EOF for the box)
+        watch = cpu_watch(box_cg, lim.cpu_time, box.pid, box.pidfd)
+        if watch is not None and watch.mechanism != "cgroup":
+            facts.enforcement = {**facts.enforcement, "cpu_time": watch.mechanism}
         _pump(box, feed, {out_r: out, err_r: err}, facts,
-              None if lim.wall_time is None else t0 + lim.wall_time,
-              cpu_watch(box_cg, lim.cpu_time))
+              None if lim.wall_time is None else t0 + lim.wall_time, watch)
         status, facts.cpu_time, facts.max_rss = sc.wait4(box.pid)
+        if watch is not None:  # init's rusage misses what died unwaited-for (the watch saw it)
+            facts.cpu_time = max(facts.cpu_time, watch.used)
         facts.wall_time = time.monotonic() - t0
         facts.init_wait_status = status
         facts.status_line = statusline.read(st_r)
         if box_cg is not None:
             facts.cgroup = box_cg.stats()
-        return verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded)
+        return verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded,
+                                    stderr_tail=err.tail if on_output is not None else None)
     finally:
         if box_cg is not None:
             box_cg.destroy()
@@ -309,30 +317,27 @@ def cgroup_fallbacks(config: SandboxConfig, box_cg: Any) -> dict[str, str]:
     return cgroup_env.fallback_reasons(config.limits, frozenset(), why)
 
 
-def cpu_watch(box_cg: Any, limit: float | None) -> Callable[[], float | None] | None:
-    """Whole-box CPU-time check from cgroup ``cpu.stat``. Returns seconds until the earliest
-    moment the budget could run out (remaining / CPUs the box may use), or None when spent:
-    no fixed-interval polling, and a box that sleeps costs one read per wake-up."""
-    if box_cg is None or limit is None or "cpu_time" not in cgroup_enforced(box_cg):
+def cpu_watch(box_cg: Any, limit: float | None, init_pid: int | None = None,
+              pidfd: int = -1) -> Any:
+    """The box's CPU-time watch (sandbox/_cpuwatch.py; imported only when there is a limit)."""
+    if limit is None:
         return None
-    ncpu = float(box_cg.cpus or os.cpu_count() or 1)
+    from sandbox import _cpuwatch
 
-    def check() -> float | None:
-        remaining = limit - box_cg.cpu_seconds()
-        return None if remaining <= 0 else max(0.005, remaining / ncpu)
-    return check
+    return _cpuwatch.cpu_watch(box_cg, limit, init_pid, pidfd)
 
 
 def _pump(box: spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, CappedBuffer],
           facts: verdict.Facts, deadline: float | None,
           cpu_check: Callable[[], float | None] | None = None) -> None:
-    """Move bytes until the box's init exits; kill it on wall time or output overflow. The
-    feed, if any, stops when the box exits (a stdin that never ends cannot hold us)."""
+    """Move bytes until the box's init exits; kill it on wall time, output overflow, or when
+    ``cpu_check`` (a ``_cpuwatch`` watch) says the box's CPU time is spent. The feed, if any,
+    stops when the box exits (a stdin that never ends cannot hold us)."""
     poller = select.poll()
     for fd in outs:
         poller.register(fd, select.POLLIN)
     poller.register(box.pidfd, select.POLLIN)
-    open_outs, exited, killed = set(outs), False, False
+    open_outs, exited, killed, next_cpu = set(outs), False, False, 0.0
 
     def kill(reason: str | None) -> None:
         nonlocal killed
@@ -352,12 +357,15 @@ def _pump(box: spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, CappedB
             timeout = None
             if deadline is not None and not killed:
                 timeout = max(0, int((deadline - time.monotonic()) * 1000) + 1)
-            cpu_wait = cpu_check() if cpu_check is not None and not killed else 1.0
-            if cpu_wait is None:
-                kill("cpu")
-                continue
             if cpu_check is not None and not killed:
-                ms = int(cpu_wait * 1000) + 1
+                now = time.monotonic()
+                if now >= next_cpu:  # on its schedule, not on every chunk of output
+                    cpu_wait = cpu_check()
+                    if cpu_wait is None:
+                        kill("cpu")
+                        continue
+                    next_cpu = now + cpu_wait
+                ms = int((next_cpu - now) * 1000) + 1
                 timeout = ms if timeout is None else min(timeout, ms)
             if feed is not None and feed.parked:  # back in the foreground? (no event says so)
                 feed.unpark(poller)

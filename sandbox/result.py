@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from typing import Any, Literal
 
     # "seccomp": refused outright (memfd under the RLIMIT_AS fallback: nothing could count it)
-    Mechanism = Literal["cgroup", "rlimit", "supervisor", "tmpfs", "seccomp", "none"]
+    # "rlimit+supervisor": cpu_time under the fallback, RLIMIT_CPU per process and the
+    # supervisor's watch of the whole box (sandbox/_cpuwatch.py)
+    Mechanism = Literal["cgroup", "rlimit", "rlimit+supervisor", "supervisor", "tmpfs", "seccomp",
+                        "none"]
 
 
 

@@ -10,7 +10,8 @@ verdict says so (``enforcement[...] == "rlimit"``) and why (``Result.fallback_re
 * memory → ``RLIMIT_AS``: per process and counts address space, not RSS. It reliably stops a
   memory bomb, but runtimes that reserve large virtual ranges (Go, JVM) need a larger value.
 * cpu_time → ``RLIMIT_CPU``: per process (SIGXCPU at the soft limit, SIGKILL one second later);
-  the box-wide total is still checked after the run from init's rusage.
+  the box-wide total is the runners' watch (sandbox/_cpuwatch.py: the verdict then says
+  ``rlimit+supervisor``).
 * pids → ``RLIMIT_NPROC``: counted per (user namespace, uid) on kernels ≥ 5.14, so it counts
   the box's own processes; on older kernels it counts every process of the host user.
 """

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from sandbox import _cpuwatch, fdpass, statusline, verdict
 from sandbox import _syscalls as sc
-from sandbox import fdpass, statusline, verdict
 from sandbox.config import SandboxConfig, command_argv
 from sandbox.direct import (
     CHUNK,
@@ -276,9 +276,12 @@ class Supervisor:
             out, err = CappedBuffer(lim.output_limit), CappedBuffer(lim.output_limit)
             in_holder = [in_w] if in_w >= 0 else []
             in_w = -1  # owned by in_holder from here: the feeder closes it to signal EOF
+            watch = _cpuwatch.cpu_watch(box_cg, lim.cpu_time, slot.reply.get("pid"), slot.pidfd)
+            if watch is not None and watch.mechanism != "cgroup":
+                facts.enforcement = {**facts.enforcement, "cpu_time": watch.mechanism}
             try:
                 await self._supervise(slot, facts, in_holder, stdin or b"", out_r, err_r, out, err,
-                                      box_cg)
+                                      watch)
             except BaseException:
                 self._kill(slot)
                 with trio.CancelScope(shield=True):
@@ -288,6 +291,8 @@ class Supervisor:
             facts.wall_time = time.monotonic() - t0
             facts.init_wait_status = slot.exit.get("wait_status")
             facts.cpu_time = float(slot.exit.get("cpu_time", 0.0))
+            if watch is not None:  # init's rusage misses what died unwaited-for (the watch saw it)
+                facts.cpu_time = max(facts.cpu_time, watch.used)
             facts.max_rss = slot.exit.get("max_rss")
             facts.status_line = statusline.read(st_r)
             if box_cg is not None:
@@ -313,7 +318,7 @@ class Supervisor:
 
     async def _supervise(self, slot: _Slot, facts: verdict.Facts, in_holder: list[int], data: bytes,
                          out_r: int, err_r: int, out: CappedBuffer, err: CappedBuffer,
-                         box_cg: Any = None) -> None:
+                         watch: _cpuwatch._Watch | None = None) -> None:
         lim = facts.limits
 
         async def pump(fd: int, buf: CappedBuffer) -> None:
@@ -339,10 +344,10 @@ class Supervisor:
             if in_holder:
                 nursery.start_soon(feed)
             cpu_scope = trio.CancelScope()
-            if box_cg is not None and lim.cpu_time is not None and "cpu_time" in cgroup_enforced(box_cg):
+            if watch is not None:  # the box's CPU time, all its processes (sandbox/_cpuwatch.py)
                 async def cpu_limit() -> None:
                     with cpu_scope:
-                        await box_cg.watch_cpu_time(lim.cpu_time)
+                        await _cpuwatch.until_spent(watch)
                         self._kill(slot, "cpu", facts)
                 nursery.start_soon(cpu_limit)
             deadline = math.inf if lim.wall_time is None else trio.current_time() + lim.wall_time

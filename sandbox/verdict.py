@@ -3,7 +3,9 @@
 Inputs are things the boxed program cannot forge: the wait status and rusage of init (from
 ``wait4`` in the box's parent), the status line from init (our code; the payload never holds
 that pipe and cannot ptrace a non-dumpable init), cgroup counters, and the supervisor's own
-byte counts and timers. Nothing printed by the program is consulted.
+byte counts and timers. One thing printed by the program is consulted, and only to choose
+between two failures: under the RLIMIT_AS fallback, a MemoryError as the last line of stderr
+of an exit 1 is ML instead of RE (``_refused_allocation``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ TYPE_CHECKING = False  # no typing import at run time (CLI start)
 if TYPE_CHECKING:
     from typing import Any
 
+TAIL = 4096  # bytes of stderr the verdict may read (its last line)
+CPU_RLIMIT = ("rlimit", "rlimit+supervisor")  # enforcement["cpu_time"] where RLIMIT_CPU is set
 KILL_REASONS = {"wall": Status.TO, "cpu": Status.TO, "output": Status.OL, "memory": Status.ML}
 
 
@@ -32,7 +36,7 @@ class Facts:
     wall_time: float
     fallback_reasons: dict[str, str] = field(default_factory=dict)  # limit → why no cgroup holds it
     init_wait_status: int | None = None
-    cpu_time: float = 0.0  # from init's rusage: covers every process the box ever had
+    cpu_time: float = 0.0  # the box's CPU seconds: init's rusage, or the CPU watch's if more
     max_rss: int | None = None  # bytes
     status_line: bytes = b""
     killed_for: str | None = None  # "wall" | "output" | "cpu" | "memory" (supervisor kills)
@@ -66,12 +70,33 @@ def _init_hit_its_cpu_rlimit(facts: Facts, cpu: float, ws: int | None) -> bool:
     limit: that is a CPU verdict, not a sandbox failure. (prlimit() on init is denied by
     seccomp, so init's limit is never below the box's.)"""
     lim = facts.limits.cpu_time
-    return (lim is not None and facts.enforcement.get("cpu_time") == "rlimit" and cpu > lim
+    return (lim is not None and facts.enforcement.get("cpu_time") in CPU_RLIMIT and cpu > lim
             and ws is not None and os.WIFSIGNALED(ws) and os.WTERMSIG(ws) == _signal.SIGKILL)
 
 
+def _refused_allocation(facts: Facts, exit_code: int | None, stderr: bytes, truncated: bool) -> bool:
+    """Whether the program ended because the RLIMIT_AS fallback refused an allocation.
+
+    The kernel keeps no count of refused mmap/brk calls, and a single refused allocation
+    leaves the peak far below the limit (``bytearray(500_000_000)`` under 128M peaks at ~9 MB),
+    so the peak rule cannot see it. What is left is Python's own report: an uncaught
+    MemoryError exits 1 with ``MemoryError`` (or ``MemoryError: ...``) as the last line of its
+    traceback. Only where the address-space limit is in force (``memory == "rlimit"``): with a
+    cgroup, or no memory limit, nothing refuses allocations for the box and a MemoryError is
+    the program's own error (RE). The line is the box's to print, so a program can fake it:
+    that turns its own failure (exit 1, RE) into another failure (ML), never a pass into a
+    failure or a failure into a pass. A cut stderr (OL) is never read."""
+    if (facts.limits.memory is None or facts.enforcement.get("memory") != "rlimit"
+            or exit_code != 1 or truncated):
+        return False
+    last = stderr[-TAIL:].rstrip().rpartition(b"\n")[2].strip()
+    return last == b"MemoryError" or last.startswith(b"MemoryError: ")
+
+
 def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
-                 stdout_truncated: bool = False, stderr_truncated: bool = False) -> Result:
+                 stdout_truncated: bool = False, stderr_truncated: bool = False,
+                 stderr_tail: bytes | None = None) -> Result:
+    """``stderr_tail``: the end of stderr when it was streamed away rather than kept."""
     lim = facts.limits
     cg = facts.cgroup or {}
     cpu = cg.get("cpu_usec", 0) / 1e6 if "cpu_usec" in cg else facts.cpu_time
@@ -92,7 +117,7 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
         r.status = KILL_REASONS[facts.killed_for]
         r.reason = {
             "wall": f"wall time {_fmt_time(lim.wall_time or 0)} exceeded",
-            "cpu": f"CPU time {_fmt_time(lim.cpu_time or 0)} exceeded",
+            "cpu": f"CPU time {_fmt_time(lim.cpu_time or 0)} exceeded (all the box's processes)",
             "output": f"output limit {_fmt_size(lim.output_limit)} exceeded",
             "memory": f"memory limit {_fmt_size(lim.memory or 0)} exceeded",
         }[facts.killed_for]
@@ -123,9 +148,16 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
         return r
     if lim.cpu_time is not None and (r.signal == _signal.SIGXCPU or cpu > lim.cpu_time):
         r.status, r.reason = Status.TO, f"CPU time {_fmt_time(lim.cpu_time)} exceeded"
+        if r.signal == _signal.SIGXCPU:
+            r.reason += " (SIGXCPU: a process reached its RLIMIT_CPU)"
     elif (lim.memory is not None and facts.enforcement.get("memory") == "rlimit"
           and (r.exit_code or r.signal) and peak and peak >= 0.9 * lim.memory):
         r.status, r.reason = Status.ML, f"memory limit {_fmt_size(lim.memory)} exceeded (rlimit)"
+    elif _refused_allocation(facts, r.exit_code, stderr if stderr_tail is None else stderr_tail,
+                             stderr_truncated):
+        r.status = Status.ML
+        r.reason = (f"memory limit {_fmt_size(lim.memory or 0)}: allocation refused by the "
+                    "address-space limit (MemoryError)")
     elif r.signal is not None:
         r.status = Status.SG
         r.reason = f"killed by signal {r.signal} ({signal_name(r.signal)})"

@@ -29,7 +29,7 @@ def test_rlimit_fallback_is_reported_in_every_verdict(no_leftovers):
     r = sandbox.run_sync(["true"], SandboxConfig(limits=Limits.parse(memory="256M", pids=50)))
     assert r.status == Status.OK and r.cgroup is None
     assert r.enforcement["memory"] == "rlimit" and r.enforcement["pids"] == "rlimit"
-    assert r.enforcement["cpu_time"] == "rlimit"
+    assert r.enforcement["cpu_time"] == "rlimit+supervisor"  # RLIMIT_CPU + the box-wide watch
 
 
 @needs_fallback

@@ -146,7 +146,7 @@ def test_fixture_run_and_call(run):
         def test_run_limits(sandbox):
             assert sandbox.run(["sleep", "10"], wall_time="0.3s").status == "TO"
             r = sandbox.run(["python3", "-c", "x = bytearray(1 << 30)"], memory="512M")
-            assert r.status in ("ML", "RE") and b"MemoryError" in r.stderr, (r.error, r.stderr)
+            assert r.status == "ML" and b"MemoryError" in r.stderr, (r.error, r.stderr)
 
         def test_files(sandbox):
             r = sandbox.run(["sh", "-c", "tr a-z A-Z < in.txt > out.txt"], files={"in.txt": b"abc"})
