@@ -112,12 +112,14 @@ def test_every_fallback_says_why_on_every_path(request, box_tmp, no_leftovers):
             want.discard("cpus")  # (the fixture has no cpus option)
         assert set(r.fallback_reasons) == want, (path, r.fallback_reasons)
         assert all(why == ENV.reason for why in r.fallback_reasons.values()), (path, r.fallback_reasons)
-        assert r.enforcement["memory"] == r.enforcement["pids"] == r.enforcement["cpu_time"] == "rlimit"
+        assert r.enforcement["memory"] == r.enforcement["pids"] == "rlimit"
+        # RLIMIT_CPU per process, + the box-wide watch in the runners that have one
+        assert r.enforcement["cpu_time"] in ("rlimit", "rlimit+supervisor"), (path, r.enforcement)
         assert r.enforcement.get("cpus", "none") == "none", (path, r.enforcement)
     p = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--cpu-time", "1s", "--",
                         "python3", "-c", "while True: pass"], capture_output=True, text=True)
     assert p.returncode != 0
-    assert p.stderr.strip().endswith(f"[cpu_time held by rlimit: {ENV.reason}]"), p.stderr
+    assert p.stderr.strip().endswith(f"[cpu_time held by rlimit+supervisor: {ENV.reason}]"), p.stderr
 
 
 @needs_fallback
