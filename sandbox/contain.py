@@ -314,6 +314,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
         if wpid == pid:
             status = st
             break
+    _end_the_rest()
     exec_err = os.read(exec_r, 4096) if exec_r >= 0 else b""
     if exec_err:
         step, _, rest = exec_err.decode(errors="replace").partition(":")
@@ -365,6 +366,23 @@ def _call_target(prep: Prepared) -> int:
 
         traceback.print_exc()
         return 1
+
+
+def _end_the_rest() -> None:
+    """The payload is done: kill what it left running and reap it, before the report. The
+    kernel would kill them when we exit, but unwaited-for (zap_pid_ns_processes): their CPU time
+    would be in nobody's rusage, and the verdict would miss what they used."""
+    try:
+        os.kill(-1, _signal.SIGKILL)  # from a pid namespace's init: everyone in it but us
+    except OSError:
+        return  # ESRCH: nobody else
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 def _kill_quiet(pid: int, sig: int) -> None:

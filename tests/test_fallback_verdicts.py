@@ -159,16 +159,14 @@ def test_two_process_spinner_through_the_supervisor(no_leftovers):
 
 
 @needs_fallback
-@pytest.mark.xfail(strict=True, reason="known gap: when the payload exits first, init exits and "
-                   "the kernel kills the rest unwaited-for (zap_pid_ns_processes), after the "
-                   "watch's last sample; the fix is in init (reap the rest before reporting)")
 def test_cpu_of_processes_left_behind_by_the_payload_is_counted(no_leftovers):
-    """Two spinners left running when the payload exits after 1 s: ~2 s of CPU used. Today
-    the watch's last sample was at the start (its budget of 10 s cannot run out before 5 s)
-    and init's rusage never sees the spinners: cpu_time is ~0."""
+    """Two spinners left running when the payload exits after 1 s: ~2 s of CPU used. The
+    watch's last sample was at the start (its budget of 10 s cannot run out before 5 s), so
+    only init's rusage can see them: init kills and reaps them before it reports (without that,
+    the kernel killed them unwaited-for after init's exit, and cpu_time was ~0.01)."""
     r = sandbox.run_sync(["sh", "-c", "yes >/dev/null & yes >/dev/null & sleep 1"],
                          SandboxConfig(limits=Limits.parse(cpu_time="10s")))
-    assert r.status == Status.OK and r.cpu_time >= 0.2, r.cpu_time  # ~0.01 today
+    assert r.status == Status.OK and r.cpu_time >= 0.2, r.cpu_time
 
 @needs_fallback
 def test_an_idle_box_is_not_charged(no_leftovers):
