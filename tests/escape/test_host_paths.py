@@ -28,6 +28,8 @@ import sandbox
 from sandbox import SandboxConfig
 
 CHECKOUT = str(Path(__file__).resolve().parents[2])
+# the names every box's own / has (a host path made of them alone gives nothing away)
+BOX_TOP_NAMES = {"bin", "dev", "etc", "lib", "lib64", "opt", "proc", "sbin", "tmp", "usr", "venv"}
 
 PROBE = ("cat /proc/self/mountinfo; echo ====; cat /proc/mounts; echo ====; ls -a / /opt /opt/* 2>&1;"
          " ls -a /home 2>&1; echo ====; python3 -c 'import sys; print(sys.prefix)';"
@@ -107,8 +109,9 @@ def test_listing_the_box_shows_no_host_name(probe, mode):
     listing = out[mode].split("====\n")[2]
     assert ("venv" in listing) == (mode == "venv") and "No such file" in listing, listing  # no /home
     assert name not in listing and not _named(listing, getpass.getuser()), listing
-    for part in Path(CHECKOUT).parts[1:]:
-        assert not _named(listing, part), (part, listing)
+    for part in Path(CHECKOUT).parts[1:]:  # (a checkout under /tmp or /opt: those the box has)
+        if part not in BOX_TOP_NAMES:
+            assert not _named(listing, part), (part, listing)
 
 
 def test_python_still_runs_in_the_box(probe):
