@@ -256,12 +256,37 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
 
 def cpu_watch(box_cg: Any, limit: float | None, init_pid: int | None = None,
               pidfd: int = -1) -> Any:
-    """The box's CPU-time watch (sandbox/_cpuwatch.py; imported only when there is a limit)."""
+    """The box's CPU-time watch (sandbox/_cpuwatch.py). Without a cgroup its first sample can
+    wait: N CPUs spend at most N seconds per second, so nothing can be spent before
+    ``limit / N``; a box that ends sooner (most CLI runs, under the 60 s default) never loads
+    the watcher at all."""
     if limit is None:
         return None
+    if box_cg is None and init_pid is not None:
+        return _DeferredWatch(limit, init_pid, pidfd)
     from sandbox import _cpuwatch
 
     return _cpuwatch.cpu_watch(box_cg, limit, init_pid, pidfd)
+
+
+class _DeferredWatch:
+    mechanism, used = "rlimit+supervisor", 0.0  # = _cpuwatch.FALLBACK (tests/test_fallback_verdicts)
+
+    def __init__(self, limit: float, init_pid: int, pidfd: int) -> None:
+        self.args, self.real = (limit, init_pid, pidfd), None
+        self.first = time.monotonic() + limit / float(os.cpu_count() or 1)
+
+    def __call__(self) -> float | None:
+        if self.real is None:
+            wait = self.first - time.monotonic()
+            if wait > 0:
+                return wait
+            from sandbox import _cpuwatch
+
+            self.real = _cpuwatch.TreeWatch(*self.args)
+        result = self.real()
+        self.used = self.real.used
+        return result
 
 
 def _pump(box: spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, CappedBuffer],

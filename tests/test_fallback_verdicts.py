@@ -280,7 +280,7 @@ def test_the_watch_samples_on_its_schedule_not_on_every_chunk(monkeypatch, no_le
     code = "import sys, time\nfor i in range(3000):\n    print(i, flush=True)\n    time.sleep(0.0002)"
     r = run_direct(["python3", "-c", code], SandboxConfig(limits=Limits.parse(cpu_time="60s")))
     assert r.status == Status.OK and r.stdout.count(b"\n") == 3000, r
-    assert 1 <= len(samples) < 10, len(samples)
+    assert len(samples) < 10, len(samples)  # (none at all: the first may wait for limit / CPUs)
 
 
 def test_the_watch_counts_nothing_once_init_has_exited():
