@@ -70,7 +70,31 @@ class BoxInit:
 
         fdpass.send(self.sock, obj)
 
+    def end_strays(self) -> None:
+        """Before a new process starts: SIGKILL every process of the box that is not in the
+        session of one still running. A leftover of an earlier exec (a double fork with its own
+        setsid) runs as the same user, so through /proc/PID/fd it could write into the next
+        process's stdout or read its stdin, and fake that exec's output. Repeated until a pass
+        finds none, since a stray may fork while we look (the pids limit bounds that)."""
+        for _ in range(64):
+            found = False
+            for name in os.listdir("/proc"):
+                if not name.isdigit() or name == "1":
+                    continue
+                try:
+                    with open(f"/proc/{name}/stat", "rb") as f:
+                        fields = f.read(4096).rsplit(b")", 1)[1].split()
+                    state, sid = fields[0], int(fields[3])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if state not in (b"Z", b"X") and sid not in self.running:
+                    found = True
+                    _kill_group(int(name))
+            if not found:
+                return
+
     def start(self, rid: int, req: dict, fds: list[int]) -> None:
+        self.end_strays()
         argv = [str(a) for a in req["argv"]]
         env = dict(self.prep.env)
         env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})

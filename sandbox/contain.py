@@ -155,6 +155,9 @@ def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: 
                                 "error": e.strerror or str(e)})
             return 1
     os.close(parent_pidfd)
+    # spawn_box made it inheritable for the clone: every process init starts would hold it
+    # and could speak for init (forge a verdict) or take the host's requests.
+    os.set_inheritable(sock_fd, False)
     import socket
 
     sock = socket.socket(fileno=sock_fd)

@@ -204,3 +204,42 @@ def test_a_box_dropped_without_close_is_ended(no_leftovers):
     assert box.exec(["true"]).ok
     del box
     gc.collect()  # nothing of it is left for no_leftovers to find
+
+
+LEFTOVER = r'''
+import os
+if os.fork(): os._exit(0)
+os.setsid()
+if os.fork(): os._exit(0)
+for i in (0, 1, 2): os.close(i)
+me = os.getpid()
+while True:
+    for p in os.listdir("/proc"):
+        if p.isdigit() and int(p) > me:
+            try:
+                fd = os.open(f"/proc/{p}/fd/1", os.O_WRONLY)
+                os.write(fd, b"ALL TESTS PASSED\n")
+            except OSError:
+                pass
+'''
+
+
+def test_a_process_holds_only_its_own_pipes(no_leftovers):
+    """Not init's request socket above all: it would let a process speak for init (forge its
+    own verdict or the next exec's) and take the host's requests."""
+    with Box() as box:
+        r = box.exec(["python3", "-c", "import os; print(sorted(os.listdir('/proc/self/fd')))"])
+        assert r.stdout == b"['0', '1', '2', '3']\n", r  # 3: listdir's own directory fd
+
+
+def test_a_leftover_of_one_exec_cannot_fake_the_next(no_leftovers):
+    """A double-forked leftover (own session) is the same user as the next exec's process, so
+    through /proc/PID/fd/1 it could write into that exec's output: init ends every process
+    outside a running session before it starts the next."""
+    import time
+
+    with Box() as box:
+        box.exec(["python3", "-c", LEFTOVER])
+        time.sleep(0.3)
+        r = box.exec(["sh", "-c", "sleep 0.5; echo 'test failed'"], wall_time="10s")
+        assert (r.status, r.stdout) == (Status.OK, b"test failed\n"), r
