@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 
 class AsyncProcess:
-    """``Process`` for trio: ``await wait()``, ``kill()``, ``stdin`` (a sync pipe: use
-    ``await write(data)`` / ``await close_stdin()``)."""
+    """``Process`` for trio: ``await write(data)``, ``await close_stdin()``, ``await wait()``,
+    ``await kill()``. Cancelling ``wait`` kills the process (and waits for it, shielded)."""
 
     def __init__(self, abox: AsyncBox, proc: Process) -> None:
         self._abox, self._proc = abox, proc
@@ -37,18 +37,39 @@ class AsyncProcess:
         return self._proc.pid
 
     async def write(self, data: bytes) -> None:
-        await self._abox._call(self._proc.stdin.write, data)
+        """Into its stdin, as it reads (never blocking a thread nor holding the box)."""
+        import os
+
+        if self._proc.stdin is None:
+            raise BrokenPipeError("its stdin is closed")
+        fd = self._proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
 
     async def close_stdin(self) -> None:
-        await self._abox._call(self._proc._close_stdin)
+        self._proc._close_stdin()
 
     async def wait(self) -> Result:
-        result = await self._abox._call(self._proc.wait)
-        assert result is not None
-        return result
+        try:
+            while True:  # short turns, so a cancellation is seen and other calls get the box
+                result = await self._abox._call(self._proc.wait, WAIT_TURN)
+                if result is not None:
+                    return result
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._abox._call(self._proc.abandon)
+            raise
 
     async def kill(self) -> None:
         await self._abox._call(self._proc.kill)
+
+
+WAIT_TURN = 0.05
 
 
 class AsyncBox:
@@ -72,14 +93,17 @@ class AsyncBox:
     def usage(self) -> Usage | None:
         return self._box.usage
 
-    async def exec(self, argv: Sequence[str], *, on_output: Callable[[int, bytes], Any] | None = None,
-                   **kw: Any) -> Result:
-        """``Box.exec``; ``on_output(1|2, chunk)`` is called in trio as output arrives."""
+    async def exec(self, argv: Sequence[str], *, stdin: bytes | None = None,
+                   on_output: Callable[[int, bytes], Any] | None = None, **kw: Any) -> Result:
+        """``Box.exec``; ``on_output(1|2, chunk)`` is called in trio as output arrives.
+        Cancelled, it kills the process."""
         sink = None
         if on_output is not None:
             def sink(which: int, chunk: bytes) -> None:
                 trio.from_thread.run_sync(on_output, which, chunk)
-        return await self._call(self._box.exec, argv, on_output=sink, **kw)
+        proc = await self._call(self._box.start, argv, **kw)
+        await self._call(proc.begin, stdin, sink)
+        return await AsyncProcess(self, proc).wait()
 
     async def start(self, argv: Sequence[str], **kw: Any) -> AsyncProcess:
         return AsyncProcess(self, await self._call(self._box.start, argv, **kw))

@@ -69,6 +69,7 @@ class Box:
         self.usage: Usage | None = None
         self._sock: socket.socket | None = None
         self._procs: dict[int, Process] = {}
+        self._init: spawn.BoxProcess | None = None
         self._next_id = 0
         self._dead = False
 
@@ -112,30 +113,34 @@ class Box:
         null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         cg_fd = cg.dir_fd() if cg is not None else None
         self._t0 = time.monotonic()
-        try:
-            self._init = spawn.spawn_box(self._prep, stdin=null, stdout=null, stderr=null,
-                                         status_w=st_w, pass_fds=[theirs.fileno()], cgroup_fd=cg_fd)
-        except OSError as e:
-            ours.close()
-            self._destroy_cgroup()
-            raise BoxError(f"clone: {e.strerror}", direct.xx_result("clone", e, self.config)) from None
-        finally:
-            for fd in (null, st_w, *([cg_fd] if cg_fd is not None else [])):
-                os.close(fd)
-            theirs.close()
         self._sock, self._status_r = ours, st_r
-        msg, fds = self._recv(READY_TIMEOUT)
-        if not msg or len(fds) != 2:
-            for fd in fds:
-                os.close(fd)
-            result = self._startup_failure()
+        fds: list[int] = []
+        try:
+            try:
+                self._init = spawn.spawn_box(self._prep, stdin=null, stdout=null, stderr=null,
+                                             status_w=st_w, pass_fds=[theirs.fileno()],
+                                             cgroup_fd=cg_fd)
+            except OSError as e:
+                raise BoxError(f"clone: {e.strerror}", direct.xx_result("clone", e, self.config)) from None
+            finally:
+                for fd in (null, st_w, *([cg_fd] if cg_fd is not None else [])):
+                    os.close(fd)
+                theirs.close()
+            msg, fds = self._recv(READY_TIMEOUT)
+            if not msg or len(fds) != 2:
+                result = self._startup_failure()
+                raise BoxError(result.error or "the box did not start", result)
+            st = os.fstat(fds[0])  # the box's / belongs to its root: our ids for it, mapped
+            owner = ((st.st_uid + self.config.uid, st.st_gid + self.config.gid)
+                     if self._prep.ids.parent_writes else None)
+            self._files = BoxFiles(fds[0], fds[1], owner, (self.config.uid, self.config.gid),
+                                   self._prep.rootfs.ops)
+        except BaseException:  # a failed start, or Ctrl-C while it started: nothing left behind
+            if getattr(self, "_files", None) is None:
+                for fd in fds:
+                    os.close(fd)
             self.close()
-            raise BoxError(result.error or "the box did not start", result)
-        st = os.fstat(fds[0])  # the box's / belongs to its root: our ids for it, mapped
-        owner = ((st.st_uid + self.config.uid, st.st_gid + self.config.gid)
-                 if self._prep.ids.parent_writes else None)
-        self._files = BoxFiles(fds[0], fds[1], owner, (self.config.uid, self.config.gid),
-                               self._prep.rootfs.ops)
+            raise
         return self
 
     def close(self) -> Usage:
@@ -149,13 +154,15 @@ class Box:
         self._sock.close()
         if getattr(self, "_files", None) is not None:
             self._files.close()
-        try:
-            sc.pidfd_send_signal(self._init.pidfd, 9)  # its namespace dies with it
-        except OSError:
-            pass
-        _status, cpu, rss = sc.wait4(self._init.pid)
-        os.close(self._init.pidfd)
         os.close(self._status_r)
+        cpu, rss = 0.0, None
+        if getattr(self, "_init", None) is not None:  # (None: the clone itself failed)
+            try:
+                sc.pidfd_send_signal(self._init.pidfd, 9)  # its namespace dies with it
+            except OSError:
+                pass
+            _status, cpu, rss = sc.wait4(self._init.pid)
+            os.close(self._init.pidfd)
         u = Usage(cpu, rss, time.monotonic() - self._t0, self._next_id,
                   enforcement=dict(self._prep.enforcement), fallback_reasons=dict(self._fallback))
         if self._cg is not None:
@@ -193,7 +200,11 @@ class Box:
         as it arrives, within the cap."""
         proc = self.start(argv, cwd=cwd, env=env, wall_time=wall_time, cpu_time=cpu_time,
                           output_limit=output_limit)
-        return proc.communicate(stdin, on_output)
+        try:
+            return proc.communicate(stdin, on_output)
+        except BaseException:  # Ctrl-C, or the caller's own exception from on_output
+            proc.abandon()
+            raise
 
     def start(self, argv: Sequence[str], *, cwd: str | None = None,
               env: dict[str, str] | None = None, wall_time: float | str | None = None,
@@ -277,12 +288,14 @@ class Box:
             if not msg:
                 self._box_died()
             else:
-                m = json.loads(msg)
-                p = self._procs.get(int(m.get("id", 0)))
-                if p is not None:
-                    p._message(m)
-                    if p.state == "done":
-                        self._procs.pop(p.id, None)
+                try:  # init's, and only init's (our code): anything else is a broken box
+                    m = json.loads(msg)
+                    p = self._procs.get(int(m["id"])) if isinstance(m, dict) else None
+                    if p is not None:
+                        p._message(m)
+                except (ValueError, TypeError, KeyError):
+                    self.kill_box()
+                    self._box_died()
         elif self._init.pidfd in ready and not self._dead:
             self._box_died()
         return [fd for fd in ready if fd in fds]
@@ -314,8 +327,8 @@ class Box:
     # -------------------------------------------------------------------- files --
 
     # -------------------------------------------------------------------- files --
-    def put(self, path: str, data: bytes | str | os.PathLike[str], *, mode: int = 0o644) -> None:
-        """Write a file into the box: ``data`` bytes, or the path of a host file to copy.
+    def put(self, path: str, data: bytes | os.PathLike[str], *, mode: int = 0o644) -> None:
+        """Write a file into the box: ``data`` bytes, or a ``pathlib.Path`` of a host file to copy.
         Parent directories are made; an existing file is replaced, a link is never followed."""
         self._check_open()
         self._files.put(path, data, mode=mode)

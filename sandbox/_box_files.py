@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 RESOLVE_IN_BOX = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
 NOT_FILES = ("proc", "sys", "dev")  # kernel views, not the box's files (except /dev/shm)
 GET_MAX = 16 << 20
+MAX_ENTRIES = 20000  # per place (/, /tmp, /dev/shm, each overlay upper) that changes() lists
 
 
 @record
@@ -36,6 +37,7 @@ class Changes:
     created: list[str] = field(default_factory=list)
     modified: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    truncated: bool = False  # more than MAX_ENTRIES per place, or too deep: nothing is "deleted"
 
 
 class BoxFiles:
@@ -46,21 +48,37 @@ class BoxFiles:
                  inside_ids: tuple[int, int], ops: list) -> None:
         self.root, self.tmpfs, self.owner, self.inside_ids = root, tmpfs, owner, inside_ids
         self.uppers = _upper_targets(ops)
-        self.puts = 0
-        self.baseline = self._snapshot()
+        self.lower_fds: dict[str, int] = {}
+        for dst, src in self.uppers.values():
+            try:
+                self.lower_fds[dst] = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                pass
+        try:
+            self.baseline, self.baseline_truncated = self._snapshot()
+        except BaseException:  # (Ctrl-C while the box starts) the caller closes root and tmpfs
+            for fd in self.lower_fds.values():
+                os.close(fd)
+            raise
 
     def close(self) -> None:
-        for fd in (self.root, self.tmpfs):
+        for fd in (self.root, self.tmpfs, *self.lower_fds.values()):
             if fd >= 0:
                 os.close(fd)
         self.root = self.tmpfs = -1
+        self.lower_fds = {}
 
     def _open_parent(self, path: str, create: bool) -> tuple[int, str]:
-        parts = [p for p in str(path).split("/") if p]
-        if not str(path).startswith("/") or not parts or ".." in parts:
+        if not isinstance(path, str):
             from sandbox.config import ConfigError
 
-            raise ConfigError(f"path {path!r}: must be an absolute path in the box, without '..'")
+            raise ConfigError(f"path {path!r}: must be a str, an absolute path in the box")
+        parts = [p for p in path.split("/") if p not in ("", ".")]  # "/./proc" is /proc
+        if not path.startswith("/") or not parts or ".." in parts:
+            from sandbox.config import ConfigError
+
+            raise ConfigError(f"path {path!r}: must be an absolute path of a file in the box, "
+                              "without '..'")
         if parts[0] in NOT_FILES and parts[:2] != ["dev", "shm"]:
             from sandbox.config import ConfigError
 
@@ -78,7 +96,7 @@ class BoxFiles:
                 dfd = nfd
         except OSError as e:
             os.close(dfd)
-            if e.errno in (40, 20, 18):  # ELOOP, ENOTDIR, EXDEV
+            if e.errno in (40, 20):  # ELOOP, ENOTDIR
                 raise safefs.UnsafePath(e.errno, f"{path}: refusing to follow a link the box made") from None
             raise
         return dfd, parts[-1]
@@ -104,15 +122,31 @@ class BoxFiles:
                 os.chown(name, *self.owner, dir_fd=dfd, follow_symlinks=False)
             return out
 
-    def put(self, path: str, data: bytes | str | os.PathLike[str], *, mode: int = 0o644) -> None:
-        self.puts += 1
-        src = None if isinstance(data, (bytes, bytearray, memoryview)) else os.fspath(data)
+    def put(self, path: str, data: bytes | os.PathLike[str], *, mode: int = 0o644) -> None:
+        from sandbox.config import ConfigError
+
+        if isinstance(data, str):
+            raise ConfigError(f"put({path!r}, <str>): give bytes, or a pathlib.Path of a host file")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ConfigError(f"put({path!r}): mode {mode!r}: permission bits 0..0o777 "
+                              "(no setuid, setgid or sticky)")
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            src = None
+        elif isinstance(data, os.PathLike):
+            src = os.fspath(data)
+        else:
+            raise ConfigError(f"put({path!r}, {type(data).__name__}): give bytes, or a "
+                              "pathlib.Path of a host file")
         dfd, name = self._open_parent(path, create=True)
+        import secrets
+
+        tmp = f".sandbox-put-{secrets.token_hex(8)}"  # unguessable: the box cannot plant it
+        made = False
         try:
-            tmp = f".sandbox-put-{os.getpid()}-{self.puts}"
             fd = self._create(lambda: os.open(
                 tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
                 dir_fd=dfd), tmp, dfd)
+            made = True
             try:
                 if src is None:
                     view = memoryview(data)  # type: ignore[arg-type]
@@ -126,60 +160,89 @@ class BoxFiles:
             finally:
                 os.close(fd)
             self._create(lambda: os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd), None, dfd)
+            made = False
         finally:
+            if made:
+                try:
+                    self._create(lambda: os.unlink(tmp, dir_fd=dfd), None, dfd)
+                except OSError:
+                    pass
             os.close(dfd)
 
     def get(self, path: str, max_bytes: int = GET_MAX) -> bytes:
-        """A file of the box, at most ``max_bytes``; refuses links, FIFOs and devices."""
+        """A file of the box, at most ``max_bytes``; refuses links, FIFOs and devices. As root
+        it reads with the box user's ids: what the box user could not read, neither do we."""
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            from sandbox.config import ConfigError
+
+            raise ConfigError(f"get({path!r}): max_bytes {max_bytes!r}: a byte count >= 0")
         dfd, name = self._open_parent(path, create=False)
         try:
-            return safefs.read_beneath(dfd, name, max_bytes)
+            if self.owner is None:
+                return safefs.read_beneath(dfd, name, max_bytes)
+            with sc.acting_as(*self.owner):
+                return safefs.read_beneath(dfd, name, max_bytes)
         finally:
             os.close(dfd)
 
     def changes(self) -> Changes:
         """Created / modified / deleted since the box started (files and links; directories
-        only when made or removed)."""
-        now = self._snapshot()
-        ch = Changes()
+        only when made or removed). ``truncated``: the box holds more than we list (or deeper
+        trees than a path can name); then nothing is called deleted, since we cannot know."""
+        now, truncated = self._snapshot()
+        ch = Changes(truncated=truncated or self.baseline_truncated)
         for p, sig in now.items():
             old = self.baseline.get(p)
             if sig[0] == "whiteout":
                 ch.deleted.append(p)
             elif old is None:
-                if sig[0] != "dir" or not sig[2]:
+                if sig[2]:  # in an upper, over an entry of the lower: changed, not new
+                    if sig[0] != "dir":
+                        ch.modified.append(p)
+                else:
                     ch.created.append(p)
             elif old != sig and sig[0] != "dir":
                 ch.modified.append(p)
-        ch.deleted += [p for p in self.baseline if p not in now]
+        if not ch.truncated:
+            ch.deleted += [p for p in self.baseline if p not in now]
         for lst in (ch.created, ch.modified, ch.deleted):
             lst.sort()
         return ch
 
-    def _snapshot(self) -> dict[str, tuple]:
-        """Every entry of the box's tmpfs as the box sees it: path → (kind, size/mtime, in lower)."""
+    def _snapshot(self) -> tuple[dict[str, tuple], bool]:
+        """Every entry of the box's tmpfs as the box sees it: path → (kind, identity, in lower),
+        and whether the listing was cut short. The identity includes the ctime, which no
+        program can set (a same-size write with the mtime put back still shows)."""
         out: dict[str, tuple] = {}
+        truncated = False
         places = [("newroot", ""), ("scratch/tmp", "/tmp"), ("scratch/shm", "/dev/shm")]
         places += [(f"scratch/up/{n}", dst) for n, (dst, _src) in self.uppers.items()]
-        lowers = {dst: src for dst, src in self.uppers.values()}
         for rel, prefix in places:
             try:
                 fd = safefs.open_beneath(self.tmpfs, rel, directory=True)
             except OSError:
                 continue
+            lower = self.lower_fds.get(prefix, -1)
+            count = 0
             try:
-                for sub, st in safefs.walk_beneath(fd, max_entries=20000):
+                for sub, st in safefs.walk_beneath(fd, max_entries=MAX_ENTRIES):
+                    count += 1
                     path = f"{prefix}/{sub}"
-                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and prefix in lowers:
+                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and lower >= 0:
                         out[path] = ("whiteout",)
                         continue
                     kind = ("dir" if stat.S_ISDIR(st.st_mode) else
                             "link" if stat.S_ISLNK(st.st_mode) else "file")
-                    in_lower = prefix in lowers and os.path.lexists(lowers[prefix] + "/" + sub)
-                    out[path] = (kind, (st.st_size, st.st_mtime_ns, st.st_ino) if kind != "dir" else 0, in_lower)
+                    # the host lower, resolved beneath itself: never through a link in it
+                    in_lower = lower >= 0 and safefs.exists_beneath(lower, sub)
+                    ident = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) if kind != "dir" else 0
+                    out[path] = (kind, ident, in_lower)
+            except OSError:  # a tree deeper than a path can name (ENAMETOOLONG), ...
+                truncated = True
             finally:
                 os.close(fd)
-        return out
+            truncated = truncated or count >= MAX_ENTRIES
+        return out, truncated
 
 
 def _upper_targets(ops: list) -> dict[int, tuple[str, str]]:

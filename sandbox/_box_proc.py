@@ -44,6 +44,7 @@ class Process:
         self._err = CappedBuffer(limits.output_limit, 2)
         self._open: dict[int, CappedBuffer] = {}
         self._on_output: Callable[[int, bytes], None] | None = None
+        self._abandoned = False
 
     def _pipes(self) -> tuple[int, int, int]:
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -69,10 +70,25 @@ class Process:
             self._facts = {"status_line": statusline.encode_exit(int(m["wait_status"])),
                            "cpu_time": float(m["cpu_time"]), "max_rss": int(m["max_rss"])}
             self._finish()
+        if self.state == "exited" and self._abandoned:
+            self._build()
+
+    def abandon(self) -> None:
+        """Kill it and stop collecting (its ``exec`` was interrupted): its pipes close now,
+        and the box forgets it once init reports its end."""
+        self._abandoned = True
+        self.kill("wall")
+        self._close_all()
+        if self.state == "exited":
+            self._build()
 
     def _box_gone(self, why: str | None = None) -> None:
         """The box died (or is closing): this process died with it."""
-        if self.state in ("exited", "done"):
+        if self.state == "done":
+            return
+        if self.state == "exited":  # its end came, its output was not taken yet
+            self._drain()
+            self._build()
             return
         if why and self._killed_for is None:
             self._killed_for = why
@@ -104,15 +120,20 @@ class Process:
     def communicate(self, stdin: bytes | None = None,
                     on_output: Callable[[int, bytes], None] | None = None) -> Result:
         """Feed ``stdin`` (then EOF), collect the output, wait for the end: the verdict."""
+        self.begin(stdin, on_output)
+        result = self.wait()
+        assert result is not None
+        return result
+
+    def begin(self, stdin: bytes | None = None,
+              on_output: Callable[[int, bytes], None] | None = None) -> None:
+        """What ``communicate`` feeds and reports, set up without waiting (``wait`` moves it)."""
         self._on_output = on_output
         if stdin:
-            from sandbox.direct import StdinFeed  # noqa: F401 - same backpressure rules
-
             self._feed = memoryview(bytes(stdin))
             os.set_blocking(self.stdin.fileno(), False)
         else:
             self._close_stdin()
-        return self.wait()
 
     def wait(self, timeout: float | None = None) -> Result | None:
         """Wait for the end (at most ``timeout`` seconds: None if still running then)."""
@@ -219,3 +240,4 @@ class Process:
         self.result = verdict.build_result(facts, self._out.value(), self._err.value(),
                                            self._out.exceeded, self._err.exceeded)
         self.state = "done"
+        self.box._procs.pop(self.id, None)  # the box keeps only what still runs
