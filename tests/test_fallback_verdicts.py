@@ -300,3 +300,30 @@ def test_the_watch_counts_nothing_once_init_has_exited():
     finally:
         p.wait()
         os.close(pidfd)
+
+
+SPIN_TWO = """
+import os, time
+def spin():
+    os.fork()  # two spinners, each under its own RLIMIT_CPU
+    while True:
+        pass
+"""
+
+
+@needs_fallback
+def test_the_graders_boxes_count_cpu_time_box_wide(box_tmp, no_leftovers):
+    """The grader's session boxes use the same watch: two spinners under --cpu-time 1s stop at
+    the box's total (each process's RLIMIT_CPU alone would let them use ~2 s)."""
+    from sandbox.grading.submission import Submission
+
+    (box_tmp / "solution.py").write_text(SPIN_TWO)
+    sub = Submission(str(box_tmp), {"cpu_time": "1s", "wall_time": "30s"}, call_timeout=30)
+    try:
+        with pytest.raises(Exception, match="CPU time"):
+            sub.import_module("solution").spin()
+    finally:
+        sub.close()
+    r = sub.results[-1]
+    assert r.status == Status.TO and r.enforcement["cpu_time"] == "rlimit+supervisor", r
+    assert 0.9 <= r.cpu_time < 1.7, r.cpu_time

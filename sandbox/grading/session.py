@@ -25,7 +25,7 @@ from typing import Any
 from sandbox import _pyprefix, codec, contain, spawn, statusline, verdict, worker
 from sandbox import _syscalls as sc
 from sandbox.config import SandboxConfig
-from sandbox.direct import cgroup_enforced, cgroup_fallbacks, open_box_cgroup, xx_result
+from sandbox.direct import cgroup_enforced, cgroup_fallbacks, cpu_watch, open_box_cgroup, xx_result
 from sandbox.result import Result
 
 TYPE_CHECKING = False
@@ -48,13 +48,26 @@ def _send(sock: socket.socket, data: bytes) -> None:
     sock.sendall(struct.pack("!I", len(data)) + data)
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+class CpuSpent(Exception):
+    """The box's CPU-time budget ran out while we waited for its worker."""
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None, watch: Any = None) -> bytes:
+    """``watch``: the box's CPU-time watch (``direct.cpu_watch``), checked on its own schedule
+    while we wait: the same box-wide budget as a one-shot box's."""
     buf = bytearray()
     while len(buf) < n:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
+        while deadline is not None or watch is not None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise TimeoutError
+            if watch is not None:
+                wait = watch()
+                if wait is None:
+                    raise CpuSpent
+                left = wait if left is None else min(left, wait)
+            if select.select([sock], [], [], left)[0]:
+                break
         chunk = sock.recv(min(65536, n - len(buf)))
         if not chunk:
             raise EOFError
@@ -62,11 +75,11 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
     return bytes(buf)
 
 
-def _recv(sock: socket.socket, deadline: float | None) -> bytes:
-    (n,) = struct.unpack("!I", _recv_exact(sock, 4, deadline))
+def _recv(sock: socket.socket, deadline: float | None, watch: Any = None) -> bytes:
+    (n,) = struct.unpack("!I", _recv_exact(sock, 4, deadline, watch))
     if n > MAX_FRAME:
         raise codec.CodecError(f"reply of {n} bytes exceeds the {MAX_FRAME}-byte limit")
-    return _recv_exact(sock, n, deadline)
+    return _recv_exact(sock, n, deadline, watch)
 
 
 class BoxSession:
@@ -89,6 +102,7 @@ class BoxSession:
         self.config = config.validate()
         self.result: Result | None = None
         self._t0 = time.monotonic()
+        self._watch: Any = False  # the box's CPU-time watch, made once the box is known (_started)
         self._cg, cg_err = open_box_cgroup(self.config)
         if cg_err:  # require_cgroup without one: no box at all, the verdict says why
             self.result = xx_result("cgroup", cg_err, self.config)
@@ -144,6 +158,11 @@ class BoxSession:
             pid, pidfd, reply = self._factory.spawned()
             self._box = spawn.BoxProcess(pid, pidfd)
             self._enforcement, self._seccomp = dict(reply["enforcement"]), str(reply["seccomp"])
+        if self._watch is False:  # once: the box's CPU-time watch (the one-shot runners' own)
+            self._watch = cpu_watch(self._cg, self.config.limits.cpu_time, self._box.pid,
+                                    self._box.pidfd)
+            if self._watch is not None and self._watch.mechanism != "cgroup":
+                self._enforcement = {**self._enforcement, "cpu_time": self._watch.mechanism}
         return self._box
 
     def elapsed(self) -> float:
@@ -171,10 +190,13 @@ class BoxSession:
         try:
             if data is not None:
                 _send(self._sock, data)
-            reply = codec.decode(_recv(self._sock, deadline))
+            reply = codec.decode(_recv(self._sock, deadline, self._watch or None))
         except TimeoutError:
             self._kill("wall")
             raise SessionError(late) from None
+        except CpuSpent:
+            self._kill("cpu")
+            raise SessionError(f"CPU time {self.config.limits.cpu_time:g}s exceeded") from None
         except (EOFError, OSError):
             res = self.close()
             raise SessionError(f"the submission's box died ({res.reason or res.error or res.status})") from None
@@ -216,6 +238,8 @@ class BoxSession:
         else:
             status, cpu_time, max_rss = sc.wait4(box.pid)
         lim = self.config.limits
+        if self._watch:  # init's rusage misses what died unwaited-for (the watch saw it)
+            cpu_time = max(cpu_time, self._watch.used)
         facts = verdict.Facts(lim, self._enforcement, time.monotonic() - self._t0,
                               init_wait_status=status, cpu_time=cpu_time,
                               max_rss=max_rss, killed_for=self._killed_for,
