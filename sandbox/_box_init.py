@@ -35,6 +35,7 @@ import _signal
 import os
 import select
 
+from sandbox import _syscalls as sc
 from sandbox import payload, rlimits
 
 TYPE_CHECKING = False
@@ -135,18 +136,12 @@ class BoxInit:
 
     def reap(self) -> None:
         """Collect every child that ended (orphans of the box included: we are its pid 1)."""
-        while True:
-            try:
-                pid, status, ru = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status, cpu, rss in sc.reap_ended():
             rid = self.running.pop(pid, None)
             if rid is not None:
                 _kill_group(pid)
                 self.send({"op": "exited", "id": rid, "wait_status": status,
-                           "cpu_time": ru.ru_utime + ru.ru_stime, "max_rss": ru.ru_maxrss * 1024})
+                           "cpu_time": cpu, "max_rss": rss})
 
 
 def _merge(base: rlimits.Plan, extra: list) -> rlimits.Plan:

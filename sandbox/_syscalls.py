@@ -14,6 +14,10 @@ import resource
 
 from sandbox import _clib as ctypes
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 _libc = ctypes.Library(None)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
@@ -200,6 +204,19 @@ def wait4(pid: int) -> tuple[int, float, int]:
     RSS in bytes)."""
     _, status, ru = os.wait4(pid, 0)
     return status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
+
+
+def reap_ended() -> Iterator[tuple[int, int, float, int]]:
+    """Every child that has ended, without blocking: (pid, wait status, user+system CPU
+    seconds, max RSS in bytes) each, as ``wait4`` gives them."""
+    while True:
+        try:
+            pid, status, ru = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
 
 
 class acting_as:

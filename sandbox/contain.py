@@ -147,13 +147,8 @@ def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: 
     root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     own, per_child = _box_init.split_limits(prep.rlimits)
     keep = [status_fd, sock_fd, root_fd, prep.rootfs.tmpfs_fd]
-    for name, fn in _exec_hardening(prep, keep, parent_pidfd, own):
-        try:
-            fn()
-        except OSError as e:
-            _report(status_fd, {"ok": False, "step": name, "errno": e.errno or 0,
-                                "error": e.strerror or str(e)})
-            return 1
+    if not _harden(_exec_hardening(prep, keep, parent_pidfd, own), status_fd):
+        return 1
     os.close(parent_pidfd)
     # spawn_box made it inheritable for the clone: every process init starts would hold it
     # and could speak for init (forge a verdict) or take the host's requests.
@@ -268,6 +263,19 @@ def _hardening_steps(prep: Prepared, keep_fds: Sequence[int], plan: rlimits.Plan
     return steps
 
 
+def _harden(steps: list[tuple[str, Callable[[], object]]], status_fd: int) -> bool:
+    """Apply ``steps`` to init itself, in order; the first that fails is reported on the status
+    pipe (as its step) and stops the rest."""
+    for name, fn in steps:
+        try:
+            fn()
+        except OSError as e:
+            _report(status_fd, {"ok": False, "step": name, "errno": e.errno or 0,
+                                "error": e.strerror or str(e)})
+            return False
+    return True
+
+
 def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
                        parent_pidfd: int, ahead: bool = False) -> int:
     """Start the payload, forward signals, reap everything, report the payload's wait status.
@@ -292,13 +300,8 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
         steps = _exec_hardening(prep, [status_fd, *pass_fds], parent_pidfd, own)
         if ahead:
             steps = [step for step in steps if step[0] in AFTER_REQUEST]
-        for name, fn in steps:
-            try:
-                fn()
-            except OSError as e:
-                _report(status_fd, {"ok": False, "step": name, "errno": e.errno or 0,
-                                    "error": e.strerror or str(e)})
-                return 1
+        if not _harden(steps, status_fd):
+            return 1
         os.close(parent_pidfd)
         try:
             pid, exec_r = payload.start(argv, prep.env, as_limit)

@@ -177,14 +177,8 @@ class Launcher:
                              "cpu_time": cpu, "max_rss": rss})
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status, ru = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            usage = (status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024)
+        for pid, status, cpu, rss in sc.reap_ended():
+            usage = (status, cpu, rss)
             entry = self.warm.pop(pid, None)
             if entry is not None:  # a pooled box that died before anyone said "taken"
                 wb, _key = entry
