@@ -24,7 +24,7 @@ from sandbox import _syscalls as sc
 from sandbox._box_files import GET_MAX, BoxFiles, Changes
 from sandbox._box_proc import Process
 from sandbox._record import field, record, replace
-from sandbox.config import SandboxConfig, command_argv, parse_duration
+from sandbox.config import ConfigError, SandboxConfig, command_argv, parse_duration, parse_size
 from sandbox.result import Result
 
 TYPE_CHECKING = False
@@ -221,14 +221,10 @@ class Box:
         if cpu_time is not None:
             changes["cpu_time"] = parse_duration(cpu_time, "cpu_time")
         if output_limit is not None:
-            from sandbox.config import parse_size
-
             changes["output_limit"] = parse_size(output_limit, "output_limit")
         if changes:
             lim = replace(lim, **changes)
         if cwd is not None and not cwd.startswith("/"):
-            from sandbox.config import ConfigError
-
             raise ConfigError(f"cwd {cwd!r}: must be an absolute path in the box")
         if env is not None:
             env = {str(k): str(v) for k, v in env.items()}
@@ -236,9 +232,7 @@ class Box:
         if "cpu_time" in changes:
             box_cpu = self.config.limits.cpu_time
             if box_cpu is not None and changes["cpu_time"] > box_cpu:
-                from sandbox.config import ConfigError
-
-                raise ConfigError(f"cpu_time {cpu_time!r}: more than the box's own {box_cpu:g}s")
+                    raise ConfigError(f"cpu_time {cpu_time!r}: more than the box's own {box_cpu:g}s")
             soft = max(1, int(-(-changes["cpu_time"] // 1)))  # RLIMIT_CPU counts whole seconds
             rl.append([0, soft, soft + 1])
         self._next_id += 1

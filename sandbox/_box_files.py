@@ -18,6 +18,7 @@ import stat
 from sandbox import _syscalls as sc
 from sandbox import safefs
 from sandbox._record import field, record
+from sandbox.config import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,18 +71,12 @@ class BoxFiles:
 
     def _open_parent(self, path: str, create: bool) -> tuple[int, str]:
         if not isinstance(path, str):
-            from sandbox.config import ConfigError
-
             raise ConfigError(f"path {path!r}: must be a str, an absolute path in the box")
         parts = [p for p in path.split("/") if p not in ("", ".")]  # "/./proc" is /proc
         if not path.startswith("/") or not parts or ".." in parts:
-            from sandbox.config import ConfigError
-
             raise ConfigError(f"path {path!r}: must be an absolute path of a file in the box, "
                               "without '..'")
         if parts[0] in NOT_FILES and parts[:2] != ["dev", "shm"]:
-            from sandbox.config import ConfigError
-
             raise ConfigError(f"path {path!r}: /{parts[0]} is a kernel view, not the box's files")
         dfd = os.dup(self.root)
         try:
@@ -123,10 +118,6 @@ class BoxFiles:
             return out
 
     def put(self, path: str, data: bytes | os.PathLike[str], *, mode: int = 0o644) -> None:
-        from sandbox.config import ConfigError
-
-        if isinstance(data, str):
-            raise ConfigError(f"put({path!r}, <str>): give bytes, or a pathlib.Path of a host file")
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise ConfigError(f"put({path!r}): mode {mode!r}: permission bits 0..0o777 "
                               "(no setuid, setgid or sticky)")
@@ -134,7 +125,7 @@ class BoxFiles:
             src = None
         elif isinstance(data, os.PathLike):
             src = os.fspath(data)
-        else:
+        else:  # a str too: text to write, or the name of a host file? Neither is guessed
             raise ConfigError(f"put({path!r}, {type(data).__name__}): give bytes, or a "
                               "pathlib.Path of a host file")
         dfd, name = self._open_parent(path, create=True)
@@ -173,8 +164,6 @@ class BoxFiles:
         """A file of the box, at most ``max_bytes``; refuses links, FIFOs and devices. As root
         it reads with the box user's ids: what the box user could not read, neither do we."""
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-            from sandbox.config import ConfigError
-
             raise ConfigError(f"get({path!r}): max_bytes {max_bytes!r}: a byte count >= 0")
         dfd, name = self._open_parent(path, create=False)
         try:

@@ -45,6 +45,7 @@ class Process:
         self._open: dict[int, CappedBuffer] = {}
         self._on_output: Callable[[int, bytes], None] | None = None
         self._abandoned = False
+        self._feed: memoryview | None = None  # stdin bytes still to write (communicate/begin)
 
     def _pipes(self) -> tuple[int, int, int]:
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -157,8 +158,7 @@ class Process:
             self._build()
             return
         fds = list(self._open)
-        feed = getattr(self, "_feed", None)
-        if feed is not None and self.stdin is not None:
+        if self._feed is not None and self.stdin is not None:
             self._write_stdin()
         ready = self.box._wait_events(fds, wait)
         for fd in ready:
