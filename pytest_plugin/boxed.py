@@ -30,9 +30,7 @@ import pytest
 
 from pytest_plugin import boxrun, reportcheck
 from pytest_plugin.reportcheck import InvalidReport
-from sandbox import SandboxConfig, Status
-from sandbox.config import Limits
-from sandbox.result import Result
+from sandbox import Limits, Result, SandboxConfig, Status
 
 SECTION_MAX = 1 << 20  # captured output kept per section (head and tail), inside the box
 STACK_MAX = 64 * 1024

@@ -12,15 +12,12 @@ bytes, parsed only as JSON by the callers.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sandbox import SandboxConfig
-from sandbox.config import MountSpec
+from sandbox import MountSpec, Result, SandboxConfig
 from sandbox.direct import run_direct
-from sandbox.result import Result
 
 OutputSink = Callable[[int, bytes], None]
 
@@ -59,9 +56,9 @@ def _prepared(cfg: SandboxConfig, target: Callable[[], int]) -> Any:
     hit = _PREPARED.get(id(cfg))
     if hit is None or hit[0] is not cfg:
         hit = _PREPARED[id(cfg)] = (cfg, contain.prepare(cfg, target))
-    prep = copy.copy(hit[1])
-    prep.target = target
-    return prep
+    from sandbox._record import replace
+
+    return replace(hit[1], target=target)  # the plan is immutable: one per box, sharing the rest
 
 
 def run_in_box(body: Callable[[int], None], cfg: SandboxConfig, pass_fds: Sequence[int] = (),

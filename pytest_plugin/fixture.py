@@ -13,10 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pytest_plugin import boxrun
-from sandbox import Box, Limits, Result, SandboxConfig, Status, codec, memdir
+from sandbox import Box, Limits, MountSpec, Result, SandboxConfig, Status, codec, memdir, run_sync
 from sandbox._syscalls import openat2
-from sandbox.config import MountSpec
-from sandbox.direct import run_direct
 from sandbox.grading.session import BoxSession, InvalidReply, SessionError
 from sandbox.safefs import RESOLVE, UnsafePath, box_writable_dir, open_beneath, read_beneath
 
@@ -114,7 +112,7 @@ class SandboxFixture:
             files: Mapping[str, bytes] | None = None, **opts: Any) -> Result:
         for name, data in (files or {}).items():
             self.put(name, data)
-        r = run_direct(list(argv), self.config(**opts), stdin=stdin)
+        r = run_sync(list(argv), self.config(**opts), stdin=stdin)
         self.results.append(r)
         return r
 

@@ -23,10 +23,9 @@ def unavailable(config: pytest.Config) -> str | None:
 
 
 def _probe() -> str | None:
-    from sandbox import SandboxConfig, Status
-    from sandbox.direct import run_direct
+    from sandbox import SandboxConfig, Status, run_sync
 
-    r = run_direct(lambda: 0, SandboxConfig(use_cgroup=False))
+    r = run_sync(lambda: 0, SandboxConfig(use_cgroup=False))
     if r.status == Status.OK:
         return None
     return explain(r)

@@ -19,7 +19,7 @@ from sandbox.result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI's start-up is measured
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any
 
     from sandbox._box import Box, BoxError, Usage
@@ -34,23 +34,40 @@ _LAZY = {"Box": "sandbox._box", "BoxError": "sandbox._box", "Changes": "sandbox.
          "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox.supervisor"}
 
 
-def run_sync(argv: Sequence[str], config: SandboxConfig | None = None, *,
-             stdin: bytes | None = None) -> Result:
-    """Run one box and wait for its verdict (blocking).
+def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
+             stdin: bytes | int | None = None, on_output: Callable[[int, bytes], None] | None = None,
+             pass_fds: Sequence[int] = ()) -> Result:
+    """Run one fresh box and wait for its verdict (blocking): a box that lives for one command.
 
-    From a single-threaded process the box is cloned directly (fastest path). When other
-    threads exist, cloning here would be unsafe, so a trio supervisor with its own
-    single-threaded launcher process does it instead.
+    ``target``: argv to exec in the box (a fresh program that has seen nothing of the caller).
+    A Python callable instead runs in a *clone of this process* inside the box (its heap, its
+    modules: trusted code only, as the plugin's ``@sandboxed`` tests; untrusted Python goes
+    through ``Box.exec`` or the grader, which start a fresh interpreter). Its return value is
+    the exit code; ``pass_fds`` are fds of ours it keeps.
+
+    ``stdin``: bytes to feed, or an fd of ours streamed into the box's stdin pipe until its EOF
+    (the box never receives the fd itself: it could reopen a file for writing through
+    /proc/self/fd, or take over a terminal). ``on_output(1|2, chunk)`` sees output as it
+    arrives, within the output cap (``Result.stdout``/``stderr`` then stay empty).
+
+    The same life as a held ``Box`` (its cgroup leaf, plan, clone and end), with the command
+    handed to init at the clone instead of a request afterwards. From a multi-threaded caller
+    an argv box is cloned by a trio supervisor's small single-threaded launcher (init is then a
+    clone of that process, not of ours: its size is not in the box's peak memory); anything
+    else by a forked single-threaded helper (``spawn.spawn_box``).
     """
-    import threading
+    import _thread
 
-    if threading.active_count() == 1:
-        from sandbox.direct import run_direct
+    from sandbox.direct import run_direct
 
-        return run_direct(argv, config, stdin=stdin)
-    import trio
+    if (_thread._count() > 0 and not callable(target) and not isinstance(stdin, int)
+            and on_output is None and not pass_fds):
+        import trio
 
-    return trio.run(lambda: run(argv, config, stdin=stdin))
+        return trio.run(lambda: run(target, config, stdin=stdin))
+    if isinstance(stdin, int) and not isinstance(stdin, bool):
+        return run_direct(target, config, stdin_from=stdin, on_output=on_output, pass_fds=pass_fds)
+    return run_direct(target, config, stdin=stdin, on_output=on_output, pass_fds=pass_fds)
 
 
 async def run(argv: Sequence[str], config: SandboxConfig | None = None, *,

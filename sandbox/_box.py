@@ -19,10 +19,10 @@ import os
 import select
 import time
 
-from sandbox import _box_init, contain, direct, fdpass, spawn, statusline, verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
-from sandbox import _syscalls as sc
+from sandbox import _box_init, fdpass, statusline, verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
 from sandbox._box_files import GET_MAX, BoxFiles, Changes
 from sandbox._box_proc import Process
+from sandbox._boxlife import BoxError, BoxLife
 from sandbox._record import field, record, replace
 from sandbox.config import ConfigError, SandboxConfig, command_argv, parse_duration, parse_size
 from sandbox.result import Result
@@ -33,16 +33,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
+    from sandbox import spawn
+
 READY_TIMEOUT = 30.0
-
-
-class BoxError(Exception):
-    """A box could not start, or was used after it closed. ``result`` holds the XX verdict with
-    the failed step when the box's init reported one."""
-
-    def __init__(self, message: str, result: Result | None = None) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 @record
@@ -54,6 +47,7 @@ class Usage:
     wall_time: float = 0.0
     execs: int = 0
     memory_exceeded: bool = False
+    cpu_exceeded: bool = False  # the box's CPU-time budget was spent: the box was killed
     enforcement: dict[str, Any] = field(default_factory=dict)
     fallback_reasons: dict[str, str] = field(default_factory=dict)  # as Result.fallback_reasons
 
@@ -70,6 +64,8 @@ class Box:
         self._sock: socket.socket | None = None
         self._procs: dict[int, Process] = {}
         self._init: spawn.BoxProcess | None = None
+        self._watch: Any = None
+        self._cpu_spent = False
         self._next_id = 0
         self._dead = False
 
@@ -94,38 +90,25 @@ class Box:
 
         if self._sock is not None:
             raise BoxError("this box is already open")
-        cg, cg_err = direct.open_box_cgroup(self.config)
-        if cg_err:
-            raise BoxError(f"cgroup: {cg_err}", direct.xx_result("cgroup", cg_err, self.config))
-        self._cg, self._fallback = cg, direct.cgroup_fallbacks(self.config, cg)
-        try:
-            # CPU time is per exec (RLIMIT_CPU, inherited from init): the cgroup's cpu.stat
-            # counts the whole box's life, which no single exec's verdict should be charged with.
-            enforced = direct.cgroup_enforced(cg) - {"cpu_time"}
-            self._prep = contain.prepare(self.config, (), cgroup_enforced=enforced)
-        except OSError as e:
-            self._destroy_cgroup()
-            raise BoxError(f"prepare: {e}", direct.xx_result("prepare", e, self.config)) from None
-        self._prep.serve = True
-        self._prep.rootfs.held = True
+        # CPU time is per exec (RLIMIT_CPU, inherited from init): see BoxLife's cpu_per_exec.
+        self._life = life = BoxLife(self.config, (), serve=True, cpu_per_exec=True)
+        self._prep, self._fallback = life.prep, life.fallback
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-        cg_fd = cg.dir_fd() if cg is not None else None
-        self._t0 = time.monotonic()
         self._sock, self._status_r = ours, st_r
         fds: list[int] = []
         try:
             try:
-                self._init = spawn.spawn_box(self._prep, stdin=null, stdout=null, stderr=null,
-                                             status_w=st_w, pass_fds=[theirs.fileno()],
-                                             cgroup_fd=cg_fd)
-            except OSError as e:
-                raise BoxError(f"clone: {e.strerror}", direct.xx_result("clone", e, self.config)) from None
+                self._init = life.spawn(stdin=null, stdout=null, stderr=null, status_w=st_w,
+                                        pass_fds=[theirs.fileno()])
             finally:
-                for fd in (null, st_w, *([cg_fd] if cg_fd is not None else [])):
+                for fd in (null, st_w):
                     os.close(fd)
                 theirs.close()
+            # Box-wide: the config's CPU time holds for the box's whole life (each exec also has
+            # it, or its own smaller one, as RLIMIT_CPU), checked whenever we wait on the box.
+            self._watch, self._next_cpu = life.watch(self.config.limits.cpu_time), 0.0
             msg, fds = self._recv(READY_TIMEOUT)
             if not msg or len(fds) != 2:
                 result = self._startup_failure()
@@ -156,28 +139,19 @@ class Box:
             self._files.close()
         os.close(self._status_r)
         cpu, rss = 0.0, None
-        if getattr(self, "_init", None) is not None:  # (None: the clone itself failed)
-            try:
-                sc.pidfd_send_signal(self._init.pidfd, 9)  # its namespace dies with it
-            except OSError:
-                pass
-            _status, cpu, rss = sc.wait4(self._init.pid)
-            os.close(self._init.pidfd)
-        u = Usage(cpu, rss, time.monotonic() - self._t0, self._next_id,
-                  enforcement=dict(self._prep.enforcement), fallback_reasons=dict(self._fallback))
-        if self._cg is not None:
-            stats = self._cg.stats()
+        if self._life.init is not None:  # (None: the clone itself failed)
+            _status, cpu, rss = self._life.reap(kill=True)  # its namespace dies with it
+        u = Usage(cpu, rss, time.monotonic() - self._life.t0, self._next_id,
+                  enforcement=dict(self._prep.enforcement), fallback_reasons=dict(self._fallback),
+                  cpu_exceeded=self._cpu_spent)
+        stats = self._life.stats()
+        if stats is not None:
             u.cpu_time = stats.get("cpu_usec", 0) / 1e6 if "cpu_usec" in stats else cpu
             u.peak_memory = stats.get("memory_peak") or rss
             u.memory_exceeded = int(stats.get("oom_kill", 0) or 0) > 0
-        self._destroy_cgroup()
-        self.usage, self._dead = u, True
+        self._life.end()
+        self.usage, self._dead, self._init = u, True, None
         return u
-
-    def _destroy_cgroup(self) -> None:
-        if getattr(self, "_cg", None) is not None:
-            self._cg.destroy()
-            self._cg = None
 
     def _startup_failure(self) -> Result:
         if select.select([self._init.pidfd], [], [], 5.0)[0]:
@@ -273,6 +247,18 @@ class Box:
         import json
 
         assert self._sock is not None
+        if self._watch is not None and not self._dead:
+            now = time.monotonic()
+            if now >= self._next_cpu:  # on the watch's schedule, not on every event
+                wait = self._watch()
+                if wait is None:  # spent: the box ends, as on a box-wide memory limit
+                    self._cpu_spent = True
+                    self.kill_box()
+                    self._box_died()
+                    return []
+                self._next_cpu = now + wait
+            left = self._next_cpu - now
+            timeout = left if timeout is None else min(timeout, left)
         watch = [*fds, self._init.pidfd] + ([] if self._dead else [self._sock.fileno()])
         ready = select.select(watch, [], [], timeout)[0]
         if not self._dead and self._sock.fileno() in ready:
@@ -304,19 +290,14 @@ class Box:
     def _box_died(self) -> None:
         """init is gone (OOM group kill, a box-wide limit, or killed): so is every process."""
         self._dead = True
-        memory = False
-        if self._cg is not None:
-            memory = self._cg.oom_killed()
+        why = "memory" if self._life.oom_killed() else "cpu" if self._cpu_spent else None
         for p in list(self._procs.values()):
-            p._box_gone("memory" if memory else None)
+            p._box_gone(why)
         self._procs.clear()
 
     def kill_box(self) -> None:
         """SIGKILL the box's init (and so everything in it); the box is then closed."""
-        try:
-            sc.pidfd_send_signal(self._init.pidfd, 9)
-        except OSError:
-            pass
+        self._life.kill()
 
     # -------------------------------------------------------------------- files --
 

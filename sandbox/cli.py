@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
+from sandbox import ConfigError, Limits, SandboxConfig
 from sandbox._options import (  # noqa: F401 - re-exported: the option table's users
     _HELP,
     Args,
@@ -27,7 +28,7 @@ from sandbox._options import (  # noqa: F401 - re-exported: the option table's u
     format_help,
     parse_options,
 )
-from sandbox.config import ConfigError, Limits, SandboxConfig, parse_mount_arg
+from sandbox.config import parse_mount_arg
 
 TYPE_CHECKING = False  # no typing/collections.abc import at run time (CLI start)
 if TYPE_CHECKING:
@@ -128,12 +129,12 @@ def _cmd_run(a: Args) -> int:
         _reexec_in_scope(["run", *a.argv])
     meta_fd = _open_meta(a.meta) if a.meta else -1
     try:
+        from sandbox import run_sync
         from sandbox._relay import OutputRelay
-        from sandbox.direct import run_direct
 
         relay = None if a.json else OutputRelay()
         try:
-            result = run_direct(cmd, cfg, stdin_from=0, on_output=relay)
+            result = run_sync(cmd, cfg, stdin=0, on_output=relay)
         finally:
             if relay is not None:
                 relay.flush()

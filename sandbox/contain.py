@@ -41,11 +41,13 @@ import os
 
 from sandbox import _syscalls as sc
 from sandbox import caps, net, payload, rlimits, rootfs, scrub, statusline, userns
+from sandbox._record import replace
 from sandbox.plan import Prepared, prepare  # noqa: F401 - the parent half, re-exported
 
 TYPE_CHECKING = False  # collections.abc imports collections: ~1 ms of the CLI start
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Any
 
     Target = Sequence[str] | Callable[[], int]  # argv, or (tests, launcher) a function
 
@@ -59,9 +61,9 @@ class StepError(Exception):
         self.step, self.err = step, err
 
 
-def _step(name: str, fn: Callable[[], object]) -> None:
+def _step(name: str, fn: Callable[[], object]) -> Any:
     try:
-        fn()
+        return fn()
     except OSError as e:
         raise StepError(name, e) from e
 
@@ -95,7 +97,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
     A setup failure is held and reported on the status pipe that comes with the request.
     """
     failure: StepError | None = None
-    mnt_ns = -1
+    mnt_ns = tmpfs_fd = -1
     try:
         _step("scrub", scrub.wipe_caller_image)
         keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, request_fd, *pass_fds,
@@ -108,7 +110,7 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
         _step("namespaces", lambda: sc.unshare(_unshared_namespaces(prep)))
         if request_fd >= 0:
             mnt_ns = _own_mount_namespace()
-        _step("rootfs", lambda: rootfs.build_rootfs(prep.rootfs))
+        tmpfs_fd = _step("rootfs", lambda: rootfs.build_rootfs(prep.rootfs))
         _step("hostname", lambda: sc.sethostname(prep.config.hostname))
         if prep.config.network == "none":
             _step("network", net.loopback_up)
@@ -126,19 +128,21 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
                 ahead = True
             except StepError as e:
                 failure = e
-        status_fd = _await_request(prep, request_fd, mnt_ns)
+        status_fd, argv = _await_request(request_fd, mnt_ns)
         if status_fd < 0:
             return 0  # evicted from the pool before use
+        prep = replace(prep, target=argv)
     if failure is not None:
         _report(status_fd, {"ok": False, "step": failure.step, "errno": failure.err.errno,
                             "error": failure.err.strerror or str(failure.err)})
         return 1
     if prep.serve:
-        return _serve_requests(prep, status_fd, pass_fds[0], parent_pidfd)
+        return _serve_requests(prep, status_fd, pass_fds[0], parent_pidfd, tmpfs_fd)
     return _supervise_payload(prep, status_fd, pass_fds, parent_pidfd, ahead)
 
 
-def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: int) -> int:
+def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: int,
+                    tmpfs_fd: int) -> int:
     """A held box (``sandbox.Box``): the same hardening as an exec payload's, applied to init
     for the box's whole life, then hand the host our ``/`` and tmpfs and serve its requests
     (``sandbox._box_init``)."""
@@ -146,7 +150,7 @@ def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: 
 
     root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     own, per_child = _box_init.split_limits(prep.rlimits)
-    keep = [status_fd, sock_fd, root_fd, prep.rootfs.tmpfs_fd]
+    keep = [status_fd, sock_fd, root_fd, tmpfs_fd]
     if not _harden(_exec_hardening(prep, keep, parent_pidfd, own), status_fd):
         return 1
     os.close(parent_pidfd)
@@ -156,9 +160,9 @@ def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: 
     import socket
 
     sock = socket.socket(fileno=sock_fd)
-    fdpass.send(sock, {"op": "ready"}, [root_fd, prep.rootfs.tmpfs_fd])
+    fdpass.send(sock, {"op": "ready"}, [root_fd, tmpfs_fd])
     sock.detach()
-    for fd in (root_fd, prep.rootfs.tmpfs_fd, status_fd):
+    for fd in (root_fd, tmpfs_fd, status_fd):
         os.close(fd)
     _box_init.null_stdio()
     return _box_init.serve(prep, sock_fd, per_child)
@@ -171,9 +175,9 @@ def _own_mount_namespace() -> int:
         return -1
 
 
-def _await_request(prep: Prepared, request_fd: int, mnt_ns: int) -> int:
+def _await_request(request_fd: int, mnt_ns: int) -> tuple[int, list[str]]:
     """Warm box: say we are ready, then block for ``{"argv": [...]}`` + fds [stdin, stdout,
-    stderr, status_w].
+    stderr, status_w]; returns (status_w, argv), or (-1, []) when evicted.
 
     The ready message carries a handle on our mount namespace for the launcher to hold:
     when init exits, the last reference to a mount namespace unmounts its whole tree (tmpfs,
@@ -192,18 +196,17 @@ def _await_request(prep: Prepared, request_fd: int, mnt_ns: int) -> int:
             os.close(mnt_ns)
         msg, fds = fdpass.recv(sock, max_fds=4)
     except OSError:
-        return -1
+        return -1, []
     finally:
         sock.close()
     if not msg or len(fds) != 4:
-        return -1
+        return -1, []
     for i in range(3):
         os.dup2(fds[i], i, inheritable=True)
         os.close(fds[i])
     import json  # the launcher's: already loaded, no I/O
-
-    prep.target = [str(a) for a in json.loads(msg)["argv"]]
-    return fds[3]  # close-on-exec (MSG_CMSG_CLOEXEC): the payload must not write our report
+    # fds[3] is close-on-exec (MSG_CMSG_CLOEXEC): the payload must not write our report
+    return fds[3], [str(a) for a in json.loads(msg)["argv"]]
 
 
 def _unshared_namespaces(prep: Prepared) -> int:
@@ -342,8 +345,8 @@ def _fork_callable(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> t
             os.close(exec_r)
             os.close(status_fd)
             os.setsid()
-            prep.rlimits = rlimits.on_top_of_current_image(prep.rlimits)
-            for name, fn in _hardening_steps(prep, [exec_w, *pass_fds]):
+            plan = rlimits.on_top_of_current_image(prep.rlimits)
+            for name, fn in _hardening_steps(prep, [exec_w, *pass_fds], plan):
                 try:
                     fn()
                 except OSError as e:
@@ -387,8 +390,6 @@ def _end_the_rest() -> None:
             os.waitpid(-1, 0)
         except ChildProcessError:
             return
-        except InterruptedError:
-            continue
 
 
 def _kill_quiet(pid: int, sig: int) -> None:

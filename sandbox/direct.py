@@ -15,7 +15,7 @@ import stat
 import time
 
 from sandbox import _syscalls as sc
-from sandbox import contain, spawn, statusline, verdict
+from sandbox import spawn, statusline, verdict
 from sandbox._boxcgroup import (  # noqa: F401 - re-exported: the runners' shared cgroup plumbing
     _MANAGERS,
     cgroup_enforced,
@@ -23,13 +23,15 @@ from sandbox._boxcgroup import (  # noqa: F401 - re-exported: the runners' share
     cgroup_manager,
     open_box_cgroup,
 )
+from sandbox._boxlife import BoxError, BoxLife, cpu_watch, xx_result  # noqa: F401 - re-exported
 from sandbox.config import SandboxConfig, command_argv
-from sandbox.result import Result, Status
+from sandbox.result import Result
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Any
+
+    from sandbox.plan import Prepared
 
 CHUNK = 65536
 PARKED_MS = 100  # how often a background `sandbox run` checks whether it may read its terminal
@@ -171,16 +173,9 @@ class StdinFeed:
         self.pending, self.src = memoryview(b""), -1
 
 
-def xx_result(step: str, err: OSError | str, config: SandboxConfig) -> Result:
-    msg = err if isinstance(err, str) else (err.strerror or str(err))
-    no = None if isinstance(err, str) else err.errno
-    return Result(Status.XX, error=f"{step}: {msg}" + (f" (errno {no})" if no else ""),
-                  reason=f"{step}: {msg}", error_step=step, errno=no)
-
-
 def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
                stdin: bytes | None = None, pass_fds: Sequence[int] = (),
-               prepared: contain.Prepared | None = None, stdin_from: int = -1,
+               prepared: Prepared | None = None, stdin_from: int = -1,
                on_output: Callable[[int, bytes], None] | None = None) -> Result:
     """Run ``target`` (argv to exec, or a callable run inside the box) and return its verdict.
 
@@ -191,102 +186,47 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
     config = (config or SandboxConfig()).validate()
     if not callable(target):
         target = command_argv(target)
-    box_cg, cg_err = open_box_cgroup(config)
-    if cg_err:
-        return xx_result("cgroup", cg_err, config)
     try:
-        prep = prepared or contain.prepare(config, target, cgroup_enforced=cgroup_enforced(box_cg))
-    except OSError as e:
-        if box_cg is not None:
-            box_cg.destroy()
-        return xx_result("prepare", e, config)
+        life = BoxLife(config, target, prepared=prepared)
+    except BoxError as e:
+        assert e.result is not None
+        return e.result
     lim = config.limits
     fds: list[int] = []
-    facts: verdict.Facts | None = None
     try:
         stdin_from = stdin_from if stdin is None and stdin_from >= 0 and _has_input(stdin_from) else -1
         in_r, in_w, out_r, out_w, err_r, err_w, st_r, st_w = box_pipes(stdin, stdin_from >= 0)
         fds += [in_r, out_r, out_w, err_r, err_w, st_r, st_w] + ([in_w] if in_w >= 0 else [])
-        t0 = time.monotonic()
-        cg_fd = box_cg.dir_fd() if box_cg is not None else None
         try:
-            box = spawn.spawn_box(prep, stdin=in_r, stdout=out_w, stderr=err_w, status_w=st_w,
-                                  pass_fds=pass_fds, cgroup_fd=cg_fd)
-        except OSError as e:
-            return xx_result("clone", e, config)
-        finally:
-            if cg_fd is not None:
-                os.close(cg_fd)
+            box = life.spawn(stdin=in_r, stdout=out_w, stderr=err_w, status_w=st_w, pass_fds=pass_fds)
+        except BoxError as e:
+            assert e.result is not None
+            return e.result
         for fd in (in_r, out_w, err_w, st_w):
             os.close(fd)
             fds.remove(fd)
-        fds.append(box.pidfd)
-        facts = verdict.Facts(lim, prep.enforcement, 0.0, seccomp_policy=prep.seccomp_desc,
-                              landlock=prep.landlock,
-                              fallback_reasons=cgroup_fallbacks(config, box_cg))
+        watch = life.watch(lim.cpu_time)
+        facts = life.facts()
         out = CappedBuffer(lim.output_limit, 1, on_output)
         err = CappedBuffer(lim.output_limit, 2, on_output)
         feed = StdinFeed(in_w, stdin or b"", stdin_from) if in_w >= 0 else None
         if in_w >= 0:
             fds.remove(in_w)  # the feed closes it (EOF for the box)
-        watch = cpu_watch(box_cg, lim.cpu_time, box.pid, box.pidfd)
-        if watch is not None and watch.mechanism != "cgroup":
-            facts.enforcement = {**facts.enforcement, "cpu_time": watch.mechanism}
         _pump(box, feed, {out_r: out, err_r: err}, facts,
-              None if lim.wall_time is None else t0 + lim.wall_time, watch)
-        status, facts.cpu_time, facts.max_rss = sc.wait4(box.pid)
-        if watch is not None:  # init's rusage misses what died unwaited-for (the watch saw it)
-            facts.cpu_time = max(facts.cpu_time, watch.used)
-        facts.wall_time = time.monotonic() - t0
-        facts.init_wait_status = status
+              None if lim.wall_time is None else life.t0 + lim.wall_time, watch)
+        facts.init_wait_status, facts.cpu_time, facts.max_rss = life.reap()
+        facts.wall_time = time.monotonic() - life.t0
         facts.status_line = statusline.read(st_r)
-        if box_cg is not None:
-            facts.cgroup = box_cg.stats()
+        facts.cgroup = life.stats()
         return verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded,
                                     stderr_tail=err.tail if on_output is not None else None)
     finally:
-        if box_cg is not None:
-            box_cg.destroy()
+        life.end()
         for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def cpu_watch(box_cg: Any, limit: float | None, init_pid: int | None = None,
-              pidfd: int = -1) -> Any:
-    """The box's CPU-time watch (sandbox/_cpuwatch.py). Without a cgroup its first sample can
-    wait: N CPUs spend at most N seconds per second, so nothing can be spent before
-    ``limit / N``; a box that ends sooner (most CLI runs, under the 60 s default) never loads
-    the watcher at all."""
-    if limit is None:
-        return None
-    if box_cg is None and init_pid is not None:
-        return _DeferredWatch(limit, init_pid, pidfd)
-    from sandbox import _cpuwatch
-
-    return _cpuwatch.cpu_watch(box_cg, limit, init_pid, pidfd)
-
-
-class _DeferredWatch:
-    mechanism, used = "rlimit+supervisor", 0.0  # = _cpuwatch.FALLBACK (tests/test_fallback_verdicts)
-
-    def __init__(self, limit: float, init_pid: int, pidfd: int) -> None:
-        self.args, self.real = (limit, init_pid, pidfd), None
-        self.first = time.monotonic() + limit / float(os.cpu_count() or 1)
-
-    def __call__(self) -> float | None:
-        if self.real is None:
-            wait = self.first - time.monotonic()
-            if wait > 0:
-                return wait
-            from sandbox import _cpuwatch
-
-            self.real = _cpuwatch.TreeWatch(*self.args)
-        result = self.real()
-        self.used = self.real.used
-        return result
 
 
 def _pump(box: spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, CappedBuffer],

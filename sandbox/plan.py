@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from sandbox import rlimits, rootfs, userns
-from sandbox._record import field, record
+from sandbox._record import field, record, replace
 from sandbox.config import DEFAULT_PATH, SandboxConfig
 
 TYPE_CHECKING = False  # collections.abc imports collections: ~1 ms of the CLI start
@@ -19,9 +19,14 @@ if TYPE_CHECKING:
     Target = Sequence[str] | Callable[[], int]  # argv, or (tests, launcher) a function
 
 
-@record
+@record(frozen=True)
 class Prepared:
-    """Everything the child needs, computed in the parent so the child only makes syscalls."""
+    """Everything the child needs, computed in the parent so the child only makes syscalls.
+
+    Immutable: one plan serves many boxes (the launcher and the plugin reuse it per config), so
+    a box that changed it would change the next one's. A box with another target is
+    ``_record.replace(prep, target=...)``; what init learns at run time stays in init's locals.
+    """
 
     config: SandboxConfig
     target: Target
@@ -40,31 +45,31 @@ class Prepared:
 
 
 def prepare(config: SandboxConfig, target: Target, *,
-            cgroup_enforced: frozenset[str] = frozenset()) -> Prepared:
+            cgroup_enforced: frozenset[str] = frozenset(), serve: bool = False) -> Prepared:
+    """The plan of one box. ``serve``: a held box (``sandbox.Box``) whose init serves requests
+    and whose ``/`` stays writable; ``cgroup_enforced``: the limits its cgroup leaf holds."""
     env = {k: os.environ[k] for k in config.inherit_env if k in os.environ}
     env.update({"PATH": DEFAULT_PATH, "HOME": "/tmp", "USER": "sandbox", "LOGNAME": "sandbox",
                 "HOSTNAME": config.hostname})
     env.update(config.env)
     plan, enforcement = rlimits.plan_rlimits(config.limits, cgroup_enforced)
-    prep = Prepared(config, target, env, userns.plan_ids(config.uid, config.gid, config.id_map),
-                    rootfs.plan_rootfs(config), plan, enforcement)
-    prep.rootfs.cgroup = bool(cgroup_enforced)
+    root = replace(rootfs.plan_rootfs(config), cgroup=bool(cgroup_enforced), held=serve)
+    landlock_abi, landlock_writable = 0, []
     if config.landlock:
         from sandbox import landlock
 
-        prep.landlock_abi = landlock.abi_version()
-        prep.landlock = prep.landlock_abi > 0  # reported: False when the kernel lacks it
-        prep.landlock_writable = ["/tmp", "/dev", "/proc"] + [
+        landlock_abi = landlock.abi_version()  # reported: landlock False when the kernel lacks it
+        landlock_writable = ["/tmp", "/dev", "/proc"] + [
             m.target for m in config.mounts if m.kind in ("bind", "overlay", "tmpfs")]
     # memfd pages: charged to a memory cgroup, invisible to RLIMIT_AS (refused by seccomp then)
     memfd = "none" if enforcement["memory"] == "rlimit" else enforcement["memory"]
+    bpf, desc = None, "none"
     if config.seccomp != "none":
         from sandbox import seccomp  # compiled once per policy in this (parent) process
 
         policy = seccomp.policy_for(config.seccomp, config.seccomp_allow, config.seccomp_deny,
                                     memory_rlimit=enforcement["memory"] == "rlimit")
-        prep.seccomp_bpf = seccomp.compile_bpf(policy)
-        prep.seccomp_desc = policy.describe()
+        bpf, desc = seccomp.compile_bpf(policy), policy.describe()
         if seccomp.refuses(policy, "memfd_create"):
             memfd = "seccomp"
     enforcement["memfd"] = memfd
@@ -72,4 +77,7 @@ def prepare(config: SandboxConfig, target: Target, *,
     # sees them (a box held 1 GiB in unix socket buffers under --memory 64M), and no filter
     # can bound their total. The verdict says so rather than implying --memory covered them.
     enforcement["kernel_buffers"] = "none" if enforcement["memory"] == "rlimit" else enforcement["memory"]
-    return prep
+    return Prepared(config, target, env, userns.plan_ids(config.uid, config.gid, config.id_map),
+                    root, plan, enforcement, seccomp_bpf=bpf, seccomp_desc=desc,
+                    landlock=landlock_abi > 0, landlock_abi=landlock_abi,
+                    landlock_writable=landlock_writable, serve=serve)

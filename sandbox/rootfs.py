@@ -69,9 +69,8 @@ class RootfsPlan:
     sysctls: list[tuple[str, str]] = field(default_factory=list)  # the box's IPC ns limits
     cgroup: bool = False  # mount our cgroup namespace's cgroup2 read-only at /sys/fs/cgroup
     # A held box (sandbox.Box): its / stays writable (on the same capped tmpfs), and init keeps
-    # a handle on the tmpfs itself (``tmpfs_fd``) for the host to list what changed.
+    # a handle on the tmpfs itself (``build_rootfs`` returns it) for the host to list changes.
     held: bool = False
-    tmpfs_fd: int = -1
 
 
 def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
@@ -271,7 +270,7 @@ def _setup_proc(sysctls: list[tuple[str, str]]) -> None:
                      | sc.MS_NODEV | sc.MS_NOEXEC)
 
 
-def build_rootfs(plan: RootfsPlan) -> None:
+def build_rootfs(plan: RootfsPlan) -> int:
     """Run in the box's init (uid-mapped, in its new mount + pid namespaces).
 
     No ``MS_REC|MS_PRIVATE`` pass over the inherited tree first (bwrap does one): the mount
@@ -288,8 +287,7 @@ def build_rootfs(plan: RootfsPlan) -> None:
     os.mkdir("oldroot")
     sc.pivot_root(".", "oldroot")
     os.chdir("/")
-    if plan.held:
-        plan.tmpfs_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    tmpfs_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if plan.held else -1
     os.mkdir("/newroot")
     sc.mount("/newroot", "/newroot", None, sc.MS_BIND)  # a mount point, for pivot_root
     for d in ("/scratch", "/scratch/up", "/scratch/wk", "/scratch/tmp", "/scratch/shm",
@@ -339,3 +337,4 @@ def build_rootfs(plan: RootfsPlan) -> None:
     os.chdir("/")
     sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV
              | (0 if plan.held else sc.MS_RDONLY))
+    return tmpfs_fd

@@ -27,19 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from sandbox import _cpuwatch, fdpass, statusline, verdict
+from sandbox import _cpuwatch, fdpass, spawn, statusline, verdict
 from sandbox import _syscalls as sc
+from sandbox._boxlife import BoxError, BoxLife, xx_result
 from sandbox.config import SandboxConfig, command_argv
-from sandbox.direct import (
-    CHUNK,
-    CappedBuffer,
-    box_pipes,
-    cgroup_enforced,
-    cgroup_fallbacks,
-    cgroup_manager,
-    open_box_cgroup,
-    xx_result,
-)
+from sandbox.direct import CHUNK, CappedBuffer, box_pipes, cgroup_enforced, cgroup_manager
 from sandbox.result import Result
 
 if TYPE_CHECKING:
@@ -218,18 +210,19 @@ class Supervisor:
         config = (config or SandboxConfig()).validate()
         argv = command_argv(argv)
         async with self._limiter:
-            box_cg, cg_err = open_box_cgroup(config)
-            if cg_err:
-                return xx_result("cgroup", cg_err, config)
+            try:  # its leaf and its end; the launcher plans and clones it (into the leaf)
+                life = BoxLife(config, None)
+            except BoxError as e:
+                assert e.result is not None
+                return e.result
             try:
-                return await self._run_one(argv, config, stdin, box_cg)
+                return await self._run_one(argv, config, stdin, life)
             finally:
-                if box_cg is not None:
-                    box_cg.destroy()
+                life.end()
 
     async def _run_one(self, argv: list[str], config: SandboxConfig,
-                       stdin: bytes | None, box_cg: Any) -> Result:
-        lim = config.limits
+                       stdin: bytes | None, life: BoxLife) -> Result:
+        lim, box_cg = config.limits, life.cg
         self._next_id += 1
         rid, slot = self._next_id, _Slot()
         self._slots[rid] = slot
@@ -254,7 +247,7 @@ class Supervisor:
                                       "argv": argv, "cgroup": box_cg is not None,
                                       "cgroup_enforced": enforced}, send_fds)
                 except OSError as e:  # the launcher is gone: a verdict that says so, no traceback
-                    return xx_result("launcher", e, config)
+                    return xx_result("launcher", e)
             for fd in (in_r, out_w, err_w, st_w):
                 os.close(fd)
                 own.remove(fd)
@@ -267,18 +260,17 @@ class Supervisor:
                 step = slot.reply.get("step", "launcher")
                 err = slot.reply.get("error", "unknown error")
                 no = slot.reply.get("errno")
-                return xx_result(step, OSError(no, err) if no else err, config)
-            own.append(slot.pidfd)
-            facts = verdict.Facts(lim, slot.reply.get("enforcement", {}), 0.0,
-                                  seccomp_policy=slot.reply.get("seccomp"),
-                                  landlock=bool(slot.reply.get("landlock")),
-                                  fallback_reasons=cgroup_fallbacks(config, box_cg))
+                return xx_result(step, OSError(no, err) if no else err)
+            life.adopt(spawn.BoxProcess(int(slot.reply.get("pid") or 0), slot.pidfd),
+                       dict(slot.reply.get("enforcement", {})), str(slot.reply.get("seccomp")),
+                       lambda _pid: (slot.exit.get("wait_status"),  # reaped by the launcher
+                                     float(slot.exit.get("cpu_time", 0.0)), slot.exit.get("max_rss")),
+                       landlock=bool(slot.reply.get("landlock")))
+            watch = life.watch(lim.cpu_time)
+            facts = life.facts()
             out, err = CappedBuffer(lim.output_limit), CappedBuffer(lim.output_limit)
             in_holder = [in_w] if in_w >= 0 else []
             in_w = -1  # owned by in_holder from here: the feeder closes it to signal EOF
-            watch = _cpuwatch.cpu_watch(box_cg, lim.cpu_time, slot.reply.get("pid"), slot.pidfd)
-            if watch is not None and watch.mechanism != "cgroup":
-                facts.enforcement = {**facts.enforcement, "cpu_time": watch.mechanism}
             try:
                 await self._supervise(slot, facts, in_holder, stdin or b"", out_r, err_r, out, err,
                                       watch)
@@ -289,14 +281,9 @@ class Supervisor:
                         await slot.exited.wait()
                 raise
             facts.wall_time = time.monotonic() - t0
-            facts.init_wait_status = slot.exit.get("wait_status")
-            facts.cpu_time = float(slot.exit.get("cpu_time", 0.0))
-            if watch is not None:  # init's rusage misses what died unwaited-for (the watch saw it)
-                facts.cpu_time = max(facts.cpu_time, watch.used)
-            facts.max_rss = slot.exit.get("max_rss")
+            facts.init_wait_status, facts.cpu_time, facts.max_rss = life.reap()
             facts.status_line = statusline.read(st_r)
-            if box_cg is not None:
-                facts.cgroup = box_cg.stats()
+            facts.cgroup = life.stats()
             return verdict.build_result(facts, out.value(), err.value(), out.exceeded,
                                         err.exceeded)
         finally:

@@ -82,6 +82,20 @@ def test_each_exec_has_its_own_verdict_and_limits(no_leftovers):
         assert r.status is Status.OK and r.stdout == b"bar\n" + b"x" * 300_000
 
 
+def test_the_config_cpu_time_is_the_whole_box_budget(no_leftovers):
+    """Each exec's RLIMIT_CPU is per process: without a box-wide watch, N execs of 1 s under a
+    2 s box would use N seconds. The box's budget counts every process it ever had."""
+    spin = ["sh", "-c", "while :; do :; done"]
+    with Box(SandboxConfig(limits=Limits.parse(cpu_time="2s", wall_time="60s"))) as box:
+        verdicts = [box.exec(spin, cpu_time="1s") for _ in range(2)]
+        assert all(r.status is Status.TO for r in verdicts)
+        r = box.exec(spin)  # what is left of the box's 2 s
+        assert r.status is Status.TO and "all the box's processes" in (r.reason or ""), r.reason
+        with pytest.raises(BoxError, match="closed"):
+            box.exec(["true"])
+    assert box.usage is not None and box.usage.cpu_exceeded and 2.0 <= box.usage.cpu_time < 4.5
+
+
 def test_memory_limit_under_the_rlimit_fallback_is_per_exec(no_leftovers):
     with Box(SandboxConfig(limits=Limits.parse(memory="128M"))) as box:
         if box._prep.enforcement["memory"] != "rlimit":

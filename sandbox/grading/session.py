@@ -22,10 +22,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sandbox import _pyprefix, codec, contain, spawn, statusline, verdict, worker
+from sandbox import _pyprefix, codec, spawn, statusline, verdict, worker
 from sandbox import _syscalls as sc
+from sandbox._boxlife import BoxError, BoxLife, xx_result
 from sandbox.config import SandboxConfig
-from sandbox.direct import cgroup_enforced, cgroup_fallbacks, cpu_watch, open_box_cgroup, xx_result
 from sandbox.result import Result
 
 TYPE_CHECKING = False
@@ -53,7 +53,7 @@ class CpuSpent(Exception):
 
 
 def _recv_exact(sock: socket.socket, n: int, deadline: float | None, watch: Any = None) -> bytes:
-    """``watch``: the box's CPU-time watch (``direct.cpu_watch``), checked on its own schedule
+    """``watch``: the box's CPU-time watch (``BoxLife.watch``), checked on its own schedule
     while we wait: the same box-wide budget as a one-shot box's."""
     buf = bytearray()
     while len(buf) < n:
@@ -102,34 +102,39 @@ class BoxSession:
         self.config = config.validate()
         self.result: Result | None = None
         self._t0 = time.monotonic()
-        self._watch: Any = False  # the box's CPU-time watch, made once the box is known (_started)
-        self._cg, cg_err = open_box_cgroup(self.config)
-        if cg_err:  # require_cgroup without one: no box at all, the verdict says why
-            self.result = xx_result("cgroup", cg_err, self.config)
-            return
+        self._watched, self._watch = False, None  # the CPU-time watch: once the box is known (_started)
         host, box = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:  # its leaf, its plan (unless the zygote plans it) and its end: BoxLife
+            self._life = BoxLife(self.config, None if factory is not None else
+                                 worker.command(box.fileno(), self.config.expose_python))
+        except BoxError as e:  # require_cgroup without one: no box at all, the verdict says why
+            host.close()
+            box.close()
+            self.result = e.result
+            return
         self._sock = host
         self._out = os.memfd_create("box-stdout", os.MFD_CLOEXEC)
         self._err = os.memfd_create("box-stderr", os.MFD_CLOEXEC)
         self._st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._factory = factory
         self._box: spawn.BoxProcess | None = None
-        cg_fd = self._cg.dir_fd() if self._cg is not None else None
         try:
             if factory is not None:  # cloned by the zygote: its worker is already loaded
-                factory.spawn(self.config, [box.fileno(), self._out, self._err, st_w],
-                              cgroup_fd=cg_fd, cgroup_enforced=sorted(cgroup_enforced(self._cg)))
+                cg_fd = self._life.cg.dir_fd() if self._life.cg is not None else None
+                try:
+                    factory.spawn(self.config, [box.fileno(), self._out, self._err, st_w],
+                                  cgroup_fd=cg_fd, cgroup_enforced=sorted(self._life.enforced))
+                finally:
+                    if cg_fd is not None:
+                        os.close(cg_fd)
             else:  # a fresh interpreter exec'd in the box, sent its code first
-                self._spawn_here(box.fileno(), st_w, cg_fd)
+                self._spawn_here(box.fileno(), st_w)
         except BaseException:
-            if self._cg is not None:
-                self._cg.destroy()
+            self._life.end()
             raise
         finally:
             os.close(st_w)
             box.close()
-            if cg_fd is not None:
-                os.close(cg_fd)
         self._killed_for: str | None = None
         self._ready = False
         try:  # fits in the socket's buffer: read by the worker as it starts
@@ -140,14 +145,14 @@ class BoxSession:
         except OSError:
             pass  # the box died already: the first request reports how
 
-    def _spawn_here(self, box_fd: int, st_w: int, cg_fd: int | None) -> None:
-        prep = contain.prepare(self.config, worker.command(box_fd, self.config.expose_python),
-                               cgroup_enforced=cgroup_enforced(self._cg))
-        self._enforcement, self._seccomp = prep.enforcement, prep.seccomp_desc
+    def _spawn_here(self, box_fd: int, st_w: int) -> None:
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._box = spawn.spawn_box(prep, stdin=null, stdout=self._out, stderr=self._err,
-                                        status_w=st_w, pass_fds=[box_fd], cgroup_fd=cg_fd)
+            self._box = self._life.spawn(stdin=null, stdout=self._out, stderr=self._err,
+                                         status_w=st_w, pass_fds=[box_fd])
+        except BoxError as e:
+            err = e.result.errno if e.result is not None else None
+            raise OSError(err or 0, str(e)) from None
         finally:
             os.close(null)
 
@@ -157,12 +162,11 @@ class BoxSession:
             assert self._factory is not None
             pid, pidfd, reply = self._factory.spawned()
             self._box = spawn.BoxProcess(pid, pidfd)
-            self._enforcement, self._seccomp = dict(reply["enforcement"]), str(reply["seccomp"])
-        if self._watch is False:  # once: the box's CPU-time watch (the one-shot runners' own)
-            self._watch = cpu_watch(self._cg, self.config.limits.cpu_time, self._box.pid,
-                                    self._box.pidfd)
-            if self._watch is not None and self._watch.mechanism != "cgroup":
-                self._enforcement = {**self._enforcement, "cpu_time": self._watch.mechanism}
+            self._life.adopt(self._box, dict(reply["enforcement"]), str(reply["seccomp"]),
+                             self._factory.wait)
+        if not self._watched:  # once: the box's CPU-time watch (the one-shot runners' own)
+            self._watched = True
+            self._watch = self._life.watch(self.config.limits.cpu_time)
         return self._box
 
     def elapsed(self) -> float:
@@ -225,34 +229,24 @@ class BoxSession:
         try:
             box = self._started()
         except OSError as e:
-            self.result = xx_result("clone", e, self.config)
+            self.result = xx_result("clone", e)
             for fd in (self._out, self._err, self._st_r):
                 os.close(fd)
-            if self._cg is not None:
-                self._cg.destroy()
+            self._life.end()
             return self.result
         if not select.select([box.pidfd], [], [], 1.0)[0]:
             self._kill(None)
-        if self._factory is not None:
-            status, cpu_time, max_rss = self._factory.wait(box.pid)
-        else:
-            status, cpu_time, max_rss = sc.wait4(box.pid)
-        lim = self.config.limits
-        if self._watch:  # init's rusage misses what died unwaited-for (the watch saw it)
-            cpu_time = max(cpu_time, self._watch.used)
-        facts = verdict.Facts(lim, self._enforcement, time.monotonic() - self._t0,
-                              init_wait_status=status, cpu_time=cpu_time,
-                              max_rss=max_rss, killed_for=self._killed_for,
-                              seccomp_policy=self._seccomp,
-                              fallback_reasons=cgroup_fallbacks(self.config, self._cg))
+        facts = self._life.facts()
+        facts.init_wait_status, facts.cpu_time, facts.max_rss = self._life.reap()
+        facts.wall_time, facts.killed_for = time.monotonic() - self._t0, self._killed_for
         facts.status_line = statusline.read(self._st_r)
-        if self._cg is not None:  # an OOM kill takes init too: only the cgroup tells ML
-            facts.cgroup = self._cg.stats()
-            self._cg.destroy()
+        facts.cgroup = self._life.stats()  # an OOM kill takes init too: only the cgroup tells ML
+        self._life.end()
+        lim = self.config.limits
         out = _read_memfd(self._out, lim.output_limit)
         err = _read_memfd(self._err, lim.output_limit)
         self.result = verdict.build_result(facts, out, err)
-        for fd in (box.pidfd, self._out, self._err, self._st_r):
+        for fd in (self._out, self._err, self._st_r):
             os.close(fd)
         return self.result
 

@@ -19,12 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import Limits, SandboxConfig, fdpass
-from sandbox.config import MountSpec
-from sandbox.direct import run_direct
+from sandbox import Limits, MountSpec, Result, SandboxConfig, Status, fdpass, run_sync
 from sandbox.grading.session import BoxSession, SessionError
 from sandbox.grading.zygote import Zygote, stop_factory
-from sandbox.result import Result, Status
 from sandbox.safefs import exists_beneath, walk_beneath
 
 BOX_DIR = "/submission"
@@ -147,7 +144,7 @@ class Submission:
         return None if describe_module else reply["ok"]
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None, **limits: Any) -> Result:
-        r = run_direct(list(argv), self._config(**limits), stdin=stdin)
+        r = run_sync(list(argv), self._config(**limits), stdin=stdin)
         self.results.append(r)
         return r
 

@@ -1,0 +1,209 @@
+"""One box's life on the host, written once for every runner that clones its box here: a
+one-shot box (``run_sync``, the CLI, the plugin's ``@sandboxed`` tests), a held ``Box`` (and
+the fixture's), and the grader's and fixture's worker sessions.
+
+The life is always the same five steps, in this order:
+
+1. **cgroup**: a fresh leaf of this process's delegated subtree (or the rlimit fallback, or a
+   refusal when ``require_cgroup``), and why each limit it does not hold fell back;
+2. **plan**: ``plan.prepare`` for the limits that leaf holds (an immutable plan);
+3. **clone**: ``spawn.spawn_box`` straight into the leaf (``CLONE_INTO_CGROUP``);
+4. the runner's own work while init lives (move a payload's bytes, or serve requests), with
+   the **CPU-time watch** (``watch``): box-wide, from the leaf's ``cpu.stat`` or, in the
+   fallback, a walk of init's process tree;
+5. **end**: init killed if still alive and reaped (its rusage), the leaf's figures read, the
+   leaf removed — also when any earlier step failed or the caller was interrupted.
+
+Why one place: the runners used to write this out each, and drifted (the grader's
+``import_module`` boxes got no cgroup at all while its ``run`` boxes did). Every failure of
+steps 1–3 is a ``BoxError`` carrying the XX verdict with the failed step, the one error type
+of a box that did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from sandbox import _syscalls as sc
+from sandbox import spawn, verdict
+from sandbox._boxcgroup import cgroup_enforced, cgroup_fallbacks, open_box_cgroup
+from sandbox.plan import prepare
+from sandbox.result import Result, Status
+
+TYPE_CHECKING = False  # no typing import at run time (CLI start)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from sandbox.config import SandboxConfig
+    from sandbox.plan import Prepared, Target
+
+
+class BoxError(Exception):
+    """A box could not start, or was used after it closed. ``result`` holds the XX verdict with
+    the failed step when there is one (``step: what failed (errno N)``)."""
+
+    def __init__(self, message: str, result: Result | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def xx_result(step: str, err: OSError | str) -> Result:
+    msg = err if isinstance(err, str) else (err.strerror or str(err))
+    no = None if isinstance(err, str) else err.errno
+    return Result(Status.XX, error=f"{step}: {msg}" + (f" (errno {no})" if no else ""),
+                  reason=f"{step}: {msg}", error_step=step, errno=no)
+
+
+def _fail(step: str, err: OSError | str) -> BoxError:
+    r = xx_result(step, err)
+    return BoxError(r.error or step, r)
+
+
+class BoxLife:
+    """Steps 1–2 at construction, 3 in ``spawn``, 4's watch in ``watch``, 5 in ``end``.
+
+    ``serve``: a held box (init serves requests). ``cpu_per_exec``: the config's CPU time is
+    each exec's own budget (RLIMIT_CPU), not the leaf's: its ``cpu.stat`` counts the box's
+    whole life, which no single exec should be charged with. ``prepared``: a plan computed
+    earlier for the same config, used only where no cgroup leaf changes what the plan enforces.
+    ``target=None``: the box is planned and cloned by another process (a grading zygote, which
+    clones into our leaf); ``adopt`` then hands us its init and what its plan enforces.
+    """
+
+    def __init__(self, config: SandboxConfig, target: Target | None, *, serve: bool = False,
+                 cpu_per_exec: bool = False, prepared: Prepared | None = None) -> None:
+        self.config, self.init, self.t0 = config, None, time.monotonic()
+        self.cg: Any = None
+        self.prep: Any = None
+        self._watch: Any = None
+        self._waiter: Callable[[int], tuple[Any, float, int | None]] = sc.wait4
+        self.cg, err = open_box_cgroup(config)
+        if err:
+            raise _fail("cgroup", err)
+        self.fallback = cgroup_fallbacks(config, self.cg)
+        self.enforced = cgroup_enforced(self.cg) - ({"cpu_time"} if cpu_per_exec else set())
+        self.enforcement: dict[str, str] = {}
+        self.seccomp_desc, self.landlock = "none", False
+        if target is None:
+            return
+        try:
+            self.prep = (prepared if prepared is not None and self.cg is None
+                         else prepare(config, target, cgroup_enforced=self.enforced, serve=serve))
+        except OSError as e:
+            self.end()
+            raise _fail("prepare", e) from None
+        self.enforcement = self.prep.enforcement
+        self.seccomp_desc, self.landlock = self.prep.seccomp_desc, self.prep.landlock
+
+    def adopt(self, init: spawn.BoxProcess, enforcement: dict[str, str], seccomp_desc: str,
+              waiter: Callable[[int], tuple[Any, float, int | None]], *,
+              landlock: bool = False) -> None:
+        """A box another process cloned into our leaf (``target=None``) is ours from now on;
+        its parent reaps it (``waiter(pid)`` → wait status, CPU seconds, max RSS)."""
+        self.init, self.enforcement, self._waiter = init, enforcement, waiter
+        self.seccomp_desc, self.landlock = seccomp_desc, landlock
+
+    def spawn(self, *, stdin: int, stdout: int, stderr: int, status_w: int,
+              pass_fds: Sequence[int] = ()) -> spawn.BoxProcess:
+        """Clone the box's init (into the leaf, when there is one)."""
+        cg_fd = self.cg.dir_fd() if self.cg is not None else None
+        self.t0 = time.monotonic()
+        try:
+            self.init = spawn.spawn_box(self.prep, stdin=stdin, stdout=stdout, stderr=stderr,
+                                        status_w=status_w, pass_fds=pass_fds, cgroup_fd=cg_fd)
+        except OSError as e:
+            raise _fail("clone", e) from None
+        finally:
+            if cg_fd is not None:
+                os.close(cg_fd)
+        return self.init
+
+    def facts(self) -> verdict.Facts:
+        """The verdict's facts known before the box ran (what enforces each limit, and why)."""
+        f = verdict.Facts(self.config.limits, self.enforcement, 0.0,
+                          seccomp_policy=self.seccomp_desc, landlock=self.landlock,
+                          fallback_reasons=self.fallback)
+        if self._watch is not None and self._watch.mechanism != "cgroup":
+            f.enforcement = {**f.enforcement, "cpu_time": self._watch.mechanism}
+        return f
+
+    def watch(self, limit: float | None) -> Any:
+        """The box-wide CPU-time watch for ``limit`` seconds (call it: seconds until the next
+        check, or None once spent), or None without a limit. Without a cgroup its first sample
+        waits ``limit / CPUs``: nothing can be spent sooner, and a box that ends first (most
+        one-shot runs) never loads the watcher."""
+        if self.init is not None:
+            self._watch = cpu_watch(self.cg, limit, self.init.pid, self.init.pidfd)
+        return self._watch
+
+    def kill(self) -> None:
+        """SIGKILL init: the kernel then ends the whole pid namespace."""
+        if self.init is not None:
+            try:
+                sc.pidfd_send_signal(self.init.pidfd, 9)
+            except OSError:
+                pass
+
+    def reap(self, *, kill: bool = False) -> tuple[int, float, int | None]:
+        """Wait for init (after SIGKILL with ``kill``): (wait status, CPU seconds, max RSS).
+        The CPU time is the larger of init's rusage and the watch's total: processes the
+        kernel kills when init exits are reaped unwaited-for and never reach init's rusage."""
+        assert self.init is not None
+        if kill:
+            self.kill()
+        status, cpu, rss = self._waiter(self.init.pid)
+        os.close(self.init.pidfd)
+        self.init = None
+        if self._watch is not None:
+            cpu = max(cpu, self._watch.used)
+        return status, cpu, rss
+
+    def stats(self) -> dict[str, Any] | None:
+        """The leaf's figures (cpu_usec, memory_peak, oom_kill ...), or None without a leaf."""
+        return self.cg.stats() if self.cg is not None else None
+
+    def oom_killed(self) -> bool:
+        return self.cg is not None and bool(self.cg.oom_killed())
+
+    def end(self) -> None:
+        """Remove what is left: init (killed and reaped) and the leaf. Idempotent."""
+        if self.init is not None:
+            self.reap(kill=True)
+        if self.cg is not None:
+            self.cg.destroy()
+            self.cg = None
+
+
+def cpu_watch(box_cg: Any, limit: float | None, init_pid: int | None = None,
+              pidfd: int = -1) -> Any:
+    """The box's CPU-time watch (``sandbox/_cpuwatch.py``); see ``BoxLife.watch``. Also used
+    by the runners whose box is cloned elsewhere (a grading zygote)."""
+    if limit is None:
+        return None
+    if box_cg is None and init_pid is not None:
+        return _DeferredWatch(limit, init_pid, pidfd)
+    from sandbox import _cpuwatch
+
+    return _cpuwatch.cpu_watch(box_cg, limit, init_pid, pidfd)
+
+
+class _DeferredWatch:
+    mechanism, used = "rlimit+supervisor", 0.0  # = _cpuwatch.FALLBACK (tests/test_fallback_verdicts)
+
+    def __init__(self, limit: float, init_pid: int, pidfd: int) -> None:
+        self.args, self.real = (limit, init_pid, pidfd), None
+        self.first = time.monotonic() + limit / float(os.cpu_count() or 1)
+
+    def __call__(self) -> float | None:
+        if self.real is None:
+            wait = self.first - time.monotonic()
+            if wait > 0:
+                return wait
+            from sandbox import _cpuwatch
+
+            self.real = _cpuwatch.TreeWatch(*self.args)
+        result = self.real()
+        self.used = self.real.used
+        return result
