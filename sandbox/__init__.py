@@ -61,7 +61,8 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
     from sandbox.direct import run_direct
 
     if (_thread._count() > 0 and not callable(target) and not isinstance(stdin, int)
-            and on_output is None and not pass_fds):
+            and on_output is None and not pass_fds  # (and no mount by fd: those are ours)
+            and not any(m.fd is not None or m.upper_to is not None for m in (config or SandboxConfig()).mounts)):
         import trio
 
         return trio.run(lambda: run(target, config, stdin=stdin))

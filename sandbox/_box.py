@@ -66,6 +66,7 @@ class Box:
         self._init: spawn.BoxProcess | None = None
         self._watch: Any = None
         self._cpu_spent = False
+        self._peak: int | None = None  # the largest max RSS an exec's process tree reached
         self._next_id = 0
         self._dead = False
 
@@ -138,16 +139,20 @@ class Box:
         if getattr(self, "_files", None) is not None:
             self._files.close()
         os.close(self._status_r)
-        cpu, rss = 0.0, None
+        cpu = 0.0
         if self._life.init is not None:  # (None: the clone itself failed)
-            _status, cpu, rss = self._life.reap(kill=True)  # its namespace dies with it
-        u = Usage(cpu, rss, time.monotonic() - self._life.t0, self._next_id,
+            _status, cpu, _rss = self._life.reap(kill=True)  # its namespace dies with it
+        # init's own max RSS is that of a clone of its caller (pytest's, say): not the box's use.
+        # Without a cgroup the peak is the largest any of its processes reached.
+        u = Usage(cpu, self._peak, time.monotonic() - self._life.t0, self._next_id,
                   enforcement=dict(self._prep.enforcement), fallback_reasons=dict(self._fallback),
                   cpu_exceeded=self._cpu_spent)
+        if self._watch is not None:  # the box-wide budget's holder (each exec's is RLIMIT_CPU)
+            u.enforcement["cpu_time"] = self._watch.mechanism
         stats = self._life.stats()
         if stats is not None:
             u.cpu_time = stats.get("cpu_usec", 0) / 1e6 if "cpu_usec" in stats else cpu
-            u.peak_memory = stats.get("memory_peak") or rss
+            u.peak_memory = stats.get("memory_peak") or self._peak
             u.memory_exceeded = int(stats.get("oom_kill", 0) or 0) > 0
         self._life.end()
         self.usage, self._dead, self._init = u, True, None
@@ -291,8 +296,9 @@ class Box:
         """init is gone (OOM group kill, a box-wide limit, or killed): so is every process."""
         self._dead = True
         why = "memory" if self._life.oom_killed() else "cpu" if self._cpu_spent else None
+        box_cpu = self._watch.used if self._cpu_spent else None
         for p in list(self._procs.values()):
-            p._box_gone(why)
+            p._box_gone(why, box_cpu)
         self._procs.clear()
 
     def kill_box(self) -> None:

@@ -65,6 +65,7 @@ class BoxInit:
     def __init__(self, prep: Prepared, sock: socket.socket, child_limits: rlimits.Plan) -> None:
         self.prep, self.sock, self.child_limits = prep, sock, child_limits
         self.running: dict[int, int] = {}  # box pid → request id
+        self.spawner_peak: dict[int, int] = {}  # box pid → our max RSS when we started it
 
     def send(self, obj: dict) -> None:
         from sandbox import fdpass
@@ -127,6 +128,7 @@ class BoxInit:
                            "error": f"{argv[0]}: {os.strerror(no)}"})
                 return
         self.running[pid] = rid
+        self.spawner_peak[pid] = sc.own_peak_rss()
         self.send({"op": "started", "id": rid, "pid": pid})
 
     def kill(self, rid: int) -> None:
@@ -140,8 +142,9 @@ class BoxInit:
             rid = self.running.pop(pid, None)
             if rid is not None:
                 _kill_group(pid)
+                peak = sc.program_peak(rss, self.spawner_peak.pop(pid, 0))  # 0: unknown
                 self.send({"op": "exited", "id": rid, "wait_status": status,
-                           "cpu_time": cpu, "max_rss": rss})
+                           "cpu_time": cpu, "max_rss": peak})
 
 
 def _merge(base: rlimits.Plan, extra: list) -> rlimits.Plan:

@@ -69,7 +69,9 @@ class Process:
             self._finish()
         elif op == "exited":
             self._facts = {"status_line": statusline.encode_exit(int(m["wait_status"])),
-                           "cpu_time": float(m["cpu_time"]), "max_rss": int(m["max_rss"])}
+                           "cpu_time": float(m["cpu_time"]), "max_rss": int(m["max_rss"]) or None}
+            if self._facts["max_rss"]:  # (None: no more than init's own, see sc.program_peak)
+                self.box._peak = max(self.box._peak or 0, self._facts["max_rss"])
             self._finish()
         if self.state == "exited" and self._abandoned:
             self._build()
@@ -83,8 +85,9 @@ class Process:
         if self.state == "exited":
             self._build()
 
-    def _box_gone(self, why: str | None = None) -> None:
-        """The box died (or is closing): this process died with it."""
+    def _box_gone(self, why: str | None = None, box_cpu: float | None = None) -> None:
+        """The box died (or is closing): this process died with it. ``box_cpu``: the box's
+        CPU total when its budget ran out (what the verdict's CPU time then reports)."""
         if self.state == "done":
             return
         if self.state == "exited":  # its end came, its output was not taken yet
@@ -96,6 +99,8 @@ class Process:
         if not self._facts:
             self._facts = {"status_line": b"" if why is None and self._killed_for is None
                            else statusline.encode_exit(9)}
+            if box_cpu is not None:
+                self._facts["cpu_time"] = box_cpu
         self._finish()
         self._drain()
         self._build()

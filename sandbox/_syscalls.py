@@ -219,6 +219,22 @@ def reap_ended() -> Iterator[tuple[int, int, float, int]]:
         yield pid, status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
 
 
+def own_peak_rss() -> int:
+    """Our max RSS in bytes. A process we start carries it in its own: a vfork'd child's exec
+    records the borrowed memory's high-water mark (exec_mmap), a forked one starts from a copy
+    of our page tables. init is a clone of its caller (pytest: 100+ MiB), so a program's
+    ``ru_maxrss`` at or below this figure says nothing of the program (see ``program_peak``)."""
+    import resource  # loaded already: os.wait4 builds its rusage with it
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def program_peak(max_rss: int, spawner_peak: int) -> int:
+    """The program's own peak, or 0 (unknown, at most ``spawner_peak``) when its rusage shows no
+    more than what it inherited from the process that started it (``own_peak_rss``)."""
+    return max_rss if max_rss > spawner_peak else 0
+
+
 class acting_as:
     """``with acting_as(uid, gid):`` file system ids of *this thread* set to another id (setfsuid(2):
     per thread, and no other credential changes). Root writes into a box's tmpfs with it: the tmpfs

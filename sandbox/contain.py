@@ -314,14 +314,15 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
             return 1
     for sig in FORWARDED_SIGNALS:  # forward to the payload: our own death would kill the box
         _signal.signal(sig, lambda s, _f: _kill_quiet(pid, s))
-    status = 0
+    spawner = 0 if callable(prep.target) else sc.own_peak_rss()  # a callable's image is its own
+    status = peak = 0
     while True:
         try:
-            wpid, st = os.waitpid(-1, 0)
+            wpid, st, ru = os.wait4(-1, 0)
         except ChildProcessError:
             break
         if wpid == pid:
-            status = st
+            status, peak = st, sc.program_peak(ru.ru_maxrss * 1024, spawner)
             break
     _end_the_rest()
     exec_err = os.read(exec_r, 4096) if exec_r >= 0 else b""
@@ -332,7 +333,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
             msg = f"{prep.target[0]}: {os.strerror(int(errno_s or 0))}"
         _report(status_fd, {"ok": False, "step": step, "errno": int(errno_s or 0), "error": msg})
         return 1
-    _write_status(status_fd, statusline.encode_exit(status))
+    _write_status(status_fd, statusline.encode_exit(status, peak))
     return 0
 
 

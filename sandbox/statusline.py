@@ -21,9 +21,15 @@ STATUS_MAX = 64 * 1024
 _EXIT_HEAD = b'{"ok": true, "wait_status": '
 
 
-def encode_exit(wait_status: int) -> bytes:
-    """The normal report; ``parse`` reads exactly this shape without json."""
-    return _EXIT_HEAD + b"%d}\n" % wait_status
+_PEAK = b', "max_rss": '
+
+
+def encode_exit(wait_status: int, max_rss: int | None = None) -> bytes:
+    """The normal report; ``parse`` reads exactly this shape without json. ``max_rss``: the
+    payload's own peak in bytes as init saw it (0: unknown, see ``_syscalls.program_peak``)."""
+    if max_rss is None:
+        return _EXIT_HEAD + b"%d}\n" % wait_status
+    return _EXIT_HEAD + b"%d%s%d}\n" % (wait_status, _PEAK, max_rss)
 
 
 def encode_failure(obj: dict[str, Any]) -> bytes:
@@ -78,9 +84,10 @@ def parse(raw: bytes) -> dict[str, Any] | None:
     if not raw or len(raw) > STATUS_MAX:
         return None
     line = raw.split(b"\n", 1)[0]
-    digits = line[len(_EXIT_HEAD):-1]
-    if line.startswith(_EXIT_HEAD) and line.endswith(b"}") and digits.isdigit():
-        return {"ok": True, "wait_status": int(digits)}
+    digits, _, peak = line[len(_EXIT_HEAD):-1].partition(_PEAK)
+    if (line.startswith(_EXIT_HEAD) and line.endswith(b"}") and digits.isdigit()
+            and (peak.isdigit() or not _)):
+        return {"ok": True, "wait_status": int(digits), **({"max_rss": int(peak)} if _ else {})}
     import json  # host side, failures only
 
     try:

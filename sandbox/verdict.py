@@ -107,6 +107,9 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
                seccomp_policy=facts.seccomp_policy, landlock=facts.landlock,
                cgroup=facts.cgroup, fallback_reasons=dict(facts.fallback_reasons))
     report = statusline.parse(facts.status_line)
+    if report and "max_rss" in report and not cg.get("memory_peak"):
+        # init's own word on the payload: our wait4(init) counts init, a clone of its caller
+        r.peak_memory = peak = report["max_rss"] or None
     if report and report["ok"]:
         ws = report["wait_status"]
         if os.WIFEXITED(ws):

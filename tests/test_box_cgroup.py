@@ -29,9 +29,20 @@ def test_a_memory_hog_ends_the_box_with_ml():
     assert box.usage is not None and box.usage.memory_exceeded
 
 
-def test_cpu_time_is_per_exec_under_a_cgroup():
-    with Box(SandboxConfig(require_cgroup=True, limits=Limits.parse(cpu_time="1s"))) as box:
-        for _ in range(2):  # the second exec gets its own second, not what is left of the box's
-            r = box.exec(["sh", "-c", "while :; do :; done"], wall_time="10s")
-            assert r.status is Status.TO and r.cpu_time >= 0.9
+def test_cpu_time_is_the_box_budget_under_a_cgroup():
+    """Each exec holds the config's CPU time (or its own smaller one) as RLIMIT_CPU; the box's
+    cgroup counts every process the box ever had against the same budget."""
+    spin = ["sh", "-c", "while :; do :; done"]
+    with Box(SandboxConfig(require_cgroup=True, limits=Limits.parse(cpu_time="2s"))) as box:
+        r = box.exec(spin, cpu_time="1s", wall_time="10s")
+        assert r.status is Status.TO and r.cpu_time >= 0.9
         assert box.exec(["true"]).ok
+        r = box.exec(spin, wall_time="10s")  # what is left of the box's 2 s
+        assert r.status is Status.TO and "all the box's processes" in (r.reason or ""), r.reason
+        assert r.cpu_time >= 1.9
+        with pytest.raises(BoxError, match="closed"):
+            box.exec(["true"])
+    assert box.usage is not None and box.usage.cpu_exceeded
+    assert box.usage.enforcement["cpu_time"] == "cgroup"
+
+

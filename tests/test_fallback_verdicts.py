@@ -39,7 +39,7 @@ def test_one_big_refused_allocation_is_ml(no_leftovers):
     assert r.enforcement["memory"] == "rlimit"
     assert r.status == Status.ML and r.exit_code == 1, r
     assert r.reason == f"memory limit 128M: {REFUSED}", r.reason
-    assert r.peak_memory is not None and r.peak_memory < 64 << 20  # the peak rule could not see it
+    assert r.peak_memory is None or r.peak_memory < 64 << 20  # the peak rule could not see it
 
 
 @needs_fallback
