@@ -111,17 +111,18 @@ def tmpfs_inodes(size: int) -> int:
 
 # ------------------------------------------------------------------ child side (no imports) --
 
-def _make_target(path: str, is_dir: bool, hide: bool = False) -> None:
+def _make_target(path: str, is_dir: bool, hide: bool = False) -> str | None:
     """Create a mount point inside /newroot, refusing to walk through a symlink (the only
     symlinks there are ours, e.g. /bin -> usr/bin, and following one would mount elsewhere).
 
     ``hide``: the target is a host path (a mount at its source's path: the project of a
     pytest box, the Python prefix of a clone of the caller), so the directories made on the
     way are mode 0111: the box walks through them but cannot list the names in them (``ls
-    /home`` showed the user's name). Not even their owner, the box user under the single-id
-    map: its permission bits are --x too, and chmod fails on the read-only root (not on a
-    held box's writable root or in the box's /tmp, where the owner may chmod them back)."""
-    cur = "/newroot"
+    /home`` showed the user's name). Their owner is the box user (the single-id map: it owns
+    all of its tmpfs), who could ``chmod 755`` them back where they sit on a writable mount
+    (a held box's /, the box's /tmp): returns the first directory it made so, which
+    ``_seal`` turns into a read-only mount (chmod is then EROFS)."""
+    cur, top = "/newroot", None
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):
         cur += "/" + part
@@ -131,10 +132,30 @@ def _make_target(path: str, is_dir: bool, hide: bool = False) -> None:
                 os.close(os.open(cur, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
             else:
                 os.mkdir(cur, 0o111 if hide and not last else 0o755)
+                if hide and not last and top is None:
+                    top = cur
             continue
         if stat.S_ISLNK(os.lstat(cur).st_mode):
             raise OSError(22, f"mount point {path} crosses the symlink {cur[8:]} -> "
                               f"{os.readlink(cur)} in the box; use the real path")
+    return top
+
+
+def _seal(tops: list[str]) -> None:
+    """Make each hidden directory tree (``_make_target``) a read-only mount of its own, after
+    everything was mounted in it: a recursive bind onto itself (the mounts inside come along,
+    writable ones still writable), then read-only on that one mount only. The kernel checks
+    the mount a path is reached through before the owner (EROFS), and a mount point cannot be
+    renamed or removed (EBUSY), so the box can neither chmod the 0111 directories nor swap
+    them for ones it may list."""
+    done: list[str] = []
+    for top in tops:
+        if any(top.startswith(d + "/") for d in done):  # sealed with its parent tree
+            continue
+        sc.mount(top, top, None, sc.MS_BIND | sc.MS_REC)
+        sc.mount(None, top, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID
+                 | sc.MS_NODEV | _locked_flags(top))
+        done.append(top)
 
 
 def _locked_flags(path: str) -> int:
@@ -299,7 +320,7 @@ def build_rootfs(plan: RootfsPlan) -> None:
     os.chmod("/scratch/shm", 0o1777)
     _etc.write_files(plan.etc_files)
     sc.mount("/scratch/tmp", "/newroot/tmp", None, sc.MS_BIND)
-    n, etc_src = 0, ""
+    n, etc_src, hidden = 0, "", []
     for op in plan.ops:
         kind = op[0]
         if kind == "etc-view":
@@ -319,12 +340,15 @@ def build_rootfs(plan: RootfsPlan) -> None:
                      f"mode=1777,size={op[2]},nr_inodes={tmpfs_inodes(op[2])}")
         else:
             src, dst, is_dir = op[1], op[2], op[3]
-            _make_target(dst, is_dir, hide=src == dst)
+            top = _make_target(dst, is_dir, hide=src == dst)
+            if top is not None:
+                hidden.append(top)
             if kind == "overlay" and is_dir:
                 n += 1
                 _overlay(n, "/oldroot" + src, "/newroot" + dst, *op[4:])
             else:
                 _bind("/oldroot" + src, "/newroot" + dst, readonly=(kind != "bind"))
+    _seal(hidden)
     if plan.cgroup:
         # Programs inside can read their own limits (memory.max, cpu.max ...) but change nothing:
         # the cgroup namespace (unshared by init inside its leaf) makes the leaf look like "/".
