@@ -220,10 +220,10 @@ def _overlay(n: int, src: str, dst: str, upper_to: int | None = None,
                  f"lowerdir=/oldroot/proc/self/fd/{lower},upperdir={up},workdir={wk},userxattr")
     except OSError as e:
         # Kernels before 6.6 have no user xattrs on tmpfs, so an overlay with a tmpfs upper
-        # can be refused; fall back to a read-only bind (writes then fail instead of vanishing).
+        # can be refused; fall back to a read-only view (writes then fail instead of vanishing).
         if e.errno not in (22, 95):
             raise
-        _bind(src, dst, readonly=True)
+        _ro_view(src, dst, lower)
     finally:
         os.close(lower)
     if upper_to is not None:
@@ -232,6 +232,34 @@ def _overlay(n: int, src: str, dst: str, upper_to: int | None = None,
         from sandbox import fdpass  # the caller's (it made the socket pair): no I/O
 
         fdpass.send_dir_fd(upper_to, up)
+
+
+def _ro_view(src: str, dst: str, lower: int = -1) -> None:
+    """A read-only directory (``--ro-bind``, a host mount under /etc) as an overlay with no
+    upper, its lower layer given by fd: a bind's root shows in mountinfo (field 4: the path
+    within its filesystem, ``/home/USER/data``) and a bind shares the host's inodes, which
+    inotify watches; neither holds for an overlay. The kernel wants two lower layers when
+    there is no upper: the second is an empty directory of the box's. Same files, read-only
+    (EROFS); st_dev differs. Like every overlay view (/usr, ``--overlay``) a name the host
+    creates after the box looked it up and missed may stay missing until the box ends.
+    Without ``userxattr``: ``user.overlay.*`` xattrs in the user's own files stay data (the
+    ``trusted.`` ones are unreadable in a user namespace). A lower the kernel refuses (too
+    deeply stacked, a filesystem overlay cannot use) is bound instead."""
+    if not os.access("/scratch/empty", os.F_OK):
+        os.mkdir("/scratch/empty")
+    own = lower < 0
+    if own:
+        lower = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sc.mount("overlay", dst, "overlay", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV,
+                 f"lowerdir=/oldroot/proc/self/fd/{lower}:/scratch/empty")
+    except OSError as e:
+        if e.errno not in (22, 95):
+            raise
+        _bind(src, dst, readonly=True)
+    finally:
+        if own:
+            os.close(lower)
 
 
 def _skeleton_inodes(plan: RootfsPlan) -> int:
@@ -320,11 +348,12 @@ def build_rootfs(plan: RootfsPlan) -> None:
     os.chmod("/scratch/shm", 0o1777)
     _etc.write_files(plan.etc_files)
     sc.mount("/scratch/tmp", "/newroot/tmp", None, sc.MS_BIND)
-    n, etc_src, hidden = 0, "", []
+    # (the /etc overlay first: it makes /scratch/empty, the lower layer _ro_view adds too)
+    etc_src = _etc.mount_view() if any(op[0] == "etc-view" for op in plan.ops) else ""
+    n, hidden = 0, []
     for op in plan.ops:
         kind = op[0]
         if kind == "etc-view":
-            etc_src = etc_src or _etc.mount_view()
             _make_target(op[1], True)
             _bind(etc_src + op[1][4:], "/newroot" + op[1], readonly=True)
         elif kind == "symlink":
@@ -346,6 +375,8 @@ def build_rootfs(plan: RootfsPlan) -> None:
             if kind == "overlay" and is_dir:
                 n += 1
                 _overlay(n, "/oldroot" + src, "/newroot" + dst, *op[4:])
+            elif kind == "ro-bind" and is_dir:
+                _ro_view("/oldroot" + src, "/newroot" + dst)
             else:
                 _bind("/oldroot" + src, "/newroot" + dst, readonly=(kind != "bind"))
     _seal(hidden)

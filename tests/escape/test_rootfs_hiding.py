@@ -104,3 +104,37 @@ def test_a_held_box_cannot_chmod_the_hidden_parents_and_put_still_works(nested, 
         assert e.value.errno == errno.EROFS
     assert (data / "put").read_bytes() == b"in the bind"
     os.unlink(data / "put")
+
+
+RO_PROBE = """
+    import errno, os
+    print(open("/data/f").read(), sorted(os.listdir("/data")))
+    try:
+        open("/data/new", "w")
+        print("written")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+    print("====")
+    print(open("/proc/self/mountinfo").read())
+    print(open("/proc/mounts").read())
+    """
+
+
+def test_a_read_only_bind_names_no_host_path(box_tmp, no_leftovers):
+    """``--ro-bind HOST:/data`` of a directory: the same files, read-only, and neither
+    mountinfo (whose 4th field was the source's path in its filesystem) nor /proc/mounts
+    holds the host path's unique part."""
+    marker = f"hostmarker{secrets.token_hex(6)}"
+    src = box_tmp / marker / "data"
+    src.mkdir(parents=True)
+    (src / "f").write_text("contents")
+    for p in (box_tmp / marker, src):
+        os.chmod(p, 0o755)
+    os.chmod(src / "f", 0o644)
+    r = sandbox.run_sync(["python3", "-c", textwrap.dedent(RO_PROBE)],
+                         SandboxConfig(mounts=[MountSpec("ro-bind", "/data", source=str(src))]))
+    assert r.status == "OK", r
+    files, tables = r.stdout.decode().split("====\n")
+    assert files.split("\n")[:2] == ["contents ['f']", "EROFS"], files
+    assert " /data " in tables, tables
+    assert marker not in tables and str(box_tmp) not in tables, tables
