@@ -23,7 +23,9 @@ Shape (the same trick bubblewrap uses, so host paths under /tmp stay reachable a
 No inode of a host directory is in the box: inotify (and unprivileged fanotify) on one reports
 every host process's opens and reads in it (a bind of /etc/ssl did). /usr and the Python prefix
 are overlays; the /etc directories (``ETC_VIEW``) are binds out of one read-only overlay of the
-host's /etc mounted outside the box's tree. (/dev's nodes are host inodes: /dev/null is watchable.)
+host's /etc mounted outside the box's tree, and a read-only directory is an overlay too
+(``_ro_view``). /dev's nodes are host inodes (a user namespace can have no others): the default
+seccomp policy refuses inotify and fanotify for that (``seccomp_rules``).
 
 The plan is computed in the parent (``plan_rootfs``: stats host paths, reads the few /etc files)
 so the child only issues syscalls.

@@ -111,6 +111,14 @@ DEFAULT_RULES: tuple[Rule, ...] = tuple(
             "obsolete or hardware-level calls no test needs (docker's default profile denies them)")
     + _deny("settimeofday clock_settime clock_adjtime adjtimex stime", "the clock is not "
             "namespaced: a box must never move the host's time")
+    # A box's /dev nodes are the host's inodes (no other can exist: mknod is EPERM in a user
+    # namespace, and a filesystem it mounts is nodev), so a watch on /dev/null reported every
+    # host process opening, reading, writing or closing it. Seccomp sees no path, and every
+    # event kind is one a host process makes on /dev/null, so no narrower test exists: refuse
+    # the watch fds as a kernel without CONFIG_INOTIFY_USER/FANOTIFY does (tail -f then polls).
+    + _deny("inotify_init inotify_init1 fanotify_init", "a watch on a /dev node (the host's "
+            "own inode) reports host processes' opens and writes; ENOSYS so programs poll",
+            ENOSYS, group="inotify")
     + _deny("open_by_handle_at name_to_handle_at", "file handles bypass path-based confinement "
             "(the 'shocker' container escape)")
     + _deny("ptrace process_vm_readv process_vm_writev pidfd_getfd", "debugging other "

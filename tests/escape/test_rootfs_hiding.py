@@ -26,6 +26,7 @@ import pytest
 import sandbox
 from sandbox import SandboxConfig
 from sandbox.config import MountSpec
+from tests.escape._watch import watch
 
 # argv: the mount's target, then the host directories above it that the box made (0111)
 CHMOD_AND_LIST = """
@@ -138,3 +139,23 @@ def test_a_read_only_bind_names_no_host_path(box_tmp, no_leftovers):
     assert files.split("\n")[:2] == ["contents ['f']", "EROFS"], files
     assert " /data " in tables, tables
     assert marker not in tables and str(box_tmp) not in tables, tables
+
+
+def test_a_read_only_bind_shares_no_host_inode(box_tmp, no_leftovers):
+    """A bind shared the host's inodes: with inotify given back to the box, a watch on it saw
+    every host read there. The overlay's inodes are its own."""
+    src = box_tmp / "data"
+    src.mkdir()
+    (src / "f").write_text("contents")
+    os.chmod(src, 0o755)
+    os.chmod(src / "f", 0o644)
+
+    def touch() -> None:
+        for _ in range(3):
+            os.listdir(src)
+            (src / "f").read_bytes()
+
+    last = watch(["/data", "/data/f"], touch, SandboxConfig(
+        seccomp_allow=("inotify",), mounts=[MountSpec("ro-bind", "/data", source=str(src))]))
+    host_events, own_events = map(int, last.split())
+    assert own_events > 0 and host_events == 0, last
