@@ -26,6 +26,7 @@ import pytest
 import sandbox
 from sandbox import SandboxConfig
 from sandbox.config import MountSpec
+from tests.conftest import ROOT_MODE
 from tests.escape._watch import watch
 
 # argv: the mount's target, then the host directories above it that the box made (0111)
@@ -93,6 +94,8 @@ def test_a_held_box_cannot_chmod_the_hidden_parents_and_put_still_works(nested, 
     chmod. ``put`` still writes into the writable bind and /tmp; into a hidden directory it
     cannot (the box's own view of it is read-only too)."""
     data, above = nested
+    if ROOT_MODE:  # the box user is a uid of its own there: let it write into the bind
+        os.chmod(data, 0o777)
     with sandbox.Box(SandboxConfig(mounts=[MountSpec("bind", str(data), source=str(data))])) as box:
         r = box.exec(["python3", "-c", textwrap.dedent(CHMOD_AND_LIST), str(data), *above])
         assert r.status == "OK", r
