@@ -18,6 +18,12 @@ Kernel prototypes of what is tested here (x86-64 and aarch64 alike):
 * ``prlimit64(pid_t pid, unsigned int resource, const struct rlimit64 *new, ...)``: ``pid``
   is 32 bits, ``new`` a 64-bit pointer.
 
+Not every rule is about the kernel's surface: inotify and fanotify are refused because a box's
+/dev nodes can only be the host's own inodes (a user namespace can make no device node, and a
+filesystem it mounts is nodev), so a watch on /dev/null saw host processes use it. No argument
+tells a device from a file (the path is in memory), hence the whole of it; ``seccomp_allow=
+("inotify",)`` gives file watching back to a box that needs it, with that channel.
+
 libseccomp allows one test per argument in a rule, and only a masked ``==`` can ignore the
 upper half, so "low 32 bits != X" takes one rule per bit (personality's bit-31 rules).
 """
