@@ -23,7 +23,9 @@ Shape (the same trick bubblewrap uses, so host paths under /tmp stay reachable a
 No inode of a host directory is in the box: inotify (and unprivileged fanotify) on one reports
 every host process's opens and reads in it (a bind of /etc/ssl did). /usr and the Python prefix
 are overlays; the /etc directories (``ETC_VIEW``) are binds out of one read-only overlay of the
-host's /etc mounted outside the box's tree. (/dev's nodes are host inodes: /dev/null is watchable.)
+host's /etc mounted outside the box's tree, and a read-only directory is an overlay too
+(``_ro_view``). /dev's nodes are host inodes (a user namespace can have no others): the default
+seccomp policy refuses inotify and fanotify for that (``seccomp_rules``).
 
 The plan is computed in the parent (``plan_rootfs``: stats host paths, reads the few /etc files)
 so the child only issues syscalls.
@@ -110,17 +112,18 @@ def tmpfs_inodes(size: int) -> int:
 
 # ------------------------------------------------------------------ child side (no imports) --
 
-def _make_target(path: str, is_dir: bool, hide: bool = False) -> None:
+def _make_target(path: str, is_dir: bool, hide: bool = False) -> str | None:
     """Create a mount point inside /newroot, refusing to walk through a symlink (the only
     symlinks there are ours, e.g. /bin -> usr/bin, and following one would mount elsewhere).
 
     ``hide``: the target is a host path (a mount at its source's path: the project of a
     pytest box, the Python prefix of a clone of the caller), so the directories made on the
     way are mode 0111: the box walks through them but cannot list the names in them (``ls
-    /home`` showed the user's name). Not even their owner, the box user under the single-id
-    map: its permission bits are --x too, and chmod fails on the read-only root (not on a
-    held box's writable root or in the box's /tmp, where the owner may chmod them back)."""
-    cur = "/newroot"
+    /home`` showed the user's name). Their owner is the box user (the single-id map: it owns
+    all of its tmpfs), who could ``chmod 755`` them back where they sit on a writable mount
+    (a held box's /, the box's /tmp): returns the first directory it made so, which
+    ``_seal`` turns into a read-only mount (chmod is then EROFS)."""
+    cur, top = "/newroot", None
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):
         cur += "/" + part
@@ -130,10 +133,30 @@ def _make_target(path: str, is_dir: bool, hide: bool = False) -> None:
                 os.close(os.open(cur, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
             else:
                 os.mkdir(cur, 0o111 if hide and not last else 0o755)
+                if hide and not last and top is None:
+                    top = cur
             continue
         if stat.S_ISLNK(os.lstat(cur).st_mode):
             raise OSError(22, f"mount point {path} crosses the symlink {cur[8:]} -> "
                               f"{os.readlink(cur)} in the box; use the real path")
+    return top
+
+
+def _seal(tops: list[str]) -> None:
+    """Make each hidden directory tree (``_make_target``) a read-only mount of its own, after
+    everything was mounted in it: a recursive bind onto itself (the mounts inside come along,
+    writable ones still writable), then read-only on that one mount only. The kernel checks
+    the mount a path is reached through before the owner (EROFS), and a mount point cannot be
+    renamed or removed (EBUSY), so the box can neither chmod the 0111 directories nor swap
+    them for ones it may list."""
+    done: list[str] = []
+    for top in tops:
+        if any(top.startswith(d + "/") for d in done):  # sealed with its parent tree
+            continue
+        sc.mount(top, top, None, sc.MS_BIND | sc.MS_REC)
+        sc.mount(None, top, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID
+                 | sc.MS_NODEV | _locked_flags(top))
+        done.append(top)
 
 
 def _locked_flags(path: str) -> int:
@@ -198,10 +221,10 @@ def _overlay(n: int, src: str, dst: str, upper_to: int | None = None,
                  f"lowerdir=/oldroot/proc/self/fd/{lower},upperdir={up},workdir={wk},userxattr")
     except OSError as e:
         # Kernels before 6.6 have no user xattrs on tmpfs, so an overlay with a tmpfs upper
-        # can be refused; fall back to a read-only bind (writes then fail instead of vanishing).
+        # can be refused; fall back to a read-only view (writes then fail instead of vanishing).
         if e.errno not in (22, 95):
             raise
-        _bind(src, dst, readonly=True)
+        _ro_view(src, dst, lower)
     finally:
         os.close(lower)
     if upper_to is not None:
@@ -210,6 +233,34 @@ def _overlay(n: int, src: str, dst: str, upper_to: int | None = None,
         from sandbox import fdpass  # the caller's (it made the socket pair): no I/O
 
         fdpass.send_dir_fd(upper_to, up)
+
+
+def _ro_view(src: str, dst: str, lower: int = -1) -> None:
+    """A read-only directory (``--ro-bind``, a host mount under /etc) as an overlay with no
+    upper, its lower layer given by fd: a bind's root shows in mountinfo (field 4: the path
+    within its filesystem, ``/home/USER/data``) and a bind shares the host's inodes, which
+    inotify watches; neither holds for an overlay. The kernel wants two lower layers when
+    there is no upper: the second is an empty directory of the box's. Same files, read-only
+    (EROFS); st_dev differs. Like every overlay view (/usr, ``--overlay``) a name the host
+    creates after the box looked it up and missed may stay missing until the box ends.
+    Without ``userxattr``: ``user.overlay.*`` xattrs in the user's own files stay data (the
+    ``trusted.`` ones are unreadable in a user namespace). A lower the kernel refuses (too
+    deeply stacked, a filesystem overlay cannot use) is bound instead."""
+    if not os.access("/scratch/empty", os.F_OK):
+        os.mkdir("/scratch/empty")
+    own = lower < 0
+    if own:
+        lower = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sc.mount("overlay", dst, "overlay", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV,
+                 f"lowerdir=/oldroot/proc/self/fd/{lower}:/scratch/empty")
+    except OSError as e:
+        if e.errno not in (22, 95):
+            raise
+        _bind(src, dst, readonly=True)
+    finally:
+        if own:
+            os.close(lower)
 
 
 def _skeleton_inodes(plan: RootfsPlan) -> int:
@@ -297,11 +348,12 @@ def build_rootfs(plan: RootfsPlan) -> int:
     os.chmod("/scratch/shm", 0o1777)
     _etc.write_files(plan.etc_files)
     sc.mount("/scratch/tmp", "/newroot/tmp", None, sc.MS_BIND)
-    n, etc_src = 0, ""
+    # (the /etc overlay first: it makes /scratch/empty, the lower layer _ro_view adds too)
+    etc_src = _etc.mount_view() if any(op[0] == "etc-view" for op in plan.ops) else ""
+    n, hidden = 0, []
     for op in plan.ops:
         kind = op[0]
         if kind == "etc-view":
-            etc_src = etc_src or _etc.mount_view()
             _make_target(op[1], True)
             _bind(etc_src + op[1][4:], "/newroot" + op[1], readonly=True)
         elif kind == "symlink":
@@ -317,12 +369,17 @@ def build_rootfs(plan: RootfsPlan) -> int:
                      f"mode=1777,size={op[2]},nr_inodes={tmpfs_inodes(op[2])}")
         else:
             src, dst, is_dir = op[1], op[2], op[3]
-            _make_target(dst, is_dir, hide=src == dst)
+            top = _make_target(dst, is_dir, hide=src == dst)
+            if top is not None:
+                hidden.append(top)
             if kind == "overlay" and is_dir:
                 n += 1
                 _overlay(n, "/oldroot" + src, "/newroot" + dst, *op[4:])
+            elif kind == "ro-bind" and is_dir:
+                _ro_view("/oldroot" + src, "/newroot" + dst)
             else:
                 _bind("/oldroot" + src, "/newroot" + dst, readonly=(kind != "bind"))
+    _seal(hidden)
     if plan.cgroup:
         # Programs inside can read their own limits (memory.max, cpu.max ...) but change nothing:
         # the cgroup namespace (unshared by init inside its leaf) makes the leaf look like "/".

@@ -18,6 +18,12 @@ Kernel prototypes of what is tested here (x86-64 and aarch64 alike):
 * ``prlimit64(pid_t pid, unsigned int resource, const struct rlimit64 *new, ...)``: ``pid``
   is 32 bits, ``new`` a 64-bit pointer.
 
+Not every rule is about the kernel's surface: inotify and fanotify are refused because a box's
+/dev nodes can only be the host's own inodes (a user namespace can make no device node, and a
+filesystem it mounts is nodev), so a watch on /dev/null saw host processes use it. No argument
+tells a device from a file (the path is in memory), hence the whole of it; ``seccomp_allow=
+("inotify",)`` gives file watching back to a box that needs it, with that channel.
+
 libseccomp allows one test per argument in a rule, and only a masked ``==`` can ignore the
 upper half, so "low 32 bits != X" takes one rule per bit (personality's bit-31 rules).
 """
@@ -111,6 +117,14 @@ DEFAULT_RULES: tuple[Rule, ...] = tuple(
             "obsolete or hardware-level calls no test needs (docker's default profile denies them)")
     + _deny("settimeofday clock_settime clock_adjtime adjtimex stime", "the clock is not "
             "namespaced: a box must never move the host's time")
+    # A box's /dev nodes are the host's inodes (no other can exist: mknod is EPERM in a user
+    # namespace, and a filesystem it mounts is nodev), so a watch on /dev/null reported every
+    # host process opening, reading, writing or closing it. Seccomp sees no path, and every
+    # event kind is one a host process makes on /dev/null, so no narrower test exists: refuse
+    # the watch fds as a kernel without CONFIG_INOTIFY_USER/FANOTIFY does (tail -f then polls).
+    + _deny("inotify_init inotify_init1 fanotify_init", "a watch on a /dev node (the host's "
+            "own inode) reports host processes' opens and writes; ENOSYS so programs poll",
+            ENOSYS, group="inotify")
     + _deny("open_by_handle_at name_to_handle_at", "file handles bypass path-based confinement "
             "(the 'shocker' container escape)")
     + _deny("ptrace process_vm_readv process_vm_writev pidfd_getfd", "debugging other "
