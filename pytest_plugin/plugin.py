@@ -14,6 +14,7 @@ fixture's ``run``/``call``.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -23,8 +24,7 @@ import pytest
 from pytest_plugin import boxed, boxrun, probe
 from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
 from pytest_plugin.summary import record, write_summary
-from sandbox import ConfigError, Limits, SandboxConfig, _record
-from sandbox.config import ENV_ALLOWLIST
+from sandbox import ENV_ALLOWLIST, ConfigError, Limits, SandboxConfig
 
 INI_DEFAULTS = {"memory": "512M", "wall_time": "60s", "cpu_time": "60s", "pids": "256"}
 # Variables pytest and pytest-xdist themselves read while a test runs, so a boxed test reports
@@ -100,7 +100,7 @@ def _build_config(item: pytest.Item, needs_tmp: bool) -> SandboxConfig:
     if "fsize" not in limits and "output_limit" in limits:
         limits["fsize"] = limits["output_limit"]
     network = kw.pop("network", _flag(cfg, "network"))
-    fields = set(_record.fields(SandboxConfig)) - {"limits", "network"}
+    fields = set(inspect.signature(SandboxConfig).parameters) - {"limits", "network"}
     unknown = sorted(set(kw) - fields)
     if unknown:
         raise ConfigError(f"@pytest.mark.sandboxed: unknown option(s) {', '.join(unknown)}; valid: "

@@ -34,7 +34,7 @@ def _probe() -> str | None:
 def explain(r: Any) -> str:
     why = r.error or r.reason or str(r.status)
     try:
-        from sandbox.doctor import diagnose
+        from sandbox import diagnose
 
         failed = [c for c in diagnose() if c.status == "fail"]
     except Exception as e:  # noqa: BLE001 - the diagnosis is a nicety; the trial's error stands

@@ -14,7 +14,7 @@ in-box code paths never pay for it.
 
 from __future__ import annotations
 
-from sandbox.config import ConfigError, Limits, MountSpec, SandboxConfig
+from sandbox.config import ENV_ALLOWLIST, ConfigError, Limits, MountSpec, SandboxConfig
 from sandbox.result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI's start-up is measured
@@ -22,15 +22,18 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-    from sandbox._box import Box, BoxError, Usage
+    from sandbox._box import Box, Usage
     from sandbox._box_files import Changes
     from sandbox._box_proc import Process
+    from sandbox._boxlife import BoxError
+    from sandbox.doctor import diagnose
     from sandbox.supervisor import Supervisor
 
-__all__ = ["Box", "BoxError", "Changes", "ConfigError", "Limits", "MountSpec", "Process",
-           "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "run", "run_sync"]
+__all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "Changes", "ConfigError", "Limits", "MountSpec",
+           "Process", "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "diagnose", "run",
+           "run_sync"]
 
-_LAZY = {"Box": "sandbox._box", "BoxError": "sandbox._box", "Changes": "sandbox._box_files",
+_LAZY = {"Box": "sandbox._box", "BoxError": "sandbox._boxlife", "diagnose": "sandbox.doctor", "Changes": "sandbox._box_files",
          "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox.supervisor"}
 
 

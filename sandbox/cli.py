@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from sandbox import ConfigError, Limits, SandboxConfig
+from sandbox import ConfigError, Limits, MountSpec, SandboxConfig
 from sandbox._options import (  # noqa: F401 - re-exported: the option table's users
     _HELP,
     Args,
@@ -28,7 +28,6 @@ from sandbox._options import (  # noqa: F401 - re-exported: the option table's u
     format_help,
     parse_options,
 )
-from sandbox.config import parse_mount_arg
 
 TYPE_CHECKING = False  # no typing/collections.abc import at run time (CLI start)
 if TYPE_CHECKING:
@@ -106,7 +105,7 @@ def config_from_args(a: Args) -> SandboxConfig:
         if not sep or not name:
             raise ConfigError(f"--env {item!r}: use NAME=VALUE")
         env[name] = value
-    mounts = [parse_mount_arg(kind, arg) for kind in ("ro-bind", "bind", "overlay", "tmpfs")
+    mounts = [MountSpec.parse(kind, arg) for kind in ("ro-bind", "bind", "overlay", "tmpfs")
               for arg in getattr(a, kind.replace("-", "_"))]
     cfg = SandboxConfig(limits=limits, network=a.net, mounts=mounts, cwd=a.cwd, env=env,
                         hostname=a.hostname, require_cgroup=a.require_cgroup, id_map=a.id_map,

@@ -229,6 +229,11 @@ class MountSpec:
     # (sandbox.grading, through sandbox.safefs) with no upper on the host's disk
     upper_to: int | None = None
 
+    @staticmethod
+    def parse(kind: MountKind, arg: str) -> MountSpec:
+        """What the CLI's ``--KIND ARG`` means: ``SRC[:DEST]``, or ``DEST[:SIZE]`` for tmpfs."""
+        return parse_mount_arg(kind, arg)
+
     def validate(self) -> MountSpec:
         if self.kind not in ("ro-bind", "bind", "overlay", "tmpfs"):
             raise ConfigError(f"mount kind {self.kind!r} is not valid; use ro-bind, bind, overlay or tmpfs")
@@ -276,6 +281,8 @@ def _clean_box_path(path: str, what: str) -> str:
     return norm
 
 
+# The caller's variables a box may inherit (``SandboxConfig.inherit_env``'s default): none that
+# could carry a secret (tokens, credentials, paths of the host).
 ENV_ALLOWLIST = ("TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
 

@@ -94,6 +94,8 @@ def _subid(user: str) -> str | None:
 
 
 def diagnose() -> list[Check]:
+    """What this machine lets a box use, and how to fix what it does not: one ``Check`` per
+    kernel feature, namespace, cgroup, seccomp and set-up fact (``sandbox doctor`` prints them)."""
     out: list[Check] = []
     rel = os.uname().release
     major, minor = (int(x) for x in rel.split(".")[:2])
