@@ -204,6 +204,7 @@ class BoxFiles:
         program can set (a same-size write with the mtime put back still shows)."""
         out: dict[str, tuple] = {}
         truncated = False
+        hidden: list[tuple[int, str, str]] = []  # opaque upper dirs over a lower dir
         places = [("newroot", ""), ("scratch/tmp", "/tmp"), ("scratch/shm", "/dev/shm")]
         places += [(f"scratch/up/{n}", dst) for n, (dst, _src) in self.uppers.items()]
         for rel, prefix in places:
@@ -226,12 +227,42 @@ class BoxFiles:
                     in_lower = lower >= 0 and safefs.exists_beneath(lower, sub)
                     ident = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) if kind != "dir" else 0
                     out[path] = (kind, ident, in_lower)
+                    if kind == "dir" and in_lower and _opaque(fd, sub):
+                        hidden.append((lower, sub, prefix))
             except OSError:  # a tree deeper than a path can name (ENAMETOOLONG), ...
                 truncated = True
             finally:
                 os.close(fd)
             truncated = truncated or count >= MAX_ENTRIES
+        for lower, sub, prefix in hidden:  # a directory removed and made again: the lower's
+            try:                           # entries under it are gone (deleted), not listed
+                fd = safefs.open_beneath(lower, sub, directory=True)
+            except OSError:
+                continue
+            try:
+                for name, _st in safefs.walk_beneath(fd, max_entries=MAX_ENTRIES):
+                    out.setdefault(f"{prefix}/{sub}/{name}", ("whiteout",))
+            except OSError:
+                truncated = True
+            finally:
+                os.close(fd)
         return out, truncated
+
+
+def _opaque(dir_fd: int, sub: str) -> bool:
+    """Whether overlayfs marked ``sub`` (a directory of an upper) opaque: it was removed and
+    made again, so nothing of the lower shows through it (``user.overlay.opaque``: the box's
+    overlays are mounted with userxattr). Read through an O_PATH handle: no link followed."""
+    try:
+        h = sc.openat2(dir_fd, sub, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, safefs.RESOLVE)
+    except OSError:
+        return False
+    try:
+        return os.getxattr(f"/proc/self/fd/{h}", "user.overlay.opaque") == b"y"
+    except OSError:
+        return False
+    finally:
+        os.close(h)
 
 
 def _upper_targets(ops: list) -> dict[int, tuple[str, str]]:

@@ -323,6 +323,24 @@ def test_changes_never_follows_a_link_in_the_host_lower(box_tmp, no_leftovers):
         assert "/data/lnk/etc" in created and "/data/lnk/no-such-dir" in created, created
 
 
+@pytest.mark.skipif(ROOT_MODE, reason="root mode: the lower's files belong to host root, which is "
+                    "unmapped in the box, and overlayfs refuses to remove them (EOVERFLOW)")
+def test_changes_sees_a_lower_directory_removed_and_made_again(box_tmp, no_leftovers):
+    """`rm -rf d; mkdir d` over a lower leaves one opaque directory in the upper and no
+    whiteout per file: the lower's files under it are gone all the same."""
+    from sandbox import MountSpec
+
+    (box_tmp / "d" / "sub").mkdir(parents=True)
+    (box_tmp / "d" / "a").write_text("a")
+    (box_tmp / "d" / "sub" / "b").write_text("b")
+    with Box(SandboxConfig(mounts=[MountSpec("overlay", "/data", str(box_tmp))])) as box:
+        r = box.exec(["sh", "-c", "rm -rf /data/d && mkdir /data/d && echo n > /data/d/new"])
+        assert r.ok, r.stderr
+        ch = box.changes()
+    assert {"/data/d/a", "/data/d/sub", "/data/d/sub/b"} <= set(ch.deleted), ch
+    assert "/data/d/new" in ch.created and "/data/d" not in ch.deleted, ch
+
+
 @pytest.mark.skipif(not ROOT_MODE, reason="root mode: the host reads as root, the box as its user")
 def test_get_reads_only_what_the_box_user_may(box_tmp, no_leftovers):
     from sandbox import MountSpec
