@@ -42,13 +42,6 @@ from sandbox import _record, fdpass, worker
 from sandbox import _syscalls as sc
 from sandbox.config import SandboxConfig
 
-ENTRY = """\
-import sys
-sys.path[:0] = {paths!r}
-from sandbox.grading import zygote
-zygote.factory_main({fd}, {parent})
-"""
-
 _factory: list[Any] = []  # [socket, Popen] of this process's factory, once started
 
 
@@ -65,17 +58,24 @@ def _factory_socket() -> socket.socket:
         # then born next to us, where it may clone boxes into our leaves.
         cgroup_manager()
 
+        from sandbox.grading import _factory as code_of
+
+        code, exts = code_of.bundle()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        entry = ENTRY.format(paths=[package_root, *worker.site_dirs()], fd=theirs.fileno(),
-                             parent=os.getpid())
-        env = {k: os.environ[k] for k in SandboxConfig().inherit_env if k in os.environ}
+        fds = [code_of.memfd("sandbox", code)]
         try:
+            ext_fds = {name: code_of.memfd(name, data) for name, data in exts.items()}
+            fds += ext_fds.values()
+            entry = code_of.ENTRY.format(code=fds[0], extensions=ext_fds, fd=theirs.fileno(),
+                                 parent=os.getpid())
+            env = {k: os.environ[k] for k in SandboxConfig().inherit_env if k in os.environ}
             proc = subprocess.Popen([os.path.realpath(sys.executable), *worker.FLAGS, "-c", entry],
-                                    env=env, pass_fds=[theirs.fileno()], cwd="/",
+                                    env=env, pass_fds=[theirs.fileno(), *fds], cwd="/",
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         finally:
             theirs.close()
+            for fd in fds:
+                os.close(fd)
         _factory[:] = [ours, proc]
     return _factory[0]
 
@@ -106,6 +106,8 @@ class Zygote:
         self._exits: dict[int, tuple[int | None, float, int | None]] = {}
         self._pending = 0  # spawns sent, answers not taken yet
         self._replies: list[tuple[dict[str, Any], list[int]]] = []
+        self._links: str | None = None  # our directory of aliases (see _alias)
+        self._aliases: dict[str, str] = {}  # host path → its alias
 
     def spawn(self, cfg: SandboxConfig, fds: list[int], cgroup_fd: int | None = None,
               cgroup_enforced: list[str] | None = None) -> None:
@@ -113,17 +115,47 @@ class Zygote:
         box's cgroup leaf, holding ``cgroup_enforced``); ``spawned()`` reads the answer, so the
         zygote's start-up and the clone overlap the caller's own work."""
         held = [i for i, m in enumerate(cfg.mounts) if m.upper_to is not None]
-        plain = _record.replace(cfg, mounts=[_record.replace(m, upper_to=None) for m in cfg.mounts])
+        try:
+            aliases = {i: self._alias(m.source) for i, m in enumerate(cfg.mounts) if m.source}
+        except OSError as e:
+            aliases = {}
+            self._replies.append(({"op": "error", "error": e.strerror, "errno": e.errno}, []))
+        plain = _record.replace(cfg, mounts=[
+            _record.replace(m, upper_to=None, source="/" if i in aliases else m.source)
+            for i, m in enumerate(cfg.mounts)])
         enforced = list(cgroup_enforced or []) if cgroup_fd is not None else []
         self._pending += 1
+        if len(aliases) != sum(1 for m in cfg.mounts if m.source):
+            return  # (answered above)
         try:
             fdpass.send(self._sock, {"op": "spawn", "config": plain.to_dict(), "upper_to": held,
+                                     "source_at": {str(i): a for i, a in aliases.items()},
                                      "cgroup": cgroup_fd is not None, "cgroup_enforced": enforced},
                         [*fds, *(cfg.mounts[i].upper_to for i in held),
                          *([cgroup_fd] if cgroup_fd is not None else [])])
         except OSError as e:  # answered here: the spawn fails like one the zygote refused
             self.alive = False
             self._replies.append(({"op": "error", "error": e.strerror, "errno": e.errno}, []))
+
+    def _alias(self, source: str) -> str:
+        """A name for a mount's host source that says nothing of the host: a symlink of ours,
+        ``/tmp/sandbox-grade-XXXXXXXX/N``, which the box's init follows in its own mount
+        namespace (it holds ``../../home/...``: the kernel resolves it, no process reads it) (an fd would not do: a mount from another namespace is refused with
+        EINVAL). The zygote is sent only that name, so it never holds the submission's host
+        path, and no worker it clones finds it in its memory. The directory is ours, 0711:
+        others can neither list it nor change a link."""
+        if source not in self._aliases:
+            if self._links is None:
+                import tempfile
+
+                self._links = tempfile.mkdtemp(prefix="sandbox-grade-",
+                                               dir="/tmp" if os.path.isdir("/tmp") else None)
+                os.chmod(self._links, 0o711)  # (root mode: the box's init is another uid)
+            link = os.path.join(self._links, str(len(self._aliases)))
+            # relative: init follows it under /oldroot, its own / being the box's tmpfs
+            os.symlink(os.path.relpath(source, self._links), link)
+            self._aliases[source] = link
+        return self._aliases[source]
 
     def spawned(self) -> tuple[int, int, dict[str, Any]]:
         """(pid, pidfd, reply) of the oldest spawn not answered yet; OSError if it failed."""
@@ -167,6 +199,12 @@ class Zygote:
             except OSError:
                 break
         self._sock.close()
+        for link in self._aliases.values():
+            os.unlink(link)
+        self._aliases.clear()
+        if self._links is not None:
+            os.rmdir(self._links)
+            self._links = None
 
 
 # ------------------------------------------------------------ the factory and its zygotes --
@@ -245,8 +283,7 @@ def _zygote_main(fd: int) -> None:
 
 
 def _serve(fd: int, expose_python: bool | str) -> None:
-    """In the box: the worker, its ``sys.path`` (the factory's, host paths: our package, the
-    grader's site-packages, the stdlib) cut to the entries the box has, as the box sees them."""
+    """In the box: the worker, its ``sys.path`` (the factory's: the stdlib) as the box sees it."""
     from sandbox import _pyprefix
 
     sys.path[:] = _pyprefix.box_paths(sys.path, expose_python)
@@ -254,6 +291,9 @@ def _serve(fd: int, expose_python: bool | str) -> None:
 
 
 def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[int, int] | None:
+    """One box. Its mounts' sources come as aliases (``source_at``: ``Zygote._alias``), put in
+    the plan after the config is validated with ``/`` in their place: validating resolves a
+    source, which would bring the host path back into our memory."""
     from sandbox import contain, spawn
 
     try:
@@ -264,9 +304,12 @@ def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[in
         cgroup_fd = rest[0] if req.get("cgroup") and rest else None
         if req.get("cgroup") and cgroup_fd is None:
             raise OSError(22, "spawn request without the box's cgroup fd")
+        cfg = cfg.validate()
+        for i, alias in req.get("source_at", {}).items():
+            cfg.mounts[int(i)] = _record.replace(cfg.mounts[int(i)], source=alias)
         box_fd = fds[0]
         expose = cfg.expose_python
-        prep = contain.prepare(cfg.validate(), lambda: _serve(box_fd, expose),
+        prep = contain.prepare(cfg, lambda: _serve(box_fd, expose),
                                cgroup_enforced=frozenset(req.get("cgroup_enforced", [])))
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
