@@ -6,18 +6,23 @@ Every test's box needs a worker interpreter that has seen nothing of the teacher
 but costs each test ~9 ms of CPU for the interpreter's start-up, which on a 2-core machine
 grading 2 submissions at a time is most of a test. The *factory* pays it once per grading run
 (pytest process): it is exec'd by the grader — ``python -I -S -B``, a clean environment (the
-allowlist a box gets anyway), no argv but its socket and our pid — and imports the box-making
-code and ``sandbox.worker``. It never reads anything of a submission: its only request is
+allowlist a box gets anyway), no argv but its fds and our pid — and imports the box-making
+code and ``sandbox.worker`` from code objects we send it, which name no host file
+(``sandbox.grading._factory``: its maps, modules and ``sys.path`` name neither the checkout
+nor the venv). It never reads anything of a submission: its only request is
 "fork", which hands it a socket. The fork, a *zygote*, serves one submission on that socket:
 it clones each of its test boxes, whose payload is a fork of that clean image running
 ``worker.serve``. What such a worker can find in its memory is our code and its zygote's
-requests: box configs of this one submission (limits, its own directory) and fd numbers.
+requests: box configs of this one submission (limits, an alias of its directory: never its
+host path, see ``Zygote._alias``) and fd numbers.
 Never the teacher's frames, modules, argv or environment, and never another submission (the
 factory that all zygotes are forks of has seen none). The grading plugin runs a submission's
 tests one after another, so one zygote serves all of them (``pytest_collection_modifyitems``).
 
 Zygote protocol (``SOCK_SEQPACKET``, ``sandbox.fdpass`` JSON + fds), in the order the grader sends:
-  → ``{"op": "spawn", "config": {...}, "upper_to": [i, ...], "cgroup_enforced": [...]}`` fds
+  → ``{"op": "spawn", "config": {...}, "upper_to": [i, ...], "source_at": {i: alias},
+    "cgroup_enforced": [...]}`` (each mount's source ``/`` in the config, its alias in
+    ``source_at``) fds
     ``[worker socket, stdout, stderr, status_w, *upper sockets, (cgroup dir)]`` (the config's
     fd-holding overlays, by mount index, get the upper sockets; with ``"cgroup": true`` the
     box's cgroup leaf comes last, holding the ``cgroup_enforced`` limits: the grader made it
@@ -115,18 +120,16 @@ class Zygote:
         box's cgroup leaf, holding ``cgroup_enforced``); ``spawned()`` reads the answer, so the
         zygote's start-up and the clone overlap the caller's own work."""
         held = [i for i, m in enumerate(cfg.mounts) if m.upper_to is not None]
+        self._pending += 1
         try:
             aliases = {i: self._alias(m.source) for i, m in enumerate(cfg.mounts) if m.source}
-        except OSError as e:
-            aliases = {}
+        except OSError as e:  # (no alias directory in /tmp: the spawn fails, XX)
             self._replies.append(({"op": "error", "error": e.strerror, "errno": e.errno}, []))
+            return
         plain = _record.replace(cfg, mounts=[
             _record.replace(m, upper_to=None, source="/" if i in aliases else m.source)
             for i, m in enumerate(cfg.mounts)])
         enforced = list(cgroup_enforced or []) if cgroup_fd is not None else []
-        self._pending += 1
-        if len(aliases) != sum(1 for m in cfg.mounts if m.source):
-            return  # (answered above)
         try:
             fdpass.send(self._sock, {"op": "spawn", "config": plain.to_dict(), "upper_to": held,
                                      "source_at": {str(i): a for i, a in aliases.items()},
@@ -140,10 +143,10 @@ class Zygote:
     def _alias(self, source: str) -> str:
         """A name for a mount's host source that says nothing of the host: a symlink of ours,
         ``/tmp/sandbox-grade-XXXXXXXX/N``, which the box's init follows in its own mount
-        namespace (it holds ``../../home/...``: the kernel resolves it, no process reads it) (an fd would not do: a mount from another namespace is refused with
-        EINVAL). The zygote is sent only that name, so it never holds the submission's host
-        path, and no worker it clones finds it in its memory. The directory is ours, 0711:
-        others can neither list it nor change a link."""
+        namespace (an fd would not do: a mount from another namespace is refused, EINVAL).
+        Only the kernel reads the link's text. The zygote is sent only that name, so it never
+        holds the submission's host path, and no worker it clones finds it in its memory.
+        The directory is ours, 0711: others can neither list it nor change a link."""
         if source not in self._aliases:
             if self._links is None:
                 import tempfile
@@ -199,11 +202,11 @@ class Zygote:
             except OSError:
                 break
         self._sock.close()
-        for link in self._aliases.values():
-            os.unlink(link)
         self._aliases.clear()
         if self._links is not None:
-            os.rmdir(self._links)
+            import shutil
+
+            shutil.rmtree(self._links, ignore_errors=True)
             self._links = None
 
 
