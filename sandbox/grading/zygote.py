@@ -48,6 +48,32 @@ from sandbox import _syscalls as sc
 from sandbox.config import SandboxConfig
 
 _factory: list[Any] = []  # [socket, Popen] of this process's factory, once started
+ALIAS_TOP, ALIASES = "/tmp", "sandbox-grade-"  # where Zygote._alias makes its directory
+_swept: list[bool] = []
+
+
+def _sweep_aliases() -> None:
+    """Once per process: remove the alias directories of our graders that died without
+    closing their zygotes (``sandbox grade --timeout`` kills a run). A dead grader's own
+    directory is the only state it leaves; its links lead to submissions, readable only
+    through their own permissions."""
+    import shutil
+
+    if _swept:
+        return
+    _swept.append(True)
+    try:
+        names = [n for n in os.listdir(ALIAS_TOP) if n.startswith(ALIASES)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(ALIAS_TOP, name)
+        try:
+            pid = int(name[len(ALIASES):].split("-")[0])
+            if os.lstat(path).st_uid == os.geteuid() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
 
 
 def _factory_socket() -> socket.socket:
@@ -151,8 +177,8 @@ class Zygote:
             if self._links is None:
                 import tempfile
 
-                self._links = tempfile.mkdtemp(prefix="sandbox-grade-",
-                                               dir="/tmp" if os.path.isdir("/tmp") else None)
+                _sweep_aliases()
+                self._links = tempfile.mkdtemp(prefix=f"{ALIASES}{os.getpid()}-", dir=ALIAS_TOP)
                 os.chmod(self._links, 0o711)  # (root mode: the box's init is another uid)
             link = os.path.join(self._links, str(len(self._aliases)))
             # relative: init follows it under /oldroot, its own / being the box's tmpfs
