@@ -206,6 +206,8 @@ def test_scan(submission):
 
 
 def test_graded_worker_holds_no_host_path(box_tmp: Path, no_leftovers):
+    """``sandbox grade`` with HOME and TMPDIR under the marked tree: the teacher's test hands
+    the patterns to the submission and writes what it found to a host file."""
     marker = f"hp{secrets.token_hex(6)}"
     control = f"CONTROL-{secrets.token_hex(8)}"
     subs = box_tmp / f"subs-{marker}"
