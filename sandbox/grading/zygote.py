@@ -6,18 +6,23 @@ Every test's box needs a worker interpreter that has seen nothing of the teacher
 but costs each test ~9 ms of CPU for the interpreter's start-up, which on a 2-core machine
 grading 2 submissions at a time is most of a test. The *factory* pays it once per grading run
 (pytest process): it is exec'd by the grader — ``python -I -S -B``, a clean environment (the
-allowlist a box gets anyway), no argv but its socket and our pid — and imports the box-making
-code and ``sandbox.worker``. It never reads anything of a submission: its only request is
+allowlist a box gets anyway), no argv but its fds and our pid — and imports the box-making
+code and ``sandbox.worker`` from code objects we send it, which name no host file
+(``sandbox.grading._factory``: its maps, modules and ``sys.path`` name neither the checkout
+nor the venv). It never reads anything of a submission: its only request is
 "fork", which hands it a socket. The fork, a *zygote*, serves one submission on that socket:
 it clones each of its test boxes, whose payload is a fork of that clean image running
 ``worker.serve``. What such a worker can find in its memory is our code and its zygote's
-requests: box configs of this one submission (limits, its own directory) and fd numbers.
+requests: box configs of this one submission (limits, an alias of its directory: never its
+host path, see ``Zygote._alias``) and fd numbers.
 Never the teacher's frames, modules, argv or environment, and never another submission (the
 factory that all zygotes are forks of has seen none). The grading plugin runs a submission's
 tests one after another, so one zygote serves all of them (``pytest_collection_modifyitems``).
 
 Zygote protocol (``SOCK_SEQPACKET``, ``sandbox.fdpass`` JSON + fds), in the order the grader sends:
-  → ``{"op": "spawn", "config": {...}, "upper_to": [i, ...], "cgroup_enforced": [...]}`` fds
+  → ``{"op": "spawn", "config": {...}, "upper_to": [i, ...], "source_at": {i: alias},
+    "cgroup_enforced": [...]}`` (each mount's source ``/`` in the config, its alias in
+    ``source_at``) fds
     ``[worker socket, stdout, stderr, status_w, *upper sockets, (cgroup dir)]`` (the config's
     fd-holding overlays, by mount index, get the upper sockets; with ``"cgroup": true`` the
     box's cgroup leaf comes last, holding the ``cgroup_enforced`` limits: the grader made it
@@ -42,14 +47,33 @@ from sandbox import _record, fdpass, worker
 from sandbox import _syscalls as sc
 from sandbox.config import SandboxConfig
 
-ENTRY = """\
-import sys
-sys.path[:0] = {paths!r}
-from sandbox.grading import zygote
-zygote.factory_main({fd}, {parent})
-"""
-
 _factory: list[Any] = []  # [socket, Popen] of this process's factory, once started
+ALIAS_TOP, ALIASES = "/tmp", "sandbox-grade-"  # where Zygote._alias makes its directory
+_swept: list[bool] = []
+
+
+def _sweep_aliases() -> None:
+    """Once per process: remove the alias directories of our graders that died without
+    closing their zygotes (``sandbox grade --timeout`` kills a run). A dead grader's own
+    directory is the only state it leaves; its links lead to submissions, readable only
+    through their own permissions."""
+    import shutil
+
+    if _swept:
+        return
+    _swept.append(True)
+    try:
+        names = [n for n in os.listdir(ALIAS_TOP) if n.startswith(ALIASES)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(ALIAS_TOP, name)
+        try:
+            pid = int(name[len(ALIASES):].split("-")[0])
+            if os.lstat(path).st_uid == os.geteuid() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
 
 
 def _factory_socket() -> socket.socket:
@@ -65,17 +89,24 @@ def _factory_socket() -> socket.socket:
         # then born next to us, where it may clone boxes into our leaves.
         cgroup_manager()
 
+        from sandbox.grading import _factory as code_of
+
+        code, exts = code_of.bundle()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        entry = ENTRY.format(paths=[package_root, *worker.site_dirs()], fd=theirs.fileno(),
-                             parent=os.getpid())
-        env = {k: os.environ[k] for k in SandboxConfig().inherit_env if k in os.environ}
+        fds = [code_of.memfd("sandbox", code)]
         try:
+            ext_fds = {name: code_of.memfd(name, data) for name, data in exts.items()}
+            fds += ext_fds.values()
+            entry = code_of.ENTRY.format(code=fds[0], extensions=ext_fds, fd=theirs.fileno(),
+                                 parent=os.getpid())
+            env = {k: os.environ[k] for k in SandboxConfig().inherit_env if k in os.environ}
             proc = subprocess.Popen([os.path.realpath(sys.executable), *worker.FLAGS, "-c", entry],
-                                    env=env, pass_fds=[theirs.fileno()], cwd="/",
+                                    env=env, pass_fds=[theirs.fileno(), *fds], cwd="/",
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         finally:
             theirs.close()
+            for fd in fds:
+                os.close(fd)
         _factory[:] = [ours, proc]
     return _factory[0]
 
@@ -106,6 +137,8 @@ class Zygote:
         self._exits: dict[int, tuple[int | None, float, int | None]] = {}
         self._pending = 0  # spawns sent, answers not taken yet
         self._replies: list[tuple[dict[str, Any], list[int]]] = []
+        self._links: str | None = None  # our directory of aliases (see _alias)
+        self._aliases: dict[str, str] = {}  # host path → its alias
 
     def spawn(self, cfg: SandboxConfig, fds: list[int], cgroup_fd: int | None = None,
               cgroup_enforced: list[str] | None = None) -> None:
@@ -113,17 +146,45 @@ class Zygote:
         box's cgroup leaf, holding ``cgroup_enforced``); ``spawned()`` reads the answer, so the
         zygote's start-up and the clone overlap the caller's own work."""
         held = [i for i, m in enumerate(cfg.mounts) if m.upper_to is not None]
-        plain = _record.replace(cfg, mounts=[_record.replace(m, upper_to=None) for m in cfg.mounts])
-        enforced = list(cgroup_enforced or []) if cgroup_fd is not None else []
         self._pending += 1
         try:
+            aliases = {i: self._alias(m.source) for i, m in enumerate(cfg.mounts) if m.source}
+        except OSError as e:  # (no alias directory in /tmp: the spawn fails, XX)
+            self._replies.append(({"op": "error", "error": e.strerror, "errno": e.errno}, []))
+            return
+        plain = _record.replace(cfg, mounts=[
+            _record.replace(m, upper_to=None, source="/" if i in aliases else m.source)
+            for i, m in enumerate(cfg.mounts)])
+        enforced = list(cgroup_enforced or []) if cgroup_fd is not None else []
+        try:
             fdpass.send(self._sock, {"op": "spawn", "config": plain.to_dict(), "upper_to": held,
+                                     "source_at": {str(i): a for i, a in aliases.items()},
                                      "cgroup": cgroup_fd is not None, "cgroup_enforced": enforced},
                         [*fds, *(cfg.mounts[i].upper_to for i in held),
                          *([cgroup_fd] if cgroup_fd is not None else [])])
         except OSError as e:  # answered here: the spawn fails like one the zygote refused
             self.alive = False
             self._replies.append(({"op": "error", "error": e.strerror, "errno": e.errno}, []))
+
+    def _alias(self, source: str) -> str:
+        """A name for a mount's host source that says nothing of the host: a symlink of ours,
+        ``/tmp/sandbox-grade-XXXXXXXX/N``, which the box's init follows in its own mount
+        namespace (an fd would not do: a mount from another namespace is refused, EINVAL).
+        Only the kernel reads the link's text. The zygote is sent only that name, so it never
+        holds the submission's host path, and no worker it clones finds it in its memory.
+        The directory is ours, 0711: others can neither list it nor change a link."""
+        if source not in self._aliases:
+            if self._links is None:
+                import tempfile
+
+                _sweep_aliases()
+                self._links = tempfile.mkdtemp(prefix=f"{ALIASES}{os.getpid()}-", dir=ALIAS_TOP)
+                os.chmod(self._links, 0o711)  # (root mode: the box's init is another uid)
+            link = os.path.join(self._links, str(len(self._aliases)))
+            # relative: init follows it under /oldroot, its own / being the box's tmpfs
+            os.symlink(os.path.relpath(source, self._links), link)
+            self._aliases[source] = link
+        return self._aliases[source]
 
     def spawned(self) -> tuple[int, int, dict[str, Any]]:
         """(pid, pidfd, reply) of the oldest spawn not answered yet; OSError if it failed."""
@@ -167,6 +228,12 @@ class Zygote:
             except OSError:
                 break
         self._sock.close()
+        self._aliases.clear()
+        if self._links is not None:
+            import shutil
+
+            shutil.rmtree(self._links, ignore_errors=True)
+            self._links = None
 
 
 # ------------------------------------------------------------ the factory and its zygotes --
@@ -245,8 +312,7 @@ def _zygote_main(fd: int) -> None:
 
 
 def _serve(fd: int, expose_python: bool | str) -> None:
-    """In the box: the worker, its ``sys.path`` (the factory's, host paths: our package, the
-    grader's site-packages, the stdlib) cut to the entries the box has, as the box sees them."""
+    """In the box: the worker, its ``sys.path`` (the factory's: the stdlib) as the box sees it."""
     from sandbox import _pyprefix
 
     sys.path[:] = _pyprefix.box_paths(sys.path, expose_python)
@@ -254,6 +320,9 @@ def _serve(fd: int, expose_python: bool | str) -> None:
 
 
 def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[int, int] | None:
+    """One box. Its mounts' sources come as aliases (``source_at``: ``Zygote._alias``), put in
+    the plan after the config is validated with ``/`` in their place: validating resolves a
+    source, which would bring the host path back into our memory."""
     from sandbox import contain, spawn
 
     try:
@@ -264,9 +333,12 @@ def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[in
         cgroup_fd = rest[0] if req.get("cgroup") and rest else None
         if req.get("cgroup") and cgroup_fd is None:
             raise OSError(22, "spawn request without the box's cgroup fd")
+        cfg = cfg.validate()
+        for i, alias in req.get("source_at", {}).items():
+            cfg.mounts[int(i)] = _record.replace(cfg.mounts[int(i)], source=alias)
         box_fd = fds[0]
         expose = cfg.expose_python
-        prep = contain.prepare(cfg.validate(), lambda: _serve(box_fd, expose),
+        prep = contain.prepare(cfg, lambda: _serve(box_fd, expose),
                                cgroup_enforced=frozenset(req.get("cgroup_enforced", [])))
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
