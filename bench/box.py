@@ -27,7 +27,7 @@ from launch import BWRAP  # noqa: E402
 WORKER = r"""
 import os, sys, tempfile, time
 from sandbox import Box, SandboxConfig, MountSpec
-from sandbox.direct import run_direct
+from sandbox._direct import run_direct
 PROG = b'#include <stdio.h>\nint main(){int x; if(scanf("%d",&x)!=1) return 1; printf("%d\\n", x*x); return 0;}\n'
 box = Box().open()
 box.exec(["/bin/true"])

@@ -108,7 +108,7 @@ def main() -> None:
         runs = []
         for _ in range(3):  # a grade run is short (~3 s): take the median of three
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "sandbox.cli", "grade", "--tests",
+            subprocess.run([sys.executable, "-m", "sandbox._cli", "grade", "--tests",
                             str(root / "tests"), "--submissions", str(root / "subs"), "-j", "2",
                             "--no-progress", "--out", str(root / "r.json")], check=True,
                            stdout=subprocess.DEVNULL)

@@ -40,7 +40,7 @@ def med_ms(xs: list[float]) -> float:
 DIRECT_WORKER = """
 import sys, time
 from sandbox import SandboxConfig
-from sandbox.direct import run_direct
+from sandbox._direct import run_direct
 cfg = SandboxConfig()
 run_direct(["/bin/true"], cfg)
 for _ in sys.stdin:
@@ -129,8 +129,8 @@ def bench_cli(n: int) -> tuple[list[float], list[float]]:
 def bench_loopback(n: int) -> tuple[float, float]:
     """Median µs for bringing lo up in a fresh user+net namespace, both ways (pyroute2 figure
     includes its import, as the child would pay it)."""
+    from sandbox import _net
     from sandbox import _syscalls as sc
-    from sandbox import net
 
     out = {}
     for name in ("ioctl", "pyroute2"):
@@ -141,7 +141,7 @@ def bench_loopback(n: int) -> tuple[float, float]:
             if pid == 0:
                 try:
                     t = time.perf_counter()
-                    (net.loopback_up if name == "ioctl" else net.loopback_up_pyroute2)()
+                    (_net.loopback_up if name == "ioctl" else _net.loopback_up_pyroute2)()
                     os.write(w, str(time.perf_counter() - t).encode())
                 finally:
                     os._exit(0)

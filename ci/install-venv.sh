@@ -18,4 +18,4 @@ PY=${PYTHON:-/usr/bin/python3}
 # before the user's ~/.cache/sandbox; see sandbox/_seccomp_cache.py): the CLI then needs
 # neither pyseccomp nor libseccomp to start a box. Earlier versions kept it in __pycache__.
 rm -f sandbox/__pycache__/seccomp-*.bpf
-.venv/bin/python -m sandbox.seccomp
+.venv/bin/python -m sandbox._seccomp

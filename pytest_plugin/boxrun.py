@@ -1,6 +1,6 @@
 """Running Python inside a box from the pytest process, and getting data back safely.
 
-The box is cloned from the pytest process itself (``sandbox.direct.run_direct`` with a callable
+The box is cloned from the pytest process itself (``sandbox._direct.run_direct`` with a callable
 target), so the test module is not re-imported and fixtures/closures are simply there.
 
 Data comes back through a *memfd* rather than a pipe: the host reads it only after the box is
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sandbox import MountSpec, Result, SandboxConfig
-from sandbox.direct import run_direct
+from sandbox._direct import run_direct
 
 OutputSink = Callable[[int, bytes], None]
 
@@ -49,13 +49,13 @@ def _prepared(cfg: SandboxConfig, target: Callable[[], int]) -> Any:
     (``plugin.box_config`` caches them), computed once: ~0.5 ms of every sandboxed test.
     Only while no cgroup is in use: with one, the plan depends on what the box's cgroup
     enforces, which ``run_direct`` learns per box (it then prepares itself, as without us)."""
-    from sandbox import contain, direct
+    from sandbox import _contain, _direct
 
-    if cfg.use_cgroup and getattr(direct, "_MANAGERS", {}).get(os.getpid(), "unknown") is not None:
+    if cfg.use_cgroup and getattr(_direct, "_MANAGERS", {}).get(os.getpid(), "unknown") is not None:
         return None
     hit = _PREPARED.get(id(cfg))
     if hit is None or hit[0] is not cfg:
-        hit = _PREPARED[id(cfg)] = (cfg, contain.prepare(cfg, target))
+        hit = _PREPARED[id(cfg)] = (cfg, _contain.prepare(cfg, target))
     from sandbox._record import replace
 
     return replace(hit[1], target=target)  # the plan is immutable: one per box, sharing the rest

@@ -1,6 +1,6 @@
 """The ``sandbox`` fixture: run untrusted programs or functions in fresh boxes from a trusted
 test. Everything the box returns crosses as bytes (``Result.stdout``), files read through
-``sandbox.safefs`` (no planted symlink is followed), or tagged JSON (``call``) — never pickle.
+``sandbox._safefs`` (no planted symlink is followed), or tagged JSON (``call``) — never pickle.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pytest_plugin import boxrun
-from sandbox import Box, Limits, MountSpec, Result, SandboxConfig, Status, codec, memdir, run_sync
+from sandbox import Box, Limits, MountSpec, Result, SandboxConfig, Status, _codec, _memdir, run_sync
+from sandbox._safefs import RESOLVE, UnsafePath, box_writable_dir, open_beneath, read_beneath
 from sandbox._syscalls import openat2
 from sandbox.grading.session import BoxSession, InvalidReply, SessionError
-from sandbox.safefs import RESOLVE, UnsafePath, box_writable_dir, open_beneath, read_beneath
 
 LIMIT_KEYS = ("memory", "wall_time", "cpu_time", "pids", "output_limit", "tmpfs_size",
               "nofile", "fsize")
@@ -52,7 +52,7 @@ class SandboxFixture:
     def _workdir(self) -> int:
         if self._work < 0:
             size = self._config.getoption("sandbox_tmpfs_size") or self._config.getini("sandbox_tmpfs_size")
-            fd = memdir.create(Limits.parse(**({"tmpfs_size": size} if size else {})).tmpfs_size)
+            fd = _memdir.create(Limits.parse(**({"tmpfs_size": size} if size else {})).tmpfs_size)
             if fd is not None:
                 self._mount = MountSpec("bind", "/work", fd=fd)
             else:
@@ -126,7 +126,7 @@ class SandboxFixture:
         """Run ``func(*args, **kwargs)`` in a fresh box; return its result decoded from tagged
         JSON (None, bool, int, float, str, bytes, list, tuple, dict).
 
-        The box runs a fresh interpreter (``sandbox.worker``) that has nothing of this process:
+        The box runs a fresh interpreter (``sandbox._worker``) that has nothing of this process:
         ``func`` crosses as its module and qualified name and is imported inside the box (or
         give ``"module:function"``, so the untrusted module is never imported here at all);
         the arguments cross as tagged JSON, like the result. /work and the project's import
@@ -136,8 +136,8 @@ class SandboxFixture:
         msg = {"op": "call", "module": module, "path": qualname.split("."), "args": list(args),
                "kwargs": kwargs}
         try:
-            codec.tag(msg)
-        except codec.CodecError as e:
+            _codec.tag(msg)
+        except _codec.CodecError as e:
             raise TypeError(f"sandbox.call({name}): the arguments cannot cross into the box: {e}") from None
         cfg = self.config(**dict(sandbox_options or {}))
         cfg.expose_python = "venv"  # the worker imports what this Python has installed

@@ -14,8 +14,12 @@ in-box code paths never pay for it.
 
 from __future__ import annotations
 
-from sandbox.config import ENV_ALLOWLIST, ConfigError, Limits, MountSpec, SandboxConfig
-from sandbox.result import Result, Status
+from sandbox._config import ENV_ALLOWLIST, ConfigError, Limits, MountSpec, SandboxConfig
+from sandbox._result import Result, Status
+
+for _cls in (ConfigError, Limits, MountSpec, SandboxConfig, Result, Status):
+    _cls.__module__ = "sandbox"  # as trio does: help() and reprs name the public home
+del _cls
 
 TYPE_CHECKING = False  # no typing import at run time: the CLI's start-up is measured
 if TYPE_CHECKING:
@@ -26,15 +30,15 @@ if TYPE_CHECKING:
     from sandbox._box_files import Changes
     from sandbox._box_proc import Process
     from sandbox._boxlife import BoxError
-    from sandbox.doctor import diagnose
-    from sandbox.supervisor import Supervisor
+    from sandbox._doctor import diagnose
+    from sandbox._supervisor import Supervisor
 
 __all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "Changes", "ConfigError", "Limits", "MountSpec",
            "Process", "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "diagnose", "run",
            "run_sync"]
 
-_LAZY = {"Box": "sandbox._box", "BoxError": "sandbox._boxlife", "diagnose": "sandbox.doctor", "Changes": "sandbox._box_files",
-         "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox.supervisor"}
+_LAZY = {"Box": "sandbox._box", "BoxError": "sandbox._boxlife", "diagnose": "sandbox._doctor", "Changes": "sandbox._box_files",
+         "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor"}
 
 
 def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
@@ -57,11 +61,11 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
     handed to init at the clone instead of a request afterwards. From a multi-threaded caller
     an argv box is cloned by a trio supervisor's small single-threaded launcher (init is then a
     clone of that process, not of ours: its size is not in the box's peak memory); anything
-    else by a forked single-threaded helper (``spawn.spawn_box``).
+    else by a forked single-threaded helper (``_spawn.spawn_box``).
     """
     import _thread
 
-    from sandbox.direct import run_direct
+    from sandbox._direct import run_direct
 
     if (_thread._count() > 0 and not callable(target) and not isinstance(stdin, int)
             and on_output is None and not pass_fds  # (and no mount by fd: those are ours)
@@ -77,7 +81,7 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
 async def run(argv: Sequence[str], config: SandboxConfig | None = None, *,
               stdin: bytes | None = None, supervisor: Supervisor | None = None) -> Result:
     """Run one box from trio. Pass a long-lived ``supervisor`` to reuse its warm launcher."""
-    from sandbox.supervisor import Supervisor
+    from sandbox._supervisor import Supervisor
 
     if supervisor is not None:
         return await supervisor.run(argv, config, stdin=stdin)
@@ -91,6 +95,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         value = getattr(importlib.import_module(_LAZY[name]), name)
+        if isinstance(value, type) or callable(value):
+            value.__module__ = "sandbox"
         globals()[name] = value
         return value
     raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-    from sandbox.config import SandboxConfig
-    from sandbox.result import Result
+    from sandbox._config import SandboxConfig
+    from sandbox._result import Result
 
 
 class AsyncProcess:

@@ -2,7 +2,7 @@
 it; every ``exec`` in it has its own wall time, output cap and verdict.
 
 The host half of a held box (the child half is ``sandbox._box_init``). Opening one is a one-shot
-box's whole set-up (``contain.prepare``, ``spawn.spawn_box``, the same init sequence and
+box's whole set-up (``_contain.prepare``, ``_spawn.spawn_box``, the same init sequence and
 hardening) with a request socket instead of a payload. The host then:
 
 * starts processes by sending argv and three fresh pipe ends (never a fd of its own: what a
@@ -19,13 +19,13 @@ import os
 import select
 import time
 
-from sandbox import _box_init, fdpass, statusline, verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
+from sandbox import _box_init, _fdpass, _statusline, _verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
 from sandbox._box_files import GET_MAX, BoxFiles, Changes
 from sandbox._box_proc import Process
 from sandbox._boxlife import BoxError, BoxLife
+from sandbox._config import ConfigError, SandboxConfig, command_argv, parse_duration, parse_size
 from sandbox._record import field, record, replace
-from sandbox.config import ConfigError, SandboxConfig, command_argv, parse_duration, parse_size
-from sandbox.result import Result
+from sandbox._result import Result
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-    from sandbox import spawn
+    from sandbox import _spawn
 
 READY_TIMEOUT = 30.0
 
@@ -63,7 +63,7 @@ class Box:
         self.usage: Usage | None = None
         self._sock: socket.socket | None = None
         self._procs: dict[int, Process] = {}
-        self._init: spawn.BoxProcess | None = None
+        self._init: _spawn.BoxProcess | None = None
         self._watch: Any = None
         self._cpu_spent = False
         self._peak: int | None = None  # the largest max RSS an exec's process tree reached
@@ -160,11 +160,11 @@ class Box:
 
     def _startup_failure(self) -> Result:
         if select.select([self._init.pidfd], [], [], 5.0)[0]:
-            line = statusline.read(self._status_r)
+            line = _statusline.read(self._status_r)
         else:
             line = b""
-        facts = verdict.Facts(self.config.limits, self._prep.enforcement, 0.0, status_line=line)
-        r = verdict.build_result(facts)
+        facts = _verdict.Facts(self.config.limits, self._prep.enforcement, 0.0, status_line=line)
+        r = _verdict.build_result(facts)
         if r.error is None:
             r.error = "init: the box did not report ready"
         return r
@@ -218,9 +218,9 @@ class Box:
         proc = Process(self, self._next_id, argv, lim)
         in_r, out_w, err_w = proc._pipes()
         try:
-            fdpass.send(self._sock, {"op": "exec", "id": proc.id, "argv": argv, "env": env or {},
-                                     "cwd": cwd or self.config.cwd, "rlimits": rl},
-                        [in_r, out_w, err_w])
+            _fdpass.send(self._sock, {"op": "exec", "id": proc.id, "argv": argv, "env": env or {},
+                                      "cwd": cwd or self.config.cwd, "rlimits": rl},
+                         [in_r, out_w, err_w])
         except OSError as e:
             proc._close_all()
             self._box_died()
@@ -244,7 +244,7 @@ class Box:
         r = select.select([self._sock, self._init.pidfd], [], [], timeout)[0]
         if self._sock not in r:
             return b"", []
-        return fdpass.recv(self._sock, max_fds=2)
+        return _fdpass.recv(self._sock, max_fds=2)
 
     def _wait_events(self, fds: list[int], timeout: float | None) -> list[int]:
         """Wait for one of ``fds``, a message from init, or its death; handle the last two.
@@ -267,7 +267,7 @@ class Box:
         watch = [*fds, self._init.pidfd] + ([] if self._dead else [self._sock.fileno()])
         ready = select.select(watch, [], [], timeout)[0]
         if not self._dead and self._sock.fileno() in ready:
-            msg, extra = fdpass.recv(self._sock, max_fds=2)
+            msg, extra = _fdpass.recv(self._sock, max_fds=2)
             for fd in extra:
                 os.close(fd)
             if not msg:
@@ -288,7 +288,7 @@ class Box:
     def _kill(self, proc: Process) -> None:
         if not self._dead:
             try:
-                fdpass.send(self._sock, {"op": "kill", "id": proc.id})
+                _fdpass.send(self._sock, {"op": "kill", "id": proc.id})
             except OSError:
                 self._box_died()
 

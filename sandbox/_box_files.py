@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import stat
 
+from sandbox import _safefs
 from sandbox import _syscalls as sc
-from sandbox import safefs
+from sandbox._config import ConfigError
 from sandbox._record import field, record
-from sandbox.config import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class BoxFiles:
         except OSError as e:
             os.close(dfd)
             if e.errno in (40, 20):  # ELOOP, ENOTDIR
-                raise safefs.UnsafePath(e.errno, f"{path}: refusing to follow a link the box made") from None
+                raise _safefs.UnsafePath(e.errno, f"{path}: refusing to follow a link the box made") from None
             raise
         return dfd, parts[-1]
 
@@ -168,9 +168,9 @@ class BoxFiles:
         dfd, name = self._open_parent(path, create=False)
         try:
             if self.owner is None:
-                return safefs.read_beneath(dfd, name, max_bytes)
+                return _safefs.read_beneath(dfd, name, max_bytes)
             with sc.acting_as(*self.owner):
-                return safefs.read_beneath(dfd, name, max_bytes)
+                return _safefs.read_beneath(dfd, name, max_bytes)
         finally:
             os.close(dfd)
 
@@ -209,13 +209,13 @@ class BoxFiles:
         places += [(f"scratch/up/{n}", dst) for n, (dst, _src) in self.uppers.items()]
         for rel, prefix in places:
             try:
-                fd = safefs.open_beneath(self.tmpfs, rel, directory=True)
+                fd = _safefs.open_beneath(self.tmpfs, rel, directory=True)
             except OSError:
                 continue
             lower = self.lower_fds.get(prefix, -1)
             count = 0
             try:
-                for sub, st in safefs.walk_beneath(fd, max_entries=MAX_ENTRIES):
+                for sub, st in _safefs.walk_beneath(fd, max_entries=MAX_ENTRIES):
                     count += 1
                     path = f"{prefix}/{sub}"
                     if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and lower >= 0:
@@ -224,7 +224,7 @@ class BoxFiles:
                     kind = ("dir" if stat.S_ISDIR(st.st_mode) else
                             "link" if stat.S_ISLNK(st.st_mode) else "file")
                     # the host lower, resolved beneath itself: never through a link in it
-                    in_lower = lower >= 0 and safefs.exists_beneath(lower, sub)
+                    in_lower = lower >= 0 and _safefs.exists_beneath(lower, sub)
                     ident = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) if kind != "dir" else 0
                     out[path] = (kind, ident, in_lower)
                     if kind == "dir" and in_lower and _opaque(fd, sub):
@@ -236,11 +236,11 @@ class BoxFiles:
             truncated = truncated or count >= MAX_ENTRIES
         for lower, sub, prefix in hidden:  # a directory removed and made again: the lower's
             try:                           # entries under it are gone (deleted), not listed
-                fd = safefs.open_beneath(lower, sub, directory=True)
+                fd = _safefs.open_beneath(lower, sub, directory=True)
             except OSError:
                 continue
             try:
-                for name, _st in safefs.walk_beneath(fd, max_entries=MAX_ENTRIES):
+                for name, _st in _safefs.walk_beneath(fd, max_entries=MAX_ENTRIES):
                     out.setdefault(f"{prefix}/{sub}/{name}", ("whiteout",))
             except OSError:
                 truncated = True
@@ -254,7 +254,7 @@ def _opaque(dir_fd: int, sub: str) -> bool:
     made again, so nothing of the lower shows through it (``user.overlay.opaque``: the box's
     overlays are mounted with userxattr). Read through an O_PATH handle: no link followed."""
     try:
-        h = sc.openat2(dir_fd, sub, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, safefs.RESOLVE)
+        h = sc.openat2(dir_fd, sub, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, _safefs.RESOLVE)
     except OSError:
         return False
     try:

@@ -35,42 +35,42 @@ import _signal
 import os
 import select
 
+from sandbox import _payload, _rlimits
 from sandbox import _syscalls as sc
-from sandbox import payload, rlimits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
 
-    from sandbox.plan import Prepared
+    from sandbox._plan import Prepared
 
 NULL_FDS = 3  # init's own 0/1/2 are /dev/null between requests
 
 
-def split_limits(plan: rlimits.Plan) -> tuple[rlimits.Plan, rlimits.Plan]:
+def split_limits(plan: _rlimits.Plan) -> tuple[_rlimits.Plan, _rlimits.Plan]:
     """→ (limits init holds, and its children inherit; per-process limits each child sets
     itself). As in a one-shot box, init holds them all unless it does not fit under the
-    address-space limit (``payload.split_as_limit``): a child that must set its own limits is
+    address-space limit (``_payload.split_as_limit``): a child that must set its own limits is
     a fork of init (a copy of the caller's whole image), where posix_spawn is not.
 
     init's own CPU time counts against the RLIMIT_CPU it holds. It ignores the soft limit's
     SIGXCPU, so only the hard limit ends it, and with it the box (a CPU-time verdict: init
     spent that time for the box, reaping and serving it)."""
-    return payload.split_as_limit(plan)
+    return _payload.split_as_limit(plan)
 
 
 class BoxInit:
     """init's side of the request socket: the processes it started, by request id."""
 
-    def __init__(self, prep: Prepared, sock: socket.socket, child_limits: rlimits.Plan) -> None:
+    def __init__(self, prep: Prepared, sock: socket.socket, child_limits: _rlimits.Plan) -> None:
         self.prep, self.sock, self.child_limits = prep, sock, child_limits
         self.running: dict[int, int] = {}  # box pid → request id
         self.spawner_peak: dict[int, int] = {}  # box pid → our max RSS when we started it
 
     def send(self, obj: dict) -> None:
-        from sandbox import fdpass
+        from sandbox import _fdpass
 
-        fdpass.send(self.sock, obj)
+        _fdpass.send(self.sock, obj)
 
     def end_strays(self) -> None:
         """Before a new process starts: SIGKILL every process of the box that is not in the
@@ -107,7 +107,7 @@ class BoxInit:
             for i in range(3):
                 os.dup2(fds[i], i, inheritable=True)
             step = "exec"
-            pid, exec_r = payload.start(argv, env, limits)
+            pid, exec_r = _payload.start(argv, env, limits)
         except OSError as e:
             what = argv[0] if step == "exec" else str(req.get("cwd"))
             self.send({"op": "failed", "id": rid, "step": step, "errno": e.errno or 0,
@@ -147,7 +147,7 @@ class BoxInit:
                            "cpu_time": cpu, "max_rss": peak})
 
 
-def _merge(base: rlimits.Plan, extra: list) -> rlimits.Plan:
+def _merge(base: _rlimits.Plan, extra: list) -> _rlimits.Plan:
     """Per-request limits replace the box's own for the same resource, never raise them."""
     out = {r: (s, h) for r, s, h in base}
     for r, s, h in extra:
@@ -174,12 +174,12 @@ def null_stdio() -> None:
         os.close(fd)
 
 
-def serve(prep: Prepared, sock_fd: int, child_limits: rlimits.Plan) -> int:
+def serve(prep: Prepared, sock_fd: int, child_limits: _rlimits.Plan) -> int:
     """init's loop for a held box (already hardened). Returns when the host closes the socket."""
     import json
     import socket
 
-    from sandbox import fdpass
+    from sandbox import _fdpass
 
     sock = socket.socket(fileno=sock_fd)
     box = BoxInit(prep, sock, child_limits)
@@ -201,7 +201,7 @@ def serve(prep: Prepared, sock_fd: int, child_limits: rlimits.Plan) -> int:
                         break
                 box.reap()
                 continue
-            msg, fds = fdpass.recv(sock, max_fds=3)
+            msg, fds = _fdpass.recv(sock, max_fds=3)
             if not msg:
                 return 0
             req = json.loads(msg)

@@ -1,7 +1,7 @@
 """``Process``: one program started in a held ``Box`` — its pipes, its limits, its verdict.
 
 Its stdin, stdout and stderr are pipes the host made for it alone (the box never receives one of
-the caller's fds). Its verdict comes from the same ``verdict.build_result`` as a one-shot box's,
+the caller's fds). Its verdict comes from the same ``_verdict.build_result`` as a one-shot box's,
 with the facts init reported for this process (its wait status and the rusage of it and the
 descendants it waited for) and the host's own timers and byte counts.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import time
 
-from sandbox import statusline, verdict
-from sandbox.direct import CHUNK, CappedBuffer
+from sandbox import _statusline, _verdict
+from sandbox._direct import CHUNK, CappedBuffer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sandbox._box import Box
-    from sandbox.config import Limits
-    from sandbox.result import Result
+    from sandbox._config import Limits
+    from sandbox._result import Result
 
 KILL_GRACE = 2.0  # init answers a kill at once; if it does not, the whole box is killed
 
@@ -63,12 +63,12 @@ class Process:
         if op == "started":
             self.pid, self.state = int(m["pid"]), "running"
         elif op == "failed":
-            self._facts = {"status_line": statusline.encode_failure(
+            self._facts = {"status_line": _statusline.encode_failure(
                 {"ok": False, "step": str(m.get("step")), "errno": int(m.get("errno") or 0),
                  "error": str(m.get("error"))})}
             self._finish()
         elif op == "exited":
-            self._facts = {"status_line": statusline.encode_exit(int(m["wait_status"])),
+            self._facts = {"status_line": _statusline.encode_exit(int(m["wait_status"])),
                            "cpu_time": float(m["cpu_time"]), "max_rss": int(m["max_rss"]) or None}
             if self._facts["max_rss"]:  # (None: no more than init's own, see sc.program_peak)
                 self.box._peak = max(self.box._peak or 0, self._facts["max_rss"])
@@ -98,7 +98,7 @@ class Process:
             self._killed_for = why
         if not self._facts:
             self._facts = {"status_line": b"" if why is None and self._killed_for is None
-                           else statusline.encode_exit(9)}
+                           else _statusline.encode_exit(9)}
             if box_cpu is not None:
                 self._facts["cpu_time"] = box_cpu
         self._finish()
@@ -235,14 +235,14 @@ class Process:
     def _build(self) -> None:
         if self.state == "done":
             return
-        facts = verdict.Facts(self.limits, self.box._prep.enforcement, self.wall_time,
-                              status_line=self._facts.get("status_line", b""),
-                              cpu_time=self._facts.get("cpu_time", 0.0),
-                              max_rss=self._facts.get("max_rss"), killed_for=self._killed_for,
-                              seccomp_policy=self.box._prep.seccomp_desc,
-                              landlock=self.box._prep.landlock, init_wait_status=0,
-                              fallback_reasons=self.box._fallback)
-        self.result = verdict.build_result(facts, self._out.value(), self._err.value(),
-                                           self._out.exceeded, self._err.exceeded)
+        facts = _verdict.Facts(self.limits, self.box._prep.enforcement, self.wall_time,
+                               status_line=self._facts.get("status_line", b""),
+                               cpu_time=self._facts.get("cpu_time", 0.0),
+                               max_rss=self._facts.get("max_rss"), killed_for=self._killed_for,
+                               seccomp_policy=self.box._prep.seccomp_desc,
+                               landlock=self.box._prep.landlock, init_wait_status=0,
+                               fallback_reasons=self.box._fallback)
+        self.result = _verdict.build_result(facts, self._out.value(), self._err.value(),
+                                            self._out.exceeded, self._err.exceeded)
         self.state = "done"
         self.box._procs.pop(self.id, None)  # the box keeps only what still runs

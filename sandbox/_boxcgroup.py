@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from sandbox.config import SandboxConfig
+from sandbox._config import SandboxConfig
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,9 +29,9 @@ def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
     mgr: Any = cgroup_manager()
     if mgr is None:
         if config.require_cgroup:
-            from sandbox import cgroup_env
+            from sandbox import _cgroup_env
 
-            return None, f"no usable delegated cgroup v2 subtree ({cgroup_env.detect().reason})"
+            return None, f"no usable delegated cgroup v2 subtree ({_cgroup_env.detect().reason})"
         return None, None
     try:
         return mgr.create_box(config.limits), None
@@ -43,17 +43,17 @@ def open_box_cgroup(config: SandboxConfig) -> tuple[Any, str | None]:
 
 def cgroup_manager() -> Any:
     """This process's delegated subtree (opened once: it may move us into a leaf), or None."""
-    from sandbox import cgroup_env  # the manager's module only where there is something to manage
+    from sandbox import _cgroup_env  # the manager's module only where there is something to manage
 
     pid = os.getpid()
     if pid not in _MANAGERS:
-        env = cgroup_env.detect()
+        env = _cgroup_env.detect()
         _MANAGERS[pid], _NO_MANAGER[pid] = None, env.reason
         if not env.reason:
-            from sandbox import cgroups
+            from sandbox import _cgroups
 
             try:
-                _MANAGERS[pid] = cgroups.CgroupManager.open(require=True, env=env)
+                _MANAGERS[pid] = _cgroups.CgroupManager.open(require=True, env=env)
             except OSError as e:
                 _NO_MANAGER[pid] = f"cannot set up a cgroup subtree in {env.own_path}: {e.strerror or e}"
         if _MANAGERS[pid] is not None:
@@ -72,7 +72,7 @@ def cgroup_enforced(box_cg: Any) -> frozenset[str]:
 def cgroup_fallbacks(config: SandboxConfig, box_cg: Any) -> dict[str, str]:
     """limit → why no cgroup holds it (``Result.fallback_reasons``): the box's cgroup lacks the
     controller, or the box has none (why this process has no subtree, or its leaf failed)."""
-    from sandbox import cgroup_env
+    from sandbox import _cgroup_env
 
     if box_cg is not None:
         return dict(box_cg.fallback)
@@ -83,4 +83,4 @@ def cgroup_fallbacks(config: SandboxConfig, box_cg: Any) -> dict[str, str]:
         why = _NO_MANAGER.get(os.getpid()) or "no cgroup v2 subtree was opened"
     else:
         why = mgr.last_error or "the box's cgroup could not be created"
-    return cgroup_env.fallback_reasons(config.limits, frozenset(), why)
+    return _cgroup_env.fallback_reasons(config.limits, frozenset(), why)

@@ -6,8 +6,8 @@ The life is always the same five steps, in this order:
 
 1. **cgroup**: a fresh leaf of this process's delegated subtree (or the rlimit fallback, or a
    refusal when ``require_cgroup``), and why each limit it does not hold fell back;
-2. **plan**: ``plan.prepare`` for the limits that leaf holds (an immutable plan);
-3. **clone**: ``spawn.spawn_box`` straight into the leaf (``CLONE_INTO_CGROUP``);
+2. **plan**: ``_plan.prepare`` for the limits that leaf holds (an immutable plan);
+3. **clone**: ``_spawn.spawn_box`` straight into the leaf (``CLONE_INTO_CGROUP``);
 4. the runner's own work while init lives (move a payload's bytes, or serve requests), with
    the **CPU-time watch** (``watch``): box-wide, from the leaf's ``cpu.stat`` or, in the
    fallback, a walk of init's process tree;
@@ -25,19 +25,19 @@ from __future__ import annotations
 import os
 import time
 
+from sandbox import _spawn, _verdict
 from sandbox import _syscalls as sc
-from sandbox import spawn, verdict
 from sandbox._boxcgroup import cgroup_enforced, cgroup_fallbacks, open_box_cgroup
-from sandbox.plan import prepare
-from sandbox.result import Result, Status
+from sandbox._plan import prepare
+from sandbox._result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-    from sandbox.config import SandboxConfig
-    from sandbox.plan import Prepared, Target
+    from sandbox._config import SandboxConfig
+    from sandbox._plan import Prepared, Target
 
 
 class BoxError(Exception):
@@ -97,7 +97,7 @@ class BoxLife:
         self.enforcement = self.prep.enforcement
         self.seccomp_desc, self.landlock = self.prep.seccomp_desc, self.prep.landlock
 
-    def adopt(self, init: spawn.BoxProcess, enforcement: dict[str, str], seccomp_desc: str,
+    def adopt(self, init: _spawn.BoxProcess, enforcement: dict[str, str], seccomp_desc: str,
               waiter: Callable[[int], tuple[Any, float, int | None]], *,
               landlock: bool = False) -> None:
         """A box another process cloned into our leaf (``target=None``) is ours from now on;
@@ -106,13 +106,13 @@ class BoxLife:
         self.seccomp_desc, self.landlock = seccomp_desc, landlock
 
     def spawn(self, *, stdin: int, stdout: int, stderr: int, status_w: int,
-              pass_fds: Sequence[int] = ()) -> spawn.BoxProcess:
+              pass_fds: Sequence[int] = ()) -> _spawn.BoxProcess:
         """Clone the box's init (into the leaf, when there is one)."""
         cg_fd = self.cg.dir_fd() if self.cg is not None else None
         self.t0 = time.monotonic()
         try:
-            self.init = spawn.spawn_box(self.prep, stdin=stdin, stdout=stdout, stderr=stderr,
-                                        status_w=status_w, pass_fds=pass_fds, cgroup_fd=cg_fd)
+            self.init = _spawn.spawn_box(self.prep, stdin=stdin, stdout=stdout, stderr=stderr,
+                                         status_w=status_w, pass_fds=pass_fds, cgroup_fd=cg_fd)
         except OSError as e:
             raise _fail("clone", e) from None
         finally:
@@ -120,11 +120,11 @@ class BoxLife:
                 os.close(cg_fd)
         return self.init
 
-    def facts(self) -> verdict.Facts:
+    def facts(self) -> _verdict.Facts:
         """The verdict's facts known before the box ran (what enforces each limit, and why)."""
-        f = verdict.Facts(self.config.limits, self.enforcement, 0.0,
-                          seccomp_policy=self.seccomp_desc, landlock=self.landlock,
-                          fallback_reasons=self.fallback)
+        f = _verdict.Facts(self.config.limits, self.enforcement, 0.0,
+                           seccomp_policy=self.seccomp_desc, landlock=self.landlock,
+                           fallback_reasons=self.fallback)
         if self._watch is not None and self._watch.mechanism != "cgroup":
             f.enforcement = {**f.enforcement, "cpu_time": self._watch.mechanism}
         return f

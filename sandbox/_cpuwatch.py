@@ -1,4 +1,4 @@
-"""One box-wide CPU-time watcher, for both runners (direct.py's poll loop, the trio supervisor).
+"""One box-wide CPU-time watcher, for both runners (_direct.py's poll loop, the trio supervisor).
 
 A CPU-time limit is for the box, not for one of its processes. With a delegated cgroup the
 kernel keeps the box's total (``cpu.stat`` usage_usec). Without one (this is the rlimit

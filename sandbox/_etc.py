@@ -14,7 +14,7 @@ import os
 import stat
 
 from sandbox import _syscalls as sc
-from sandbox.config import SandboxConfig
+from sandbox._config import SandboxConfig
 
 ETC_COPY = ("ld.so.cache", "ld.so.conf", "host.conf", "protocols", "services", "debian_version",
             "mime.types", "localtime", "os-release", "timezone")

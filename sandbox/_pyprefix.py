@@ -2,7 +2,7 @@
 
 At the host's path (the README's venv in the checkout: /home/USER/proj/.venv), a box's
 /proc/self/mountinfo and the directories made above the mount named the user and the
-checkout. ``sandbox.rootfs`` mounts what ``exposed`` lists; ``box_paths`` turns our own paths
+checkout. ``sandbox._rootfs`` mounts what ``exposed`` lists; ``box_paths`` turns our own paths
 (``sys.path`` entries, the interpreter) into the box's, for the workers we start in a box.
 """
 

@@ -4,7 +4,7 @@ Why a cache at all: a one-box CLI would otherwise import pyseccomp (with typing,
 ctypes.util, whose ``find_library`` runs ``ldconfig -p`` twice) and run libseccomp on every
 start (docs/performance.md has the numbers). Two places, read in this order:
 
-1. ``INSTALL_DIR`` = ``{sys.prefix}/share/sandbox``: written by ``python -m sandbox.seccomp``
+1. ``INSTALL_DIR`` = ``{sys.prefix}/share/sandbox``: written by ``python -m sandbox._seccomp``
    at install (ci/install-venv.sh) for the default policy, with and without the memfd rules.
    Trusted like the interpreter it sits beside: only files and a directory owned by root or
    by us. The runtime never writes there.

@@ -46,9 +46,9 @@ def our_cgroups() -> set[str]:
     leaves, ``box-N`` leaves inside a subtree) next to or below our own cgroup, where cgroup v2
     is delegated; empty elsewhere. Names carry the creating process's pid, so a leftover can be
     told apart from a subtree another live process (a second xdist worker) is still using."""
-    from sandbox import cgroup_env
+    from sandbox import _cgroup_env
 
-    env = cgroup_env.detect()
+    env = _cgroup_env.detect()
     if env.reason or not env.own_dir:
         return set()
     found: set[str] = set()

@@ -14,7 +14,7 @@ import trio
 
 import sandbox
 from sandbox import Box, BoxError, ConfigError, Limits, SandboxConfig, Status
-from sandbox.safefs import UnsafePath
+from sandbox._safefs import UnsafePath
 
 ROOT_MODE = os.geteuid() == 0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import Box, BoxError, Limits, SandboxConfig, Status, cgroups
+from sandbox import Box, BoxError, Limits, SandboxConfig, Status, _cgroups
 
-ENV = cgroups.detect()
+ENV = _cgroups.detect()
 pytestmark = pytest.mark.skipif(bool(ENV.reason), reason=ENV.reason or "")
 
 HOG = ("import os\n"

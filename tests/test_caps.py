@@ -1,4 +1,4 @@
-"""caps.py through python-prctl: what a box's payload holds, read from inside a real box."""
+"""_caps.py through python-prctl: what a box's payload holds, read from inside a real box."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import _prctl
 import pytest
 
 import sandbox
-from sandbox import SandboxConfig, caps
+from sandbox import SandboxConfig, _caps
 
 PR_GET_SECUREBITS = 27
 # SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED
@@ -18,7 +18,7 @@ def test_the_bounding_drop_covers_every_capability_the_kernel_has():
     (The rest exists because python-prctl refuses a number above its build's table, before
     any syscall: if that ever changes, the libc path can go.)"""
     last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    dropped = list(caps._KNOWN_CAPS) + list(caps._NEWER_CAPS)
+    dropped = list(_caps._KNOWN_CAPS) + list(_caps._NEWER_CAPS)
     assert dropped == list(range(last + 1))
     with pytest.raises(ValueError, match="Unknown capability"):
         _prctl.prctl(_prctl.PR_CAPBSET_DROP, _prctl.CAP_LAST_CAP + 1)

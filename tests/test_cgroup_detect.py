@@ -11,9 +11,9 @@ import sys
 import pytest
 
 import sandbox
-from sandbox import Limits, SandboxConfig, Status, cgroups
+from sandbox import Limits, SandboxConfig, Status, _cgroups
 
-ENV = cgroups.detect()
+ENV = _cgroups.detect()
 needs_fallback = pytest.mark.skipif(not ENV.reason, reason="this host has a usable delegated "
                                     "cgroup v2 subtree: the fallback is not exercised here")
 
@@ -36,18 +36,18 @@ def test_rlimit_fallback_is_reported_in_every_verdict(no_leftovers):
 def test_require_cgroup_turns_the_fallback_into_an_error(no_leftovers):
     r = sandbox.run_sync(["true"], SandboxConfig(require_cgroup=True))
     assert r.status == Status.XX and r.error_step == "cgroup" and ENV.reason in (r.error or "")
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--require-cgroup", "--", "true"],
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "run", "--require-cgroup", "--", "true"],
                        capture_output=True, text=True)
     assert p.returncode == 125 and "cgroup" in p.stderr
 
 
 def test_doctor_text_and_json():
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "doctor"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "doctor"], capture_output=True, text=True)
     assert p.returncode == 0 and "sandboxes can run here" in p.stdout
     assert "user namespaces" in p.stdout and "cgroup v2" in p.stdout
     if ENV.reason:
         assert "fix:" in p.stdout and "Delegate=" in p.stdout
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "doctor", "--json"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "doctor", "--json"], capture_output=True, text=True)
     d = json.loads(p.stdout)
     assert d["can_run"] is True and {c["name"] for c in d["checks"]} >= {"kernel", "user namespaces", "cgroup v2"}
 
@@ -77,7 +77,7 @@ def _paths(request: pytest.FixtureRequest, tmp: str) -> dict[str, sandbox.Result
         async with sandbox.Supervisor() as s:
             return await s.run(["true"], cfg)
     out["supervisor"] = trio.run(sup)
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--memory", "64M", "--pids", "32",
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "run", "--memory", "64M", "--pids", "32",
                         "--cpus", "0.5", "--cpu-time", "10s", "--json", "--", "true"],
                        capture_output=True, text=True)
     v = json.loads(p.stdout)
@@ -116,7 +116,7 @@ def test_every_fallback_says_why_on_every_path(request, box_tmp, no_leftovers):
         # RLIMIT_CPU per process, + the box-wide watch in the runners that have one
         assert r.enforcement["cpu_time"] in ("rlimit", "rlimit+supervisor"), (path, r.enforcement)
         assert r.enforcement.get("cpus", "none") == "none", (path, r.enforcement)
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--cpu-time", "1s", "--",
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "run", "--cpu-time", "1s", "--",
                         "python3", "-c", "while True: pass"], capture_output=True, text=True)
     assert p.returncode != 0
     assert p.stderr.strip().endswith(f"[cpu_time held by rlimit+supervisor: {ENV.reason}]"), p.stderr

@@ -11,9 +11,9 @@ import pytest
 import trio
 
 import sandbox
-from sandbox import Limits, SandboxConfig, Status, cgroups
+from sandbox import Limits, SandboxConfig, Status, _cgroups
 
-ENV = cgroups.detect()
+ENV = _cgroups.detect()
 pytestmark = pytest.mark.skipif(bool(ENV.reason), reason=ENV.reason or "")
 
 
@@ -26,7 +26,7 @@ def py(code: str, **limits: object) -> sandbox.Result:
 
 
 def _base() -> str:
-    from sandbox.direct import _MANAGERS
+    from sandbox._direct import _MANAGERS
 
     mgr = _MANAGERS.get(os.getpid())
     assert mgr is not None
@@ -48,7 +48,7 @@ def test_aaa_no_internal_process_move_path():
         f"open({top!r} + '/cgroup.procs', 'w').write('0')\n"
         "import sandbox\n"
         "from sandbox import Limits, SandboxConfig\n"
-        "from sandbox.direct import _MANAGERS\n"
+        "from sandbox._direct import _MANAGERS\n"
         "r = sandbox.run_sync(['python3', '-c', 'x = bytearray(200 << 20)'],\n"
         "                     SandboxConfig(require_cgroup=True, limits=Limits.parse(memory='64M')))\n"
         "m = _MANAGERS[os.getpid()]\n"
@@ -152,7 +152,7 @@ def test_supervisor_path_uses_cgroups_too():
 
 
 def test_doctor_in_the_guest_says_cgroup():
-    from sandbox.doctor import diagnose
+    from sandbox import diagnose
 
     c = {x.name: x for x in diagnose()}["cgroup v2"]
     assert c.status == "ok" and "enforced by cgroup v2" in c.detail
@@ -165,7 +165,7 @@ def test_cli_runs_leave_no_cgroup_subtree_behind():
     top = os.path.dirname(_base())
     before = set(os.listdir(top))
     for _ in range(3):
-        p = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--require-cgroup", "--", "true"],
+        p = subprocess.run([sys.executable, "-m", "sandbox._cli", "run", "--require-cgroup", "--", "true"],
                            capture_output=True, timeout=120)
         assert p.returncode == 0, p.stderr
     assert set(os.listdir(top)) == before
@@ -205,7 +205,7 @@ def test_hog_exec_path_cli_json():
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--memory", "64M", "--json",
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "run", "--memory", "64M", "--json",
                         "--", "python3", "-c", HOG + "hog()"], capture_output=True, text=True,
                        timeout=120)
     v = json.loads(p.stdout)
@@ -248,7 +248,7 @@ from sandbox import Limits, SandboxConfig, cgroup_env
 env = cgroup_env.detect()
 r = sandbox.run_sync(["python3", "-c", sys.argv[2] + "hog()"], SandboxConfig(
     require_cgroup=True, limits=Limits.parse(memory="64M", pids=32, cpus=0.5, cpu_time="20s")))
-from sandbox.doctor import diagnose
+from sandbox._doctor import diagnose
 doc = {c.name: c for c in diagnose()}["cgroup v2"]
 print(json.dumps({"reason": env.reason, "missing": env.missing, "status": r.status,
                   "enforcement": r.enforcement, "fallback_reasons": r.fallback_reasons,

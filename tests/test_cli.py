@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-SANDBOX = [sys.executable, "-m", "sandbox.cli"]
+SANDBOX = [sys.executable, "-m", "sandbox._cli"]
 
 
 def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -119,15 +119,15 @@ def test_run_path_stays_light():
     box start imported: none of HEAVY, and neither pyseccomp nor ctypes itself (sandbox._clib
     stands in for it) when the default policy's compiled filter was built at install
     (ci/install-venv.sh) or is in the user's cache."""
-    from sandbox import _seccomp_cache, seccomp
+    from sandbox import _seccomp, _seccomp_cache
 
     p = subprocess.run([sys.executable, "-X", "importtime", SCRIPT, "run", "--", "true"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr[-2000:]
     loaded = {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines()
               if line.startswith("import time:") and "|" in line}
-    assert "sandbox.direct" in loaded and not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
-    if all(_seccomp_cache.read(seccomp.policy_key(seccomp.policy_for("default", memory_rlimit=m)))
+    assert "sandbox._direct" in loaded and not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    if all(_seccomp_cache.read(_seccomp.policy_key(_seccomp.policy_for("default", memory_rlimit=m)))
            is not None for m in (False, True)):  # the cgroup and the RLIMIT_AS fallback variant
         assert not loaded & {"pyseccomp", "ctypes"}, sorted(loaded & {"pyseccomp", "ctypes"})
 
@@ -138,7 +138,7 @@ def test_entry_flushes_runs_atexit_and_keeps_the_exit_code(tmp_path):
     code = ("import atexit, os, sys\n"
             "atexit.register(lambda: os.write(2, b'atexit ran'))\n"
             "sys.argv = ['sandbox', 'run', '--json', '--', 'sh', '-c', 'echo hi; exit 3']\n"
-            "from sandbox.cli import entry\nentry()")
+            "from sandbox._cli import entry\nentry()")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert p.returncode == 3 and json.loads(p.stdout)["stdout"] == "hi\n", p
     assert p.stderr.endswith(b"atexit ran")
@@ -147,7 +147,7 @@ def test_entry_flushes_runs_atexit_and_keeps_the_exit_code(tmp_path):
     assert p.returncode == 0 and p.stdout == b'{\n  "statu' and b"Traceback" not in p.stderr
 
 
-# The hand-written option parser (sandbox/cli.py: argparse costs ~6 ms of every cold start).
+# The hand-written option parser (sandbox/_cli.py: argparse costs ~6 ms of every cold start).
 
 def test_equals_form_and_repeatable_options():
     p = cli("run", "--memory=256M", "--wall-time=5s", "--env=A=1=2", "--env", "B=3",
@@ -164,7 +164,7 @@ def test_first_word_starts_the_command_and_the_rest_passes_through():
 
 
 def test_parse_options_in_process():
-    from sandbox.cli import RUN_GROUPS, parse_options
+    from sandbox._cli import RUN_GROUPS, parse_options
 
     a = parse_options(["--memory", "1G", "--memory=2G", "-q", "--uid=7", "--cwd", "/",
                        "--tmpfs", "/scratch:1M", "--id-map=single", "ls", "-l", "--uid", "x"],
@@ -178,8 +178,8 @@ def test_parse_options_in_process():
 
 
 def test_defaults_match_the_library():
-    from sandbox.cli import RUN_GROUPS, config_from_args, parse_options
-    from sandbox.config import SandboxConfig
+    from sandbox import SandboxConfig
+    from sandbox._cli import RUN_GROUPS, config_from_args, parse_options
 
     a = parse_options(["true"], RUN_GROUPS, "sandbox run", True)
     assert (a.net, a.cwd, a.hostname, a.id_map, a.seccomp, a.uid) == (
@@ -245,7 +245,7 @@ def test_help_does_not_depend_on_columns():
 def test_cli_module_imports_neither_argparse_nor_json():
     """argparse (+gettext, re, enum) and json are ~8 ms of the CLI's cold start; json is
     imported only for --json/--meta, and argparse stays in `sandbox grade` only."""
-    code = ("import sys, sandbox.cli\n"
+    code = ("import sys, sandbox._cli\n"
             "print(' '.join(m for m in ('argparse', 'json') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
@@ -256,9 +256,9 @@ def test_entry_gives_grade_and_doctor_the_collector_and_a_normal_exit():
     collector off (bin/sandbox turns it off for `run`), nor skip the interpreter's exit."""
     code = ("import gc, sys\ngc.disable()\n"
             "sys.argv = ['sandbox', 'doctor', '--json']\n"
-            "import sandbox.doctor\n"
-            "sandbox.doctor.main = lambda argv, as_json: print('gc', gc.isenabled()) or 0\n"
+            "import sandbox._doctor\n"
+            "sandbox._doctor.main = lambda argv, as_json: print('gc', gc.isenabled()) or 0\n"
             "import atexit\natexit.register(lambda: print('normal exit'))\n"
-            "from sandbox.cli import entry\nentry()")
+            "from sandbox._cli import entry\nentry()")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.split("\n")[:2] == ["gc True", "normal exit"], p

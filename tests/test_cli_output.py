@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-SANDBOX = [sys.executable, "-m", "sandbox.cli"]
+SANDBOX = [sys.executable, "-m", "sandbox._cli"]
 
 
 def _start(args: list[str], stdout_fd: int) -> subprocess.Popen[bytes]:

@@ -17,8 +17,7 @@ import pytest
 import trio
 
 import sandbox
-from sandbox import Limits, SandboxConfig, Status, _etc
-from sandbox.config import MountSpec
+from sandbox import Limits, MountSpec, SandboxConfig, Status, _etc
 
 
 def sh(script: str, **cfg_kw) -> sandbox.Result:
@@ -107,9 +106,9 @@ def test_ro_bind_is_read_only_and_bind_writes_through(box_tmp, no_leftovers, mon
     the host mount, so later host mounts beneath it stay out of the box. (The last check bites
     where the host's mounts are shared, as under systemd; test_mount_propagation_is_cut_both_ways
     covers propagation as root everywhere.)"""
-    from sandbox import rootfs
+    from sandbox import _rootfs
 
-    monkeypatch.setattr(rootfs, "_have_mount_setattr", mount_setattr)  # the box is our fork
+    monkeypatch.setattr(_rootfs, "_have_mount_setattr", mount_setattr)  # the box is our fork
     ro, rw = box_tmp / "ro", box_tmp / "rw"
     ro.mkdir()
     rw.mkdir()
@@ -248,7 +247,7 @@ def test_memory_rlimit_fallback_reported(no_leftovers):
                          SandboxConfig(limits=Limits.parse(memory="128M")))
     if r.enforcement["memory"] == "cgroup":
         assert r.status == Status.ML, r
-    else:  # the refused allocation raises MemoryError: ML by verdict._refused_allocation
+    else:  # the refused allocation raises MemoryError: ML by _verdict._refused_allocation
         assert r.enforcement["memory"] == "rlimit"
         assert r.status == Status.ML and b"MemoryError" in r.stderr, r
     assert r.enforcement["wall_time"] == "supervisor" and r.enforcement["output_limit"] == "supervisor"
@@ -352,7 +351,7 @@ def test_run_sync_from_a_threaded_process_uses_the_launcher(no_leftovers):
 
 BOX_IMPORTS = """
 from sandbox import SandboxConfig
-from sandbox.direct import run_direct
+from sandbox._direct import run_direct
 from sandbox.grading.session import BoxSession
 """
 HIDDEN_THREAD = """
@@ -433,7 +432,7 @@ def test_mount_propagation_is_cut_both_ways(no_leftovers):
     subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
     try:
         subprocess.run(["mount", "--make-shared", str(shared)], check=True)
-        box = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "run", "--ro-bind",
+        box = subprocess.Popen([sys.executable, "-m", "sandbox._cli", "run", "--ro-bind",
                                 f"{shared}:/data", "--", "sh", "-c",
                                 "sleep 1; grep -c ' /data/sub ' /proc/self/mountinfo"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)

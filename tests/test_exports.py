@@ -36,7 +36,7 @@ def test_the_held_box_api_is_exported_with_its_types():
 
 def test_importing_sandbox_stays_light():
     """``import sandbox`` loads no runner: trio, the box code and the supervisor come on first use."""
-    code = ("import sys, sandbox; bad = [m for m in ('trio', 'sandbox._box', 'sandbox.supervisor',"
-            " 'sandbox.direct') if m in sys.modules]; print(bad)")
+    code = ("import sys, sandbox; bad = [m for m in ('trio', 'sandbox._box', 'sandbox._supervisor',"
+            " 'sandbox._direct') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

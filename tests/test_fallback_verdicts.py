@@ -17,9 +17,9 @@ import pytest
 import trio
 
 import sandbox
-from sandbox import Limits, SandboxConfig, Status, cgroup_env, verdict
+from sandbox import Limits, SandboxConfig, Status, _cgroup_env, _verdict
 
-FALLBACK = bool(cgroup_env.detect().reason)
+FALLBACK = bool(_cgroup_env.detect().reason)
 needs_fallback = pytest.mark.skipif(not FALLBACK, reason="a delegated cgroup v2 subtree holds "
                                     "the limits here: the rlimit fallback is not exercised")
 REFUSED = "allocation refused by the address-space limit (MemoryError)"
@@ -46,7 +46,7 @@ def test_one_big_refused_allocation_is_ml(no_leftovers):
 def test_one_big_refused_allocation_is_ml_from_the_cli(no_leftovers):
     """The CLI streams stderr to the terminal instead of keeping it: the verdict reads the
     tail it keeps (the issue's own example)."""
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--memory", "128M", "--",
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "run", "--memory", "128M", "--",
                         "python3", "-c", "bytearray(500_000_000)"], capture_output=True, timeout=60)
     last = p.stderr.splitlines()[-2:]
     assert last[0] == b"MemoryError", p
@@ -83,16 +83,16 @@ def test_memoryerror_without_the_address_space_limit_is_re(no_leftovers):
     r = py("raise MemoryError", memory=None)
     assert r.enforcement["memory"] == "none"
     assert (r.status, r.reason) == (Status.RE, "exit code 1"), r
-    facts = verdict.Facts(Limits.parse(memory="128M"), {"memory": "cgroup"}, 0.1,
-                          status_line=_exit_status_line(1))
-    r = verdict.build_result(facts, stderr=b"Traceback...\nMemoryError\n")
+    facts = _verdict.Facts(Limits.parse(memory="128M"), {"memory": "cgroup"}, 0.1,
+                           status_line=_exit_status_line(1))
+    r = _verdict.build_result(facts, stderr=b"Traceback...\nMemoryError\n")
     assert (r.status, r.reason) == (Status.RE, "exit code 1"), r
 
 
 def _exit_status_line(code: int) -> bytes:
-    from sandbox import statusline
+    from sandbox import _statusline
 
-    return statusline.encode_exit(code << 8)
+    return _statusline.encode_exit(code << 8)
 
 
 # -- CPU time: the whole box ----------------------------------------------------------------------
@@ -268,11 +268,11 @@ def _kill_and_reap(p: subprocess.Popen) -> float:
 
 @needs_fallback
 def test_the_watch_samples_on_its_schedule_not_on_every_chunk(monkeypatch, no_leftovers):
-    """direct._pump wakes for every chunk of output; the tree walk must not run each time (a
+    """_direct._pump wakes for every chunk of output; the tree walk must not run each time (a
     chatty box would make the CLI walk /proc thousands of times): with 60 s of budget on an
     idle-ish box, a handful of samples."""
     from sandbox import _cpuwatch
-    from sandbox.direct import run_direct
+    from sandbox._direct import run_direct
 
     samples = []
     sample = _cpuwatch.TreeWatch.sample

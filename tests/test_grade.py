@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.codec import CodecError, decode, encode
+from sandbox._codec import CodecError, decode, encode
 
 TESTS = '''
 import pytest
@@ -89,7 +89,7 @@ def course(tmp_path: Path) -> Path:
 
 
 def grade(course: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sandbox.cli", "grade", "--tests",
+    return subprocess.run([sys.executable, "-m", "sandbox._cli", "grade", "--tests",
                            str(course / "grader_tests"), "--submissions", str(course / "submissions"),
                            "-j", "2", "--call-timeout", "1", "--wall-time", "5s",
                            "--out", str(course / "results.json"), "--csv", str(course / "r.csv"),
@@ -135,7 +135,7 @@ def test_resume_skips_graded_submissions(course):
     (["--tests", "/tmp", "--submissions", "/tmp", "--memory", "lots"], "'lots'"),
 ])
 def test_grade_usage_errors(args, needle):
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "grade", *args], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "grade", *args], capture_output=True, text=True)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and needle in p.stderr
 
 

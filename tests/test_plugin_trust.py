@@ -206,7 +206,7 @@ def test_fixture_is_immune_to_lies_and_planted_links(run, tmp_path):
     r = run(f"""
         import os, pickle, pytest
         from pytest_plugin.fixture import SandboxCallError
-        from sandbox.safefs import UnsafePath
+        from sandbox._safefs import UnsafePath
 
         def test_fake_passed_lines_are_just_bytes(sandbox):
             r = sandbox.run(["sh", "-c", "echo '== 1 passed in 0.01s =='; echo PASSED; exit 1"])

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
+from sandbox import _seccomp
 from sandbox import _seccomp_cache as disk
-from sandbox import seccomp
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def caches(tmp_path, monkeypatch):
     install, xdg = tmp_path / "install", tmp_path / "xdg"
     install.mkdir()
     monkeypatch.setattr(disk, "INSTALL_DIR", str(install))
-    monkeypatch.setattr(seccomp, "_cache", {})
+    monkeypatch.setattr(_seccomp, "_cache", {})
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
     return install, xdg / "sandbox"
 
@@ -38,7 +38,7 @@ def fresh(code: str, env: dict[str, str] | None = None, install: str | None = No
     printed words."""
     code = (f"import sys; import sandbox._seccomp_cache as d; "
             f"d.INSTALL_DIR = {install or disk.INSTALL_DIR!r}\n"
-            "import sandbox.seccomp as s\n" + code)
+            "import sandbox._seccomp as s\n" + code)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, **(env or {})})
     return out.stdout.split()
@@ -57,15 +57,15 @@ def fresh_read(env: dict[str, str] | None = None, install: str | None = None) ->
 
 
 def entry_name(policy) -> str:
-    return disk.file_name(seccomp.policy_key(policy))
+    return disk.file_name(_seccomp.policy_key(policy))
 
 
 def test_round_trip_in_the_user_cache_skips_pyseccomp(caches):
     install, user = caches
-    policy = seccomp.policy_for("default")
-    bpf = seccomp.compile_bpf(policy)
+    policy = _seccomp.policy_for("default")
+    bpf = _seccomp.compile_bpf(policy)
     (f,) = user.iterdir()
-    header = seccomp.policy_key(policy) + disk.libseccomp_line() + f"bpf {len(bpf)}\n".encode()
+    header = _seccomp.policy_key(policy) + disk.libseccomp_line() + f"bpf {len(bpf)}\n".encode()
     assert f.name == entry_name(policy) and f.read_bytes() == header + bpf
     assert (stat.S_IMODE(f.stat().st_mode), stat.S_IMODE(user.stat().st_mode)) == (0o600, 0o700)
     assert list(install.iterdir()) == []  # the runtime never writes the install's directory
@@ -79,24 +79,24 @@ def test_the_install_step_writes_both_default_programs_and_is_read_first(caches)
     (install / "keep.txt").write_bytes(b"")
     install.chmod(0o700)
     # under a umask that would keep the programs from other users, they are still theirs to read
-    subprocess.run([sys.executable, "-m", "sandbox.seccomp", str(install)], check=True,
+    subprocess.run([sys.executable, "-m", "sandbox._seccomp", str(install)], check=True,
                    preexec_fn=lambda: os.umask(0o077))
-    plain = seccomp.policy_for("default")
-    fallback = seccomp.policy_for("default", memory_rlimit=True)
+    plain = _seccomp.policy_for("default")
+    fallback = _seccomp.policy_for("default", memory_rlimit=True)
     assert sorted(p.name for p in install.iterdir()) == sorted(
         ["keep.txt", entry_name(plain), entry_name(fallback)])
     assert stat.S_IMODE(install.stat().st_mode) == 0o755
     for policy in (plain, fallback):
         assert stat.S_IMODE((install / entry_name(policy)).stat().st_mode) == 0o644
         imported, data = fresh_compile(f"s.policy_for('default', memory_rlimit={policy is fallback})")
-        assert imported == "False" and bytes.fromhex(data) == seccomp._compile(policy)
+        assert imported == "False" and bytes.fromhex(data) == _seccomp._compile(policy)
     assert not user.exists()  # found in the install's directory: nothing cached for the user
 
 
 def test_the_install_step_fails_loudly_on_a_directory_others_can_write(caches):
     install, _ = caches
     install.chmod(0o777)
-    p = subprocess.run([sys.executable, "-m", "sandbox.seccomp", str(install)],
+    p = subprocess.run([sys.executable, "-m", "sandbox._seccomp", str(install)],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "only root or we can write" in p.stderr, p
     assert list(install.iterdir()) == []
@@ -104,8 +104,8 @@ def test_the_install_step_fails_loudly_on_a_directory_others_can_write(caches):
 
 def test_each_policy_has_its_own_entry(caches):
     _, user = caches
-    a = seccomp.compile_bpf(seccomp.policy_for("default"))
-    b = seccomp.compile_bpf(seccomp.policy_for("default", allow=("ptrace",)))
+    a = _seccomp.compile_bpf(_seccomp.policy_for("default"))
+    b = _seccomp.compile_bpf(_seccomp.policy_for("default", allow=("ptrace",)))
     assert a != b and len(list(user.iterdir())) == 2
     _, data = fresh_compile("s.policy_for('default', allow=('ptrace',))")
     assert bytes.fromhex(data) == b
@@ -116,10 +116,10 @@ def test_the_memory_fallback_variant_has_its_own_key(caches):
     a cached default program is never handed to a box that needs memfds refused, nor the
     reverse."""
     _, user = caches
-    plain = seccomp.policy_for("default")
-    fallback = seccomp.policy_for("default", memory_rlimit=True)
-    assert seccomp.policy_key(plain) != seccomp.policy_key(fallback)
-    a, b = seccomp.compile_bpf(plain), seccomp.compile_bpf(fallback)
+    plain = _seccomp.policy_for("default")
+    fallback = _seccomp.policy_for("default", memory_rlimit=True)
+    assert _seccomp.policy_key(plain) != _seccomp.policy_key(fallback)
+    a, b = _seccomp.compile_bpf(plain), _seccomp.compile_bpf(fallback)
     assert a != b and len(list(user.iterdir())) == 2
     _, data = fresh_compile("s.policy_for('default', memory_rlimit=True)")
     assert bytes.fromhex(data) == b
@@ -135,10 +135,10 @@ def test_a_file_that_is_not_exactly_ours_is_ignored(caches, tmp_path_factory, da
     allow-all program (a valid BPF). ``cut_at_an_instruction``: a torn write that still ends
     on whole instructions (a shorter program, ending in some earlier return)."""
     install, user = caches
-    policy = seccomp.policy_for("default")
-    good = seccomp._compile(policy)
-    evil = seccomp._compile(seccomp.Policy("none"))
-    pkey = seccomp.policy_key(policy)
+    policy = _seccomp.policy_for("default")
+    good = _seccomp._compile(policy)
+    evil = _seccomp._compile(_seccomp.Policy("none"))
+    pkey = _seccomp.policy_key(policy)
     key = pkey + disk.libseccomp_line()
     user.mkdir(parents=True, mode=0o700)
     path = user / entry_name(policy)
@@ -182,13 +182,13 @@ def test_a_sound_entry_is_used(caches):
     """The counterpart of the damage cases: the same construction, undamaged, is a hit (so
     each miss above is the damage's doing)."""
     _, user = caches
-    policy = seccomp.policy_for("default")
-    good = seccomp._compile(policy)
+    policy = _seccomp.policy_for("default")
+    good = _seccomp._compile(policy)
     user.mkdir(parents=True, mode=0o700)
-    key = seccomp.policy_key(policy) + disk.libseccomp_line()
+    key = _seccomp.policy_key(policy) + disk.libseccomp_line()
     (user / entry_name(policy)).write_bytes(key + f"bpf {len(good)}\n".encode() + good)
     (user / entry_name(policy)).chmod(0o600)
-    assert disk.read(seccomp.policy_key(policy)) == good
+    assert disk.read(_seccomp.policy_key(policy)) == good
 
 
 def test_the_user_cache_counts_only_our_own_files(caches):
@@ -197,7 +197,7 @@ def test_the_user_cache_counts_only_our_own_files(caches):
     not (only the install's directory trusts root)."""
     install, _ = caches
     if os.geteuid() == 0:
-        subprocess.run([sys.executable, "-m", "sandbox.seccomp", str(install)], check=True)
+        subprocess.run([sys.executable, "-m", "sandbox._seccomp", str(install)], check=True)
         for p in install.iterdir():
             os.chown(p, 65534, 65534)
         theirs = str(install.parent / "sandbox")
@@ -209,7 +209,7 @@ def test_the_user_cache_counts_only_our_own_files(caches):
         assert fresh_read({"XDG_CACHE_HOME": str(install.parent)})[0] == "True"
         return
     theirs = REAL_INSTALL_DIR
-    entry = os.path.join(theirs, entry_name(seccomp.policy_for("default")))
+    entry = os.path.join(theirs, entry_name(_seccomp.policy_for("default")))
     if not os.path.exists(entry) or os.stat(entry).st_uid == os.geteuid():
         pytest.skip("needs the install's programs written by another user (ci/install-venv.sh as root)")
     assert os.path.basename(theirs) == "sandbox"
@@ -221,7 +221,7 @@ def rewrite_libseccomp_line(user, **changes: str) -> None:
     """Edit the libseccomp line of the one cache file (fields: version, lib, lib_id, ld_id)."""
     (path,) = user.iterdir()
     raw = path.read_bytes()
-    pkey = seccomp.policy_key(seccomp.policy_for("default"))
+    pkey = _seccomp.policy_key(_seccomp.policy_for("default"))
     end = raw.index(b"\n", len(pkey)) + 1
     _, version, lib, lib_id, _, ld_id = raw[len(pkey):end].decode().split()
     f = {"version": version, "lib": lib, "lib_id": lib_id, "ld_id": ld_id, **changes}
@@ -230,7 +230,7 @@ def rewrite_libseccomp_line(user, **changes: str) -> None:
 
 
 def test_unchanged_libseccomp_is_recognised_without_loading_it(caches):
-    seccomp.compile_bpf(seccomp.policy_for("default"))
+    _seccomp.compile_bpf(_seccomp.policy_for("default"))
     assert fresh_read() == ["True", "False"]
     # the loader could be redirected: then the library is asked for its version
     assert fresh_read({"LD_LIBRARY_PATH": "/nonexistent"}) == ["True", "True"]
@@ -241,7 +241,7 @@ def test_a_changed_library_or_loader_cache_means_asking_the_library(caches, chan
     """An ldconfig run or a replaced library file: the version is then checked by loading
     libseccomp, and the cached program is used only if it is still the same version."""
     _, user = caches
-    seccomp.compile_bpf(seccomp.policy_for("default"))
+    _seccomp.compile_bpf(_seccomp.policy_for("default"))
     rewrite_libseccomp_line(user, **{change: "1:2:3:4"})
     assert fresh_read() == ["True", "True"]
     rewrite_libseccomp_line(user, version="0.0.1")
@@ -252,7 +252,7 @@ def test_a_changed_library_or_loader_cache_means_asking_the_library(caches, chan
 
 def test_a_malformed_libseccomp_line_is_a_miss(caches):
     _, user = caches
-    seccomp.compile_bpf(seccomp.policy_for("default"))
+    _seccomp.compile_bpf(_seccomp.policy_for("default"))
     rewrite_libseccomp_line(user, lib="two words")
     assert fresh_read() == ["False", "False"]
 
@@ -266,7 +266,7 @@ def test_without_a_usable_home_a_box_still_starts(tmp_path, env, no_leftovers):
     not taken relative to the working directory)."""
     code = ("import sys; import sandbox._seccomp_cache as d; d.INSTALL_DIR = '/nonexistent'\n"
             "sys.argv = ['sandbox', 'run', '--', 'grep', '^Seccomp:', '/proc/self/status']\n"
-            "from sandbox.cli import entry\nentry()")
+            "from sandbox._cli import entry\nentry()")
     base = {k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_CACHE_HOME")}
     cwd = tmp_path / "cwd"
     cwd.mkdir()

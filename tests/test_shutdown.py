@@ -25,7 +25,7 @@ SUPERVISOR_SCRIPT = textwrap.dedent("""
     trio.run(main)
 """)
 
-CLI = [sys.executable, "-m", "sandbox.cli", "run", "--", "sh", "-c", "echo ready; sleep 1000 & sleep 1000"]
+CLI = [sys.executable, "-m", "sandbox._cli", "run", "--", "sh", "-c", "echo ready; sleep 1000 & sleep 1000"]
 
 
 def _wait_gone(pids: set[int], timeout: float = 5.0) -> set[int]:

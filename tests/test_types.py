@@ -13,7 +13,7 @@ import re
 import pytest
 
 from sandbox import ConfigError, Limits, MountSpec, Result, SandboxConfig, Status, _record
-from sandbox.config import parse_duration, parse_size
+from sandbox._config import parse_duration, parse_size
 
 
 @_record.record
@@ -82,7 +82,7 @@ def test_status_is_a_str_with_one_instance_per_value():
     assert Result(Status.OK).ok and not Result(Status.RE).ok
 
 
-# The regular expressions the hand-written parsers replaced (sandbox/config.py before).
+# The regular expressions the hand-written parsers replaced (sandbox/_config.py before).
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 TIME_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -137,9 +137,9 @@ def test_hostname_rule_unchanged():
                                   "ümlaut ☃ 𝄞", "bad \udcff bytes", ""])
 def test_inits_failure_report_is_json_without_the_json_module(text):
     """init writes its failure report by hand (no json import in the box): every string a
-    step error can carry must come back unchanged through json.loads and statusline.parse."""
-    from sandbox.statusline import encode_failure
-    from sandbox.statusline import parse as parse_status_line
+    step error can carry must come back unchanged through json.loads and _statusline.parse."""
+    from sandbox._statusline import encode_failure
+    from sandbox._statusline import parse as parse_status_line
 
     obj = {"ok": False, "step": text, "errno": 13, "error": text, "x": None, "y": True}
     raw = encode_failure(obj)

@@ -1,5 +1,5 @@
 """The supervisor's warm pool: pre-built boxes the launcher offers and the supervisor starts
-directly (sandbox/launcher.py, sandbox/supervisor.py). Asserted from outside: the boxes are
+directly (sandbox/_launcher.py, sandbox/_supervisor.py). Asserted from outside: the boxes are
 as fresh as cold ones, a dead offered box never costs a verdict, and dead boxes' mount
 namespaces (held by the launcher so their teardown leaves the latency path) are released.
 

@@ -1,9 +1,9 @@
 """An interactive box: a worker inside answers calls into a submission's code, one at a time.
 
-The worker is a fresh Python interpreter exec'd in the box (``sandbox.worker``): it has seen
+The worker is a fresh Python interpreter exec'd in the box (``sandbox._worker``): it has seen
 nothing of the (trusted) caller — no heap, no frames, no modules, no argv, no environment
 block — and imports the submission's modules *inside* the box. Requests and replies are
-length-prefixed tagged JSON (``sandbox.codec``) over a socketpair: never pickle, every frame
+length-prefixed tagged JSON (``sandbox._codec``) over a socketpair: never pickle, every frame
 bounded, every reply awaited with a time limit. When a call times out or the box dies, the
 box is killed and the session is over; the verdict comes from the kernel as for any box.
 
@@ -22,17 +22,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sandbox import _pyprefix, codec, spawn, statusline, verdict, worker
+from sandbox import Result, SandboxConfig, _codec, _pyprefix, _spawn, _statusline, _verdict, _worker
 from sandbox import _syscalls as sc
 from sandbox._boxlife import BoxError, BoxLife, xx_result
-from sandbox.config import SandboxConfig
-from sandbox.result import Result
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from sandbox.grading.zygote import Zygote
 
-MAX_FRAME = worker.MAX_FRAME
+MAX_FRAME = _worker.MAX_FRAME
 START_TIMEOUT = 60.0  # for the worker's start-up when the box has no wall time
 
 
@@ -78,7 +76,7 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None, watch: Any 
 def _recv(sock: socket.socket, deadline: float | None, watch: Any = None) -> bytes:
     (n,) = struct.unpack("!I", _recv_exact(sock, 4, deadline, watch))
     if n > MAX_FRAME:
-        raise codec.CodecError(f"reply of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+        raise _codec.CodecError(f"reply of {n} bytes exceeds the {MAX_FRAME}-byte limit")
     return _recv_exact(sock, n, deadline, watch)
 
 
@@ -88,13 +86,13 @@ class BoxSession:
     The worker is never a copy of the caller: with ``factory`` (grading) the box is cloned by
     that submission's zygote, a clean interpreter with the worker loaded
     (``sandbox.grading.zygote``); without (the fixture's ``call``) the box execs a fresh
-    interpreter and is sent the worker's code (``sandbox.worker``). ``path``: directories (as
+    interpreter and is sent the worker's code (``sandbox._worker``). ``path``: directories (as
     the box sees them) put first on the worker's ``sys.path``; the caller's site-packages
     directories follow. The box starts at once; its first request waits for the worker's
     "ready" under the box's wall time, not under the call's time limit.
 
     The box gets its own cgroup leaf from *this* process's subtree, like every other box
-    (``sandbox.direct.open_box_cgroup``): the zygote clones the box straight into it
+    (``sandbox._direct.open_box_cgroup``): the zygote clones the box straight into it
     (``CLONE_INTO_CGROUP`` with the leaf's fd we send), so the memory, pids and CPU limits hold
     the whole box, not one process of it; we read its counters and remove it at ``close``."""
 
@@ -106,7 +104,7 @@ class BoxSession:
         host, box = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:  # its leaf, its plan (unless the zygote plans it) and its end: BoxLife
             self._life = BoxLife(self.config, None if factory is not None else
-                                 worker.command(box.fileno(), self.config.expose_python))
+                                 _worker.command(box.fileno(), self.config.expose_python))
         except BoxError as e:  # require_cgroup without one: no box at all, the verdict says why
             host.close()
             box.close()
@@ -117,7 +115,7 @@ class BoxSession:
         self._err = os.memfd_create("box-stderr", os.MFD_CLOEXEC)
         self._st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._factory = factory
-        self._box: spawn.BoxProcess | None = None
+        self._box: _spawn.BoxProcess | None = None
         try:
             if factory is not None:  # cloned by the zygote: its worker is already loaded
                 cg_fd = self._life.cg.dir_fd() if self._life.cg is not None else None
@@ -139,9 +137,9 @@ class BoxSession:
         self._ready = False
         try:  # fits in the socket's buffer: read by the worker as it starts
             if factory is None:
-                host.sendall(worker.boot_frame())
-            site = _pyprefix.box_paths(worker.site_dirs(), self.config.expose_python)
-            _send(host, codec.encode({"path": [*path, *site]}))
+                host.sendall(_worker.boot_frame())
+            site = _pyprefix.box_paths(_worker.site_dirs(), self.config.expose_python)
+            _send(host, _codec.encode({"path": [*path, *site]}))
         except OSError:
             pass  # the box died already: the first request reports how
 
@@ -156,12 +154,12 @@ class BoxSession:
         finally:
             os.close(null)
 
-    def _started(self) -> spawn.BoxProcess:
+    def _started(self) -> _spawn.BoxProcess:
         """The box, once the zygote said it cloned it (OSError: it could not)."""
         if self._box is None:
             assert self._factory is not None
             pid, pidfd, reply = self._factory.spawned()
-            self._box = spawn.BoxProcess(pid, pidfd)
+            self._box = _spawn.BoxProcess(pid, pidfd)
             self._life.adopt(self._box, dict(reply["enforcement"]), str(reply["seccomp"]),
                              self._factory.wait)
         if not self._watched:  # once: the box's CPU-time watch (the one-shot runners' own)
@@ -190,11 +188,11 @@ class BoxSession:
 
     def _exchange(self, msg: dict[str, Any] | None, deadline: float, late: str) -> Any:
         """Send ``msg`` (None: only wait for the worker's "ready") and return the reply."""
-        data = None if msg is None else codec.encode(msg)  # the caller's values: its own error
+        data = None if msg is None else _codec.encode(msg)  # the caller's values: its own error
         try:
             if data is not None:
                 _send(self._sock, data)
-            reply = codec.decode(_recv(self._sock, deadline, self._watch or None))
+            reply = _codec.decode(_recv(self._sock, deadline, self._watch or None))
         except TimeoutError:
             self._kill("wall")
             raise SessionError(late) from None
@@ -204,7 +202,7 @@ class BoxSession:
         except (EOFError, OSError):
             res = self.close()
             raise SessionError(f"the submission's box died ({res.reason or res.error or res.status})") from None
-        except codec.CodecError as e:
+        except _codec.CodecError as e:
             self._kill(None)
             raise InvalidReply(f"invalid reply from the submission's box: {e}") from None
         if msg is None and reply == {"ready": True}:
@@ -239,13 +237,13 @@ class BoxSession:
         facts = self._life.facts()
         facts.init_wait_status, facts.cpu_time, facts.max_rss = self._life.reap()
         facts.wall_time, facts.killed_for = time.monotonic() - self._t0, self._killed_for
-        facts.status_line = statusline.read(self._st_r)
+        facts.status_line = _statusline.read(self._st_r)
         facts.cgroup = self._life.stats()  # an OOM kill takes init too: only the cgroup tells ML
         self._life.end()
         lim = self.config.limits
         out = _read_memfd(self._out, lim.output_limit)
         err = _read_memfd(self._err, lim.output_limit)
-        self.result = verdict.build_result(facts, out, err)
+        self.result = _verdict.build_result(facts, out, err)
         for fd in (self._out, self._err, self._st_r):
             os.close(fd)
         return self.result

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import Limits, MountSpec, Result, SandboxConfig, Status, fdpass, run_sync
+from sandbox import Limits, MountSpec, Result, SandboxConfig, Status, _fdpass, run_sync
+from sandbox._safefs import exists_beneath, walk_beneath
 from sandbox.grading.session import BoxSession, SessionError
 from sandbox.grading.zygote import Zygote, stop_factory
-from sandbox.safefs import exists_beneath, walk_beneath
 
 BOX_DIR = "/submission"
 SEVERITY = {s: i for i, s in enumerate(["OK", "RE", "SG", "OL", "ML", "TO", "XX"])}
@@ -170,7 +170,7 @@ class Submission:
         box that failed before its rootfs was made sends nothing, and its socket end closes)."""
         if self._upper < 0 and self._uppers is not None:
             if select.select([self._uppers], [], [], self.call_timeout)[0]:
-                _, fds = fdpass.recv(self._uppers, max_fds=1)
+                _, fds = _fdpass.recv(self._uppers, max_fds=1)
                 for fd in fds[1:]:
                     os.close(fd)
                 if fds and stat.S_ISDIR(os.fstat(fds[0]).st_mode):

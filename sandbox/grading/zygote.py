@@ -2,24 +2,24 @@
 clones the submission's test boxes.
 
 Every test's box needs a worker interpreter that has seen nothing of the teacher (see
-``sandbox.worker``). Exec'ing a fresh Python in every box works (the fixture's ``call`` does)
+``sandbox._worker``). Exec'ing a fresh Python in every box works (the fixture's ``call`` does)
 but costs each test ~9 ms of CPU for the interpreter's start-up, which on a 2-core machine
 grading 2 submissions at a time is most of a test. The *factory* pays it once per grading run
 (pytest process): it is exec'd by the grader — ``python -I -S -B``, a clean environment (the
 allowlist a box gets anyway), no argv but its fds and our pid — and imports the box-making
-code and ``sandbox.worker`` from code objects we send it, which name no host file
+code and ``sandbox._worker`` from code objects we send it, which name no host file
 (``sandbox.grading._factory``: its maps, modules and ``sys.path`` name neither the checkout
 nor the venv). It never reads anything of a submission: its only request is
 "fork", which hands it a socket. The fork, a *zygote*, serves one submission on that socket:
 it clones each of its test boxes, whose payload is a fork of that clean image running
-``worker.serve``. What such a worker can find in its memory is our code and its zygote's
+``_worker.serve``. What such a worker can find in its memory is our code and its zygote's
 requests: box configs of this one submission (limits, an alias of its directory: never its
 host path, see ``Zygote._alias``) and fd numbers.
 Never the teacher's frames, modules, argv or environment, and never another submission (the
 factory that all zygotes are forks of has seen none). The grading plugin runs a submission's
 tests one after another, so one zygote serves all of them (``pytest_collection_modifyitems``).
 
-Zygote protocol (``SOCK_SEQPACKET``, ``sandbox.fdpass`` JSON + fds), in the order the grader sends:
+Zygote protocol (``SOCK_SEQPACKET``, ``sandbox._fdpass`` JSON + fds), in the order the grader sends:
   → ``{"op": "spawn", "config": {...}, "upper_to": [i, ...], "source_at": {i: alias},
     "cgroup_enforced": [...]}`` (each mount's source ``/`` in the config, its alias in
     ``source_at``) fds
@@ -43,9 +43,8 @@ import socket
 import sys
 from typing import Any
 
-from sandbox import _record, fdpass, worker
+from sandbox import SandboxConfig, _fdpass, _record, _worker
 from sandbox import _syscalls as sc
-from sandbox.config import SandboxConfig
 
 _factory: list[Any] = []  # [socket, Popen] of this process's factory, once started
 ALIAS_TOP, ALIASES = "/tmp", "sandbox-grade-"  # where Zygote._alias makes its directory
@@ -82,7 +81,7 @@ def _factory_socket() -> socket.socket:
     if not _factory:
         import subprocess  # (not in the factory itself: what it imports, every box carries)
 
-        from sandbox.direct import cgroup_manager
+        from sandbox._direct import cgroup_manager
 
         # Our cgroup subtree first: opening it may move us into a leaf of our cgroup, which the
         # kernel refuses once another process (the factory) shares that cgroup. The factory is
@@ -100,7 +99,7 @@ def _factory_socket() -> socket.socket:
             entry = code_of.ENTRY.format(code=fds[0], extensions=ext_fds, fd=theirs.fileno(),
                                  parent=os.getpid())
             env = {k: os.environ[k] for k in SandboxConfig().inherit_env if k in os.environ}
-            proc = subprocess.Popen([os.path.realpath(sys.executable), *worker.FLAGS, "-c", entry],
+            proc = subprocess.Popen([os.path.realpath(sys.executable), *_worker.FLAGS, "-c", entry],
                                     env=env, pass_fds=[theirs.fileno(), *fds], cwd="/",
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         finally:
@@ -128,7 +127,7 @@ class Zygote:
         self.alive = True  # until it stops answering: its spawns then fail, and a new one is made
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            fdpass.send(_factory_socket(), {"op": "fork"}, [theirs.fileno()])
+            _fdpass.send(_factory_socket(), {"op": "fork"}, [theirs.fileno()])
         except OSError:
             self.alive = False
         finally:
@@ -157,11 +156,11 @@ class Zygote:
             for i, m in enumerate(cfg.mounts)])
         enforced = list(cgroup_enforced or []) if cgroup_fd is not None else []
         try:
-            fdpass.send(self._sock, {"op": "spawn", "config": plain.to_dict(), "upper_to": held,
-                                     "source_at": {str(i): a for i, a in aliases.items()},
-                                     "cgroup": cgroup_fd is not None, "cgroup_enforced": enforced},
-                        [*fds, *(cfg.mounts[i].upper_to for i in held),
-                         *([cgroup_fd] if cgroup_fd is not None else [])])
+            _fdpass.send(self._sock, {"op": "spawn", "config": plain.to_dict(), "upper_to": held,
+                                      "source_at": {str(i): a for i, a in aliases.items()},
+                                      "cgroup": cgroup_fd is not None, "cgroup_enforced": enforced},
+                         [*fds, *(cfg.mounts[i].upper_to for i in held),
+                          *([cgroup_fd] if cgroup_fd is not None else [])])
         except OSError as e:  # answered here: the spawn fails like one the zygote refused
             self.alive = False
             self._replies.append(({"op": "error", "error": e.strerror, "errno": e.errno}, []))
@@ -209,7 +208,7 @@ class Zygote:
 
     def _next(self) -> None:
         """One message: an exit is filed by pid, a spawn's answer queued in order."""
-        data, fds = fdpass.recv(self._sock, max_fds=1)
+        data, fds = _fdpass.recv(self._sock, max_fds=1)
         if not data:
             self.alive = False
             raise OSError(32, "the box factory exited")
@@ -242,17 +241,17 @@ def factory_main(fd: int, parent: int) -> None:
     """Fork a zygote for each socket the grader sends; exit at EOF."""
     import prctl
 
-    from sandbox import contain, spawn  # noqa: F401 - loaded once here, for every zygote
+    from sandbox import _contain, _spawn  # noqa: F401 - loaded once here, for every zygote
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the grader's to handle
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
-    contain.prepare(SandboxConfig().validate(), ["true"])  # rootfs plan caches, seccomp program
+    _contain.prepare(SandboxConfig().validate(), ["true"])  # rootfs plan caches, seccomp program
     ctl = socket.socket(fileno=fd)
     zygotes: set[int] = set()
     while True:
-        data, fds = fdpass.recv(ctl, max_fds=1)
+        data, fds = _fdpass.recv(ctl, max_fds=1)
         if not data or len(fds) != 1:
             break
         me = os.getpid()
@@ -290,10 +289,10 @@ def _zygote_main(fd: int) -> None:
                     poller.unregister(ready)
                     os.close(ready)
                     status, cpu, rss = sc.wait4(pid)
-                    fdpass.send(sock, {"op": "exited", "pid": pid, "wait_status": status,
-                                       "cpu_time": cpu, "max_rss": rss})
+                    _fdpass.send(sock, {"op": "exited", "pid": pid, "wait_status": status,
+                                        "cpu_time": cpu, "max_rss": rss})
                     continue
-                data, fds = fdpass.recv(sock)
+                data, fds = _fdpass.recv(sock)
                 if not data:
                     return
                 box = _spawn(sock, json.loads(data), fds)
@@ -316,14 +315,14 @@ def _serve(fd: int, expose_python: bool | str) -> None:
     from sandbox import _pyprefix
 
     sys.path[:] = _pyprefix.box_paths(sys.path, expose_python)
-    worker.serve(fd)
+    _worker.serve(fd)
 
 
 def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[int, int] | None:
     """One box. Its mounts' sources come as aliases (``source_at``: ``Zygote._alias``), put in
     the plan after the config is validated with ``/`` in their place: validating resolves a
     source, which would bring the host path back into our memory."""
-    from sandbox import contain, spawn
+    from sandbox import _contain, _spawn
 
     try:
         cfg = SandboxConfig.from_dict(req["config"])
@@ -338,21 +337,21 @@ def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> tuple[in
             cfg.mounts[int(i)] = _record.replace(cfg.mounts[int(i)], source=alias)
         box_fd = fds[0]
         expose = cfg.expose_python
-        prep = contain.prepare(cfg, lambda: _serve(box_fd, expose),
-                               cgroup_enforced=frozenset(req.get("cgroup_enforced", [])))
+        prep = _contain.prepare(cfg, lambda: _serve(box_fd, expose),
+                                cgroup_enforced=frozenset(req.get("cgroup_enforced", [])))
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            box = spawn.spawn_box(prep, stdin=null, stdout=fds[1], stderr=fds[2], status_w=fds[3],
-                                  pass_fds=[box_fd], cgroup_fd=cgroup_fd)
+            box = _spawn.spawn_box(prep, stdin=null, stdout=fds[1], stderr=fds[2], status_w=fds[3],
+                                   pass_fds=[box_fd], cgroup_fd=cgroup_fd)
         finally:
             os.close(null)
     except Exception as e:  # noqa: BLE001 - every failure becomes an XX verdict in the grader
-        fdpass.send(sock, {"op": "error", "error": getattr(e, "strerror", None) or str(e),
-                           "errno": getattr(e, "errno", None)})
+        _fdpass.send(sock, {"op": "error", "error": getattr(e, "strerror", None) or str(e),
+                            "errno": getattr(e, "errno", None)})
         return None
     finally:
         for fd in fds:
             os.close(fd)
-    fdpass.send(sock, {"op": "spawned", "pid": box.pid, "enforcement": prep.enforcement,
-                       "seccomp": prep.seccomp_desc}, [box.pidfd])
+    _fdpass.send(sock, {"op": "spawned", "pid": box.pid, "enforcement": prep.enforcement,
+                        "seccomp": prep.seccomp_desc}, [box.pidfd])
     return box.pid, box.pidfd

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import sandbox
 from sandbox import SandboxConfig
 
-CLI = [sys.executable, "-m", "sandbox.cli"]
+CLI = [sys.executable, "-m", "sandbox._cli"]
 
 WATCH = """
     import ctypes, errno, os, sys

@@ -213,7 +213,7 @@ def test_graded_hostile_submission_finds_nothing_of_the_teacher(box_tmp: Path, n
     for p in box_tmp.rglob("*"):
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
     env = {**os.environ, "GRADER_SECRET": s["env"]}
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "grade", "--tests", str(box_tmp / "tests"),
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "grade", "--tests", str(box_tmp / "tests"),
                         "--submissions", str(box_tmp / "subs"), "-j", "1", "--call-timeout", "30",
                         "--wall-time", "60s", "--memory", "1G", "--no-progress",
                         "--out", str(box_tmp / "r.json")],

@@ -17,9 +17,8 @@ import pytest
 import trio
 
 import sandbox
-from sandbox import Limits, SandboxConfig, Status
-from sandbox.config import MountSpec
-from sandbox.safefs import UnsafePath, read_beneath
+from sandbox import Limits, MountSpec, SandboxConfig, Status
+from sandbox._safefs import UnsafePath, read_beneath
 
 SYSCALL = {"keyctl": 250, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
            "io_uring_setup": 425, "unshare": 272, "ptrace": 101, "add_key": 248,
@@ -309,7 +308,7 @@ def test_threads_in_the_box_are_filtered_too(no_leftovers):
 
 
 def test_landlock_confines_writes_to_the_writable_places(no_leftovers):
-    from sandbox.landlock import abi_version
+    from sandbox._landlock import abi_version
 
     if not abi_version():
         pytest.skip("Landlock not available on this kernel (needs >= 5.13 with lsm=landlock)")

@@ -39,7 +39,7 @@ PROBE = ("cat /proc/self/mountinfo; echo ====; cat /proc/mounts; echo ====; ls -
 RUN_BOTH = f"""
 import json, subprocess, sys
 import sandbox
-cli = subprocess.run([sys.executable, "-m", "sandbox.cli", "run", "--", "sh", "-c", {PROBE!r}],
+cli = subprocess.run([sys.executable, "-m", "sandbox._cli", "run", "--", "sh", "-c", {PROBE!r}],
                      capture_output=True, text=True)
 venv = sandbox.run_sync(["sh", "-c", {PROBE!r}], sandbox.SandboxConfig(expose_python="venv"))
 print(json.dumps({{"default": cli.stdout + cli.stderr, "venv": venv.stdout.decode()}}))

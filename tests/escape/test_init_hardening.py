@@ -21,12 +21,11 @@ import textwrap
 import pytest
 
 import sandbox
-from sandbox import Limits, SandboxConfig, Status
-from sandbox.config import MountSpec
+from sandbox import Limits, MountSpec, SandboxConfig, Status
 from tests.conftest import ROOT_MODE
 from tests.escape._watch import watch
 
-CLI = [sys.executable, "-m", "sandbox.cli"]
+CLI = [sys.executable, "-m", "sandbox._cli"]
 
 
 def py(code: str, **limits: str) -> sandbox.Result:
@@ -60,7 +59,7 @@ def test_tmpfs_inodes_are_capped_and_the_verdict_is_the_programs(where, box_tmp,
     if where.startswith("/ov") and ROOT_MODE:
         pytest.skip("as root the box user owns nothing on the host: no overlay is writable")
     size = 64 << 20
-    cap = max(4096, size // 8192)  # the documented policy (sandbox.rootfs.tmpfs_inodes)
+    cap = max(4096, size // 8192)  # the documented policy (sandbox._rootfs.tmpfs_inodes)
     (box_tmp / "ov").mkdir()
     (box_tmp / "ov").chmod(0o777)  # writable by the box user in both modes
     cfg = SandboxConfig(limits=Limits(tmpfs_size=size), mounts=[
@@ -89,7 +88,7 @@ def test_proc1_cmdline_and_environ_show_nothing_of_the_host(box_tmp, no_leftover
     assert p.returncode == 0, p.stderr
     cmdline, _, environ = p.stdout.partition(b"|")
     assert cmdline.rstrip(b"\0") == b"sandbox-init", p.stdout[:200]
-    for leak in (box_secret, host_secret, str(box_tmp), "--env", "sandbox.cli"):
+    for leak in (box_secret, host_secret, str(box_tmp), "--env", "sandbox._cli"):
         assert leak.encode() not in p.stdout, leak
     assert environ in (b" 13", b""), environ  # EACCES
 

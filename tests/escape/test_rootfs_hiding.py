@@ -24,8 +24,7 @@ from pathlib import Path
 import pytest
 
 import sandbox
-from sandbox import SandboxConfig
-from sandbox.config import MountSpec
+from sandbox import MountSpec, SandboxConfig
 from tests.conftest import ROOT_MODE
 from tests.escape._watch import watch
 

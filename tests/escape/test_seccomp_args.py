@@ -16,8 +16,8 @@ import textwrap
 import pytest
 
 import sandbox
-from sandbox import Limits, SandboxConfig, Status, contain, seccomp
-from sandbox.seccomp_rules import DEFAULT_RULES, EQ, MASKED_EQ, MEMFD_RULES, Rule, check_widths
+from sandbox import Limits, SandboxConfig, Status, _contain, _seccomp
+from sandbox._seccomp_rules import DEFAULT_RULES, EQ, MASKED_EQ, MEMFD_RULES, Rule, check_widths
 
 if os.uname().machine != "x86_64":  # raw syscall numbers below are x86-64's
     pytest.skip("uses x86-64 syscall numbers", allow_module_level=True)
@@ -96,7 +96,7 @@ def test_every_tested_argument_is_compared_at_its_kernel_width():
     check_widths(DEFAULT_RULES + MEMFD_RULES)
     for args in (((0, EQ, 40, 0),), ((0, MASKED_EQ, (1 << 32) - 1 << 1, 2),)):
         with pytest.raises(ValueError, match="32 bits wide"):
-            seccomp.build_filter(seccomp.Policy("t", (Rule("socket", "t", args=args),)))
+            _seccomp.build_filter(_seccomp.Policy("t", (Rule("socket", "t", args=args),)))
     with pytest.raises(ValueError, match="not declared"):
         check_widths((Rule("kill", "t", args=((0, EQ, 1, 0),)),))
 
@@ -256,8 +256,8 @@ def test_memfd_enforcement_says_what_bounds_it(case):
     cfg = SandboxConfig(seccomp="none" if case == "rlimit_seccomp_none" else "default",
                         seccomp_allow=["memfd"] if case == "rlimit_allowed" else [])
     cg = frozenset({"memory", "pids", "cpu_time"}) if case == "cgroup" else frozenset()
-    prep = contain.prepare(cfg, ["true"], cgroup_enforced=cg)
+    prep = _contain.prepare(cfg, ["true"], cgroup_enforced=cg)
     want = {"cgroup": "cgroup", "rlimit": "seccomp"}.get(case, "none")
     assert prep.enforcement["memfd"] == want
-    refused = seccomp.compile_bpf(seccomp.policy_for("default", memory_rlimit=True))
+    refused = _seccomp.compile_bpf(_seccomp.policy_for("default", memory_rlimit=True))
     assert (prep.seccomp_bpf == refused) == (case == "rlimit")

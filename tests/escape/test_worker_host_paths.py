@@ -223,7 +223,7 @@ def test_graded_worker_holds_no_host_path(box_tmp: Path, no_leftovers):
     for p in box_tmp.rglob("*"):
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
     env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp)}
-    p = subprocess.run([sys.executable, "-m", "sandbox.cli", "grade", "--tests", str(box_tmp / "tests"),
+    p = subprocess.run([sys.executable, "-m", "sandbox._cli", "grade", "--tests", str(box_tmp / "tests"),
                         "--submissions", str(subs), "-j", "1", "--call-timeout", "60",
                         "--wall-time", "90s", "--memory", "1G", "--no-progress",
                         "--out", str(box_tmp / "r.json")],
@@ -270,7 +270,7 @@ def test_a_dead_graders_aliases_are_swept(box_tmp: Path, no_leftovers):
     for p in box_tmp.rglob("*"):
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
     try:
-        p = subprocess.run([sys.executable, "-m", "sandbox.cli", "grade", "--tests", str(box_tmp / "tests"),
+        p = subprocess.run([sys.executable, "-m", "sandbox._cli", "grade", "--tests", str(box_tmp / "tests"),
                             "--submissions", str(box_tmp / "subs"), "-j", "1", "--no-progress",
                             "--out", str(box_tmp / "r.json")], capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]

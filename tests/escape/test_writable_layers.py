@@ -4,8 +4,8 @@ escape 3).
 A submission wrote 600 MiB (58 502 files) into /submission: the grader's overlay upper was a
 host directory, so ``--tmpfs-size`` did not apply and only the host's disk stopped it. The
 ``sandbox`` fixture's /work was a host directory too. Now the upper is in the box's own tmpfs
-(its init hands the grader an fd of it, read through ``sandbox.safefs``) and /work is a tmpfs
-of its own that the host holds by fd only (``sandbox.memdir``): a box that writes past the
+(its init hands the grader an fd of it, read through ``sandbox._safefs``) and /work is a tmpfs
+of its own that the host holds by fd only (``sandbox._memdir``): a box that writes past the
 cap gets ENOSPC, in bytes and in files, and no host directory ever holds what it wrote.
 """
 
@@ -189,12 +189,12 @@ def test_fixture_work_cap_through_the_plugin(run):
 def test_memdir_is_private_capped_and_leaves_nothing(no_leftovers):
     """A memdir is in no mount table, owned by us (private unless root), capped in inodes too,
     and gone with its fd: the helper that made it is reaped."""
-    from sandbox import memdir
-    from sandbox.safefs import walk_beneath
+    from sandbox import _memdir
+    from sandbox._safefs import walk_beneath
 
     with open("/proc/self/mountinfo") as f:
         before = f.read()
-    fd = memdir.create(1 * MiB)
+    fd = _memdir.create(1 * MiB)
     assert fd is not None
     try:
         with open("/proc/self/mountinfo") as f:
@@ -205,18 +205,18 @@ def test_memdir_is_private_capped_and_leaves_nothing(no_leftovers):
         with pytest.raises(OSError, match="No space left"):
             for made in range(5000):  # noqa: B007 - counted for the assertion below
                 os.close(os.open(f"f{made}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
-        assert made < memdir.inodes_for(1 * MiB) + 1
+        assert made < _memdir.inodes_for(1 * MiB) + 1
         assert len(list(walk_beneath(fd))) == made
     finally:
         os.close(fd)
 
 
 def test_fixture_falls_back_to_a_private_host_dir_where_the_kernel_refuses(no_leftovers, monkeypatch):
-    """Kernels that cannot bind a clone of a detached tmpfs into a box (``memdir.create`` →
+    """Kernels that cannot bind a clone of a detached tmpfs into a box (``_memdir.create`` →
     None) keep the fixture working on a private host directory, removed at the end."""
-    from sandbox import memdir
+    from sandbox import _memdir
 
-    monkeypatch.setattr(memdir, "create", lambda size: None)
+    monkeypatch.setattr(_memdir, "create", lambda size: None)
     fx = SandboxFixture(_PytestConfig("4M"))
     try:
         r = fx.run(["sh", "-c", "tr a-z A-Z < in.txt > out.txt"], files={"in.txt": b"abc"})

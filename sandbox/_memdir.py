@@ -33,8 +33,8 @@ MOUNT_ATTR_NOSUID_NODEV = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 
 def inodes_for(size: int) -> int:
     """The inode cap for a tmpfs of ``size`` bytes, the same rule as a box's own tmpfs
-    (``rootfs.tmpfs_inodes``): empty files take no pages, only kernel slab."""
-    from sandbox.rootfs import tmpfs_inodes
+    (``_rootfs.tmpfs_inodes``): empty files take no pages, only kernel slab."""
+    from sandbox._rootfs import tmpfs_inodes
 
     return tmpfs_inodes(size)
 
@@ -74,7 +74,7 @@ def _make_in_helper(opts: dict[str, str]) -> int | None:
     module docstring) and sends back its fd, or the errno it failed with."""
     import socket
 
-    from sandbox import fdpass, userns
+    from sandbox import _fdpass, _userns
 
     uid, gid = os.geteuid(), os.getegid()  # (once unshared, they read as the overflow ids)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -85,17 +85,17 @@ def _make_in_helper(opts: dict[str, str]) -> int | None:
             try:
                 ours.close()
                 sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
-                userns.write_own_maps(userns.IdPlan("single", uid, gid, uid, gid))
+                _userns.write_own_maps(_userns.IdPlan("single", uid, gid, uid, gid))
                 fd = _make(opts)
-                fdpass.send(theirs, {"ok": fd is not None}, [] if fd is None else [fd])
+                _fdpass.send(theirs, {"ok": fd is not None}, [] if fd is None else [fd])
                 code = 0
             except OSError as e:
-                fdpass.send(theirs, {"errno": e.errno or 0, "error": str(e)})
+                _fdpass.send(theirs, {"errno": e.errno or 0, "error": str(e)})
             finally:
                 os._exit(code)
         theirs.close()
         try:
-            msg, fds = fdpass.recv(ours, max_fds=1)
+            msg, fds = _fdpass.recv(ours, max_fds=1)
         finally:
             os.waitpid(pid, 0)
     finally:

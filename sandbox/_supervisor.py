@@ -1,6 +1,6 @@
 """The trio supervisor: many boxes at once, each with its own limits, streams and verdict.
 
-It never forks: boxes are cloned by the single-threaded launcher (sandbox/launcher.py) and
+It never forks: boxes are cloned by the single-threaded launcher (sandbox/_launcher.py) and
 come back as pidfds. Per box the supervisor streams stdin in and stdout/stderr out with hard
 caps (OL: the box is killed, the captured bytes kept), enforces wall time with a cancel scope,
 kills the whole box on timeout or cancellation (SIGKILL to init through its pidfd: the kernel
@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from sandbox import _cpuwatch, fdpass, spawn, statusline, verdict
+from sandbox import _cpuwatch, _fdpass, _spawn, _statusline, _verdict
 from sandbox import _syscalls as sc
 from sandbox._boxlife import BoxError, BoxLife, xx_result
-from sandbox.config import SandboxConfig, command_argv
-from sandbox.direct import CHUNK, CappedBuffer, box_pipes, cgroup_enforced, cgroup_manager
-from sandbox.result import Result
+from sandbox._config import SandboxConfig, command_argv
+from sandbox._direct import CHUNK, CappedBuffer, box_pipes, cgroup_enforced, cgroup_manager
+from sandbox._result import Result
 
 if TYPE_CHECKING:
     from sandbox._abox import AsyncBox
@@ -73,7 +73,7 @@ class Supervisor:
 
     def __init__(self, *, max_concurrent: int | None = None, warm_pool: int = 2) -> None:
         """``warm_pool``: boxes the launcher pre-builds for the config in use (0 = none);
-        they take clone and rootfs set-up off the latency path (see launcher.py)."""
+        they take clone and rootfs set-up off the latency path (see _launcher.py)."""
         self._warm_pool = warm_pool
         self._limiter = trio.CapacityLimiter(max_concurrent or max(2, 4 * (os.cpu_count() or 1)))
         self._stack = AsyncExitStack()
@@ -93,7 +93,7 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "sandbox.launcher", str(child.fileno()), str(os.getpid()),
+                [sys.executable, "-m", "sandbox._launcher", str(child.fileno()), str(os.getpid()),
                  str(self._warm_pool)],
                 pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
         finally:
@@ -121,10 +121,10 @@ class Supervisor:
         while True:
             try:
                 msg, anc, _f, _a = await self._sock.recvmsg(
-                    fdpass.MAX_MSG, socket.CMSG_SPACE(fdpass.MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
+                    _fdpass.MAX_MSG, socket.CMSG_SPACE(_fdpass.MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
             except OSError:
                 msg, anc = b"", []
-            fds = fdpass.fds_of(anc)
+            fds = _fdpass.fds_of(anc)
             if not msg:
                 for s in list(self._slots.values()):  # launcher gone: nothing will report
                     s.reply.setdefault("op", "error")
@@ -175,7 +175,7 @@ class Supervisor:
             self._by_pid[w.pid] = slot
             ctl = socket.socket(fileno=w.ctl)
             try:
-                fdpass.send(ctl, {"argv": argv}, fds, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                _fdpass.send(ctl, {"argv": argv}, fds, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             except OSError:  # that init is gone (or wedged): try the next, else start cold
                 self._by_pid.pop(w.pid, None)
                 os.close(w.pidfd)
@@ -196,7 +196,7 @@ class Supervisor:
     async def _send(self, obj: dict, fds: list[int]) -> None:
         assert self._sock is not None
         async with self._send_lock:
-            await self._sock.sendmsg([json.dumps(obj).encode()], fdpass.rights(fds))
+            await self._sock.sendmsg([json.dumps(obj).encode()], _fdpass.rights(fds))
 
     def box(self, config: SandboxConfig | None = None) -> AsyncBox:
         """A held box for trio: ``async with sup.box(config) as box: await box.exec([...])``
@@ -261,7 +261,7 @@ class Supervisor:
                 err = slot.reply.get("error", "unknown error")
                 no = slot.reply.get("errno")
                 return xx_result(step, OSError(no, err) if no else err)
-            life.adopt(spawn.BoxProcess(int(slot.reply.get("pid") or 0), slot.pidfd),
+            life.adopt(_spawn.BoxProcess(int(slot.reply.get("pid") or 0), slot.pidfd),
                        dict(slot.reply.get("enforcement", {})), str(slot.reply.get("seccomp")),
                        lambda _pid: (slot.exit.get("wait_status"),  # reaped by the launcher
                                      float(slot.exit.get("cpu_time", 0.0)), slot.exit.get("max_rss")),
@@ -282,10 +282,10 @@ class Supervisor:
                 raise
             facts.wall_time = time.monotonic() - t0
             facts.init_wait_status, facts.cpu_time, facts.max_rss = life.reap()
-            facts.status_line = statusline.read(st_r)
+            facts.status_line = _statusline.read(st_r)
             facts.cgroup = life.stats()
-            return verdict.build_result(facts, out.value(), err.value(), out.exceeded,
-                                        err.exceeded)
+            return _verdict.build_result(facts, out.value(), err.value(), out.exceeded,
+                                         err.exceeded)
         finally:
             self._slots.pop(rid, None)
             for fd in own + ([in_w] if in_w >= 0 else []) + locals().get("in_holder", []):
@@ -294,7 +294,7 @@ class Supervisor:
                 except OSError:
                     pass
 
-    def _kill(self, slot: _Slot, reason: str | None = None, facts: verdict.Facts | None = None) -> None:
+    def _kill(self, slot: _Slot, reason: str | None = None, facts: _verdict.Facts | None = None) -> None:
         if facts is not None and reason and facts.killed_for is None:
             facts.killed_for = reason
         if slot.pidfd >= 0 and not slot.exited.is_set():
@@ -303,7 +303,7 @@ class Supervisor:
             except OSError:
                 pass
 
-    async def _supervise(self, slot: _Slot, facts: verdict.Facts, in_holder: list[int], data: bytes,
+    async def _supervise(self, slot: _Slot, facts: _verdict.Facts, in_holder: list[int], data: bytes,
                          out_r: int, err_r: int, out: CappedBuffer, err: CappedBuffer,
                          watch: _cpuwatch._Watch | None = None) -> None:
         lim = facts.limits

@@ -2,7 +2,7 @@
 
 Why it exists: trio runs worker threads, and cloning from a multi-threaded process copies one
 thread and leaves every lock another thread held locked forever in the child. The launcher is
-started once per supervisor (``python -m sandbox.launcher FD PPID``), never imports trio or
+started once per supervisor (``python -m sandbox._launcher FD PPID``), never imports trio or
 pyroute2, keeps its module state warm (seccomp filters compiled once, rootfs plans cached),
 and talks over one ``SOCK_SEQPACKET`` socket (protocol in docs/architecture.md):
 
@@ -25,9 +25,9 @@ import signal
 import socket
 import sys
 
-from sandbox import _record, contain, fdpass, spawn
+from sandbox import _contain, _fdpass, _record, _spawn
 from sandbox import _syscalls as sc
-from sandbox.config import SandboxConfig
+from sandbox._config import SandboxConfig
 
 
 class Launcher:
@@ -46,7 +46,7 @@ class Launcher:
     offered, and their inits exit on EOF.
 
     Idle work — refills and the release of dead boxes' mount namespaces (see
-    ``contain._await_request``) — runs only when no request is pending, and a refill only when
+    ``_contain._await_request``) — runs only when no request is pending, and a refill only when
     no box is running or the pool ran dry: cloning takes this process ~0.4 ms and the new
     box's setup another core's ~4 ms, which would compete with the box just started.
     """
@@ -59,21 +59,21 @@ class Launcher:
         self.sock = sock
         self.sel = selectors.DefaultSelector()
         self.boxes: dict[int, int] = {}  # pid → pidfd: boxes the supervisor waits for
-        self.cache: dict[str, contain.Prepared] = {}
+        self.cache: dict[str, _contain.Prepared] = {}
         self.pool_size = pool_size
         self.pool_key: str | None = None
-        self.pool_prep: contain.Prepared | None = None
-        self.warm: dict[int, tuple[spawn.WarmBox, str]] = {}  # built or offered, not taken
+        self.pool_prep: _contain.Prepared | None = None
+        self.warm: dict[int, tuple[_spawn.WarmBox, str]] = {}  # built or offered, not taken
         self.reaped_warm: dict[int, tuple[int, float, int]] = {}  # died before "taken" came
         self.held: dict[int, int] = {}  # pid → the box's mount namespace
         self.retired: list[int] = []  # mount namespaces of dead boxes, to release when idle
 
     def prepared(self, key: str, cfg_json: dict, argv: list[str],
-                 cgroup_enforced: list[str]) -> contain.Prepared:
+                 cgroup_enforced: list[str]) -> _contain.Prepared:
         prep = self.cache.get(key)
         if prep is None:
             cfg = SandboxConfig.from_dict(cfg_json).validate()
-            prep = contain.prepare(cfg, argv, cgroup_enforced=frozenset(cgroup_enforced))
+            prep = _contain.prepare(cfg, argv, cgroup_enforced=frozenset(cgroup_enforced))
             if len(self.cache) > 64:
                 self.cache.clear()
             self.cache[key] = prep
@@ -95,7 +95,7 @@ class Launcher:
             return
         assert self.pool_prep is not None and self.pool_key is not None
         try:
-            wb = spawn.spawn_warm(_record.replace(self.pool_prep, target=[]))
+            wb = _spawn.spawn_warm(_record.replace(self.pool_prep, target=[]))
         except OSError:
             self.pool_prep = None  # out of processes or memory: retry after the next request
             return
@@ -112,7 +112,7 @@ class Launcher:
         wb.ctl = -1
         try:
             try:
-                msg, fds = fdpass.recv(ctl)
+                msg, fds = _fdpass.recv(ctl)
             except OSError:
                 return  # init died in its setup; the reaper collects it
             if fds:
@@ -121,14 +121,14 @@ class Launcher:
                 os.close(fd)
             if msg and key == self.pool_key and self.pool_prep is not None:
                 prep = self.pool_prep
-                fdpass.send(self.sock, {"op": "warm", "key": key, "pid": pid,
+                _fdpass.send(self.sock, {"op": "warm", "key": key, "pid": pid,
                                      "enforcement": prep.enforcement,
                                      "seccomp": prep.seccomp_desc, "landlock": prep.landlock},
                          [wb.pidfd, ctl.fileno()])
         finally:
             ctl.close()  # the supervisor has its own copy; a stale box sees EOF and exits
 
-    def close_request_socket(self, wb: spawn.WarmBox) -> None:
+    def close_request_socket(self, wb: _spawn.WarmBox) -> None:
         """Our end of a not-yet-offered box's socket: closing it makes that init exit."""
         if wb.ctl >= 0:
             self.sel.unregister(wb.ctl)
@@ -151,19 +151,19 @@ class Launcher:
                 raise OSError(22, "spawn request without stdio/status fds")
             prep = self.prepared(key, cfg_json, [str(a) for a in req["argv"]], enforced)
             cgroup_fd = fds[4] if req.get("cgroup") and len(fds) > 4 else None
-            box = spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
-                                  status_w=fds[3], cgroup_fd=cgroup_fd)
+            box = _spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                                   status_w=fds[3], cgroup_fd=cgroup_fd)
         except Exception as e:  # noqa: BLE001 - every failure becomes an XX verdict upstream
             err = e.errno if isinstance(e, OSError) else None
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            fdpass.send(self.sock, {"op": "error", "id": rid, "error": msg, "errno": err,
+            _fdpass.send(self.sock, {"op": "error", "id": rid, "error": msg, "errno": err,
                                  "step": "prepare" if not isinstance(e, OSError) else "clone"})
             return
         finally:
             for fd in fds:
                 os.close(fd)
         self.boxes[box.pid] = box.pidfd
-        fdpass.send(self.sock, {"op": "spawned", "id": rid, "pid": box.pid,
+        _fdpass.send(self.sock, {"op": "spawned", "id": rid, "pid": box.pid,
                              "enforcement": prep.enforcement, "seccomp": prep.seccomp_desc,
                              "landlock": prep.landlock}, [box.pidfd])
         if cgroup_fd is None and self.pool_size:
@@ -173,7 +173,7 @@ class Launcher:
             self.pool_key, self.pool_prep = key, prep
 
     def report_exit(self, pid: int, status: int, cpu: float, rss: int) -> None:
-        fdpass.send(self.sock, {"op": "exited", "pid": pid, "wait_status": status,
+        _fdpass.send(self.sock, {"op": "exited", "pid": pid, "wait_status": status,
                              "cpu_time": cpu, "max_rss": rss})
 
     def reap(self) -> None:
@@ -227,7 +227,7 @@ class Launcher:
                     self.idle_work()
                 for key, _ in events:
                     if key.data == "sock":
-                        msg, fds = fdpass.recv(self.sock)
+                        msg, fds = _fdpass.recv(self.sock)
                         if not msg:
                             for fd in fds:
                                 os.close(fd)

@@ -85,7 +85,7 @@ del _v
 
 @record
 class Result:
-    """The verdict of one box (see the README): built from kernel facts by sandbox.verdict."""
+    """The verdict of one box (see the README): built from kernel facts by sandbox._verdict."""
 
     status: Status
     exit_code: int | None = None

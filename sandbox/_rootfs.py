@@ -37,11 +37,11 @@ import errno
 import os
 import stat
 
-from sandbox import _etc, ipclimits
+from sandbox import _etc, _ipclimits
 from sandbox import _syscalls as sc
+from sandbox._config import SandboxConfig
 from sandbox._pyprefix import DEFAULT_EXPOSED, exposed
 from sandbox._record import field, record
-from sandbox.config import SandboxConfig
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_MASK_FILES = ("kcore", "keys", "key-users", "timer_list", "sched_debug", "sysrq-trigger",
@@ -103,7 +103,7 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
             assert m.source is not None
             ops.append((m.kind, m.source, m.target, os.path.isdir(m.source))
                        + ((m.upper_to, (cfg.uid, cfg.gid)) if m.upper_to is not None else ()))
-    return RootfsPlan(ops, _etc.plan_files(cfg), cfg.limits.tmpfs_size, ipclimits.plan(cfg.limits.memory))
+    return RootfsPlan(ops, _etc.plan_files(cfg), cfg.limits.tmpfs_size, _ipclimits.plan(cfg.limits.memory))
 
 
 def tmpfs_inodes(size: int) -> int:
@@ -228,11 +228,11 @@ def _overlay(n: int, src: str, dst: str, upper_to: int | None = None,
     finally:
         os.close(lower)
     if upper_to is not None:
-        # The host lists what the box changed through this fd (sandbox.safefs); it keeps the
+        # The host lists what the box changed through this fd (sandbox._safefs); it keeps the
         # box's tmpfs alive after the box is gone, and closing it frees everything.
-        from sandbox import fdpass  # the caller's (it made the socket pair): no I/O
+        from sandbox import _fdpass  # the caller's (it made the socket pair): no I/O
 
-        fdpass.send_dir_fd(upper_to, up)
+        _fdpass.send_dir_fd(upper_to, up)
 
 
 def _ro_view(src: str, dst: str, lower: int = -1) -> None:
@@ -302,7 +302,7 @@ def _setup_proc(sysctls: list[tuple[str, str]]) -> None:
     empty read-only tmpfs, and /proc/sys & co read-only — after the IPC limits are set."""
     os.mkdir("/newroot/proc")
     sc.mount("proc", "/newroot/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    ipclimits.write("/newroot/proc/sys/", sysctls)
+    _ipclimits.write("/newroot/proc/sys/", sysctls)
     exists = os.access  # F_OK: a bool, where os.path.exists raises and catches inside
     for name in PROC_MASK_FILES:
         p = "/newroot/proc/" + name
@@ -359,7 +359,7 @@ def build_rootfs(plan: RootfsPlan) -> int:
         elif kind == "symlink":
             _make_target(os.path.dirname(op[1]), True)
             os.symlink(op[2], "/newroot" + op[1])
-        elif kind == "bind-fd":  # a tmpfs the caller holds by fd (sandbox.memdir): bind a clone
+        elif kind == "bind-fd":  # a tmpfs the caller holds by fd (sandbox._memdir): bind a clone
             _make_target(op[2], True)
             _bind(f"/oldroot/proc/self/fd/{op[1]}", "/newroot" + op[2], readonly=op[3])
             os.close(op[1])

@@ -222,11 +222,11 @@ class MountSpec:
     source: str | None = None
     size: int | None = None  # tmpfs only
     # bind/ro-bind only, instead of ``source``: a directory fd the caller holds (a
-    # sandbox.memdir tmpfs: writable space that outlives the box and touches no host disk)
+    # sandbox._memdir tmpfs: writable space that outlives the box and touches no host disk)
     fd: int | None = None
     # overlay only: a unix socket (ours) on which the box's init sends an fd of the overlay's
     # upper directory, in the box's own tmpfs, so the host can list what the box changed
-    # (sandbox.grading, through sandbox.safefs) with no upper on the host's disk
+    # (sandbox.grading, through sandbox._safefs) with no upper on the host's disk
     upper_to: int | None = None
 
     @staticmethod
@@ -331,7 +331,7 @@ class SandboxConfig:
             if not k or "=" in k or "\0" in k:
                 raise ConfigError(f"--env {k!r}: not a valid variable name")
         if self.seccomp_allow or self.seccomp_deny:
-            from sandbox.seccomp import policy_for  # pyseccomp: only when a box asks for it
+            from sandbox._seccomp import policy_for  # pyseccomp: only when a box asks for it
 
             try:
                 policy_for(self.seccomp, tuple(self.seccomp_allow), tuple(self.seccomp_deny))
@@ -350,7 +350,7 @@ class SandboxConfig:
     def to_dict(self) -> dict[str, Any]:
         if any(m.fd is not None or m.upper_to is not None for m in self.mounts):
             raise ConfigError("mounts holding file descriptors (fd=, upper_to=) only work in the "
-                              "process that holds them (sandbox.direct, the pytest fixture, grading)")
+                              "process that holds them (sandbox._direct, the pytest fixture, grading)")
         return asdict(self)  # type: ignore[no-any-return]
 
     @classmethod

@@ -185,13 +185,13 @@ def _reexec_in_scope(argv: Sequence[str]) -> None:
                          "missing or no XDG_RUNTIME_DIR); see `sandbox doctor` for other ways")
     env = {**os.environ, "SANDBOX_IN_SYSTEMD_SCOPE": "1"}
     os.execve(tool, [tool, "--user", "--scope", "--quiet", "-p", "Delegate=yes", "--",
-                     sys.executable, "-m", "sandbox.cli", *argv], env)
+                     sys.executable, "-m", "sandbox._cli", *argv], env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["grade"]:
-        from sandbox.grade_cli import main as grade_main
+        from sandbox._grade_cli import main as grade_main
 
         return grade_main(argv[1:])
     names = ", ".join(name for name, _ in COMMANDS)
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_run(parse_options(argv[1:], RUN_GROUPS, "sandbox run", True))
             if argv[0] == "doctor":
                 a = parse_options(argv[1:], DOCTOR_GROUPS, "sandbox doctor", False)
-                from sandbox.doctor import main as doctor_main
+                from sandbox._doctor import main as doctor_main
 
                 return doctor_main([], a.json)
         except _HelpRequested:

@@ -8,10 +8,10 @@ adds microseconds, not milliseconds, to a box start. The filter is the last step
 
 The compiled bytes are also kept on disk (``sandbox._seccomp_cache``: built at install into
 ``{sys.prefix}/share/sandbox``, else cached in ``${XDG_CACHE_HOME:-~/.cache}/sandbox``), so a
-one-box CLI neither imports pyseccomp nor runs libseccomp. ``python -m sandbox.seccomp [DIR]``
+one-box CLI neither imports pyseccomp nor runs libseccomp. ``python -m sandbox._seccomp [DIR]``
 is the install step: the default policy's program, with and without the memfd rules.
 
-The default policy (``sandbox.seccomp_rules``) allows everything except: kernel attack surface
+The default policy (``sandbox._seccomp_rules``) allows everything except: kernel attack surface
 a test program never needs, anything that could escape or reshape the box, the
 terminal-injection ioctls, personality flags that weaken ASLR, and prlimit() on the box's
 init; under the RLIMIT_AS memory fallback also memfds, which that limit cannot bound.
@@ -31,8 +31,8 @@ import sys
 from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
 from sandbox import _seccomp_cache as disk
 from sandbox._record import field, record
+from sandbox._seccomp_rules import DEFAULT_RULES, EQ, MASKED_EQ, MEMFD_RULES, NE, Rule, check_widths
 from sandbox._syscalls import _libc, check  # the one libc handle (symbols resolved in the parent)
-from sandbox.seccomp_rules import DEFAULT_RULES, EQ, MASKED_EQ, MEMFD_RULES, NE, Rule, check_widths
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -183,8 +183,8 @@ def install(directory: str = disk.INSTALL_DIR) -> None:
             raise OSError(errno.EIO, f"{directory}: could not write the compiled seccomp program")
 
 
-if __name__ == "__main__":  # python -m sandbox.seccomp [DIR] (DIR: for tests)
+if __name__ == "__main__":  # python -m sandbox._seccomp [DIR] (DIR: for tests)
     try:
         install(*sys.argv[1:2])
     except OSError as e:
-        sys.exit(f"python -m sandbox.seccomp: {e}")
+        sys.exit(f"python -m sandbox._seccomp: {e}")

@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(a: argparse.Namespace) -> None:
-    from sandbox.config import parse_duration, parse_size
+    from sandbox._config import parse_duration, parse_size
 
     if not os.path.exists(a.tests):
         raise ValueError(f"--tests {a.tests}: no such file or directory")

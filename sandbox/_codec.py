@@ -5,7 +5,7 @@ JSON-compatible (None, bool, int, float, str, list, dict with str keys) plus byt
 tagged as ``{"$bytes": "<base64>"}`` / ``{"$tuple": [...]}``. Decoding checks every type, the
 nesting depth and the total size, and raises ``CodecError`` (never anything else) on garbage.
 
-The box's worker (``sandbox.worker``) loads this module from its source inside a fresh
+The box's worker (``sandbox._worker``) loads this module from its source inside a fresh
 interpreter and uses ``tag``/``untag`` with its own JSON (``json`` imports ``re``, ``enum`` and
 more: ~10 ms of every worker start), so this module imports only ``binascii`` at load time.
 """

@@ -1,7 +1,7 @@
 """cgroup v2 detection: is a delegated subtree ours, and which of the memory, pids and cpu
 controllers may it use?
 
-Split from ``sandbox.cgroups`` because every box start asks this, and most hosts answer no
+Split from ``sandbox._cgroups`` because every box start asks this, and most hosts answer no
 (no delegation, a v1/v2 hybrid): then only this module is imported, and the box falls back to
 rlimits. The answer is per controller: a subtree delegated with memory and pids but not cpu
 still holds those two limits (systemd's ``Delegate=memory pids`` does exactly that). Every

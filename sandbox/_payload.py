@@ -16,14 +16,14 @@ from __future__ import annotations
 import _signal  # the C module: signal.py converts to enums (enum costs the CLI ~3 ms)
 import os
 
+from sandbox import _rlimits
 from sandbox import _syscalls as sc
-from sandbox import rlimits
-from sandbox.config import DEFAULT_PATH
+from sandbox._config import DEFAULT_PATH
 
 SPAWN_SIGDEF = tuple(s for s in _signal.valid_signals() if s not in (_signal.SIGKILL, _signal.SIGSTOP))
 
 
-def start(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tuple[int, int]:
+def start(argv: list[str], env: dict[str, str], as_plan: _rlimits.Plan) -> tuple[int, int]:
     """→ (pid, fd of a pipe that carries ``exec:<errno>:`` if the exec failed, or -1).
     Raises OSError when posix_spawn itself reports the exec failure."""
     # posix_spawnp and execvpe search *our* PATH (not the one in the env they are given)
@@ -39,23 +39,23 @@ def start(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tuple[
 AS_HEADROOM = 16 << 20
 
 
-def split_as_limit(plan: rlimits.Plan) -> tuple[rlimits.Plan, rlimits.Plan]:
+def split_as_limit(plan: _rlimits.Plan) -> tuple[_rlimits.Plan, _rlimits.Plan]:
     """→ (limits init applies to itself, RLIMIT_AS to set in a forked child only)."""
-    as_plan = [x for x in plan if x[0] == rlimits.RLIMIT_AS]
+    as_plan = [x for x in plan if x[0] == _rlimits.RLIMIT_AS]
     if not as_plan:
         return plan, []
-    if rlimits.address_space_size() + AS_HEADROOM <= as_plan[0][1]:
+    if _rlimits.address_space_size() + AS_HEADROOM <= as_plan[0][1]:
         return plan, []  # we fit: keep the cheap posix_spawn path
-    return [x for x in plan if x[0] != rlimits.RLIMIT_AS], as_plan
+    return [x for x in plan if x[0] != _rlimits.RLIMIT_AS], as_plan
 
 
-def fork_exec(argv: list[str], env: dict[str, str], as_plan: rlimits.Plan) -> tuple[int, int]:
+def fork_exec(argv: list[str], env: dict[str, str], as_plan: _rlimits.Plan) -> tuple[int, int]:
     """fork + setrlimit(RLIMIT_AS) + execvpe, doing by hand what posix_spawn does for us on the
     fast path (setsid, default signal dispositions, empty mask). The child is a copy of init,
     possibly far above the limit, so the last two calls are prepared in C before the fork
     (``PreparedExec``). An exec error reaches init through a close-on-exec pipe as
     ``exec:<errno>:`` (init adds the words: the child cannot allocate them)."""
-    do_exec = sc.PreparedExec(argv, env, rlimits.clamped(as_plan))
+    do_exec = sc.PreparedExec(argv, env, _rlimits.clamped(as_plan))
     exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:

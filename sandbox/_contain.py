@@ -7,13 +7,13 @@ half-made box running (the pid namespace dies with init).
 
 init (clone3'd with NEWUSER|NEWPID, maybe INTO_CGROUP):
   0. scrub      wipe the caller's argv and environment from our copy of its memory (they were
-                /proc/1/cmdline, and readable by a callable payload: sandbox.scrub)
+                /proc/1/cmdline, and readable by a callable payload: sandbox._scrub)
   1. fds        close every inherited fd except the ones we were handed (runc CVE-2024-21626)
   2. pdeathsig  die with the parent
   3. userns     write our own id map (unprivileged) or wait for the parent to write it
   4. namespaces unshare mount, IPC, UTS, cgroup [and net] namespaces with our new
                 capabilities; the cgroup one now that we sit in our leaf: the box sees it as "/"
-  5. rootfs     sandbox.rootfs.build_rootfs (tmpfs, overlays, /dev, /proc, pivot_root)
+  5. rootfs     sandbox._rootfs.build_rootfs (tmpfs, overlays, /dev, /proc, pivot_root)
   6. hostname   in the new UTS namespace
   7. network    loopback up in the new net namespace
   7b. boxuser   (single-id map) a nested user namespace where we are the box user (userns)
@@ -39,10 +39,10 @@ from __future__ import annotations
 import _signal  # the C module: signal.py converts to enums (enum costs the CLI ~3 ms)
 import os
 
+from sandbox import _caps, _net, _payload, _rlimits, _rootfs, _scrub, _statusline, _userns
 from sandbox import _syscalls as sc
-from sandbox import caps, net, payload, rlimits, rootfs, scrub, statusline, userns
+from sandbox._plan import Prepared, prepare  # noqa: F401 - the parent half, re-exported
 from sandbox._record import replace
-from sandbox.plan import Prepared, prepare  # noqa: F401 - the parent half, re-exported
 
 TYPE_CHECKING = False  # collections.abc imports collections: ~1 ms of the CLI start
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def _step(name: str, fn: Callable[[], object]) -> Any:
 
 
 def _report(fd: int, obj: dict) -> None:
-    _write_status(fd, statusline.encode_failure(obj))
+    _write_status(fd, _statusline.encode_failure(obj))
 
 
 def _write_status(fd: int, data: bytes) -> None:
@@ -90,7 +90,7 @@ def _close_fds_except(keep: Sequence[int]) -> None:
 
 def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int,
               pass_fds: Sequence[int], request_fd: int = -1) -> int:
-    """Body of the box's pid 1. Returns only through os._exit in spawn.py.
+    """Body of the box's pid 1. Returns only through os._exit in _spawn.py.
 
     With ``request_fd`` the box is *pre-warmed*: the whole setup runs ahead of time and init
     then waits for the command and its stdio/status fds on that socket (launcher warm pool).
@@ -99,23 +99,23 @@ def init_main(prep: Prepared, *, status_fd: int, sync_fd: int, parent_pidfd: int
     failure: StepError | None = None
     mnt_ns = tmpfs_fd = -1
     try:
-        _step("scrub", scrub.wipe_caller_image)
+        _step("scrub", _scrub.wipe_caller_image)
         keep = (0, 1, 2, status_fd, sync_fd, parent_pidfd, request_fd, *pass_fds,
-                *rootfs.held_fds(prep.rootfs))
+                *_rootfs.held_fds(prep.rootfs))
         _step("fds", lambda: _close_fds_except([f for f in keep if f >= 0]))
-        _step("pdeathsig", lambda: caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd))
+        _step("pdeathsig", lambda: _caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd))
         _step("userns", lambda: _setup_ids(prep, sync_fd))
         if prep.ids.parent_writes:  # setresuid() just cleared PDEATHSIG (prctl(2)): set it again
-            _step("pdeathsig", lambda: caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd))
+            _step("pdeathsig", lambda: _caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd))
         _step("namespaces", lambda: sc.unshare(_unshared_namespaces(prep)))
         if request_fd >= 0:
             mnt_ns = _own_mount_namespace()
-        tmpfs_fd = _step("rootfs", lambda: rootfs.build_rootfs(prep.rootfs))
+        tmpfs_fd = _step("rootfs", lambda: _rootfs.build_rootfs(prep.rootfs))
         _step("hostname", lambda: sc.sethostname(prep.config.hostname))
         if prep.config.network == "none":
-            _step("network", net.loopback_up)
-        _step("boxuser", lambda: userns.enter_box_user(prep.ids))
-        _step("dumpable", lambda: caps.set_dumpable(False))
+            _step("network", _net.loopback_up)
+        _step("boxuser", lambda: _userns.enter_box_user(prep.ids))
+        _step("dumpable", lambda: _caps.set_dumpable(False))
     except StepError as e:
         failure = e
     ahead = False
@@ -146,7 +146,7 @@ def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: 
     """A held box (``sandbox.Box``): the same hardening as an exec payload's, applied to init
     for the box's whole life, then hand the host our ``/`` and tmpfs and serve its requests
     (``sandbox._box_init``)."""
-    from sandbox import _box_init, fdpass
+    from sandbox import _box_init, _fdpass
 
     root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     own, per_child = _box_init.split_limits(prep.rlimits)
@@ -160,7 +160,7 @@ def _serve_requests(prep: Prepared, status_fd: int, sock_fd: int, parent_pidfd: 
     import socket
 
     sock = socket.socket(fileno=sock_fd)
-    fdpass.send(sock, {"op": "ready"}, [root_fd, tmpfs_fd])
+    _fdpass.send(sock, {"op": "ready"}, [root_fd, tmpfs_fd])
     sock.detach()
     for fd in (root_fd, tmpfs_fd, status_fd):
         os.close(fd)
@@ -187,14 +187,14 @@ def _await_request(request_fd: int, mnt_ns: int) -> tuple[int, list[str]]:
     denies it /proc/PID/ns/mnt and the pidfd namespace ioctls.)"""
     import socket
 
-    from sandbox import fdpass
+    from sandbox import _fdpass
 
     sock = socket.socket(fileno=request_fd)
     try:
-        fdpass.send(sock, {"ready": True}, [mnt_ns] if mnt_ns >= 0 else [])
+        _fdpass.send(sock, {"ready": True}, [mnt_ns] if mnt_ns >= 0 else [])
         if mnt_ns >= 0:
             os.close(mnt_ns)
-        msg, fds = fdpass.recv(sock, max_fds=4)
+        msg, fds = _fdpass.recv(sock, max_fds=4)
     except OSError:
         return -1, []
     finally:
@@ -218,9 +218,9 @@ def _setup_ids(prep: Prepared, sync_fd: int) -> None:
     if prep.ids.parent_writes:
         if os.read(sync_fd, 1) != b"1":  # parent wrote our maps (or died: b"")
             raise OSError(1, "parent did not write the id maps")
-        userns.become_inside_root(prep.ids)
+        _userns.become_inside_root(prep.ids)
     else:
-        userns.write_own_maps(prep.ids)
+        _userns.write_own_maps(prep.ids)
     if sync_fd >= 0:
         os.close(sync_fd)
 
@@ -231,38 +231,38 @@ AFTER_REQUEST = ("rlimits", "fds")
 
 
 def _exec_hardening(prep: Prepared, keep_fds: Sequence[int], parent_pidfd: int,
-                    plan: rlimits.Plan) -> list[tuple[str, Callable[[], object]]]:
+                    plan: _rlimits.Plan) -> list[tuple[str, Callable[[], object]]]:
     """What init applies to itself before it starts an exec payload. Switching to the box user
     changes credentials, which clears PDEATHSIG (prctl(2)): it is set again after that, and
     checked against the parent's pidfd, before seccomp may constrain prctl."""
     steps = _hardening_steps(prep, [parent_pidfd, *keep_fds], plan)
     at = [name for name, _ in steps].index("fds") + 1
-    steps.insert(at, ("pdeathsig", lambda: caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd)))
+    steps.insert(at, ("pdeathsig", lambda: _caps.set_parent_death_signal(_signal.SIGKILL, parent_pidfd)))
     return steps
 
 
-def _hardening_steps(prep: Prepared, keep_fds: Sequence[int], plan: rlimits.Plan | None = None,
+def _hardening_steps(prep: Prepared, keep_fds: Sequence[int], plan: _rlimits.Plan | None = None,
                      ) -> list[tuple[str, Callable[[], object]]]:
     """Steps 2-7 of the payload sequence (see the module docstring), in order."""
     limits = prep.rlimits if plan is None else plan
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("rlimits", lambda: rlimits.apply_rlimits(limits)),
-        ("caps", caps.drop_bounding_set),
-        ("ids", lambda: userns.become_inside_ids(prep.ids)),
-        ("caps", caps.clear_capabilities),
+        ("rlimits", lambda: _rlimits.apply_rlimits(limits)),
+        ("caps", _caps.drop_bounding_set),
+        ("ids", lambda: _userns.become_inside_ids(prep.ids)),
+        ("caps", _caps.clear_capabilities),
         ("cwd", lambda: os.chdir(prep.config.cwd)),
-        ("no_new_privs", caps.set_no_new_privs),
+        ("no_new_privs", _caps.set_no_new_privs),
         ("fds", lambda: _close_fds_except([0, 1, 2, *keep_fds])),
     ]
     if prep.landlock:
-        from sandbox import landlock  # imported by prepare() in the parent
+        from sandbox import _landlock  # imported by prepare() in the parent
 
-        steps.append(("landlock", lambda: landlock.restrict_writes(prep.landlock_writable,
+        steps.append(("landlock", lambda: _landlock.restrict_writes(prep.landlock_writable,
                                                                     prep.landlock_abi)))
     if prep.seccomp_bpf is not None:
-        from sandbox import seccomp  # already imported by prepare() in the parent: no I/O
+        from sandbox import _seccomp  # already imported by prepare() in the parent: no I/O
 
-        steps.append(("seccomp", lambda: seccomp.load_bpf(prep.seccomp_bpf or b"")))
+        steps.append(("seccomp", lambda: _seccomp.load_bpf(prep.seccomp_bpf or b"")))
     return steps
 
 
@@ -290,7 +290,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
     no controlling tty to push keystrokes into with TIOCSTI) and default signal dispositions.
     Callable targets (the pytest plugin) need Python in the payload, so they fork.
 
-    The RLIMIT_AS fallback is the exception (see ``sandbox.payload``).
+    The RLIMIT_AS fallback is the exception (see ``sandbox._payload``).
 
     ``ahead``: a warm box already applied every step but ``AFTER_REQUEST`` while it waited.
     """
@@ -299,7 +299,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
         pid, exec_r = _fork_callable(prep, status_fd, pass_fds)
     else:
         argv = list(prep.target)
-        own, as_limit = payload.split_as_limit(prep.rlimits)
+        own, as_limit = _payload.split_as_limit(prep.rlimits)
         steps = _exec_hardening(prep, [status_fd, *pass_fds], parent_pidfd, own)
         if ahead:
             steps = [step for step in steps if step[0] in AFTER_REQUEST]
@@ -307,7 +307,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
             return 1
         os.close(parent_pidfd)
         try:
-            pid, exec_r = payload.start(argv, prep.env, as_limit)
+            pid, exec_r = _payload.start(argv, prep.env, as_limit)
         except OSError as e:
             _report(status_fd, {"ok": False, "step": "exec", "errno": e.errno or 0,
                                 "error": f"{argv[0]}: {e.strerror}"})
@@ -333,7 +333,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
             msg = f"{prep.target[0]}: {os.strerror(int(errno_s or 0))}"
         _report(status_fd, {"ok": False, "step": step, "errno": int(errno_s or 0), "error": msg})
         return 1
-    _write_status(status_fd, statusline.encode_exit(status, peak))
+    _write_status(status_fd, _statusline.encode_exit(status, peak))
     return 0
 
 
@@ -346,7 +346,7 @@ def _fork_callable(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> t
             os.close(exec_r)
             os.close(status_fd)
             os.setsid()
-            plan = rlimits.on_top_of_current_image(prep.rlimits)
+            plan = _rlimits.on_top_of_current_image(prep.rlimits)
             for name, fn in _hardening_steps(prep, [exec_w, *pass_fds], plan):
                 try:
                     fn()

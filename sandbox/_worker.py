@@ -13,7 +13,7 @@ worker runs in an address space that has seen nothing of the caller, made one of
 * the fixture's ``call``: the box's payload is ``python -I -S -B -c BOOT``, exec'd by the
   box's init like any program, and sent this module's code (below).
 
-How the worker's code gets into an exec'd box: this module and ``sandbox.codec`` (they need
+How the worker's code gets into an exec'd box: this module and ``sandbox._codec`` (they need
 only the standard library), compiled here, are sent as the first frame on the socket the box
 is handed, and BOOT, a few lines in ``-c``, turns them into modules. Chosen over mounting the
 package into the box because the project may be installed editable from a directory that is
@@ -31,7 +31,7 @@ venv's ``bin/python`` link), as the box sees it: the box exposes /usr and the ru
 prefixes at neutral paths (``sandbox._pyprefix.box_paths``: /opt/python, and /opt/venv for the
 fixture's call), so no host path of them is handed in.
 
-Protocol (after BOOT's frame, if any): 4-byte big-endian length + tagged JSON (``sandbox.codec``), both
+Protocol (after BOOT's frame, if any): 4-byte big-endian length + tagged JSON (``sandbox._codec``), both
 ways. The host sends ``{"path": [...]}``; the worker prepends it to ``sys.path`` and answers
 ``{"ready": true}``; then each request ``{"op": "import"|"get"|"call", "module": M, "path":
 [attr, ...], "args": [...], "kwargs": {...}}`` gets ``{"ok": value}`` or ``{"error": {"type",
@@ -48,7 +48,7 @@ import _json
 import os
 import sys
 
-from sandbox import codec
+from sandbox import _codec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -111,10 +111,10 @@ def boot_frame() -> bytes:
 
         here = os.path.dirname(os.path.abspath(__file__))
         code = [("sandbox", compile("", "<sandbox>", "exec"))]
-        for name in ("codec", "worker"):
+        for name in ("_codec", "_worker"):
             with open(os.path.join(here, name + ".py"), encoding="utf-8") as f:
                 code.append(("sandbox." + name, compile(f.read(), f"<sandbox.{name}>", "exec")))
-        data = marshal.dumps(("sandbox.worker", code))
+        data = marshal.dumps(("sandbox._worker", code))
         _sources = len(data).to_bytes(4, "big") + data
     return _sources
 
@@ -133,7 +133,7 @@ def site_dirs() -> list[str]:
 
 class _Scanner:
     """The context ``_json.make_scanner`` reads: json.loads' defaults (NaN and ±Infinity accepted,
-    as ``codec.encode`` writes them)."""
+    as ``_codec.encode`` writes them)."""
 
     strict = True
     object_hook = None
@@ -144,7 +144,7 @@ class _Scanner:
 
 
 def _unencodable(o: object) -> object:
-    raise codec.CodecError(f"{type(o).__name__} cannot cross the sandbox boundary")
+    raise _codec.CodecError(f"{type(o).__name__} cannot cross the sandbox boundary")
 
 
 _scan = _json.make_scanner(_Scanner())
@@ -172,13 +172,13 @@ def _receive(fd: int) -> Any:
     value, end = _scan(text, 0)
     if end != len(text):
         raise ValueError("trailing data after the host's message")
-    return codec.untag(value)
+    return _codec.untag(value)
 
 
 def _frame(msg: Any) -> bytes:
-    data = "".join(_encode(codec.tag(msg), 0)).encode()
+    data = "".join(_encode(_codec.tag(msg), 0)).encode()
     if len(data) > MAX_FRAME:
-        raise codec.CodecError(f"reply of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
+        raise _codec.CodecError(f"reply of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
     return len(data).to_bytes(4, "big") + data
 
 

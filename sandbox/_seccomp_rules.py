@@ -1,6 +1,6 @@
 """The default seccomp policy's rules, as data: each denied syscall, the argument tests, and why.
 
-Compiled by ``sandbox.seccomp`` with libseccomp. Argument tests compare 64-bit registers, but
+Compiled by ``sandbox._seccomp`` with libseccomp. Argument tests compare 64-bit registers, but
 many syscalls declare an argument as a 32-bit ``int``/``unsigned int`` and the kernel drops the
 upper half (the syscall wrappers cast the register). A rule that compares all 64 bits is then
 dodged by setting any high bit: the kernel still sees the value the rule was meant to catch

@@ -5,7 +5,7 @@ must not write a core file of its memory anywhere), ``nofile``, ``fsize``.
 The *fallback* ones stand in for cgroup v2 where the box's cgroup does not hold a limit (no
 delegated cgroup at all, or one without that limit's controller: this is per limit), and the
 verdict says so (``enforcement[...] == "rlimit"``) and why (``Result.fallback_reasons``, from
-``sandbox.cgroup_env.fallback_reasons``):
+``sandbox._cgroup_env.fallback_reasons``):
 
 * memory → ``RLIMIT_AS``: per process and counts address space, not RSS. It reliably stops a
   memory bomb, but runtimes that reserve large virtual ranges (Go, JVM) need a larger value.

@@ -7,7 +7,7 @@ Three modes, chosen in the parent before the clone:
   never drop supplementary groups to escape a negative group ACL), then one line each mapping
   inside 0 to our own host uid/gid. No round trip to the parent: this is the fast path. init is
   thus uid 0 of the box's user namespace, as with a range map, which the kernel requires of
-  whoever sets the box's IPC limits (``sandbox.ipclimits``); when its set-up is done it enters
+  whoever sets the box's IPC limits (``sandbox._ipclimits``); when its set-up is done it enters
   a nested user namespace mapping the box user (1000) onto itself (``enter_box_user``), and the
   payload starts there: one host id throughout, seen as 1000 inside, with no capability in the
   box's own user namespace (the one that owns its mount, net and IPC namespaces).

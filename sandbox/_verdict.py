@@ -13,10 +13,10 @@ from __future__ import annotations
 import _signal  # not signal.py: its enum conversions cost the CLI ~3 ms
 import os
 
-from sandbox import statusline
+from sandbox import _statusline
+from sandbox._config import Limits
 from sandbox._record import field, record
-from sandbox.config import Limits
-from sandbox.result import Result, Status
+from sandbox._result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
                stderr_truncated=stderr_truncated, enforcement=dict(facts.enforcement),
                seccomp_policy=facts.seccomp_policy, landlock=facts.landlock,
                cgroup=facts.cgroup, fallback_reasons=dict(facts.fallback_reasons))
-    report = statusline.parse(facts.status_line)
+    report = _statusline.parse(facts.status_line)
     if report and "max_rss" in report and not cg.get("memory_peak"):
         # init's own word on the payload: our wait4(init) counts init, a clone of its caller
         r.peak_memory = peak = report["max_rss"] or None

@@ -3,7 +3,7 @@
 Why a second runner next to the trio supervisor: ``sandbox run`` pays Python's start-up once
 and should not pay ~90 ms more to import trio and start a launcher process for a single box.
 The calling process must be single-threaded (it clones the box itself). Verdicts come from the
-same ``verdict.build_result`` as the supervisor's, so both runners always agree.
+same ``_verdict.build_result`` as the supervisor's, so both runners always agree.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import select
 import stat
 import time
 
+from sandbox import _spawn, _statusline, _verdict
 from sandbox import _syscalls as sc
-from sandbox import spawn, statusline, verdict
 from sandbox._boxcgroup import (  # noqa: F401 - re-exported: the runners' shared cgroup plumbing
     _MANAGERS,
     cgroup_enforced,
@@ -24,14 +24,14 @@ from sandbox._boxcgroup import (  # noqa: F401 - re-exported: the runners' share
     open_box_cgroup,
 )
 from sandbox._boxlife import BoxError, BoxLife, cpu_watch, xx_result  # noqa: F401 - re-exported
-from sandbox.config import SandboxConfig, command_argv
-from sandbox.result import Result
+from sandbox._config import SandboxConfig, command_argv
+from sandbox._result import Result
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from sandbox.plan import Prepared
+    from sandbox._plan import Prepared
 
 CHUNK = 65536
 PARKED_MS = 100  # how often a background `sandbox run` checks whether it may read its terminal
@@ -39,8 +39,8 @@ PARKED_MS = 100  # how often a background `sandbox run` checks whether it may re
 
 class CappedBuffer:
     """Collects at most ``cap`` bytes; remembers whether more was offered (→ OL). With a
-    ``sink`` the bytes go there, and only the last ``verdict.TAIL`` stay (``tail``: the
-    verdict reads the end of stderr, see ``verdict._refused_allocation``)."""
+    ``sink`` the bytes go there, and only the last ``_verdict.TAIL`` stay (``tail``: the
+    verdict reads the end of stderr, see ``_verdict._refused_allocation``)."""
 
     def __init__(self, cap: int, which: int = 0,
                  sink: Callable[[int, bytes], None] | None = None) -> None:
@@ -55,7 +55,7 @@ class CappedBuffer:
             self.size += len(data)
             if self.sink is not None:
                 self.sink(self.which, data)
-                self.tail = (self.tail + data[-verdict.TAIL:])[-verdict.TAIL:]
+                self.tail = (self.tail + data[-_verdict.TAIL:])[-_verdict.TAIL:]
             else:
                 self.parts.append(data)
         return not self.exceeded
@@ -216,10 +216,10 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
               None if lim.wall_time is None else life.t0 + lim.wall_time, watch)
         facts.init_wait_status, facts.cpu_time, facts.max_rss = life.reap()
         facts.wall_time = time.monotonic() - life.t0
-        facts.status_line = statusline.read(st_r)
+        facts.status_line = _statusline.read(st_r)
         facts.cgroup = life.stats()
-        return verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded,
-                                    stderr_tail=err.tail if on_output is not None else None)
+        return _verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded,
+                                     stderr_tail=err.tail if on_output is not None else None)
     finally:
         life.end()
         for fd in fds:
@@ -229,8 +229,8 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
                 pass
 
 
-def _pump(box: spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, CappedBuffer],
-          facts: verdict.Facts, deadline: float | None,
+def _pump(box: _spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, CappedBuffer],
+          facts: _verdict.Facts, deadline: float | None,
           cpu_check: Callable[[], float | None] | None = None) -> None:
     """Move bytes until the box's init exits; kill it on wall time, output overflow, or when
     ``cpu_check`` (a ``_cpuwatch`` watch) says the box's CPU time is spent. The feed, if any,

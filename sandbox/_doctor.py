@@ -120,18 +120,18 @@ def diagnose() -> list[Check]:
                      f"trial {'succeeded' if ok else 'failed: ' + err}; max_user_namespaces={maxns}"
                      + (f"; apparmor_restrict_unprivileged_userns={appa}" if appa else ""), fix))
     from sandbox import Status
-    from sandbox.config import SandboxConfig
-    from sandbox.direct import run_direct
+    from sandbox._config import SandboxConfig
+    from sandbox._direct import run_direct
 
     r = run_direct(["true"], SandboxConfig(use_cgroup=False))
     out.append(Check("sandbox trial", "ok" if r.status == Status.OK else "fail",
                      "a full box (namespaces, overlayfs root, seccomp) ran /bin/true" if r.ok
                      else f"{r.error}", "" if r.ok else "see the failing step above; `sandbox run --seccomp none -- true` narrows it down"))
-    from sandbox import cgroups
+    from sandbox import _cgroups
 
-    env = cgroups.detect()
+    env = _cgroups.detect()
     if not env.reason and env.missing:  # some controllers: those limits by cgroup, the rest not
-        held = [c for c in cgroups.WANTED if c not in env.missing]
+        held = [c for c in _cgroups.WANTED if c not in env.missing]
         out.append(Check("cgroup v2", "warn", f"{env.mode}, delegated subtree {env.own_path}: "
                          f"{', '.join(held)} limits are enforced by cgroup v2; "
                          + "; ".join(env.missing.values()) + " (those limits fall back, verdicts say why)",

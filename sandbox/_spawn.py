@@ -4,7 +4,7 @@ Must be called from a single-threaded process (the launcher, the trio-free CLI p
 pytest process before it starts threads): clone3 copies only the calling thread, and no Python
 at-fork hooks run in the child, so any lock another thread held would stay locked forever.
 
-The child never returns into the caller's Python frames: it runs ``contain.init_main`` and
+The child never returns into the caller's Python frames: it runs ``_contain.init_main`` and
 leaves through ``os._exit`` whatever happens.
 """
 
@@ -14,8 +14,8 @@ import _signal  # the C module: signal.py converts to enums (enum costs the CLI 
 import gc
 import os
 
+from sandbox import _caps, _contain, _rootfs, _userns
 from sandbox import _syscalls as sc
-from sandbox import caps, contain, rootfs, userns
 from sandbox._record import record
 
 TYPE_CHECKING = False  # collections.abc imports collections: ~1 ms of the CLI start
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # Only the namespaces that must come from clone: a pid namespace's first process is the one
 # cloned into it, and the user namespace gives the child the capabilities to unshare the rest.
-# The others (mount, net, IPC, UTS, cgroup) the child unshares itself (contain.py, step
+# The others (mount, net, IPC, UTS, cgroup) the child unshares itself (_contain.py, step
 # "namespaces"): creating a net namespace costs ~0.5 ms and copying our mount table ~0.1 ms,
 # work that would otherwise run in the single-threaded launcher and hold up other requests.
 CLONE_FLAGS = sc.CLONE_NEWUSER | sc.CLONE_NEWPID
@@ -62,11 +62,11 @@ class WarmBox:
     ctl: int  # our end of the request socket
 
 
-def spawn_warm(prep: contain.Prepared) -> WarmBox:
+def spawn_warm(prep: _contain.Prepared) -> WarmBox:
     """Pre-build a box (namespaces, rootfs, hostname, lo) that waits for its command.
 
     Handing a request to a warm box skips clone and setup (~4 ms) on the hot path; see
-    launcher.py. The box is identical to a cold one: same sequence, same hardening (all of it
+    _launcher.py. The box is identical to a cold one: same sequence, same hardening (all of it
     but rlimits and the final fd sweep done while it waits, the rest right before exec).
     ``ctl`` first receives init's ready message, then carries the request.
     """
@@ -83,7 +83,7 @@ def spawn_warm(prep: contain.Prepared) -> WarmBox:
     return WarmBox(box.pid, box.pidfd, parent_end.detach())
 
 
-def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, status_w: int,
+def spawn_box(prep: _contain.Prepared, *, stdin: int, stdout: int, stderr: int, status_w: int,
               pass_fds: Sequence[int] = (), cgroup_fd: int | None = None,
               request_fd: int = -1) -> BoxProcess:
     """Clone the box's init with stdio on 0/1/2; ``status_w`` receives init's JSON report.
@@ -92,7 +92,7 @@ def spawn_box(prep: contain.Prepared, *, stdin: int, stdout: int, stderr: int, s
     """
     if _multithreaded():
         return _spawn_via_fork(prep, stdin, stdout, stderr, status_w, pass_fds, cgroup_fd)
-    # A pidfd of ourselves that the child polls to detect our death (see caps.py).
+    # A pidfd of ourselves that the child polls to detect our death (see _caps.py).
     parent_pidfd = sc.pidfd_open(os.getpid())
     try:
         return _clone(prep, CLONE_FLAGS, parent_pidfd, stdin, stdout, stderr, status_w, pass_fds,
@@ -114,7 +114,7 @@ def _multithreaded() -> bool:
         return threading.active_count() > 1
 
 
-def _spawn_via_fork(prep: contain.Prepared, stdin: int, stdout: int, stderr: int,
+def _spawn_via_fork(prep: _contain.Prepared, stdin: int, stdout: int, stderr: int,
                     status_w: int, pass_fds: Sequence[int], cgroup_fd: int | None) -> BoxProcess:
     """From a multi-threaded caller (e.g. a pytest-xdist worker, whose execnet I/O thread may
     hold the malloc lock), first os.fork(): libc and Python run their at-fork handlers, so the
@@ -129,28 +129,28 @@ def _spawn_via_fork(prep: contain.Prepared, stdin: int, stdout: int, stderr: int
     if pid == 0:
         code = 1
         try:
-            caps.set_parent_death_signal(_signal.SIGKILL, caller)
+            _caps.set_parent_death_signal(_signal.SIGKILL, caller)
             # 0-2 stay: the box's fds are dup2'd onto them in the clone, and a pidfd opened
             # into a free slot there would be overwritten
             keep = {0, 1, 2, stdin, stdout, stderr, status_w, *pass_fds,
-                    *rootfs.held_fds(prep.rootfs)}
+                    *_rootfs.held_fds(prep.rootfs)}
             if cgroup_fd is not None:
                 keep.add(cgroup_fd)
-            contain._close_fds_except(sorted(keep))
+            _contain._close_fds_except(sorted(keep))
             box = spawn_box(prep, stdin=stdin, stdout=stdout, stderr=stderr, status_w=status_w,
                             pass_fds=pass_fds, cgroup_fd=cgroup_fd)
             _, status = os.waitpid(box.pid, 0)
             code = os.waitstatus_to_exitcode(status) & 0xFF
         except BaseException:  # noqa: BLE001 - the box never started: init's report says why
-            contain._report(status_w, {"ok": False, "step": "clone", "errno": 0,
-                                       "error": "could not start the box from a forked helper"})
+            _contain._report(status_w, {"ok": False, "step": "clone", "errno": 0,
+                                        "error": "could not start the box from a forked helper"})
         finally:
             os._exit(code)
     os.close(caller)
     return BoxProcess(pid, sc.pidfd_open(pid))
 
 
-def _clone(prep: contain.Prepared, flags: int, parent_pidfd: int, stdin: int, stdout: int,
+def _clone(prep: _contain.Prepared, flags: int, parent_pidfd: int, stdin: int, stdout: int,
            stderr: int, status_w: int, pass_fds: Sequence[int], cgroup_fd: int | None,
            request_fd: int) -> BoxProcess:
     sync_r = sync_w = -1
@@ -179,18 +179,18 @@ def _clone(prep: contain.Prepared, flags: int, parent_pidfd: int, stdin: int, st
                 os.set_inheritable(fd, True)
             if sync_w >= 0:
                 os.close(sync_w)
-            code = contain.init_main(prep, status_fd=status_w, sync_fd=sync_r,
-                                     parent_pidfd=parent_pidfd, pass_fds=pass_fds,
-                                     request_fd=request_fd)
+            code = _contain.init_main(prep, status_fd=status_w, sync_fd=sync_r,
+                                      parent_pidfd=parent_pidfd, pass_fds=pass_fds,
+                                      request_fd=request_fd)
         except BaseException as e:  # noqa: BLE001 - report anything, never unwind into caller
-            contain._report(status_w, {"ok": False, "step": "init", "errno": 0,
-                                       "error": repr(e)[:200]})
+            _contain._report(status_w, {"ok": False, "step": "init", "errno": 0,
+                                        "error": repr(e)[:200]})
         finally:
             os._exit(code)
     if sync_w >= 0:  # ---- parent: range maps are ours to write
         os.close(sync_r)
         try:
-            userns.write_maps_for(pid, prep.ids)
+            _userns.write_maps_for(pid, prep.ids)
             os.write(sync_w, b"1")
         except (OSError, Exception):
             sc.pidfd_send_signal(pidfd, _signal.SIGKILL)

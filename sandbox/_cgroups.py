@@ -29,7 +29,7 @@ import os
 import time
 
 from sandbox import _syscalls as sc
-from sandbox.cgroup_env import (  # noqa: F401 (detect: re-exported)
+from sandbox._cgroup_env import (  # noqa: F401 (detect: re-exported)
     WANTED,
     CgroupEnv,
     _read,
@@ -37,7 +37,7 @@ from sandbox.cgroup_env import (  # noqa: F401 (detect: re-exported)
     fallback_reasons,
     why_missing,
 )
-from sandbox.config import Limits
+from sandbox._config import Limits
 
 
 class CgroupUnavailable(OSError):
