@@ -67,7 +67,10 @@ class SandboxFixture:
         unknown = set(limits) - set(LIMIT_KEYS)
         if unknown:
             raise TypeError(f"unknown sandbox option(s) {sorted(unknown)}; valid: {LIMIT_KEYS}")
-        project, _ = boxrun.pytest_mounts(self._config, temp=False)  # so tracebacks can show source lines
+        root = str(self._config.rootpath)
+        # The project at a neutral path, never its host one: the box runs untrusted code, and a
+        # host path names the user and the checkout (tests/escape/test_worker_host_paths.py).
+        project = [MountSpec("overlay", PROJECT, root)] if root != "/" and os.path.isdir(root) else []
         self._workdir()
         assert self._mount is not None
         return SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
@@ -173,6 +176,7 @@ class SandboxFixture:
 
 
 NO_LIMIT = 365 * 86400.0  # a call's time limit when the box has no wall time
+PROJECT = "/project"  # where the fixture's boxes see the pytest project (rootdir)
 
 
 def _reference(func: Callable[..., Any] | str) -> tuple[str, str]:
@@ -208,8 +212,8 @@ def _reference(func: Callable[..., Any] | str) -> tuple[str, str]:
 
 def _import_path(cfg: SandboxConfig, module: str) -> list[str]:
     """/work, then the directory ``module`` was imported from and this process's ``sys.path``
-    entries, those the box sees at the same path (the project overlay)."""
-    shared = [m.target for m in cfg.mounts if m.source is not None and m.source == m.target]
+    entries, those in the project, as the box sees them (under ``PROJECT``)."""
+    shared = {m.source: m.target for m in cfg.mounts if m.source is not None and m.target == PROJECT}
     mod = sys.modules.get(module)
     file = getattr(mod, "__file__", None)
     roots = list(sys.path)
@@ -219,4 +223,5 @@ def _import_path(cfg: SandboxConfig, module: str) -> list[str]:
             root = os.path.dirname(root)
         roots.insert(0, root)
     seen = [os.path.realpath(p) for p in roots if p]
-    return ["/work", *dict.fromkeys(p for p in seen if any(p == t or p.startswith(t + "/") for t in shared))]
+    return ["/work", *dict.fromkeys(t + p[len(s):] for p in seen for s, t in shared.items()
+                                    if p == s or p.startswith(s + "/"))]

@@ -301,14 +301,14 @@ def test_scan(sandbox):
 
 def test_fixture_call_worker_holds_no_host_path(box_tmp: Path, no_leftovers):
     """The fixture's ``call``: a fresh ``python -I -S -B -c BOOT`` in the box. The test's project
-    (its rootdir) is overlaid at its host path by design (tracebacks show its source lines),
-    so it is not searched for; the checkout, the venv, HOME and the user's name are."""
+    (its rootdir) is overlaid at the neutral ``/project``; its host path, the checkout, the
+    venv, HOME and the user's name are searched for."""
     marker = f"hp{secrets.token_hex(6)}"
     control = f"CONTROL-{secrets.token_hex(8)}"
-    proj, home = box_tmp / "proj", box_tmp / f"home-{marker}"  # (HOME not in the project)
+    proj, home = box_tmp / f"proj-{marker}", box_tmp / f"home-{marker}"  # (HOME not in the project)
     proj.mkdir()
     home.mkdir()
-    dirs = {**_host_dirs(), "home": str(home)}
+    dirs = {**_host_dirs(), "home": str(home), "project": str(proj)}
     (proj / "scanner.py").write_text(SCANNER)
     (proj / "test_it.py").write_text(textwrap.dedent(FIXTURE_TEST.format(
         patterns=json.dumps(_patterns(marker, dirs)), control=control)))
