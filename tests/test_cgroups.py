@@ -244,7 +244,7 @@ import json, os, sys
 os.makedirs(sys.argv[1], exist_ok=True)
 open(os.path.join(sys.argv[1], "cgroup.procs"), "w").write("0")
 import sandbox
-from sandbox import Limits, SandboxConfig, cgroup_env
+from sandbox import Limits, SandboxConfig, _cgroup_env as cgroup_env
 env = cgroup_env.detect()
 r = sandbox.run_sync(["python3", "-c", sys.argv[2] + "hog()"], SandboxConfig(
     require_cgroup=True, limits=Limits.parse(memory="64M", pids=32, cpus=0.5, cpu_time="20s")))
