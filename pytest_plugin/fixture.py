@@ -6,16 +6,21 @@ test. Everything the box returns crosses as bytes (``Result.stdout``), files rea
 from __future__ import annotations
 
 import os
-import shutil
-import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pytest_plugin import boxrun
-from sandbox import Box, Limits, MountSpec, Result, SandboxConfig, Status, _codec, _memdir, run_sync
-from sandbox._safefs import RESOLVE, UnsafePath, box_writable_dir, open_beneath, read_beneath
-from sandbox._syscalls import openat2
+from sandbox import (
+    Box,
+    Limits,
+    MountSpec,
+    Result,
+    SandboxConfig,
+    Status,
+    Workspace,
+    _codec,
+    run_sync,
+)
 from sandbox.grading.session import BoxSession, InvalidReply, SessionError
 
 LIMIT_KEYS = ("memory", "wall_time", "cpu_time", "pids", "output_limit", "tmpfs_size",
@@ -44,23 +49,14 @@ class SandboxFixture:
 
     def __init__(self, config: Any) -> None:
         self._config = config
-        self._work = -1  # an fd of /work's directory for our own reads and writes, made on first use
-        self._mount: MountSpec | None = None
-        self._top: str | None = None  # the host directory of the fallback
+        self._ws: Workspace | None = None  # /work, made on first use
         self.results: list[Result] = []
 
-    def _workdir(self) -> int:
-        if self._work < 0:
+    def _workspace(self) -> Workspace:
+        if self._ws is None:
             size = self._config.getoption("sandbox_tmpfs_size") or self._config.getini("sandbox_tmpfs_size")
-            fd = _memdir.create(Limits.parse(**({"tmpfs_size": size} if size else {})).tmpfs_size)
-            if fd is not None:
-                self._mount = MountSpec("bind", "/work", fd=fd)
-            else:
-                self._top, path = box_writable_dir("sandbox-fixture-")
-                fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                self._mount = MountSpec("bind", "/work", path)
-            self._work = fd
-        return self._work
+            self._ws = Workspace(Limits.parse(**({"tmpfs_size": size} if size else {})).tmpfs_size)
+        return self._ws
 
     def config(self, network: bool = False, cwd: str = "/work",
                mounts: Sequence[MountSpec] = (), **limits: Any) -> SandboxConfig:
@@ -71,45 +67,18 @@ class SandboxFixture:
         # The project at a neutral path, never its host one: the box runs untrusted code, and a
         # host path names the user and the checkout (tests/escape/test_worker_host_paths.py).
         project = [MountSpec("overlay", PROJECT, root)] if root != "/" and os.path.isdir(root) else []
-        self._workdir()
-        assert self._mount is not None
         return SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
-                             mounts=[*project, self._mount, *mounts],
+                             mounts=[*project, self._workspace().mount("/work"), *mounts],
                              cwd=cwd).validate()
 
     def put(self, name: str, data: bytes) -> None:
         """Write ``/work/<name>`` for the next box. A box that ran before may have planted a
         symlink or FIFO under that name: nothing is followed, only regular files are written."""
-        parts = [p for p in name.split("/") if p not in ("", ".")]
-        if not parts or name.startswith("/") or ".." in parts:
-            raise ValueError(f"file name {name!r} must be relative, inside /work")
-        dfd = os.dup(self._workdir())
-        try:
-            for part in parts[:-1]:
-                try:
-                    os.mkdir(part, 0o755, dir_fd=dfd)
-                except FileExistsError:
-                    pass
-                sub = open_beneath(dfd, part, directory=True)
-                os.close(dfd)
-                dfd = sub
-            fd = openat2(dfd, parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                         | os.O_NONBLOCK | os.O_CLOEXEC, RESOLVE, 0o644)
-        except OSError as e:
-            raise UnsafePath(e.errno, f"{name}: cannot write it safely into the box ({e.strerror})") from None
-        finally:
-            os.close(dfd)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UnsafePath(22, f"{name}: not a regular file (planted by an earlier box?)")
-            os.fchmod(fd, 0o666 if os.geteuid() == 0 else 0o644)  # as root the box is another uid
-            boxrun.write_all(fd, data)
-        finally:
-            os.close(fd)
+        self._workspace().put(name, data)
 
     def read(self, name: str, max_bytes: int = 16 << 20) -> bytes:
         """A file the box wrote under /work, read without following anything it planted."""
-        return read_beneath(self._workdir(), name, max_bytes)
+        return self._workspace().read(name, max_bytes)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             files: Mapping[str, bytes] | None = None, **opts: Any) -> Result:
@@ -167,12 +136,9 @@ class SandboxFixture:
                                traceback_text=str(err.get("traceback", "")), result=result)
 
     def close(self) -> None:
-        if self._work >= 0:
-            os.close(self._work)  # the last reference to a memdir: it and its files are freed
-            self._work = -1
-        if self._top is not None:
-            shutil.rmtree(self._top, ignore_errors=True)
-            self._top = None
+        if self._ws is not None:
+            self._ws.close()  # the last reference to /work's tmpfs: it and its files are freed
+            self._ws = None
 
 
 NO_LIMIT = 365 * 86400.0  # a call's time limit when the box has no wall time

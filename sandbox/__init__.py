@@ -32,12 +32,13 @@ if TYPE_CHECKING:
     from sandbox._boxlife import BoxError
     from sandbox._doctor import diagnose
     from sandbox._supervisor import Supervisor
+    from sandbox._workspace import Workspace
 
 __all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "Changes", "ConfigError", "Limits", "MountSpec",
-           "Process", "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "diagnose", "run",
-           "run_sync"]
+           "Process", "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "Workspace",
+           "diagnose", "run", "run_sync"]
 
-_LAZY = {"Box": "sandbox._box", "BoxError": "sandbox._boxlife", "diagnose": "sandbox._doctor", "Changes": "sandbox._box_files",
+_LAZY = {"Box": "sandbox._box", "Workspace": "sandbox._workspace", "BoxError": "sandbox._boxlife", "diagnose": "sandbox._doctor", "Changes": "sandbox._box_files",
          "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor"}
 
 

@@ -374,3 +374,21 @@ def test_trio_cancels_an_exec_and_never_blocks_on_a_full_stdin(no_leftovers):
     cancelled_after, blocked_for, r = trio.run(main)
     assert cancelled_after < 3 and blocked_for < 3, (cancelled_after, blocked_for)
     assert r.stdout == b"usable\n"
+
+
+def test_a_workspace_is_shared_by_fresh_boxes_and_never_follows_their_links(no_leftovers):
+    """Files in, several fresh boxes over them, results out; a box's planted link is refused."""
+    with sandbox.Workspace("16M") as ws:
+        ws.put("src/in.txt", b"3 4\n")
+        cfg = SandboxConfig(mounts=[ws.mount("/work")], cwd="/work")
+        assert sandbox.run_sync(["sh", "-c", "tr ' ' + < src/in.txt > sum.txt"], cfg).ok
+        r = sandbox.run_sync(["sh", "-c", "cat sum.txt; ln -s /etc/passwd link; "
+                                          "head -c 20000000 /dev/zero > big"], cfg)
+        assert r.stdout == b"3+4\n" and r.status is Status.RE, r  # 16M: ENOSPC, not host disk
+        assert ws.read("sum.txt") == b"3+4\n"
+        with pytest.raises(UnsafePath):
+            ws.read("link")
+        with pytest.raises(UnsafePath):
+            ws.put("link", b"x")
+    with pytest.raises(ValueError, match="closed"):
+        ws.read("sum.txt")

@@ -28,9 +28,6 @@ KNOWN_INTERNAL = {
     "pytest_plugin/boxrun.py: sandbox._direct",  # run_direct(callable), its cgroup managers
     "pytest_plugin/boxrun.py: sandbox._record",  # replace(): a copy of the cached plan
     "pytest_plugin/fixture.py: sandbox._codec",  # tagged JSON of the fixture's call()
-    "pytest_plugin/fixture.py: sandbox._memdir",  # the fixture's /work tmpfs held by fd
-    "pytest_plugin/fixture.py: sandbox._safefs",  # read()/files through openat2, no symlinks
-    "pytest_plugin/fixture.py: sandbox._syscalls",  # openat2 for the /work fallback directory
     # The CLI: its parts and the runner it drives.
     "sandbox/_cli.py: sandbox._doctor",  # `sandbox doctor`
     "sandbox/_cli.py: sandbox._options",  # the CLI's own table-driven option parser

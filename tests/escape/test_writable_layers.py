@@ -221,9 +221,12 @@ def test_fixture_falls_back_to_a_private_host_dir_where_the_kernel_refuses(no_le
     try:
         r = fx.run(["sh", "-c", "tr a-z A-Z < in.txt > out.txt"], files={"in.txt": b"abc"})
         assert r.ok and fx.read("out.txt") == b"ABC"
-        assert [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("sandbox-fixture-")]
+        ws = fx._ws
+        assert ws is not None and ws.on_host_disk and ws._top and os.path.isdir(ws._top)
+        top = ws._top
     finally:
         fx.close()
+    assert not os.path.exists(top)  # removed with the fixture
 
 
 def test_mounts_holding_fds_are_checked_and_stay_in_their_process(box_tmp):
