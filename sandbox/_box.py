@@ -94,18 +94,24 @@ class Box:
         # CPU time is per exec (RLIMIT_CPU, inherited from init): see BoxLife's cpu_per_exec.
         self._life = life = BoxLife(self.config, (), serve=True, cpu_per_exec=True)
         self._prep, self._fallback = life.prep, life.fallback
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-        self._sock, self._status_r = ours, st_r
+        try:  # EMFILE (or Ctrl-C) from here on must not leave the leaf, or any fd, behind
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        except BaseException:
+            life.end()
+            raise
+        self._sock, self._status_r = ours, -1
         fds: list[int] = []
         try:
+            null = st_w = -1
             try:
+                self._status_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
                 self._init = life.spawn(stdin=null, stdout=null, stderr=null, status_w=st_w,
                                         pass_fds=[theirs.fileno()])
             finally:
                 for fd in (null, st_w):
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
                 theirs.close()
             # Box-wide: the config's CPU time holds for the box's whole life (each exec also has
             # it, or its own smaller one, as RLIMIT_CPU), checked whenever we wait on the box.
@@ -138,7 +144,9 @@ class Box:
         self._sock.close()
         if getattr(self, "_files", None) is not None:
             self._files.close()
-        os.close(self._status_r)
+        if self._status_r >= 0:  # (-1: never made, or closed by an earlier, interrupted close)
+            os.close(self._status_r)
+            self._status_r = -1
         cpu = 0.0
         if self._life.init is not None:  # (None: the clone itself failed)
             _status, cpu, _rss = self._life.reap(kill=True)  # its namespace dies with it
