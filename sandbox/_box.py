@@ -257,8 +257,6 @@ class Box:
     def _wait_events(self, fds: list[int], timeout: float | None) -> list[int]:
         """Wait for one of ``fds``, a message from init, or its death; handle the last two.
         Returns the ready ``fds``."""
-        import json
-
         assert self._sock is not None
         if self._watch is not None and not self._dead:
             now = time.monotonic()
@@ -267,7 +265,12 @@ class Box:
                 if wait is None:  # spent: the box ends, as on a box-wide memory limit
                     self._cpu_spent = True
                     self.kill_box()
-                    self._box_died()
+                    # What init reported before the kill (a process that ended on its own while
+                    # we were not reading) keeps its own verdict: read it up to init's EOF.
+                    while not self._dead and select.select([self._sock], [], [], READY_TIMEOUT)[0]:
+                        self._on_message()
+                    if not self._dead:
+                        self._box_died()
                     return []
                 self._next_cpu = now + wait
             left = self._next_cpu - now
@@ -275,23 +278,30 @@ class Box:
         watch = [*fds, self._init.pidfd] + ([] if self._dead else [self._sock.fileno()])
         ready = select.select(watch, [], [], timeout)[0]
         if not self._dead and self._sock.fileno() in ready:
-            msg, extra = fdpass.recv(self._sock, max_fds=2)
-            for fd in extra:
-                os.close(fd)
-            if not msg:
-                self._box_died()
-            else:
-                try:  # init's, and only init's (our code): anything else is a broken box
-                    m = json.loads(msg)
-                    p = self._procs.get(int(m["id"])) if isinstance(m, dict) else None
-                    if p is not None:
-                        p._message(m)
-                except (ValueError, TypeError, KeyError):
-                    self.kill_box()
-                    self._box_died()
+            self._on_message()
         elif self._init.pidfd in ready and not self._dead:
             self._box_died()
         return [fd for fd in ready if fd in fds]
+
+    def _on_message(self) -> None:
+        """One message from init (readable on the socket): a process's news, or EOF."""
+        import json
+
+        assert self._sock is not None
+        msg, extra = fdpass.recv(self._sock, max_fds=2)
+        for fd in extra:
+            os.close(fd)
+        if not msg:
+            self._box_died()
+            return
+        try:  # init's, and only init's (our code): anything else is a broken box
+            m = json.loads(msg)
+            p = self._procs.get(int(m["id"])) if isinstance(m, dict) else None
+            if p is not None:
+                p._message(m)
+        except (ValueError, TypeError, KeyError):
+            self.kill_box()
+            self._box_died()
 
     def _kill(self, proc: Process) -> None:
         if not self._dead:
