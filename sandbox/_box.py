@@ -288,7 +288,10 @@ class Box:
         import json
 
         assert self._sock is not None
-        msg, extra = fdpass.recv(self._sock, max_fds=2)
+        try:
+            msg, extra = fdpass.recv(self._sock, max_fds=2)
+        except ConnectionResetError:  # init died with a request of ours unread: its EOF
+            msg, extra = b"", []
         for fd in extra:
             os.close(fd)
         if not msg:
