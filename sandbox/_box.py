@@ -139,6 +139,10 @@ class Box:
             return self.usage
         if self._sock is None:
             raise BoxError("this box was never opened")
+        if self._watch is not None and not self._dead and self._watch() is None:
+            # A last sample: what a box spent while the host was not waiting on it (a daemon
+            # left spinning) would otherwise die unwaited-for, in no total.
+            self._cpu_spent = True
         for p in list(self._procs.values()):
             p._box_gone()
         self._sock.close()
@@ -290,8 +294,10 @@ class Box:
         assert self._sock is not None
         try:
             msg, extra = fdpass.recv(self._sock, max_fds=2)
-        except ConnectionResetError:  # init died with a request of ours unread: its EOF
-            msg, extra = b"", []
+        except ConnectionResetError:
+            # init died with a request of ours unread. The error comes first and only once:
+            # what init sent before it died is read next, then its EOF.
+            return
         for fd in extra:
             os.close(fd)
         if not msg:
