@@ -94,18 +94,24 @@ class Box:
         # CPU time is per exec (RLIMIT_CPU, inherited from init): see BoxLife's cpu_per_exec.
         self._life = life = BoxLife(self.config, (), serve=True, cpu_per_exec=True)
         self._prep, self._fallback = life.prep, life.fallback
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-        self._sock, self._status_r = ours, st_r
+        try:  # EMFILE (or Ctrl-C) from here on must not leave the leaf, or any fd, behind
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        except BaseException:
+            life.end()
+            raise
+        self._sock, self._status_r = ours, -1
         fds: list[int] = []
         try:
+            null = st_w = -1
             try:
+                self._status_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
                 self._init = life.spawn(stdin=null, stdout=null, stderr=null, status_w=st_w,
                                         pass_fds=[theirs.fileno()])
             finally:
                 for fd in (null, st_w):
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
                 theirs.close()
             # Box-wide: the config's CPU time holds for the box's whole life (each exec also has
             # it, or its own smaller one, as RLIMIT_CPU), checked whenever we wait on the box.
@@ -133,12 +139,18 @@ class Box:
             return self.usage
         if self._sock is None:
             raise BoxError("this box was never opened")
+        if self._watch is not None and not self._dead and self._watch() is None:
+            # A last sample: what a box spent while the host was not waiting on it (a daemon
+            # left spinning) would otherwise die unwaited-for, in no total.
+            self._cpu_spent = True
         for p in list(self._procs.values()):
             p._box_gone()
         self._sock.close()
         if getattr(self, "_files", None) is not None:
             self._files.close()
-        os.close(self._status_r)
+        if self._status_r >= 0:  # (-1: never made, or closed by an earlier, interrupted close)
+            os.close(self._status_r)
+            self._status_r = -1
         cpu = 0.0
         if self._life.init is not None:  # (None: the clone itself failed)
             _status, cpu, _rss = self._life.reap(kill=True)  # its namespace dies with it
@@ -249,8 +261,6 @@ class Box:
     def _wait_events(self, fds: list[int], timeout: float | None) -> list[int]:
         """Wait for one of ``fds``, a message from init, or its death; handle the last two.
         Returns the ready ``fds``."""
-        import json
-
         assert self._sock is not None
         if self._watch is not None and not self._dead:
             now = time.monotonic()
@@ -259,7 +269,12 @@ class Box:
                 if wait is None:  # spent: the box ends, as on a box-wide memory limit
                     self._cpu_spent = True
                     self.kill_box()
-                    self._box_died()
+                    # What init reported before the kill (a process that ended on its own while
+                    # we were not reading) keeps its own verdict: read it up to init's EOF.
+                    while not self._dead and select.select([self._sock], [], [], READY_TIMEOUT)[0]:
+                        self._on_message()
+                    if not self._dead:
+                        self._box_died()
                     return []
                 self._next_cpu = now + wait
             left = self._next_cpu - now
@@ -267,23 +282,35 @@ class Box:
         watch = [*fds, self._init.pidfd] + ([] if self._dead else [self._sock.fileno()])
         ready = select.select(watch, [], [], timeout)[0]
         if not self._dead and self._sock.fileno() in ready:
-            msg, extra = _fdpass.recv(self._sock, max_fds=2)
-            for fd in extra:
-                os.close(fd)
-            if not msg:
-                self._box_died()
-            else:
-                try:  # init's, and only init's (our code): anything else is a broken box
-                    m = json.loads(msg)
-                    p = self._procs.get(int(m["id"])) if isinstance(m, dict) else None
-                    if p is not None:
-                        p._message(m)
-                except (ValueError, TypeError, KeyError):
-                    self.kill_box()
-                    self._box_died()
+            self._on_message()
         elif self._init.pidfd in ready and not self._dead:
             self._box_died()
         return [fd for fd in ready if fd in fds]
+
+    def _on_message(self) -> None:
+        """One message from init (readable on the socket): a process's news, or EOF."""
+        import json
+
+        assert self._sock is not None
+        try:
+            msg, extra = _fdpass.recv(self._sock, max_fds=2)
+        except ConnectionResetError:
+            # init died with a request of ours unread. The error comes first and only once:
+            # what init sent before it died is read next, then its EOF.
+            return
+        for fd in extra:
+            os.close(fd)
+        if not msg:
+            self._box_died()
+            return
+        try:  # init's, and only init's (our code): anything else is a broken box
+            m = json.loads(msg)
+            p = self._procs.get(int(m["id"])) if isinstance(m, dict) else None
+            if p is not None:
+                p._message(m)
+        except (ValueError, TypeError, KeyError):
+            self.kill_box()
+            self._box_died()
 
     def _kill(self, proc: Process) -> None:
         if not self._dead:

@@ -314,7 +314,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
             return 1
     for sig in FORWARDED_SIGNALS:  # forward to the payload: our own death would kill the box
         _signal.signal(sig, lambda s, _f: _kill_quiet(pid, s))
-    spawner = 0 if callable(prep.target) else sc.own_peak_rss()  # a callable's image is its own
+    spawner, fork = sc.own_peak_rss(), callable(prep.target)  # fork: its growth is the figure
     status = peak = 0
     while True:
         try:
@@ -322,7 +322,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
         except ChildProcessError:
             break
         if wpid == pid:
-            status, peak = st, sc.program_peak(ru.ru_maxrss * 1024, spawner)
+            status, peak = st, sc.program_peak(ru.ru_maxrss * 1024, spawner, grown=fork)
             break
     _end_the_rest()
     exec_err = os.read(exec_r, 4096) if exec_r >= 0 else b""

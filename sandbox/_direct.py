@@ -68,12 +68,21 @@ def box_pipes(stdin: bytes | None, stream: bool = False) -> tuple[int, ...]:
     """(in_r, in_w, out_r, out_w, err_r, err_w, status_r, status_w), all close-on-exec; in_w is
     -1 when there is nothing to feed (the box gets /dev/null). With ``stream`` the box's stdin
     is a pipe too, fed from an fd of ours (``StdinFeed``): never that fd itself."""
-    if stdin is None and not stream:
-        in_r, in_w = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
-    else:
-        in_r, in_w = os.pipe2(os.O_CLOEXEC)
-    return (in_r, in_w, *os.pipe2(os.O_CLOEXEC), *os.pipe2(os.O_CLOEXEC),
-            *os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
+    made: list[int] = []
+    try:  # EMFILE part-way: close what was made (a caller never sees a half set)
+        if stdin is None and not stream:
+            made += [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1]
+        else:
+            made += os.pipe2(os.O_CLOEXEC)
+        made += os.pipe2(os.O_CLOEXEC)
+        made += os.pipe2(os.O_CLOEXEC)
+        made += os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    except BaseException:
+        for fd in made:
+            if fd >= 0:
+                os.close(fd)
+        raise
+    return tuple(made)
 
 
 def _has_input(fd: int) -> bool:
@@ -195,7 +204,10 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
     fds: list[int] = []
     try:
         stdin_from = stdin_from if stdin is None and stdin_from >= 0 and _has_input(stdin_from) else -1
-        in_r, in_w, out_r, out_w, err_r, err_w, st_r, st_w = box_pipes(stdin, stdin_from >= 0)
+        try:
+            in_r, in_w, out_r, out_w, err_r, err_w, st_r, st_w = box_pipes(stdin, stdin_from >= 0)
+        except OSError as e:  # EMFILE: a box that did not start, as a failed clone is
+            return xx_result("pipes", e)
         fds += [in_r, out_r, out_w, err_r, err_w, st_r, st_w] + ([in_w] if in_w >= 0 else [])
         try:
             box = life.spawn(stdin=in_r, stdout=out_w, stderr=err_w, status_w=st_w, pass_fds=pass_fds)

@@ -162,8 +162,11 @@ def _clone(prep: _contain.Prepared, flags: int, parent_pidfd: int, stdin: int, s
     gc.freeze()
     try:
         pid, pidfd = sc.clone3(flags, exit_signal=_signal.SIGCHLD, cgroup_fd=cgroup_fd)
-    except BaseException:
+    except BaseException:  # EMFILE (the pidfd), EAGAIN (RLIMIT_NPROC): no child, no sync pipe
         gc.unfreeze()
+        for fd in (sync_r, sync_w):
+            if fd >= 0:
+                os.close(fd)
         raise
     if pid != 0:
         gc.unfreeze()

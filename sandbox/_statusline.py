@@ -86,8 +86,9 @@ def parse(raw: bytes) -> dict[str, Any] | None:
     line = raw.split(b"\n", 1)[0]
     digits, _, peak = line[len(_EXIT_HEAD):-1].partition(_PEAK)
     if (line.startswith(_EXIT_HEAD) and line.endswith(b"}") and digits.isdigit()
-            and (peak.isdigit() or not _)):
-        return {"ok": True, "wait_status": int(digits), **({"max_rss": int(peak)} if _ else {})}
+            and (peak.isdigit() or not _) and len(digits) <= 5 and len(peak) <= 18):
+        obj = {"ok": True, "wait_status": int(digits), **({"max_rss": int(peak)} if _ else {})}
+        return obj if obj["wait_status"] < 1 << 16 else None
     import json  # host side, failures only
 
     try:
@@ -96,6 +97,14 @@ def parse(raw: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
         return None
-    if obj["ok"] and not isinstance(obj.get("wait_status"), int):
+    if obj["ok"] and not _uint(obj.get("wait_status"), 1 << 16):  # os.WIF* take 16 bits
+        return None
+    if "max_rss" in obj and not _uint(obj["max_rss"], 1 << 63):  # the verdict compares it
         return None
     return obj
+
+
+def _uint(v: object, bound: int) -> bool:
+    """A JSON integer in [0, bound): never a bool (True is an int to isinstance), a float
+    or a string, none of which the verdict's arithmetic and os.WIF* calls accept."""
+    return type(v) is int and 0 <= v < bound

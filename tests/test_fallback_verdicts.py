@@ -76,6 +76,40 @@ def test_only_a_failure_ending_in_memoryerror_becomes_ml(code, status, no_leftov
     assert (REFUSED in (r.reason or "")) == (status == Status.ML)
 
 
+CALLABLE_UNDER_A_BIG_CALLER = r"""
+import sys
+from sandbox import Limits, SandboxConfig, run_sync
+
+ballast = bytearray(220 << 20)  # the caller (a big pytest): its RSS, above the box's limit
+for i in range(0, len(ballast), 4096):
+    ballast[i] = 1
+cfg = SandboxConfig(limits=Limits.parse(memory="128M"))
+
+def grows() -> int:
+    b = bytearray(120 << 20)
+    for i in range(0, len(b), 4096):
+        b[i] = 1
+    return 1
+
+for fn in (lambda: 1, grows):
+    r = run_sync(fn, cfg)
+    print(r.status.name, r.enforcement.get("memory"), r.peak_memory or 0)
+"""
+
+
+@needs_fallback
+def test_a_forked_function_is_judged_by_what_it_grew_not_its_callers_image(no_leftovers):
+    """A ``@sandboxed`` test is a fork of its caller: its RSS includes the caller's image, which
+    its RLIMIT_AS does not count. A failing test that allocated nothing is RE, not ML; one that
+    grew near the limit is ML, with the growth as its peak."""
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    out = subprocess.run([sys.executable, "-c", CALLABLE_UNDER_A_BIG_CALLER], check=True,
+                         capture_output=True, text=True, env=env).stdout.splitlines()
+    (plain, how, peak), (grew, how2, peak2) = (line.split() for line in out[:2])
+    assert (plain, how, how2, peak) == ("RE", "rlimit", "rlimit", "0"), out
+    assert grew == "ML" and (100 << 20) <= int(peak2) < (200 << 20), out
+
+
 def test_memoryerror_without_the_address_space_limit_is_re(no_leftovers):
     """Decided: without RLIMIT_AS nothing refuses the box's allocations for its limit (a cgroup
     OOM-kills instead: that is ML by the kernel's count), so a MemoryError is the program's

@@ -273,7 +273,7 @@ def test_junit_properties_and_summary_table(run, pytester):
     r = run("""
         import pytest
         @pytest.mark.sandboxed
-        def test_a(): pass
+        def test_a(): b = b"x" * (8 << 20)  # a forked test's peak is what it grew
 
         @pytest.mark.sandboxed(wall_time="0.3s")
         def test_slow():

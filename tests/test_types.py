@@ -149,6 +149,27 @@ def test_inits_failure_report_is_json_without_the_json_module(text):
                                                                         "wait_status": 256}
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"ok": true, "wait_status": 0, "max_rss": "9e9"}', b'{"ok": true, "wait_status": 0, "max_rss": -5}',
+    b'{"ok": true, "wait_status": 0, "max_rss": 1.5}', b'{"ok": true, "wait_status": 0, "max_rss": true}',
+    b'{"ok": false, "step": "x", "max_rss": [1]}', b'{"ok": true, "wait_status": true}',
+    b'{"ok": true, "wait_status": -1}', b'{"ok": true, "wait_status": 99999999999999999999}',
+    b'{"ok": true, "wait_status": 0, "max_rss": }', b'{"ok": true, "wait_status": 65536}',
+    b'{"ok": true, "wait_status": 0, "max_rss": 9999999999999999999}'])
+def test_a_status_line_of_the_wrong_shape_is_no_report(raw):
+    """The verdict compares max_rss with the memory limit and hands wait_status to os.WIF*: a
+    line that json reads but whose values are not such integers is refused (no report, an XX
+    verdict), never a TypeError or OverflowError in build_result."""
+    from sandbox import Limits, _statusline, _verdict
+
+    assert _statusline.parse(raw + b"\n") is None
+    facts = _verdict.Facts(Limits.parse(memory="64M"), {"memory": "rlimit"}, 0.0,
+                           status_line=raw + b"\n", init_wait_status=0)
+    assert _verdict.build_result(facts).status.name == "XX"
+    good = _statusline.encode_exit(256, 5 << 20)
+    assert _statusline.parse(good) == {"ok": True, "wait_status": 256, "max_rss": 5 << 20}
+
+
 # -- bad arguments fail in the caller, never inside the box -------------------------------------
 
 def test_limits_take_what_users_write_and_refuse_the_rest_in_the_caller():

@@ -111,12 +111,13 @@ class BoxSession:
             self.result = e.result
             return
         self._sock = host
-        self._out = os.memfd_create("box-stdout", os.MFD_CLOEXEC)
-        self._err = os.memfd_create("box-stderr", os.MFD_CLOEXEC)
-        self._st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._out = self._err = self._st_r = st_w = -1
         self._factory = factory
         self._box: _spawn.BoxProcess | None = None
         try:
+            self._out = os.memfd_create("box-stdout", os.MFD_CLOEXEC)
+            self._err = os.memfd_create("box-stderr", os.MFD_CLOEXEC)
+            self._st_r, st_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             if factory is not None:  # cloned by the zygote: its worker is already loaded
                 cg_fd = self._life.cg.dir_fd() if self._life.cg is not None else None
                 try:
@@ -127,11 +128,16 @@ class BoxSession:
                         os.close(cg_fd)
             else:  # a fresh interpreter exec'd in the box, sent its code first
                 self._spawn_here(box.fileno(), st_w)
-        except BaseException:
+        except BaseException:  # EMFILE, a failed clone, Ctrl-C: no fd of the box left behind
             self._life.end()
+            host.close()
+            for fd in (self._out, self._err, self._st_r):
+                if fd >= 0:
+                    os.close(fd)
             raise
         finally:
-            os.close(st_w)
+            if st_w >= 0:
+                os.close(st_w)
             box.close()
         self._killed_for: str | None = None
         self._ready = False
