@@ -246,7 +246,11 @@ class Box:
             self._wait_events([], None)
         return proc
 
-    def _check_open(self) -> None:
+    def _check_open(self, *, turn: bool = False) -> None:
+        """``turn``: first take init's news and the CPU budget's turn without waiting (a file
+        call then also ends a box whose budget a background process spent meanwhile)."""
+        if turn and self._sock is not None and not self._dead:
+            self._wait_events([], 0)
         if self._sock is None or self._dead:
             raise BoxError("this box is closed" if self._sock is not None else
                            "this box is not open: use `with Box(config) as box:` or box.open()")
@@ -338,16 +342,16 @@ class Box:
     def put(self, path: str, data: bytes | os.PathLike[str], *, mode: int = 0o644) -> None:
         """Write a file into the box: ``data`` bytes, or a ``pathlib.Path`` of a host file to copy.
         Parent directories are made; an existing file is replaced, a link is never followed."""
-        self._check_open()
+        self._check_open(turn=True)
         self._files.put(path, data, mode=mode)
 
     def get(self, path: str, max_bytes: int = GET_MAX) -> bytes:
         """A file of the box, at most ``max_bytes``; refuses links, FIFOs and devices."""
-        self._check_open()
+        self._check_open(turn=True)
         return self._files.get(path, max_bytes)
 
     def changes(self) -> Changes:
         """Created / modified / deleted since the box started (files and links; directories
         only when made or removed)."""
-        self._check_open()
+        self._check_open(turn=True)
         return self._files.changes()

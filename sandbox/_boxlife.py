@@ -94,6 +94,9 @@ class BoxLife:
         except OSError as e:
             self.end()
             raise _fail("prepare", e) from None
+        except BaseException:  # Ctrl-C, or a bug: the leaf goes all the same
+            self.end()
+            raise
         self.enforcement = self.prep.enforcement
         self.seccomp_desc, self.landlock = self.prep.seccomp_desc, self.prep.landlock
 
@@ -169,11 +172,16 @@ class BoxLife:
 
     def end(self) -> None:
         """Remove what is left: init (killed and reaped) and the leaf. Idempotent."""
-        if self.init is not None:
-            self.reap(kill=True)
-        if self.cg is not None:
-            self.cg.destroy()
-            self.cg = None
+        try:
+            if self.init is not None:
+                self.reap(kill=True)
+        finally:  # even when the wait was interrupted: init is SIGKILLed, the leaf goes
+            if self.init is not None:
+                os.close(self.init.pidfd)
+                self.init = None
+            if self.cg is not None:
+                self.cg.destroy()
+                self.cg = None
 
 
 def cpu_watch(box_cg: Any, limit: float | None, init_pid: int | None = None,

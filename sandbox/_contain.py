@@ -1,9 +1,8 @@
 """The in-child sequence, top to bottom: what the box's init (pid 1) and payload (pid 2) do.
 
-Read this file to know exactly what happens inside a box, in order. Every step is a named
-function; a failing step is reported on the status pipe as ``{"ok": false, "step": NAME,
-"errno": N, "error": "..."}`` and init exits, so a failure never hangs and never leaves a
-half-made box running (the pid namespace dies with init).
+Read this file to know what happens inside a box, in order. A failing step is reported on the
+status pipe as ``{"ok": false, "step": NAME, "errno": N, "error": "..."}`` and init exits: a
+failure never hangs or leaves a half-made box running (the pid namespace dies with init).
 
 init (clone3'd with NEWUSER|NEWPID, maybe INTO_CGROUP):
   0. scrub      wipe the caller's argv and environment from our copy of its memory (they were

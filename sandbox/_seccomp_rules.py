@@ -40,7 +40,7 @@ NE, EQ, MASKED_EQ = 1, 4, 7
 LOW32 = 0xFFFFFFFF
 BIT31 = 1 << 31
 
-EPERM, ENOSYS = errno.EPERM, errno.ENOSYS
+EPERM, ENOSYS, EINVAL = errno.EPERM, errno.ENOSYS, errno.EINVAL
 CLONE_NEW_FLAGS = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000,
                    "CLONE_NEWUTS": 0x04000000, "CLONE_NEWIPC": 0x08000000,
                    "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
@@ -53,12 +53,13 @@ UNAME26 = 0x0020000
 PERSONALITY_DENIED_FLAGS = tuple(1 << b for b in range(8, 31) if 1 << b != UNAME26)
 AF_NETLINK, AF_VSOCK = 16, 40
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+F_NOTIFY = 1026  # dnotify: fcntl(dir_fd, F_NOTIFY, events)
 
 Arg = tuple[int, int, int, int]  # (argument index, pyseccomp op, datum_a, datum_b)
 
 # (syscall, argument index) → width in bits of the kernel's parameter (see the docstring)
 ARG_BITS = {("clone", 0): 64, ("ioctl", 1): 32, ("personality", 0): 32, ("socket", 0): 32,
-            ("socket", 2): 32, ("prlimit64", 0): 32, ("prlimit64", 2): 64}
+            ("socket", 2): 32, ("prlimit64", 0): 32, ("prlimit64", 2): 64, ("fcntl", 1): 32}
 
 
 @record(frozen=True)
@@ -125,6 +126,10 @@ DEFAULT_RULES: tuple[Rule, ...] = tuple(
     + _deny("inotify_init inotify_init1 fanotify_init", "a watch on a /dev node (the host's "
             "own inode) reports host processes' opens and writes; ENOSYS so programs poll",
             ENOSYS, group="inotify")
+    # dnotify, inotify's ancestor, watches directories: a writable --bind is a host directory
+    + [Rule("fcntl", "F_NOTIFY (dnotify) on a shared host directory reports host processes' "
+            "changes in it, as inotify would", EINVAL, ((1, MASKED_EQ, LOW32, F_NOTIFY),),
+            group="inotify")]
     + _deny("open_by_handle_at name_to_handle_at", "file handles bypass path-based confinement "
             "(the 'shocker' container escape)")
     + _deny("ptrace process_vm_readv process_vm_writev pidfd_getfd", "debugging other "

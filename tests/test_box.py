@@ -446,3 +446,19 @@ def test_a_workspace_is_shared_by_fresh_boxes_and_never_follows_their_links(no_l
             ws.put("link", b"x")
     with pytest.raises(ValueError, match="closed"):
         ws.read("sum.txt")
+
+
+def test_the_cpu_budget_holds_while_the_host_only_moves_files(no_leftovers):
+    """Each spinner dies at its own RLIMIT_CPU, the loop starts the next: only the box-wide
+    budget stops it, and the host may be doing nothing but put/get meanwhile."""
+    import time
+
+    with Box(SandboxConfig(limits=Limits.parse(cpu_time="1s", wall_time="60s"))) as box:
+        box.start(["sh", "-c", "while :; do sh -c 'while :; do :; done'; done"])
+        t = time.monotonic()
+        with pytest.raises(BoxError, match="closed"):
+            while time.monotonic() - t < 30:
+                box.put("/tmp/x", b"x")
+                time.sleep(0.05)
+    assert box.usage is not None and box.usage.cpu_exceeded, box.usage
+    assert 1.0 <= box.usage.cpu_time < 6, box.usage

@@ -71,3 +71,26 @@ def test_programs_fall_back_without_inotify(no_leftovers):
     assert r.status == "OK", r
     assert r.stdout == b"one\ntwo\n", r
     assert b"reverting to polling" in r.stderr, r
+
+
+DNOTIFY = textwrap.dedent("""
+    import errno, fcntl, os
+    fd = os.open("/shared", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.fcntl(fd, fcntl.F_NOTIFY, fcntl.DN_CREATE | fcntl.DN_MODIFY | fcntl.DN_MULTISHOT)
+        print("watching")
+    except OSError as e:
+        print("refused", errno.errorcode[e.errno])
+""")
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_dnotify_on_a_shared_host_directory_is_refused(allow, box_tmp, no_leftovers):
+    """dnotify (fcntl F_NOTIFY), inotify's ancestor, watches a directory: on a writable --bind
+    it reports what host processes do there. Refused with inotify (EINVAL: a kernel without
+    CONFIG_DNOTIFY); ``seccomp_allow=("inotify",)`` gives both back."""
+    cfg = SandboxConfig(mounts=[sandbox.MountSpec("bind", "/shared", str(box_tmp))],
+                        seccomp_allow=("inotify",) if allow else ())
+    r = sandbox.run_sync(["python3", "-c", DNOTIFY], cfg)
+    assert r.ok, r.stderr
+    assert r.stdout.strip() == (b"watching" if allow else b"refused EINVAL"), r.stdout
