@@ -116,37 +116,44 @@ os.read(r, 1)
 
 
 def test_a_process_that_ended_before_the_box_budget_ran_out_keeps_its_verdict(no_leftovers):
-    """The budget is checked when the host waits on the box; init's news queued meanwhile (a
-    process that exited on its own) is read before the rest are marked killed for it."""
+    """The budget is checked when the host waits on the box or calls put/get/changes; init's
+    news queued meanwhile (a process that exited on its own) is read before the rest are
+    marked killed for it."""
     with Box(SandboxConfig(limits=Limits.parse(cpu_time="1s", wall_time="60s"))) as box:
         box.put("/tmp/daemon.py", DAEMON.encode())
         early = box.start(["python3", "/tmp/daemon.py"])  # exits once the daemon is detached
-        while True:  # files move through fds, not init's socket: nothing read from init here
-            try:
-                box.get("/tmp/done")
-                break
-            except FileNotFoundError:
-                time.sleep(0.05)
-        late = box.exec(["sleep", "30"])  # cannot end on its own before the kill
-        assert late.status is Status.TO and "all the box's processes" in (late.reason or "")
+        try:
+            while True:
+                try:
+                    box.get("/tmp/done")
+                    break
+                except FileNotFoundError:
+                    time.sleep(0.05)
+            late = box.exec(["sleep", "30"])  # cannot end on its own before the kill
+            assert late.status is Status.TO and "all the box's processes" in (late.reason or "")
+        except BoxError:
+            pass  # the budget ran out during a file call: the box closed there
         r = early.wait()
         assert r is not None and r.status is Status.OK, (r.status, r.reason)
     assert box.usage is not None and box.usage.cpu_exceeded and box.usage.cpu_time >= 1.0
 
 
 def test_what_a_daemon_spent_while_the_host_was_not_waiting_is_in_the_usage(no_leftovers):
-    """Known gap: the budget is checked only while the host waits on the box, so a daemon
-    spends unchecked meanwhile; close() at least takes a last sample, or the daemon's time
-    (killed at teardown, reaped by nobody) is in no total and cpu_exceeded says False."""
+    """The budget is checked when the host calls on the box, not in between, so a daemon
+    spends unchecked while the host does nothing; close() takes a last sample, or the daemon's
+    time (killed at teardown, reaped by nobody) is in no total and cpu_exceeded says False."""
     with Box(SandboxConfig(limits=Limits.parse(cpu_time="1s", wall_time="60s"))) as box:
         box.put("/tmp/daemon.py", DAEMON.encode())
         assert box.exec(["python3", "/tmp/daemon.py"]).status is Status.OK
-        while True:  # files only: no wait on the box, so no check of its budget
-            try:
-                box.get("/tmp/done")
-                break
-            except FileNotFoundError:
-                time.sleep(0.05)
+        try:
+            while True:
+                try:
+                    box.get("/tmp/done")
+                    break
+                except FileNotFoundError:
+                    time.sleep(0.05)
+        except BoxError:
+            pass  # the budget ran out during a file call
     assert box.usage is not None and box.usage.cpu_exceeded and box.usage.cpu_time >= 1.0, box.usage
 
 
