@@ -91,7 +91,7 @@ class Box:
 
         if self._sock is not None:
             raise BoxError("this box is already open")
-        # CPU time is per exec (RLIMIT_CPU, inherited from init): see BoxLife's cpu_per_exec.
+        # CPU: each exec holds RLIMIT_CPU, the box-wide budget is the watch (BoxLife: cpu_per_exec)
         self._life = life = BoxLife(self.config, (), serve=True, cpu_per_exec=True)
         self._prep, self._fallback = life.prep, life.fallback
         try:  # EMFILE (or Ctrl-C) from here on must not leave the leaf, or any fd, behind

@@ -64,9 +64,9 @@ def _fail(step: str, err: OSError | str) -> BoxError:
 class BoxLife:
     """Steps 1–2 at construction, 3 in ``spawn``, 4's watch in ``watch``, 5 in ``end``.
 
-    ``serve``: a held box (init serves requests). ``cpu_per_exec``: the config's CPU time is
-    each exec's own budget (RLIMIT_CPU), not the leaf's: its ``cpu.stat`` counts the box's
-    whole life, which no single exec should be charged with. ``prepared``: a plan computed
+    ``serve``: a held box (init serves requests). ``cpu_per_exec``: every exec holds the
+    config's CPU time as RLIMIT_CPU (the plan does not leave it to the leaf), and the box-wide
+    budget is the watch's (``watch``), which the leaf's ``cpu.stat`` feeds. ``prepared``: a plan computed
     earlier for the same config, used only where no cgroup leaf changes what the plan enforces.
     ``target=None``: the box is planned and cloned by another process (a grading zygote, which
     clones into our leaf); ``adopt`` then hands us its init and what its plan enforces.
