@@ -1,10 +1,10 @@
 """Running Python inside a box from the pytest process, and getting data back safely.
 
-The box is cloned from the pytest process itself (``sandbox._direct.run_direct`` with a callable
+The box is cloned from the pytest process itself (``sandbox.run_sync`` with a callable
 target), so the test module is not re-imported and fixtures/closures are simply there.
 
 Data comes back through a *memfd* rather than a pipe: the host reads it only after the box is
-dead, so a box can neither block on a full pipe (a plain ``run_direct`` call has nobody reading
+dead, so a box can neither block on a full pipe (a plain ``run_sync`` call has nobody reading
 a pipe meanwhile) nor stall the host with a slow trickle. The host reads at most a fixed bound
 and the box cannot grow the memfd past its file-size rlimit. Whatever is read is untrusted
 bytes, parsed only as JSON by the callers.
@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sandbox import MountSpec, Result, SandboxConfig
-from sandbox._direct import run_direct
+import sandbox
+from sandbox import MountSpec, Plan, Result, SandboxConfig
 
 OutputSink = Callable[[int, bytes], None]
 
@@ -41,24 +41,18 @@ def read_memfd(fd: int, limit: int) -> bytes | None:
     return bytes(data) if len(data) <= limit else None
 
 
-_PREPARED: dict[int, tuple[SandboxConfig, Any]] = {}
+_PLANS: dict[int, tuple[SandboxConfig, Plan]] = {}
 
 
-def _prepared(cfg: SandboxConfig, target: Callable[[], int]) -> Any:
+def _plan(cfg: SandboxConfig) -> Plan:
     """The parent-side plan of a box (rootfs, rlimits, seccomp program) for a config we reuse
-    (``plugin.box_config`` caches them), computed once: ~0.5 ms of every sandboxed test.
-    Only while no cgroup is in use: with one, the plan depends on what the box's cgroup
-    enforces, which ``run_direct`` learns per box (it then prepares itself, as without us)."""
-    from sandbox import _contain, _direct
-
-    if cfg.use_cgroup and getattr(_direct, "_MANAGERS", {}).get(os.getpid(), "unknown") is not None:
-        return None
-    hit = _PREPARED.get(id(cfg))
+    (``plugin.box_config`` caches them), computed once: ~0.5 ms of every sandboxed test. Where
+    a cgroup is in use, each box is planned afresh by the library (the plan depends on what
+    its leaf holds)."""
+    hit = _PLANS.get(id(cfg))
     if hit is None or hit[0] is not cfg:
-        hit = _PREPARED[id(cfg)] = (cfg, _contain.prepare(cfg, target))
-    from sandbox._record import replace
-
-    return replace(hit[1], target=target)  # the plan is immutable: one per box, sharing the rest
+        hit = _PLANS[id(cfg)] = (cfg, sandbox.prepare(cfg))
+    return hit[1]
 
 
 def run_in_box(body: Callable[[int], None], cfg: SandboxConfig, pass_fds: Sequence[int] = (),
@@ -71,8 +65,8 @@ def run_in_box(body: Callable[[int], None], cfg: SandboxConfig, pass_fds: Sequen
             body(ch)
             return 0
 
-        result = run_direct(target, cfg, pass_fds=[ch, *pass_fds], on_output=on_output,
-                            prepared=_prepared(cfg, target))
+        result = sandbox.run_sync(target, cfg, pass_fds=[ch, *pass_fds], on_output=on_output,
+                                  plan=_plan(cfg))
         return result, read_memfd(ch, limit)
     finally:
         os.close(ch)

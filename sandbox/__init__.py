@@ -31,20 +31,32 @@ if TYPE_CHECKING:
     from sandbox._box_proc import Process
     from sandbox._boxlife import BoxError
     from sandbox._doctor import diagnose
+    from sandbox._plan import Prepared as Plan
     from sandbox._supervisor import Supervisor
     from sandbox._workspace import Workspace
 
 __all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "Changes", "ConfigError", "Limits", "MountSpec",
-           "Process", "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "Workspace",
-           "diagnose", "run", "run_sync"]
+           "Plan", "Process", "Result", "SandboxConfig", "Status", "Supervisor", "Usage",
+           "Workspace", "diagnose", "prepare", "run", "run_sync"]
 
-_LAZY = {"Box": "sandbox._box", "Workspace": "sandbox._workspace", "BoxError": "sandbox._boxlife", "diagnose": "sandbox._doctor", "Changes": "sandbox._box_files",
+_LAZY = {"Box": "sandbox._box", "Plan": "sandbox._plan", "Workspace": "sandbox._workspace", "BoxError": "sandbox._boxlife", "diagnose": "sandbox._doctor", "Changes": "sandbox._box_files",
          "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor"}
+
+
+def prepare(config: SandboxConfig | None = None) -> Plan:
+    """The parent-side plan of a box for ``config`` (its root filesystem, rlimits, compiled
+    seccomp program: most of a box's start on our side), computed once for many ``run_sync``
+    calls with the same config (``plan=``). Immutable: it keeps the config as it was (and the
+    host files it read) when made. Where the box gets a cgroup leaf, the plan depends on what the
+    leaf holds, and each box is planned afresh."""
+    from sandbox._plan import prepare as _prepare
+
+    return _prepare((config or SandboxConfig()).validate(), ())
 
 
 def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
              stdin: bytes | int | None = None, on_output: Callable[[int, bytes], None] | None = None,
-             pass_fds: Sequence[int] = ()) -> Result:
+             pass_fds: Sequence[int] = (), plan: Plan | None = None) -> Result:
     """Run one fresh box and wait for its verdict (blocking): a box that lives for one command.
 
     ``target``: argv to exec in the box (a fresh program that has seen nothing of the caller).
@@ -68,15 +80,22 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
 
     from sandbox._direct import run_direct
 
-    if (_thread._count() > 0 and not callable(target) and not isinstance(stdin, int)
+    if (_thread._count() > 0 and plan is None and not callable(target) and not isinstance(stdin, int)
             and on_output is None and not pass_fds  # (and no mount by fd: those are ours)
             and not any(m.fd is not None or m.upper_to is not None for m in (config or SandboxConfig()).mounts)):
         import trio
 
         return trio.run(lambda: run(target, config, stdin=stdin))
+    if plan is not None:
+        if config is None:
+            config = plan.config
+        elif config is not plan.config and config != plan.config:
+            raise ConfigError("plan: made for another config (sandbox.prepare(config))")
     if isinstance(stdin, int) and not isinstance(stdin, bool):
-        return run_direct(target, config, stdin_from=stdin, on_output=on_output, pass_fds=pass_fds)
-    return run_direct(target, config, stdin=stdin, on_output=on_output, pass_fds=pass_fds)
+        return run_direct(target, config, stdin_from=stdin, on_output=on_output, pass_fds=pass_fds,
+                          prepared=plan)
+    return run_direct(target, config, stdin=stdin, on_output=on_output, pass_fds=pass_fds,
+                      prepared=plan)
 
 
 async def run(argv: Sequence[str], config: SandboxConfig | None = None, *,

@@ -29,6 +29,7 @@ from sandbox import _spawn, _verdict
 from sandbox import _syscalls as sc
 from sandbox._boxcgroup import cgroup_enforced, cgroup_fallbacks, open_box_cgroup
 from sandbox._plan import prepare
+from sandbox._record import replace
 from sandbox._result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
@@ -89,8 +90,10 @@ class BoxLife:
         if target is None:
             return
         try:
-            self.prep = (prepared if prepared is not None and self.cg is None
-                         else prepare(config, target, cgroup_enforced=self.enforced, serve=serve))
+            if prepared is not None and self.cg is None and prepared.serve == serve:
+                self.prep = prepared if prepared.target is target else replace(prepared, target=target)
+            else:
+                self.prep = prepare(config, target, cgroup_enforced=self.enforced, serve=serve)
         except OSError as e:
             self.end()
             raise _fail("prepare", e) from None

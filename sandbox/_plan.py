@@ -81,3 +81,6 @@ def prepare(config: SandboxConfig, target: Target, *,
                     root, plan, enforcement, seccomp_bpf=bpf, seccomp_desc=desc,
                     landlock=landlock_abi > 0, landlock_abi=landlock_abi,
                     landlock_writable=landlock_writable, serve=serve)
+
+
+Plan = Prepared  # its public name (sandbox.Plan, from sandbox.prepare)

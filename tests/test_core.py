@@ -491,3 +491,17 @@ def test_subordinate_id_range_via_newuidmap(no_leftovers):
     assert lines[0].split() == ["0", str(os.getuid()), "1"]
     assert lines[1].split()[0] == "1" and int(lines[1].split()[2]) > 1000
     assert lines[2] == "1000"
+
+
+def test_a_plan_serves_many_boxes_of_its_config(no_leftovers):
+    """sandbox.prepare: the parent's work computed once; a plan for another config is refused."""
+    import pytest
+
+    cfg = SandboxConfig(limits=sandbox.Limits.parse(wall_time="10s"))
+    plan = sandbox.prepare(cfg)
+    assert isinstance(plan, sandbox.Plan)
+    outs = [sandbox.run_sync(["sh", "-c", f"echo {i}"], cfg, plan=plan).stdout for i in range(3)]
+    assert outs == [b"0\n", b"1\n", b"2\n"]
+    assert sandbox.run_sync(lambda: 7, cfg, plan=plan).exit_code == 7  # a callable target too
+    with pytest.raises(sandbox.ConfigError, match="another config"):
+        sandbox.run_sync(["true"], SandboxConfig(hostname="other"), plan=plan)

@@ -22,11 +22,7 @@ PUBLIC_PACKAGES = ("sandbox.grading",)
 
 # "client file: private module it imports". Remove an entry when the client stops needing it.
 KNOWN_INTERNAL = {
-    # The pytest plugin clones boxes from the pytest process with a callable target, which Box
-    # does not offer (Box.exec takes an argv).
-    "pytest_plugin/boxrun.py: sandbox._contain",  # prepare(): a plan cached per config
-    "pytest_plugin/boxrun.py: sandbox._direct",  # run_direct(callable), its cgroup managers
-    "pytest_plugin/boxrun.py: sandbox._record",  # replace(): a copy of the cached plan
+    # The pytest plugin.
     "pytest_plugin/fixture.py: sandbox._codec",  # tagged JSON of the fixture's call()
     # The CLI: its parts and the runner it drives.
     "sandbox/_cli.py: sandbox._doctor",  # `sandbox doctor`
