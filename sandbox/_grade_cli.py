@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(a: argparse.Namespace) -> None:
-    from sandbox._config import parse_duration, parse_size
+    from sandbox import Limits
 
     if not os.path.exists(a.tests):
         raise ValueError(f"--tests {a.tests}: no such file or directory")
@@ -54,8 +54,7 @@ def _check(a: argparse.Namespace) -> None:
         raise ValueError(f"--submissions {a.submissions}: not a directory (one sub-folder per submission)")
     if a.jobs < 1:
         raise ValueError(f"-j {a.jobs}: must be at least 1")
-    parse_size(a.memory, "--memory")
-    parse_duration(a.wall_time, "--wall-time")
+    Limits.parse(memory=a.memory, wall_time=a.wall_time)  # ConfigError: "--memory: ..."
 
 
 def discover(root: str) -> list[tuple[str, str]]:

@@ -28,7 +28,6 @@ KNOWN_INTERNAL = {
     "sandbox/_cli.py: sandbox._doctor",  # `sandbox doctor`
     "sandbox/_cli.py: sandbox._options",  # the CLI's own table-driven option parser
     "sandbox/_cli.py: sandbox._relay",  # OutputRelay: streams the box's output to the terminal
-    "sandbox/_grade_cli.py: sandbox._config",  # parse_duration, parse_size for grade's options
     # The grader's sessions share BoxLife with Box but still run their own worker protocol and
     # zygotes (issue 20: it should stand on the public Box).
     "sandbox/grading/session.py: sandbox._boxlife",  # BoxLife, BoxError, xx_result
