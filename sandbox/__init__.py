@@ -1,12 +1,16 @@
 """Rootless Linux sandbox for running untrusted code.
 
-Public, typed API (see README):
+Public, typed API (see README); ``__all__`` is all of it, every other module is private:
 
     import sandbox
+    with sandbox.Box(config) as box:                                  # a box you hold
+        r = box.exec(["gcc", "x.c"]); box.put(...); box.get(...); box.changes()
     result = sandbox.run_sync(["python3", "-c", "print(1)"], sandbox.SandboxConfig())
     result = await sandbox.run(["python3", "x.py"], config)          # inside trio
     async with sandbox.Supervisor() as sup:                           # many boxes, warm launcher
         result = await sup.run(argv, config, stdin=b"...")
+        async with sup.box(config) as box: ...                        # a held box in trio
+    with sandbox.Workspace("64M") as ws: ...                          # files shared by boxes
 
 Imports stay light: trio is only imported when the async API is used, so the CLI and the
 in-box code paths never pay for it.
