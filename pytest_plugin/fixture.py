@@ -18,10 +18,9 @@ from sandbox import (
     SandboxConfig,
     Status,
     Workspace,
-    _codec,
     run_sync,
 )
-from sandbox.grading.session import BoxSession, InvalidReply, SessionError
+from sandbox.grading.session import BoxSession, InvalidReply, SessionError, crossing_error
 
 LIMIT_KEYS = ("memory", "wall_time", "cpu_time", "pids", "output_limit", "tmpfs_size",
               "nofile", "fsize")
@@ -107,10 +106,9 @@ class SandboxFixture:
         name = f"{module}.{qualname}"
         msg = {"op": "call", "module": module, "path": qualname.split("."), "args": list(args),
                "kwargs": kwargs}
-        try:
-            _codec.tag(msg)
-        except _codec.CodecError as e:
-            raise TypeError(f"sandbox.call({name}): the arguments cannot cross into the box: {e}") from None
+        why = crossing_error(msg)  # before any box is made for it
+        if why:
+            raise TypeError(f"sandbox.call({name}): the arguments cannot cross into the box: {why}")
         cfg = self.config(**dict(sandbox_options or {}))
         cfg.expose_python = "venv"  # the worker imports what this Python has installed
         session = BoxSession(cfg, _import_path(cfg, module))

@@ -23,7 +23,6 @@ PUBLIC_PACKAGES = ("sandbox.grading",)
 # "client file: private module it imports". Remove an entry when the client stops needing it.
 KNOWN_INTERNAL = {
     # The pytest plugin.
-    "pytest_plugin/fixture.py: sandbox._codec",  # tagged JSON of the fixture's call()
     # The CLI: its parts and the runner it drives.
     "sandbox/_cli.py: sandbox._doctor",  # `sandbox doctor`
     "sandbox/_cli.py: sandbox._options",  # the CLI's own table-driven option parser

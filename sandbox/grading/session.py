@@ -34,6 +34,16 @@ MAX_FRAME = _worker.MAX_FRAME
 START_TIMEOUT = 60.0  # for the worker's start-up when the box has no wall time
 
 
+def crossing_error(value: Any) -> str | None:
+    """Why ``value`` cannot cross into a box (as tagged JSON: ``sandbox._codec``), or None when
+    it can: a caller checks its arguments before it makes a box for them."""
+    try:
+        _codec.tag(value)
+    except _codec.CodecError as e:
+        return str(e)
+    return None
+
+
 class SessionError(Exception):
     """The box could not answer: timeout, death, or a malformed reply (message says which)."""
 

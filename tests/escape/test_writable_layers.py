@@ -255,3 +255,15 @@ def test_mounts_holding_fds_are_checked_and_stay_in_their_process(box_tmp):
         os.close(f)
         a.close()
         b.close()
+
+
+def test_a_call_whose_arguments_cannot_cross_makes_no_box(no_leftovers):
+    """Arguments cross as tagged JSON only: an object that is not is refused in the caller,
+    with its reason, before a box or /work is made for it."""
+    fx = SandboxFixture(_PytestConfig("4M"))
+    try:
+        with pytest.raises(TypeError, match="getpid.*cannot cross into the box: object"):
+            fx.call(os.getpid, object())
+        assert fx.results == [] and fx._ws is None
+    finally:
+        fx.close()
