@@ -135,7 +135,9 @@ def run_grading(subs: list[tuple[str, str]], a: argparse.Namespace, tmp: str,
             if p.poll() is None:
                 p.kill()
                 p.wait()
-                _remove_aliases(p.pid)
+                from sandbox.grading.zygote import remove_aliases
+
+                remove_aliases(p.pid)  # it could not close its zygotes
             out.close()
         for f in logs:
             f.close()
@@ -143,27 +145,6 @@ def run_grading(subs: list[tuple[str, str]], a: argparse.Namespace, tmp: str,
         if p.returncode not in (0, 1) and error is None:
             error = f"the test run failed (pytest exit code {p.returncode}): " + _tail(out.name)
     return lines, error
-
-
-def _remove_aliases(pid: int) -> None:
-    """A run we killed could not close its zygotes: remove the alias directories it made
-    (``sandbox-grade-PID-*`` in ``zygote.ALIAS_TOP``, ours), as its own close would have."""
-    import shutil
-
-    from sandbox.grading.zygote import ALIAS_TOP, ALIASES
-
-    prefix = f"{ALIASES}{pid}-"
-    try:
-        names = [n for n in os.listdir(ALIAS_TOP) if n.startswith(prefix)]
-    except OSError:
-        return
-    for name in names:
-        path = os.path.join(ALIAS_TOP, name)
-        try:
-            if os.lstat(path).st_uid == os.geteuid():
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            continue
 
 
 def build_rows(subs: list[tuple[str, str]], lines: list[dict[str, Any]], per_sub: int,

@@ -56,11 +56,18 @@ def _sweep_aliases() -> None:
     closing their zygotes (``sandbox grade --timeout`` kills a run). A dead grader's own
     directory is the only state it leaves; its links lead to submissions, readable only
     through their own permissions."""
-    import shutil
 
     if _swept:
         return
     _swept.append(True)
+    remove_aliases()
+
+
+def remove_aliases(of_pid: int | None = None) -> None:
+    """Remove our alias directories of the grader ``of_pid`` (one we killed: ``sandbox grade
+    --timeout``), or of every grader of ours that is gone."""
+    import shutil
+
     try:
         names = [n for n in os.listdir(ALIAS_TOP) if n.startswith(ALIASES)]
     except OSError:
@@ -69,7 +76,8 @@ def _sweep_aliases() -> None:
         path = os.path.join(ALIAS_TOP, name)
         try:
             pid = int(name[len(ALIASES):].split("-")[0])
-            if os.lstat(path).st_uid == os.geteuid() and not os.path.exists(f"/proc/{pid}"):
+            gone = pid == of_pid if of_pid is not None else not os.path.exists(f"/proc/{pid}")
+            if gone and os.lstat(path).st_uid == os.geteuid():
                 shutil.rmtree(path, ignore_errors=True)
         except (OSError, ValueError):
             continue
