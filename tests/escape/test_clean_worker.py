@@ -24,7 +24,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-HOSTILE = r'''
+from tests.escape._memscan import READABLE_MEMORY
+
+HOSTILE = READABLE_MEMORY + r'''
 import gc, linecache, os, re, sys
 
 LIMIT = 2_000_000  # strings looked at per channel
@@ -104,36 +106,12 @@ def _argv():
 
 
 def _mem(patterns):
-    """Every readable mapping of this process, searched as bytes. Not through /proc/self/mem
-    (a non-dumpable process does not own its /proc files): the kernel copies each chunk into a
-    file with write(2), which fails with EFAULT on an unreadable page instead of crashing."""
-    import ctypes
-
+    """Every readable mapping of this process, searched as bytes (``readable_memory``)."""
     rx = [re.compile(p.encode()) for p in patterns]
-    found, chunk = set(), 1 << 20
-    sink = os.open("/tmp", os.O_RDWR | os.O_TMPFILE)  # (memfds are denied under an rlimit)
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read().splitlines()
-        for line in maps:
-            parts = line.split()
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            if "r" not in parts[1] or line.endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
-                continue
-            addr = lo
-            while addr < hi:
-                n = min(chunk + 64, hi - addr)  # chunks overlap: a match may span a boundary
-                try:
-                    got = os.pwrite(sink, (ctypes.c_char * n).from_address(addr), 0)
-                except OSError:
-                    addr += 4096
-                    continue
-                data = os.pread(sink, got, 0)
-                for r in rx:
-                    found.update(m.decode("latin-1") for m in r.findall(data))
-                addr += max(got - 64, 4096) if got < n else chunk
-    finally:
-        os.close(sink)
+    found = set()
+    for data in readable_memory(1 << 20, 64):
+        for r in rx:
+            found.update(m.decode("latin-1") for m in r.findall(data))
     return sorted(found)
 
 

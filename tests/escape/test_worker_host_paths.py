@@ -31,10 +31,11 @@ import textwrap
 from pathlib import Path
 
 import sandbox
+from tests.escape._memscan import READABLE_MEMORY
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.realpath(sandbox.__file__)))
 
-SCANNER = r'''
+SCANNER = READABLE_MEMORY + r'''
 import gc, os, re, sys
 
 CHUNK = 1 << 20
@@ -105,36 +106,13 @@ def _objects():
 
 
 def _mem(rx):
-    """Every readable mapping, searched as bytes (the kernel copies each chunk into a file with
-    write(2), which fails with EFAULT on an unreadable page instead of crashing)."""
-    import ctypes
-
+    """Every readable mapping, searched as bytes (``readable_memory``)."""
     found = set()
-    sink = os.open("/tmp", os.O_RDWR | os.O_TMPFILE)
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read().splitlines()
-        for line in maps:
-            parts = line.split()
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            if "r" not in parts[1] or line.endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
-                continue
-            addr = lo
-            while addr < hi:
-                n = min(CHUNK + 256, hi - addr)  # chunks overlap: a match may span a boundary
-                try:
-                    got = os.pwrite(sink, (ctypes.c_char * n).from_address(addr), 0)
-                except OSError:
-                    addr += 4096
-                    continue
-                data = os.pread(sink, got, 0)
-                for name, r in rx:
-                    m = r.search(data)
-                    if m:
-                        found.add((name, m.group().decode("latin-1")))
-                addr += max(got - 256, 4096) if got < n else CHUNK
-    finally:
-        os.close(sink)
+    for data in readable_memory(CHUNK, 256):
+        for name, r in rx:
+            m = r.search(data)
+            if m:
+                found.add((name, m.group().decode("latin-1")))
     return found
 
 
