@@ -140,9 +140,7 @@ class BoxFiles:
             made = True
             try:
                 if src is None:
-                    view = memoryview(data)  # type: ignore[arg-type]
-                    while view:
-                        view = view[os.write(fd, view):]
+                    sc.write_all(fd, data)  # type: ignore[arg-type]
                 else:
                     with open(src, "rb") as f:
                         while chunk := f.read(1 << 20):

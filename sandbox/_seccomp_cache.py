@@ -30,6 +30,7 @@ import stat
 import sys
 
 from sandbox import _clib as ctypes  # the ctypes names, without ctypes/__init__ (see _clib)
+from sandbox import _syscalls as sc
 
 INSTALL_DIR = os.path.join(sys.prefix, "share", "sandbox")
 BPF_MAX = 4096 * 8  # BPF_MAXINSNS instructions of 8 bytes
@@ -226,9 +227,7 @@ def _write_at(dfd: int, name: str, content: bytes, mode: int) -> bool:
     try:
         try:
             os.fchmod(fd, mode)  # whatever the umask
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view):]
+            sc.write_all(fd, content)
             os.fsync(fd)  # the data before the rename: a crash leaves the old file or the new
         finally:
             os.close(fd)

@@ -363,6 +363,13 @@ def read_file(path: str) -> str:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """All of ``data`` to a blocking ``fd`` (write(2) may take less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_file(path: str, data: str) -> None:
     """One write(2) to a kernel interface file (/proc/*/uid_map, cgroup files): these must
     receive the whole value in a single write, which buffered text I/O does not promise."""

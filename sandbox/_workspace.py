@@ -88,9 +88,7 @@ class Workspace:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise _safefs.UnsafePath(22, f"{name}: not a regular file (planted by an earlier box?)")
             os.fchmod(fd, 0o666 if os.geteuid() == 0 else 0o644)  # as root the box is another uid
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            sc.write_all(fd, data)
         finally:
             os.close(fd)
 
