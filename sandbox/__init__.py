@@ -85,8 +85,7 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
     from sandbox._direct import run_direct
 
     if (_thread._count() > 0 and plan is None and not callable(target) and not isinstance(stdin, int)
-            and on_output is None and not pass_fds  # (and no mount by fd: those are ours)
-            and not any(m.fd is not None or m.upper_to is not None for m in (config or SandboxConfig()).mounts)):
+            and on_output is None and not pass_fds and not (config or SandboxConfig()).holds_fds()):
         import trio
 
         return trio.run(lambda: run(target, config, stdin=stdin))
@@ -95,11 +94,9 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
             config = plan.config
         elif config is not plan.config and config != plan.config:
             raise ConfigError("plan: made for another config (sandbox.prepare(config))")
-    if isinstance(stdin, int) and not isinstance(stdin, bool):
-        return run_direct(target, config, stdin_from=stdin, on_output=on_output, pass_fds=pass_fds,
-                          prepared=plan)
-    return run_direct(target, config, stdin=stdin, on_output=on_output, pass_fds=pass_fds,
-                      prepared=plan)
+    feed: dict[str, Any] = ({"stdin_from": stdin} if isinstance(stdin, int) and not isinstance(stdin, bool)
+                            else {"stdin": stdin})
+    return run_direct(target, config, on_output=on_output, pass_fds=pass_fds, prepared=plan, **feed)
 
 
 async def run(argv: Sequence[str], config: SandboxConfig | None = None, *,

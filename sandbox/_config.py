@@ -347,8 +347,13 @@ class SandboxConfig:
         return self
 
     # -- JSON round trip (to the launcher; never pickle) --------------------------------------
+    def holds_fds(self) -> bool:
+        """Whether a mount holds one of our fds (``fd=``, ``upper_to=``): only this process can
+        run such a box (no launcher: the numbers mean nothing in another process)."""
+        return any(m.fd is not None or m.upper_to is not None for m in self.mounts)
+
     def to_dict(self) -> dict[str, Any]:
-        if any(m.fd is not None or m.upper_to is not None for m in self.mounts):
+        if self.holds_fds():
             raise ConfigError("mounts holding file descriptors (fd=, upper_to=) only work in the "
                               "process that holds them (sandbox._direct, the pytest fixture, grading)")
         return asdict(self)  # type: ignore[no-any-return]
