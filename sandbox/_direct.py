@@ -16,14 +16,7 @@ import time
 
 from sandbox import _spawn, _statusline, _verdict
 from sandbox import _syscalls as sc
-from sandbox._boxcgroup import (  # noqa: F401 - re-exported: the runners' shared cgroup plumbing
-    _MANAGERS,
-    cgroup_enforced,
-    cgroup_fallbacks,
-    cgroup_manager,
-    open_box_cgroup,
-)
-from sandbox._boxlife import BoxError, BoxLife, cpu_watch, xx_result  # noqa: F401 - re-exported
+from sandbox._boxlife import BoxError, BoxLife, xx_result
 from sandbox._config import SandboxConfig, command_argv
 from sandbox._result import Result
 

@@ -29,9 +29,10 @@ import trio
 
 from sandbox import _cpuwatch, _fdpass, _spawn, _statusline, _verdict
 from sandbox import _syscalls as sc
+from sandbox._boxcgroup import cgroup_manager
 from sandbox._boxlife import BoxError, BoxLife, xx_result
 from sandbox._config import SandboxConfig, command_argv
-from sandbox._direct import CHUNK, CappedBuffer, box_pipes, cgroup_enforced, cgroup_manager
+from sandbox._direct import CHUNK, CappedBuffer, box_pipes
 from sandbox._result import Result
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ class Supervisor:
             if box_cg is not None:
                 send_fds.append(box_cg.dir_fd())
                 own.append(send_fds[-1])
-            cfg, enforced = config.to_dict(), sorted(cgroup_enforced(box_cg))
+            cfg, enforced = config.to_dict(), sorted(life.enforced)
             key = json.dumps([cfg, enforced], sort_keys=True)
             pooled = box_cg is None and self._warm_pool > 0  # cgroup boxes are built cold
             if not (pooled and key == self._pool_key and await self._start_warm(slot, argv, send_fds)):

@@ -26,7 +26,7 @@ def py(code: str, **limits: object) -> sandbox.Result:
 
 
 def _base() -> str:
-    from sandbox._direct import _MANAGERS
+    from sandbox._boxcgroup import _MANAGERS
 
     mgr = _MANAGERS.get(os.getpid())
     assert mgr is not None
@@ -48,7 +48,7 @@ def test_aaa_no_internal_process_move_path():
         f"open({top!r} + '/cgroup.procs', 'w').write('0')\n"
         "import sandbox\n"
         "from sandbox import Limits, SandboxConfig\n"
-        "from sandbox._direct import _MANAGERS\n"
+        "from sandbox._boxcgroup import _MANAGERS\n"
         "r = sandbox.run_sync(['python3', '-c', 'x = bytearray(200 << 20)'],\n"
         "                     SandboxConfig(require_cgroup=True, limits=Limits.parse(memory='64M')))\n"
         "m = _MANAGERS[os.getpid()]\n"

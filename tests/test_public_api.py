@@ -40,7 +40,7 @@ KNOWN_INTERNAL = {
     "sandbox/grading/submission.py: sandbox._fdpass",  # receives the upper's fd from init
     "sandbox/grading/submission.py: sandbox._safefs",  # changes() walks the upper by fd
     "sandbox/grading/zygote.py: sandbox._contain",  # loaded once in the factory, then forks
-    "sandbox/grading/zygote.py: sandbox._direct",  # cgroup_manager
+    "sandbox/grading/zygote.py: sandbox._boxcgroup",  # cgroup_manager: the factory is born next to our leaves
     "sandbox/grading/zygote.py: sandbox._fdpass",  # the zygote protocol (JSON + fds)
     "sandbox/grading/zygote.py: sandbox._pyprefix",  # the factory's Python paths in the box
     "sandbox/grading/zygote.py: sandbox._record",  # @record dataclass-like helper

@@ -102,7 +102,7 @@ class BoxSession:
     "ready" under the box's wall time, not under the call's time limit.
 
     The box gets its own cgroup leaf from *this* process's subtree, like every other box
-    (``sandbox._direct.open_box_cgroup``): the zygote clones the box straight into it
+    (``sandbox._boxlife.BoxLife``): the zygote clones the box straight into it
     (``CLONE_INTO_CGROUP`` with the leaf's fd we send), so the memory, pids and CPU limits hold
     the whole box, not one process of it; we read its counters and remove it at ``close``."""
 

@@ -89,7 +89,7 @@ def _factory_socket() -> socket.socket:
     if not _factory:
         import subprocess  # (not in the factory itself: what it imports, every box carries)
 
-        from sandbox._direct import cgroup_manager
+        from sandbox._boxcgroup import cgroup_manager
 
         # Our cgroup subtree first: opening it may move us into a leaf of our cgroup, which the
         # kernel refuses once another process (the factory) shares that cgroup. The factory is
