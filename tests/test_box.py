@@ -116,6 +116,17 @@ os.read(r, 1)
 """
 
 
+def _await_file(box: Box, path: str) -> None:
+    """Poll for a file the box will write: files move through fds, not init's socket (a
+    BoxError: the box closed meanwhile)."""
+    while True:
+        try:
+            box.get(path)
+            return
+        except FileNotFoundError:
+            time.sleep(0.05)
+
+
 def test_a_process_that_ended_before_the_box_budget_ran_out_keeps_its_verdict(no_leftovers):
     """The budget is checked when the host waits on the box or calls put/get/changes; init's
     news queued meanwhile (a process that exited on its own) is read before the rest are
@@ -124,12 +135,7 @@ def test_a_process_that_ended_before_the_box_budget_ran_out_keeps_its_verdict(no
         box.put("/tmp/daemon.py", DAEMON.encode())
         early = box.start(["python3", "/tmp/daemon.py"])  # exits once the daemon is detached
         try:
-            while True:
-                try:
-                    box.get("/tmp/done")
-                    break
-                except FileNotFoundError:
-                    time.sleep(0.05)
+            _await_file(box, "/tmp/done")
             late = box.exec(["sleep", "30"])  # cannot end on its own before the kill
             assert late.status is Status.TO and "all the box's processes" in (late.reason or "")
         except BoxError:
@@ -147,12 +153,7 @@ def test_what_a_daemon_spent_while_the_host_was_not_waiting_is_in_the_usage(no_l
         box.put("/tmp/daemon.py", DAEMON.encode())
         assert box.exec(["python3", "/tmp/daemon.py"]).status is Status.OK
         try:
-            while True:
-                try:
-                    box.get("/tmp/done")
-                    break
-                except FileNotFoundError:
-                    time.sleep(0.05)
+            _await_file(box, "/tmp/done")
         except BoxError:
             pass  # the budget ran out during a file call
     assert box.usage is not None and box.usage.cpu_exceeded and box.usage.cpu_time >= 1.0, box.usage
