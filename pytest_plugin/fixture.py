@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,10 +18,11 @@ from sandbox import (
     Result,
     SandboxConfig,
     Status,
+    Worker,
+    WorkerError,
     Workspace,
     run_sync,
 )
-from sandbox.grading.session import BoxSession, InvalidReply, SessionError, crossing_error
 
 LIMIT_KEYS = ("memory", "wall_time", "cpu_time", "pids", "output_limit", "tmpfs_size",
               "nofile", "fsize")
@@ -106,23 +108,23 @@ class SandboxFixture:
         name = f"{module}.{qualname}"
         msg = {"op": "call", "module": module, "path": qualname.split("."), "args": list(args),
                "kwargs": kwargs}
-        why = crossing_error(msg)  # before any box is made for it
+        why = Worker.crossing_error(msg)  # before any box is made for it
         if why:
             raise TypeError(f"sandbox.call({name}): the arguments cannot cross into the box: {why}")
         cfg = self.config(**dict(sandbox_options or {}))
         cfg.expose_python = "venv"  # the worker imports what this Python has installed
-        session = BoxSession(cfg, _import_path(cfg, module))
         reply, error = None, ""
-        try:
-            wall = cfg.limits.wall_time
-            reply = session.request(msg, NO_LIMIT if wall is None else max(0.0, wall - session.elapsed()))
-        except InvalidReply as e:
-            error = f"sandbox: the box sent invalid data ({e})"
-        except SessionError as e:
-            error = str(e)
-        finally:
-            result = session.close()
-            self.results.append(result)
+        with Box(cfg) as box:
+            worker = Worker(box, _import_path(cfg, module))
+            try:
+                wall = cfg.limits.wall_time
+                left = NO_LIMIT if wall is None else max(0.0, wall - (time.monotonic() - worker.started))
+                reply = worker.request(msg, left)
+            except WorkerError as e:
+                error = f"sandbox: the box sent invalid data ({e})" if e.invalid else str(e)
+            finally:
+                result = worker.close()
+                self.results.append(result)
         if result.status != Status.OK and not error.startswith("sandbox: the box sent"):
             error = f"sandbox: {result.reason or result.error or result.status}"
         if error or reply is None:

@@ -31,19 +31,23 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sandbox._box import Box, Usage
-    from sandbox._box_files import Changes
+    from sandbox._box_files import Changes, Checkpoint
     from sandbox._box_proc import Process
     from sandbox._boxlife import BoxError
     from sandbox._doctor import diagnose
     from sandbox._plan import Prepared as Plan
     from sandbox._supervisor import Supervisor
+    from sandbox._worker_host import CallError, Worker, WorkerError
     from sandbox._workspace import Workspace
 
-__all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "Changes", "ConfigError", "Limits", "MountSpec",
-           "Plan", "Process", "Result", "SandboxConfig", "Status", "Supervisor", "Usage",
-           "Workspace", "diagnose", "prepare", "run", "run_sync"]
+__all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "CallError", "Changes", "Checkpoint", "ConfigError",
+           "Limits", "MountSpec", "Plan", "Process", "Result", "SandboxConfig", "Status",
+           "Supervisor", "Usage", "Worker", "WorkerError", "Workspace", "diagnose", "prepare",
+           "run", "run_sync"]
 
 _LAZY = {"Box": "sandbox._box", "Plan": "sandbox._plan", "Workspace": "sandbox._workspace", "BoxError": "sandbox._boxlife", "diagnose": "sandbox._doctor", "Changes": "sandbox._box_files",
+         "Checkpoint": "sandbox._box_files", "Worker": "sandbox._worker_host",
+         "WorkerError": "sandbox._worker_host", "CallError": "sandbox._worker_host",
          "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor"}
 
 

@@ -20,7 +20,7 @@ import select
 import time
 
 from sandbox import _box_init, _fdpass, _statusline, _verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
-from sandbox._box_files import GET_MAX, BoxFiles, Changes
+from sandbox._box_files import GET_MAX, BoxFiles, Changes, Checkpoint
 from sandbox._box_proc import Process
 from sandbox._boxlife import BoxError, BoxLife
 from sandbox._config import ConfigError, SandboxConfig, command_argv, parse_duration, parse_size
@@ -170,6 +170,15 @@ class Box:
         self.usage, self._dead, self._init = u, True, None
         return u
 
+    @property
+    def alive(self) -> bool:
+        """Open, and its init still running (init's news is taken first, without waiting):
+        False once a box-wide limit or its memory ended it, or after ``close``."""
+        if self._sock is None or self._dead:
+            return False
+        self._wait_events([], 0)
+        return not self._dead
+
     def _startup_failure(self) -> Result:
         if select.select([self._init.pidfd], [], [], 5.0)[0]:
             line = _statusline.read(self._status_r)
@@ -200,10 +209,15 @@ class Box:
     def start(self, argv: Sequence[str], *, cwd: str | None = None,
               env: dict[str, str] | None = None, wall_time: float | str | None = None,
               cpu_time: float | str | None = None,
-              output_limit: int | str | None = None) -> Process:
+              output_limit: int | str | None = None, stdout: str = "capture") -> Process:
         """Start ``argv`` in the background: a ``Process`` with ``stdin`` (a pipe of ours),
-        ``wait()``, ``kill()`` and its output (``read``/``wait``)."""
+        ``wait()``, ``kill()`` and its output. ``stdout="pipe"``: its stdout is not collected
+        but handed to you as ``process.stdout``, a pipe to read as it comes (with
+        ``process.wait_stdout(timeout)``) and to close; ``"capture"`` (the default) collects
+        it into the verdict, capped, like stderr."""
         self._check_open()
+        if stdout not in ("capture", "pipe"):
+            raise ConfigError(f"stdout {stdout!r}: must be 'capture' or 'pipe'")
         argv = command_argv(argv)
         lim = self.config.limits
         changes: dict[str, Any] = {}
@@ -227,7 +241,7 @@ class Box:
             soft = max(1, int(-(-changes["cpu_time"] // 1)))  # RLIMIT_CPU counts whole seconds
             rl.append([0, soft, soft + 1])
         self._next_id += 1
-        proc = Process(self, self._next_id, argv, lim)
+        proc = Process(self, self._next_id, argv, lim, pipe_stdout=stdout == "pipe")
         in_r, out_w, err_w = proc._pipes()
         try:
             _fdpass.send(self._sock, {"op": "exec", "id": proc.id, "argv": argv, "env": env or {},
@@ -235,6 +249,8 @@ class Box:
                          [in_r, out_w, err_w])
         except OSError as e:
             proc._close_all()
+            if proc.stdout is not None:
+                proc.stdout.close()
             self._box_died()
             raise BoxError(f"the box is gone: {e.strerror}") from None
         finally:
@@ -245,6 +261,25 @@ class Box:
         while proc.state == "starting":
             self._wait_events([], None)
         return proc
+
+    def cpu_budget(self, seconds: float | str | None) -> None:
+        """From now on, all the box's processes together may spend at most ``seconds`` more CPU
+        time (None: no box-wide budget from now on). It replaces the config's ``cpu_time``
+        budget; past it the box is killed as on that one (``usage.cpu_exceeded``, the verdict
+        TO). For a box that serves many steps, each with its own budget: a grader's tests."""
+        self._check_open(turn=True)
+        if seconds is None:
+            self._watch = None
+        else:
+            self._watch = self._life.watch_more(parse_duration(seconds, "cpu_time"))
+        self._next_cpu = 0.0
+
+    def _enforcement(self) -> dict[str, Any]:
+        """What holds each limit of a process's verdict: the plan's, and the box-wide CPU
+        budget's holder while there is one."""
+        if self._watch is None:
+            return self._prep.enforcement
+        return {**self._prep.enforcement, "cpu_time": self._watch.mechanism}
 
     def _check_open(self, *, turn: bool = False) -> None:
         """``turn``: first take init's news and the CPU budget's turn without waiting (a file
@@ -327,7 +362,7 @@ class Box:
         """init is gone (OOM group kill, a box-wide limit, or killed): so is every process."""
         self._dead = True
         why = "memory" if self._life.oom_killed() else "cpu" if self._cpu_spent else None
-        box_cpu = self._watch.used if self._cpu_spent else None
+        box_cpu = self._watch.used - self._watch.base if self._cpu_spent else None
         for p in list(self._procs.values()):
             p._box_gone(why, box_cpu)
         self._procs.clear()
@@ -350,8 +385,13 @@ class Box:
         self._check_open(turn=True)
         return self._files.get(path, max_bytes)
 
-    def changes(self) -> Changes:
-        """Created / modified / deleted since the box started (files and links; directories
-        only when made or removed)."""
+    def checkpoint(self) -> Checkpoint:
+        """The box's files now, to compare with later: ``changes(since=checkpoint)``."""
         self._check_open(turn=True)
-        return self._files.changes()
+        return self._files.checkpoint()
+
+    def changes(self, since: Checkpoint | None = None) -> Changes:
+        """Created / modified / deleted since the box started, or since ``since`` (a
+        ``checkpoint()`` of this box): files and links; directories only when made or removed."""
+        self._check_open(turn=True)
+        return self._files.changes(since)

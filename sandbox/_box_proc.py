@@ -9,6 +9,7 @@ descendants it waited for) and the host's own timers and byte counts.
 from __future__ import annotations
 
 import os
+import select
 import time
 
 from sandbox import _statusline, _verdict
@@ -30,12 +31,17 @@ class Process:
     """A program running in a held box (``Box.start``). ``stdin`` is a binary pipe (close it for
     EOF); ``wait()`` collects the output (capped) and returns the ``Result``."""
 
-    def __init__(self, box: Box, pid_id: int, argv: list[str], limits: Limits) -> None:
+    def __init__(self, box: Box, pid_id: int, argv: list[str], limits: Limits,
+                 pipe_stdout: bool = False) -> None:
         self.box, self.id, self.argv, self.limits = box, pid_id, argv, limits
         self.pid: int | None = None  # in the box's pid namespace
         self.state = "starting"  # → running → exited (output may remain) → done
         self.result: Result | None = None
         self.stdin: Any = None
+        # With ``stdout="pipe"``: the read end of its stdout, ours to read (not collected) and
+        # to close; the caller reads it as a stream (a protocol, a server's log).
+        self.stdout: Any = None
+        self._pipe_stdout, self._stdout_ready = pipe_stdout, False
         self.t0 = time.monotonic()
         self._facts: dict[str, Any] = {}
         self._killed_for: str | None = None
@@ -48,12 +54,22 @@ class Process:
         self._feed: memoryview | None = None  # stdin bytes still to write (communicate/begin)
 
     def _pipes(self) -> tuple[int, int, int]:
-        in_r, in_w = os.pipe2(os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        made: list[int] = []
+        try:  # EMFILE part-way: none of them stays open
+            for _ in range(3):
+                made += os.pipe2(os.O_CLOEXEC)
+        except BaseException:
+            for fd in made:
+                os.close(fd)
+            raise
+        in_r, in_w, out_r, out_w, err_r, err_w = made
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
         self._open = {out_r: self._out, err_r: self._err}
+        if self._pipe_stdout:
+            del self._open[out_r]
+            os.set_blocking(out_r, True)
+            self.stdout = open(out_r, "rb", buffering=0)  # noqa: SIM115 - the caller's to close
         self.stdin = open(in_w, "wb", buffering=0)  # noqa: SIM115 - closed by wait/kill
         return in_r, out_w, err_w
 
@@ -82,6 +98,8 @@ class Process:
         self._abandoned = True
         self.kill("wall")
         self._close_all()
+        if self.stdout is not None:
+            self.stdout.close()
         if self.state == "exited":
             self._build()
 
@@ -151,6 +169,27 @@ class Process:
             self._step(left)
         return self.result
 
+    def wait_stdout(self, timeout: float | None) -> bool:
+        """``stdout="pipe"``: wait (at most ``timeout`` seconds) until ``stdout`` can be read
+        without blocking — data, or EOF — while still collecting stderr, taking the box's news
+        and holding the wall time, as ``wait`` does. False when the time ran out first."""
+        if self.stdout is None:
+            raise ValueError("wait_stdout: this process was not started with stdout='pipe'")
+        end = None if timeout is None else time.monotonic() + timeout
+        fd = self.stdout.fileno()
+        while True:
+            if select.select([fd], [], [], 0)[0]:
+                return True
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if self.state == "done":  # no more events: only the pipe itself can still change
+                return bool(select.select([fd], [], [], left)[0])
+            self._stdout_ready = False
+            self._step(left)
+            if self._stdout_ready:
+                return True
+
     def _step(self, timeout: float | None) -> None:
         now = time.monotonic()
         deadline = None if self.limits.wall_time is None else self.t0 + self.limits.wall_time
@@ -165,9 +204,13 @@ class Process:
         fds = list(self._open)
         if self._feed is not None and self.stdin is not None:
             self._write_stdin()
-        ready = self.box._wait_events(fds, wait)
+        out = self.stdout.fileno() if self.stdout is not None and not self.stdout.closed else -1
+        ready = self.box._wait_events(fds + ([out] if out >= 0 else []), wait)
         for fd in ready:
-            self._read(fd)
+            if fd == out:
+                self._stdout_ready = True
+            else:
+                self._read(fd)
         now = time.monotonic()
         if deadline is not None and now >= deadline and self.state == "running":
             self.kill("wall")
@@ -235,7 +278,7 @@ class Process:
     def _build(self) -> None:
         if self.state == "done":
             return
-        facts = _verdict.Facts(self.limits, self.box._prep.enforcement, self.wall_time,
+        facts = _verdict.Facts(self.limits, self.box._enforcement(), self.wall_time,
                                status_line=self._facts.get("status_line", b""),
                                cpu_time=self._facts.get("cpu_time", 0.0),
                                max_rss=self._facts.get("max_rss"), killed_for=self._killed_for,

@@ -69,8 +69,8 @@ class BoxLife:
     config's CPU time as RLIMIT_CPU (the plan does not leave it to the leaf), and the box-wide
     budget is the watch's (``watch``), which the leaf's ``cpu.stat`` feeds. ``prepared``: a plan computed
     earlier for the same config, used only where no cgroup leaf changes what the plan enforces.
-    ``target=None``: the box is planned and cloned by another process (a grading zygote, which
-    clones into our leaf); ``adopt`` then hands us its init and what its plan enforces.
+    ``target=None``: the box is planned and cloned by another process (the warm supervisor's
+    launcher, which clones into our leaf); ``adopt`` then hands us its init and what its plan enforces.
     """
 
     def __init__(self, config: SandboxConfig, target: Target | None, *, serve: bool = False,
@@ -144,6 +144,19 @@ class BoxLife:
             self._watch = cpu_watch(self.cg, limit, self.init.pid, self.init.pidfd)
         return self._watch
 
+    def watch_more(self, seconds: float) -> Any:
+        """A watch for ``seconds`` more than the box has spent so far (a held box's new budget,
+        ``Box.cpu_budget``): ``watch.base`` is what it had spent when the budget began."""
+        from sandbox import _cpuwatch
+
+        assert self.init is not None
+        w = _cpuwatch.cpu_watch(self.cg, seconds, self.init.pid, self.init.pidfd)
+        assert w is not None
+        w.base = w.sample()
+        w.limit += w.base
+        self._watch = w
+        return w
+
     def kill(self) -> None:
         """SIGKILL init: the kernel then ends the whole pid namespace."""
         if self.init is not None:
@@ -190,7 +203,7 @@ class BoxLife:
 def cpu_watch(box_cg: Any, limit: float | None, init_pid: int | None = None,
               pidfd: int = -1) -> Any:
     """The box's CPU-time watch (``sandbox/_cpuwatch.py``); see ``BoxLife.watch``. Also used
-    by the runners whose box is cloned elsewhere (a grading zygote)."""
+    by the runners whose box is cloned elsewhere (the supervisor's launcher)."""
     if limit is None:
         return None
     if box_cg is None and init_pid is not None:
@@ -201,7 +214,7 @@ def cpu_watch(box_cg: Any, limit: float | None, init_pid: int | None = None,
 
 
 class _DeferredWatch:
-    mechanism, used = "rlimit+supervisor", 0.0  # = _cpuwatch.FALLBACK (tests/test_fallback_verdicts)
+    mechanism, used, base = "rlimit+supervisor", 0.0, 0.0  # = _cpuwatch.FALLBACK (tests/test_fallback_verdicts)
 
     def __init__(self, limit: float, init_pid: int, pidfd: int) -> None:
         self.args, self.real = (limit, init_pid, pidfd), None

@@ -4,7 +4,7 @@ python-prctl's C module ``_prctl`` is called directly: its Python module ``prctl
 per-capability property objects at import (1.35 ms of every CLI start, measured: median of 50
 fresh processes) that nothing here uses, and ``prctl.set_pdeathsig(s)``,
 ``prctl.capbset_drop(c)`` and friends are exactly ``_prctl.prctl(PR_..., x)``. Long-lived
-processes (the launcher, the grading zygotes) use ``prctl`` itself. Three calls go around the
+processes (the launcher) use ``prctl`` itself. Three calls go around the
 library, each because it cannot make them (docs/architecture.md):
 
 * ``PR_CAPBSET_DROP`` of a capability newer than python-prctl's build (it refuses numbers above

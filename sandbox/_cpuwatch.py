@@ -101,6 +101,7 @@ class _Watch:
     ``watch.used`` is the box's CPU seconds as last measured."""
 
     mechanism = ""
+    base = 0.0  # what the box had spent when this budget began (``BoxLife.watch_more``)
 
     def __init__(self, limit: float, ncpu: float) -> None:
         self.limit, self.ncpu, self.used = limit, max(ncpu, 0.01), 0.0

@@ -135,9 +135,6 @@ def run_grading(subs: list[tuple[str, str]], a: argparse.Namespace, tmp: str,
             if p.poll() is None:
                 p.kill()
                 p.wait()
-                from sandbox.grading.zygote import remove_aliases
-
-                remove_aliases(p.pid)  # it could not close its zygotes
             out.close()
         for f in logs:
             f.close()

@@ -1,4 +1,4 @@
-"""The worker that runs untrusted Python inside a box: a FRESH interpreter, never a clone.
+"""The box half of ``sandbox.Worker``: untrusted Python runs in a FRESH interpreter, never a clone.
 
 Grading proxies (``submission.import_module("solution").add(2, 3)``) and the pytest fixture's
 ``sandbox.call(func, ...)`` used to run the untrusted code in a fork of the trusted caller.
@@ -6,20 +6,17 @@ A fork keeps everything: the teacher's stack frames and globals (the expected va
 ``linecache`` (the test's source), ``sys.modules`` (the grading plugin's results of the other
 submissions), ``sys.argv`` and, even after ``os.environ`` is cleared, the environment block in
 memory. A hostile submission read all of that (tests/escape/test_clean_worker.py). Now the
-worker runs in an address space that has seen nothing of the caller, made one of two ways:
+worker is ``python -I -S -B -c BOOT``, a program the box's init execs like any other
+(``Box.start``), and it is a fork server: it imports nothing of the code it serves, and each
+``fork`` request gets a child that does (fresh module state for a grader's next test, at the
+price of a fork rather than of an interpreter's start-up).
 
-* grading: a fork of the submission's zygote, a clean interpreter that loaded this module
-  (``sandbox.grading.zygote``: the interpreter's start-up is paid once per run, not per test);
-* the fixture's ``call``: the box's payload is ``python -I -S -B -c BOOT``, exec'd by the
-  box's init like any program, and sent this module's code (below).
-
-How the worker's code gets into an exec'd box: this module and ``sandbox._codec`` (they need
-only the standard library), compiled here, are sent as the first frame on the socket the box
-is handed, and BOOT, a few lines in ``-c``, turns them into modules. Chosen over mounting the
-package into the box because the project may be installed editable from a directory that is
-not in the box, and a mount would show the box a host path and all of our code; a read-only
-memfd would work too but needs one more fd kept open through init's fd sweep. The code is
-ours and public: nothing in it is the caller's.
+How the worker's code gets into the box: this module and ``sandbox._codec`` (they need only
+the standard library), compiled here, are the first frame on the worker's stdin, and BOOT, a
+few lines in ``-c``, turns them into modules. Chosen over mounting the package into the box
+because the project may be installed editable from a directory that is not in the box, and a
+mount would show the box a host path and all of our code. The code is ours and public:
+nothing in it is the caller's, and its code objects are named ``<sandbox.NAME>``, no host file.
 
 Interpreter flags: ``-I`` (no PYTHON* variables, no user site, no script directory on the
 path), ``-S`` (no ``site``: .pth files run code at start-up and an editable install's import
@@ -31,12 +28,10 @@ venv's ``bin/python`` link), as the box sees it: the box exposes /usr and the ru
 prefixes at neutral paths (``sandbox._pyprefix.box_paths``: /opt/python, and /opt/venv for the
 fixture's call), so no host path of them is handed in.
 
-Protocol (after BOOT's frame, if any): 4-byte big-endian length + tagged JSON (``sandbox._codec``), both
-ways. The host sends ``{"path": [...]}``; the worker prepends it to ``sys.path`` and answers
-``{"ready": true}``; then each request ``{"op": "import"|"get"|"call", "module": M, "path":
-[attr, ...], "args": [...], "kwargs": {...}}`` gets ``{"ok": value}`` or ``{"error": {"type",
-"message", "traceback"}}``. EOF ends the worker. The worker shares its process with the
-untrusted code, so the host treats every reply as hostile (``sandbox.grading.session``).
+Protocol: see ``sandbox._worker_host`` (the host half). Requests come on stdin, replies go on
+the stdout the worker was started with; the submission's code gets /dev/null and stderr in
+their place. The worker shares its process with the untrusted code, so the host treats every
+reply as hostile.
 
 JSON inside the box comes from the ``_json`` C accelerator directly: the ``json`` package
 imports ``re`` (and with it ``enum``, ``functools``, ``collections``), ~10 ms of every start.
@@ -60,7 +55,7 @@ FLAGS = ("-I", "-S", "-B")
 
 BOOT = """\
 import sys
-def boot(fd):
+def boot(fd=0):
     import marshal, os
     def read(n):
         buf = b""
@@ -81,8 +76,8 @@ def boot(fd):
     for name, _ in code:
         del sys.modules[name]
     del code, obj
-    main.serve(fd)
-boot(%d)
+    main.serve()
+boot()
 """
 
 # ---------------------------------------------------------------------------- host side --
@@ -91,13 +86,13 @@ _sources: bytes | None = None
 _site: list[str] | None = None
 
 
-def command(fd: int, expose_python: bool | str = True) -> list[str]:
-    """The box's argv: the worker, talking on ``fd`` (an inheritable socket handed to the box),
-    run as the box sees our interpreter (``/opt/python/bin/python3.11`` for one outside /usr)."""
+def command(expose_python: bool | str = True) -> list[str]:
+    """The worker's argv, talking on its stdin/stdout, run as the box sees our interpreter
+    (``/opt/python/bin/python3.11`` for one outside /usr)."""
     from sandbox import _pyprefix
 
     exe = os.path.realpath(sys.executable)
-    return [*(_pyprefix.box_paths([exe], expose_python) or [exe]), *FLAGS, "-c", BOOT % fd]
+    return [*(_pyprefix.box_paths([exe], expose_python) or [exe]), *FLAGS, "-c", BOOT]
 
 
 def boot_frame() -> bytes:
@@ -217,21 +212,59 @@ def _answer(req: dict[str, Any], modules: dict[str, Any]) -> Any:
     return obj
 
 
-def serve(fd: int) -> None:
-    """Answer the host's requests on ``fd`` until it closes the socket, then exit."""
+def serve() -> None:
+    """The worker process: requests on the stdin and replies on the stdout it was started with
+    (the host's pipes, ``Box.start(stdout="pipe")``). The submission's code gets /dev/null as
+    its stdin and stderr as its stdout, so a stray ``print`` lands in the captured stderr
+    instead of corrupting our stream (hostile code can still write anything there: the host
+    decodes each reply as hostile). This process imports nothing of a submission: each
+    ``fork`` request makes a child that serves calls — with fresh module state — until
+    ``end``, and we report how that child ended."""
+    rfd, wfd = os.dup(0), os.dup(1)  # (PEP 446: not inherited by the submission's programs)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
     for stream in (sys.stdout, sys.stderr):
-        if stream is not None:  # the box's 1 and 2 are bounded memfds: keep lines as they come
+        if stream is not None:  # keep lines as they come (the host caps what it collects)
             stream.reconfigure(line_buffering=True)
-    setup = _receive(fd)
+    setup = _receive(rfd)
     if setup is None:
         os._exit(0)
     sys.path[:0] = [str(p) for p in setup["path"]]
     del setup
-    _write_all(fd, _frame({"ready": True}))
+    _write_all(wfd, _frame({"ready": True}))
+    while True:
+        req = _receive(rfd)
+        if req is None or req.get("op") != "fork":
+            os._exit(0)
+        if req.get("alone"):  # the fork starts alone: every other process of the box is killed
+            try:              # (kill(-1) spares init and us; the kernel keeps it in our pid ns)
+                os.kill(-1, 9)
+            except OSError:  # nothing to kill
+                pass
+        try:
+            pid = os.fork()
+        except OSError as e:  # the box's pids limit, say: the host's call fails with this
+            _write_all(wfd, _frame({"exited": -1, "error": str(e)}))
+            continue
+        if pid == 0:
+            _answer_calls(rfd, wfd)
+        _, status, ru = os.wait4(pid, 0)
+        try:
+            _write_all(wfd, _frame({"exited": status, "cpu_time": ru.ru_utime + ru.ru_stime,
+                                    "max_rss": ru.ru_maxrss * 1024}))
+        except OSError:
+            os._exit(0)
+
+
+def _answer_calls(rfd: int, wfd: int) -> None:
+    """A fork's life: "ready", then one reply per request until ``end`` (or EOF), then exit."""
+    _write_all(wfd, _frame({"ready": True}))
     modules: dict[str, Any] = {}
     while True:
-        req = _receive(fd)
-        if req is None:
+        req = _receive(rfd)
+        if req is None or req.get("op") == "end":
             break
         try:
             reply = _frame({"ok": _answer(req, modules)})
@@ -239,7 +272,7 @@ def serve(fd: int) -> None:
             reply = _frame({"error": _describe(e)})
         del req
         try:
-            _write_all(fd, reply)
+            _write_all(wfd, reply)
         except OSError:
             break
     for stream in (sys.stdout, sys.stderr):

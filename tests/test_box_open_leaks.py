@@ -29,10 +29,11 @@ def fds():
 def held():
     Box(SandboxConfig()).open().close()
 
-def grader_session():
-    from sandbox.grading.session import BoxSession
+def worker():
+    from sandbox import Worker
 
-    BoxSession(SandboxConfig(), []).close()  # (its verdict may be XX: the worker's own EMFILE)
+    with Box(SandboxConfig()) as box:
+        Worker(box).close()  # (its verdict may be XX: the worker's own EMFILE)
 
 def one_shot():
     r = run_sync(["true"])
@@ -40,7 +41,7 @@ def one_shot():
         raise RuntimeError(r.error)
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-for how in (held, grader_session, one_shot):
+for how in (held, worker, one_shot):
     for extra in range(14):
         before = fds()
         resource.setrlimit(resource.RLIMIT_NOFILE, (len(before) + extra, hard))
@@ -65,7 +66,7 @@ def test_a_box_whose_start_hits_emfile_leaves_no_fd_or_init(no_leftovers) -> Non
                          env=env, check=True).stdout
     rows = [line.split(None, 5) for line in out.splitlines()]
     assert len(rows) == 42, out
-    for how in ("held", "grader_session", "one_shot"):  # the limit did bite, and was at last high enough
+    for how in ("held", "worker", "one_shot"):  # the limit did bite, and was at last high enough
         assert {r[2] for r in rows if r[0] == how} == {"xx", "ok"}, out
     for how, extra, _failed, leaked, kids, _left in rows:
         assert (leaked, kids) == ("0", "0"), f"{how}, RLIMIT_NOFILE open fds + {extra}:\n{out}"

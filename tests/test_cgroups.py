@@ -225,7 +225,7 @@ def test_hog_submission_run_and_import_module(tmp_path):
     finally:
         sub.close()
     assert len(sub.results) == 2
-    _hog_is_ml(sub.results[-1])  # the import_module box, cloned by the zygote
+    _hog_is_ml(sub.results[-1])  # the worker's verdict: the box's memory limit ended it
 
 
 def test_hog_fixture_call(request):

@@ -352,7 +352,7 @@ def test_run_sync_from_a_threaded_process_uses_the_launcher(no_leftovers):
 BOX_IMPORTS = """
 from sandbox import SandboxConfig
 from sandbox._direct import run_direct
-from sandbox.grading.session import BoxSession
+from sandbox import Box, Worker
 """
 HIDDEN_THREAD = """
 import _thread, sys, threading, time
@@ -373,9 +373,10 @@ def test_caller_with_a_hidden_thread_gets_a_working_box(no_leftovers):
     p = _python(HIDDEN_THREAD + """
 r = run_direct(["echo", "hi"], SandboxConfig())
 assert r.stdout == b"hi\\n", r
-s = BoxSession(SandboxConfig(), "/tmp")
-assert s.request({"op": "get", "module": "os", "path": ["sep"]}, 10) == {"ok": "/"}
-res = s.close()          # closes our socket end: the worker must see EOF and exit cleanly
+with Box(SandboxConfig()) as box:
+    w = Worker(box)
+    assert w.get("os", "sep", timeout=10) == "/"
+    res = w.close()      # closes our pipe end: the worker must see EOF and exit cleanly
 assert str(res.status) == "OK", res
 print("fine")
 """)

@@ -356,8 +356,10 @@ def test_the_graders_boxes_count_cpu_time_box_wide(box_tmp, no_leftovers):
     try:
         with pytest.raises(Exception, match="CPU time"):
             sub.import_module("solution").spin()
+        box = sub._held.box
     finally:
         sub.close()
     r = sub.results[-1]
     assert r.status == Status.TO and r.enforcement["cpu_time"] == "rlimit+supervisor", r
     assert 0.9 <= r.cpu_time < 1.7, r.cpu_time
+    assert box.usage is not None and box.usage.cpu_exceeded and box.usage.cpu_time < 1.7, box.usage

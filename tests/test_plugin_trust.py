@@ -121,12 +121,12 @@ class Thing:
 
 
 def liar():
-    """Answers for the worker on the box's socket: a frame that is not tagged JSON."""
+    """Answers for the worker on its reply pipe: a frame that is not tagged JSON."""
     for f in os.listdir("/proc/self/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{f}").startswith("socket:"):
+            if os.readlink(f"/proc/self/fd/{f}").startswith("pipe:"):
                 os.write(int(f), b"\x00\x00\x00\x09\x80\x04garbage")
-        except OSError:
+        except OSError:  # a read end
             pass
     os._exit(0)
 '''
@@ -189,7 +189,7 @@ def test_fixture_run_and_call(run):
 
         def test_call_in_a_box(sandbox):
             import os
-            assert sandbox.call(os.getpid) == 2
+            assert sandbox.call(os.getpid) == 3  # init 1, the worker 2, its fork: a pid ns of its own
 
         def test_call_killed(sandbox):
             import time

@@ -27,26 +27,6 @@ KNOWN_INTERNAL = {
     "sandbox/_cli.py: sandbox._doctor",  # `sandbox doctor`
     "sandbox/_cli.py: sandbox._options",  # the CLI's own table-driven option parser
     "sandbox/_cli.py: sandbox._relay",  # OutputRelay: streams the box's output to the terminal
-    # The grader's sessions share BoxLife with Box but still run their own worker protocol and
-    # zygotes (issue 20: it should stand on the public Box).
-    "sandbox/grading/session.py: sandbox._boxlife",  # BoxLife, BoxError, xx_result
-    "sandbox/grading/session.py: sandbox._codec",  # tagged JSON to/from the worker
-    "sandbox/grading/session.py: sandbox._pyprefix",  # where the box sees the Python prefix
-    "sandbox/grading/session.py: sandbox._spawn",  # spawn_box, BoxProcess
-    "sandbox/grading/session.py: sandbox._statusline",  # init's report of the worker's box
-    "sandbox/grading/session.py: sandbox._syscalls",  # pidfd_send_signal
-    "sandbox/grading/session.py: sandbox._verdict",  # Facts/build_result of the worker's box
-    "sandbox/grading/session.py: sandbox._worker",  # boot_frame, command, site_dirs
-    "sandbox/grading/submission.py: sandbox._fdpass",  # receives the upper's fd from init
-    "sandbox/grading/submission.py: sandbox._safefs",  # changes() walks the upper by fd
-    "sandbox/grading/zygote.py: sandbox._contain",  # loaded once in the factory, then forks
-    "sandbox/grading/zygote.py: sandbox._boxcgroup",  # cgroup_manager: the factory is born next to our leaves
-    "sandbox/grading/zygote.py: sandbox._fdpass",  # the zygote protocol (JSON + fds)
-    "sandbox/grading/zygote.py: sandbox._pyprefix",  # the factory's Python paths in the box
-    "sandbox/grading/zygote.py: sandbox._record",  # @record dataclass-like helper
-    "sandbox/grading/zygote.py: sandbox._spawn",  # the zygote clones the boxes itself
-    "sandbox/grading/zygote.py: sandbox._syscalls",  # wait4, pidfd_send_signal
-    "sandbox/grading/zygote.py: sandbox._worker",  # the factory runs the worker's code
 }
 KEPT = {"__init__", "__main__", "grading"}  # the only names of sandbox/ without a "_"
 

@@ -64,7 +64,7 @@ def submission(request: pytest.FixtureRequest) -> Any:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    """Remember which test comes next: its submission's zygote is kept (see submission.py)."""
+    """Remember which test comes next: its submission's box is kept (see submission.py)."""
     _STATE["next"] = nextitem
     yield
 
@@ -74,9 +74,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Within each test module, run one submission's tests after another: each submission's
-    boxes come from a zygote of its own (a fork of a clean interpreter that serves that
-    submission alone: ``sandbox.grading.zygote``), made once per submission and module."""
+    """Within each test module, run one submission's tests after another: each submission has a
+    box of its own, with a clean worker that serves that submission alone
+    (``sandbox.grading.submission``), opened once per submission and module."""
     order = {p: i for i, p in enumerate(config.getoption("submission"))}
     modules: dict[str, int] = {}
 

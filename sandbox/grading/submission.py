@@ -1,31 +1,42 @@
 """What a teacher's test sees: ``submission.import_module("solution").add(2, 3)``,
 ``submission.run([...])``, ``submission.changes()``.
 
-Each test gets a fresh box holding the submission as an overlay at /submission (so it may
-write scratch files that never reach the original). The overlay's upper directory is in the
-box's own tmpfs (``--tmpfs-size`` caps it; nothing lands on the host's disk): the box's init
-sends us an fd of it before the submission's code runs, and ``changes()`` reads through that
-fd without following anything the submission planted. Holding the fd keeps the box's tmpfs
-alive after the box is gone, until ``close()``.
+Built on the public API only: each submission gets a held ``sandbox.Box`` with its directory as
+an overlay at /submission (writes land in the box's own size-capped tmpfs, never in the original
+or on the host's disk), and in it a ``sandbox.Worker``, a fresh interpreter that has seen
+nothing of the teacher. The box and its worker serve all of that submission's tests, which the
+grading plugin runs one after another (``next_path``); each test gets a fresh fork of the
+worker (fresh module state, no process of an earlier test left: the worker's fork server
+imports nothing of the submission), ``changes()`` since the test started (a checkpoint), and
+``run()`` in the same box (a program sees the files the test's calls wrote). A box that a
+memory limit ended is replaced for the next test. One box per submission, not per test: the
+tests of one submission are one trust domain (all of them run its code), and an interpreter
+start per test was most of a test's cost.
 """
 
 from __future__ import annotations
 
 import os
-import select
-import socket
-import stat
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import Limits, MountSpec, Result, SandboxConfig, Status, _fdpass, run_sync
-from sandbox._safefs import exists_beneath, walk_beneath
-from sandbox.grading.session import BoxSession, SessionError
-from sandbox.grading.zygote import Zygote, stop_factory
+from sandbox import (
+    Box,
+    Checkpoint,
+    Limits,
+    MountSpec,
+    Result,
+    SandboxConfig,
+    Status,
+    Worker,
+    WorkerError,
+)
 
 BOX_DIR = "/submission"
 SEVERITY = {s: i for i, s in enumerate(["OK", "RE", "SG", "OL", "ML", "TO", "XX"])}
+PER_EXEC = ("wall_time", "cpu_time", "output_limit")  # what a run() may set for itself
 
 
 class SubmissionError(Exception):
@@ -65,25 +76,33 @@ class _Proxy:
         return f"<submission proxy {self._module}.{'.'.join(self._path)}>"
 
 
-# Zygotes (sandbox.grading.zygote): per submission, a fork of one clean factory process that
-# clones the submission's test boxes, so a worker's interpreter start-up is paid once per
-# grading run, not per test. A zygote no open session uses is closed when another
-# submission's test opens its box, or after a test that no submission test follows (the
-# factory then stops too).
-_zygotes: dict[str, Zygote] = {}
+class _Held:
+    """A submission's box and worker, kept while its tests run."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.box = Box(config).open()
+        self.worker: Worker | None = None
+        self.users = 0
+
+    def close(self) -> None:
+        if self.worker is not None and self.worker.alive:
+            self.worker.close()
+        self.box.close()
+
+
+_held: dict[str, _Held] = {}
 
 
 def shutdown() -> None:
-    """End of the run: every box factory."""
+    """End of the run: every submission's box."""
     _prune(None)
-    stop_factory()
 
 
 def _prune(keep: str | None) -> None:
-    for path, zygote in list(_zygotes.items()):
-        if zygote.users <= 0 and path != keep:
-            del _zygotes[path]
-            zygote.close()
+    for path, held in list(_held.items()):
+        if held.users <= 0 and path != keep:
+            del _held[path]
+            held.close()
 
 
 class Submission:
@@ -97,107 +116,110 @@ class Submission:
         self.name = os.path.basename(self.path.rstrip("/"))
         self.limits, self.call_timeout = limits, call_timeout
         self.next_path = None if next_path is None else os.path.realpath(next_path)
-        self._session: BoxSession | None = None
-        self._zygote: Zygote | None = None
-        self._uppers: socket.socket | None = None  # where the session box's init sends its upper
-        self._upper = -1  # that upper's fd, once received
+        self._lim = Limits.parse(**limits)  # the caller's mistake raises here, in the caller
+        self._held: _Held | None = None
+        self._since: Checkpoint | None = None
+        self._t0 = time.monotonic()
+        self._used = False  # this test asked the worker something
         self.results: list[Result] = []
 
-    def _config(self, upper_to: int | None = None, **limits: Any) -> SandboxConfig:
-        return SandboxConfig(limits=Limits.parse(**{**self.limits, **limits}), cwd=BOX_DIR,
-                             mounts=[MountSpec("overlay", BOX_DIR, self.path, upper_to=upper_to)])
-
-    def _open(self) -> None:
+    def _box(self) -> _Held:
+        """This submission's box: opened by its first test, or anew after its memory limit
+        ended one (then this test's ``changes`` start again with it)."""
+        held = self._held
+        if held is not None and held.box.alive:
+            return held
+        if held is not None:
+            held.users -= 1
+            self._held = None
         _prune(self.path)
-        zygote = _zygotes.get(self.path)
-        if zygote is None or not zygote.alive:
-            if zygote is not None:
-                zygote.close()  # it died: its sessions' verdicts say so
-            zygote = _zygotes[self.path] = Zygote()
-        self._uppers, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self._session = BoxSession(self._config(theirs.fileno()), [BOX_DIR], factory=zygote)
-        finally:
-            theirs.close()  # init holds its own copy until it sent the upper
-        self._zygote = zygote
-        zygote.users += 1
+        held = _held.pop(self.path, None)
+        if held is not None and not held.box.alive:
+            held.close()
+            held = None
+        if held is None:
+            # Box-wide: memory, pids, tmpfs. Per test: the wall time (deadlines) and the CPU
+            # time (each fork of the worker starts its RLIMIT_CPU anew).
+            box_limits = {k: v for k, v in self.limits.items() if k not in PER_EXEC}
+            held = _Held(SandboxConfig(limits=Limits.parse(**box_limits), cwd=BOX_DIR,
+                                       mounts=[MountSpec("overlay", BOX_DIR, self.path)]))
+        _held[self.path] = held
+        held.users += 1
+        self._held = held
+        self._since = held.box.checkpoint()
+        held.box.cpu_budget(self._lim.cpu_time)  # this test's, for all the box's processes
+        return held
+
+    def _worker(self) -> Worker:
+        held = self._box()
+        if held.worker is None or not held.worker.alive:
+            held.worker = Worker(held.box, [BOX_DIR], cpu_time=self._lim.cpu_time, alone=True)
+        return held.worker
 
     def import_module(self, name: str) -> _Proxy:
-        if self._session is None:
-            self._open()
-        proxy = _Proxy(self, name)
-        self._request({"op": "get", "module": name, "path": []}, describe_module=True)
-        return proxy
+        self._request({"op": "import", "module": name, "path": []})
+        return _Proxy(self, name)
 
-    def _request(self, msg: dict[str, Any], describe_module: bool = False) -> Any:
-        assert self._session is not None
-        if describe_module:  # importing: only check it imports; a module is not a value
-            msg = {**msg, "op": "import"}
+    def _request(self, msg: dict[str, Any]) -> Any:
         try:
-            reply = self._session.request(msg, self.call_timeout)
-        except SessionError as e:
-            raise SubmissionError(f"submission {self.name}: {e}") from None
+            worker = self._worker()
+        except Exception as e:  # noqa: BLE001 - the box did not open: the test fails, with why
+            raise SubmissionError(f"submission {self.name}: its box did not start ({e})") from None
+        self._used = True
+        timeout, late = self.call_timeout, None
+        wall = self._lim.wall_time
+        if wall is not None and wall - (time.monotonic() - self._t0) < timeout:
+            timeout, late = max(0.0, wall - (time.monotonic() - self._t0)), f"wall time {wall:g}s exceeded"
+        try:
+            reply = worker.request(msg, timeout)
+        except WorkerError as e:
+            why = late if late is not None and "time limit" in str(e) else str(e)
+            raise SubmissionError(f"submission {self.name}: {why}") from None
         if "error" in reply:
             err = reply["error"] if isinstance(reply["error"], dict) else {}
             raise SubmissionError(f"{err.get('type', 'Error')}: {err.get('message', '')}",
                                   str(err.get("type", "")), str(err.get("traceback", "")))
-        return None if describe_module else reply["ok"]
+        return None if msg["op"] == "import" else reply["ok"]
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None, **limits: Any) -> Result:
-        r = run_sync(list(argv), self._config(**limits), stdin=stdin)
+        """Run a program in the submission's box (it sees what this test's calls wrote)."""
+        bad = sorted(set(limits) - set(PER_EXEC))
+        if bad:
+            raise TypeError(f"run(): {', '.join(bad)} cannot be set per program "
+                            f"(the box's own holds); valid: {', '.join(PER_EXEC)}")
+        lim = {k: getattr(self._lim, k) for k in PER_EXEC if getattr(self._lim, k) is not None}
+        r = self._box().box.exec(list(argv), stdin=stdin, **{**lim, **limits})
         self.results.append(r)
         return r
 
     def changes(self) -> Changes:
-        """Files the submission created/modified/deleted in this test's box so far."""
+        """Files this test created/modified/deleted in /submission so far (relative paths)."""
         ch = Changes()
-        upper = self._upper_fd()
-        if upper < 0:
+        held = self._held
+        if held is None or not held.box.alive:
             return ch
-        lower = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for rel, st in walk_beneath(upper):
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    ch.deleted.append(rel)  # an overlay whiteout
-                elif not stat.S_ISDIR(st.st_mode):
-                    (ch.modified if exists_beneath(lower, rel) else ch.created).append(rel)
-        finally:
-            os.close(lower)
+        got = held.box.changes(since=self._since)
+        top = BOX_DIR + "/"
+        for mine, theirs in ((ch.created, got.created), (ch.modified, got.modified),
+                             (ch.deleted, got.deleted)):
+            mine += [p[len(top):] for p in theirs if p.startswith(top)]
         return ch
 
-    def _upper_fd(self) -> int:
-        """The session box's upper directory, as its init sent it (once the box started: a
-        box that failed before its rootfs was made sends nothing, and its socket end closes)."""
-        if self._upper < 0 and self._uppers is not None:
-            if select.select([self._uppers], [], [], self.call_timeout)[0]:
-                _, fds = _fdpass.recv(self._uppers, max_fds=1)
-                for fd in fds[1:]:
-                    os.close(fd)
-                if fds and stat.S_ISDIR(os.fstat(fds[0]).st_mode):
-                    self._upper = fds[0]
-                elif fds:
-                    os.close(fds[0])
-            self._uppers.close()
-            self._uppers = None
-        return self._upper
-
     def close(self) -> None:
-        if self._session is not None:
-            self.results.append(self._session.close())
-            self._session = None
-            if self._zygote is not None:
-                self._zygote.users -= 1
-                self._zygote = None
+        held, self._held = self._held, None
+        if held is not None:
+            held.users -= 1
+            w = held.worker
+            if w is not None and self._used:  # how this test's fork ended (or the worker)
+                ended = w.fresh() if w.alive else w.result
+                if ended is not None:
+                    self.results.append(ended)
+            if w is not None and not w.alive:  # killed (a time limit) or died: a new one next
+                held.worker = None
         if self.next_path is None:
             shutdown()
         else:
             _prune(self.next_path)
-        if self._uppers is not None:
-            self._uppers.close()  # an upper still queued on it goes with it
-            self._uppers = None
-        if self._upper >= 0:
-            os.close(self._upper)  # the last reference: the box's tmpfs is freed
-            self._upper = -1
 
     def worst(self) -> str:
         return max((str(r.status) for r in self.results), key=SEVERITY.__getitem__, default="OK")

@@ -226,41 +226,58 @@ def test_fixture_call_finds_nothing_of_the_caller(box_tmp: Path, no_leftovers):
     assert f"{len(CONTROLS)} passed" in out and f"{len(CHANNELS)} failed" in out, out[-4000:]
 
 
-def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+DAEMON = """
+import os, time
+calls = []
+
+def count():
+    calls.append(1)
+    return len(calls)
+
+def daemon():
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        while True:
+            time.sleep(1)
+    return pid
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+"""
 
 
-def test_each_submission_has_a_zygote_of_its_own(box_tmp: Path, monkeypatch, no_leftovers):
-    """A submission's boxes come from a zygote that serves it alone, forked from a factory
-    that was exec'd clean and never saw a submission: no process a worker is a fork of ever
-    held another submission's requests, or the grader's argv and environment."""
+def test_each_submission_has_a_box_of_its_own_and_each_test_a_fresh_worker(box_tmp: Path, no_leftovers):
+    """A submission's tests share its box (one trust domain: they all run its code), never
+    another submission's; each test gets a fresh fork of the clean worker (module state starts
+    again) that starts alone in the box (a daemon an earlier test left is gone)."""
     from sandbox.grading.submission import Submission
 
-    secret = f"ENVSECRET-{secrets.token_hex(8)}"
-    monkeypatch.setenv("GRADER_SECRET", secret)
     paths = []
     for name in ("first", "second"):
         (box_tmp / name).mkdir()
-        (box_tmp / name / "solution.py").write_text("def add(a, b):\n    return a + b\n")
+        (box_tmp / name / "solution.py").write_text(DAEMON)
         os.chmod(box_tmp / name, 0o755)
         os.chmod(box_tmp / name / "solution.py", 0o644)
         paths.append(str(box_tmp / name))
     lim = {"memory": "256M", "wall_time": "10s", "pids": "64"}
-    zygotes = []
-    for path, nxt in ((paths[0], paths[1]), (paths[1], paths[1]), (paths[1], None)):
+    boxes, daemon = [], 0
+    for i, (path, nxt) in enumerate(((paths[0], paths[0]), (paths[0], paths[1]), (paths[1], None))):
         sub = Submission(path, lim, 10.0, next_path=nxt)
         try:
-            assert sub.import_module("solution").add(2, 3) == 5
-            assert sub._session is not None
-            zygotes.append(_ppid(sub._session._started().pid))  # the box's init's parent
-            factory = _ppid(zygotes[-1])
-            assert factory != os.getpid() and _ppid(factory) == os.getpid()
-            with open(f"/proc/{factory}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{factory}/environ", "rb") as f:
-                environ = f.read()
+            sol = sub.import_module("solution")
+            assert sol.count() == 1 and sol.count() == 2  # fresh in every test
+            if i == 0:
+                daemon = sol.daemon()
+                assert sol.alive(daemon)
+            elif i == 1:
+                assert not sol.alive(daemon), "an earlier test's daemon is still in the box"
+            boxes.append(sub._held.box)
         finally:
             sub.close()
-        assert not any(x.encode() in cmdline + environ for x in (*paths, secret, "pytest"))
-    assert zygotes[0] != zygotes[1] == zygotes[2]  # one zygote per submission, for all its tests
+    assert boxes[0] is boxes[1] and boxes[2] is not boxes[0]
+    assert boxes[0].usage is not None and boxes[2].usage is not None  # both closed
