@@ -233,6 +233,13 @@ def serve() -> None:
         os._exit(0)
     sys.path[:0] = [str(p) for p in setup["path"]]
     del setup
+    # Warm what every fork's first import would set up on its own, each time: the path
+    # entries' finders (directory listings, refreshed when a directory changes) and the
+    # compiler's first use. Neither runs any code of the path's modules.
+    from importlib.machinery import PathFinder
+
+    PathFinder.find_spec("__sandbox_warm_up__")
+    compile("pass", "<warm-up>", "exec")
     _write_all(wfd, _frame({"ready": True}))
     while True:
         req = _receive(rfd)
