@@ -363,8 +363,9 @@ class Box:
         self._dead = True
         why = "memory" if self._life.oom_killed() else "cpu" if self._cpu_spent else None
         box_cpu = self._watch.used - self._watch.base if self._cpu_spent else None
+        stats = self._life.stats() if why == "memory" else None  # the OOM kill, in figures
         for p in list(self._procs.values()):
-            p._box_gone(why, box_cpu)
+            p._box_gone(why, box_cpu, stats)
         self._procs.clear()
 
     def kill_box(self) -> None:

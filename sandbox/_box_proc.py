@@ -103,9 +103,11 @@ class Process:
         if self.state == "exited":
             self._build()
 
-    def _box_gone(self, why: str | None = None, box_cpu: float | None = None) -> None:
+    def _box_gone(self, why: str | None = None, box_cpu: float | None = None,
+                  cgroup: dict[str, Any] | None = None) -> None:
         """The box died (or is closing): this process died with it. ``box_cpu``: the box's
-        CPU total when its budget ran out (what the verdict's CPU time then reports)."""
+        CPU total when its budget ran out (what the verdict's CPU time then reports);
+        ``cgroup``: the leaf's figures when its memory limit ended the box (its verdict's)."""
         if self.state == "done":
             return
         if self.state == "exited":  # its end came, its output was not taken yet
@@ -119,6 +121,8 @@ class Process:
                            else _statusline.encode_exit(9)}
             if box_cpu is not None:
                 self._facts["cpu_time"] = box_cpu
+            if cgroup is not None:
+                self._facts["cgroup"] = cgroup
         self._finish()
         self._drain()
         self._build()
@@ -284,7 +288,8 @@ class Process:
                                max_rss=self._facts.get("max_rss"), killed_for=self._killed_for,
                                seccomp_policy=self.box._prep.seccomp_desc,
                                landlock=self.box._prep.landlock, init_wait_status=0,
-                               fallback_reasons=self.box._fallback)
+                               fallback_reasons=self.box._fallback,
+                               cgroup=self._facts.get("cgroup"))
         self.result = _verdict.build_result(facts, self._out.value(), self._err.value(),
                                             self._out.exceeded, self._err.exceeded)
         self.state = "done"

@@ -234,6 +234,8 @@ class Worker:
     def _write(self, data: bytes, deadline: float | None) -> None:
         view = memoryview(data)
         while view:
+            if self._proc.stdin is None:  # the box died (its processes' pipes are closed)
+                raise self._gone(None)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise self._gone("the worker did not read its request in time")
