@@ -65,6 +65,7 @@ class Box:
         self._procs: dict[int, Process] = {}
         self._init: _spawn.BoxProcess | None = None
         self._watch: Any = None
+        self._guard: Any = None  # _cpuwatch.Guard: the budget's thread while there is one
         self._cpu_spent = False
         self._peak: int | None = None  # the largest max RSS an exec's process tree reached
         self._next_id = 0
@@ -114,8 +115,8 @@ class Box:
                         os.close(fd)
                 theirs.close()
             # Box-wide: the config's CPU time holds for the box's whole life (each exec also has
-            # it, or its own smaller one, as RLIMIT_CPU), checked whenever we wait on the box.
-            self._watch, self._next_cpu = life.watch(self.config.limits.cpu_time), 0.0
+            # it, or its own smaller one, as RLIMIT_CPU), kept by a thread between our calls.
+            self._set_watch(life.watch(self.config.limits.cpu_time))
             msg, fds = self._recv(READY_TIMEOUT)
             if not msg or len(fds) != 2:
                 result = self._startup_failure()
@@ -139,9 +140,10 @@ class Box:
             return self.usage
         if self._sock is None:
             raise BoxError("this box was never opened")
+        self._set_watch(self._watch, keep=False)  # the guard is stopped: init is ours alone
         if self._watch is not None and not self._dead and self._watch() is None:
-            # A last sample: what a box spent while the host was not waiting on it (a daemon
-            # left spinning) would otherwise die unwaited-for, in no total.
+            # A last sample: what the box spent since the guard's last one would otherwise die
+            # unwaited-for (init's exit kills the rest), in no total.
             self._cpu_spent = True
         for p in list(self._procs.values()):
             p._box_gone()
@@ -267,12 +269,23 @@ class Box:
         time (None: no box-wide budget from now on). It replaces the config's ``cpu_time``
         budget; past it the box is killed as on that one (``usage.cpu_exceeded``, the verdict
         TO). For a box that serves many steps, each with its own budget: a grader's tests."""
-        self._check_open(turn=True)
-        if seconds is None:
-            self._watch = None
-        else:
-            self._watch = self._life.watch_more(parse_duration(seconds, "cpu_time"))
-        self._next_cpu = 0.0
+        limit = None if seconds is None else parse_duration(seconds, "cpu_time")
+        self._check_open()
+        self._set_watch(None)  # the old budget's guard first: no kill for it after this
+        self._check_open(turn=True)  # (closed: the old budget was spent)
+        self._set_watch(None if limit is None else self._life.watch_more(limit))
+
+    def _set_watch(self, watch: Any, *, keep: bool = True) -> None:
+        """Stop the guard, then make ``watch`` the budget, guarded unless ``keep=False``."""
+        if self._guard is not None:
+            self._guard.stop()
+            self._cpu_spent = self._cpu_spent or self._guard.spent
+            self._guard = None
+        self._watch = watch
+        if keep and watch is not None:
+            from sandbox._cpuwatch import Guard
+
+            self._guard = Guard(watch, self._life.kill)
 
     def _enforcement(self) -> dict[str, Any]:
         """What holds each limit of a process's verdict: the plan's, and the box-wide CPU
@@ -293,33 +306,22 @@ class Box:
     def _recv(self, timeout: float | None) -> tuple[bytes, list[int]]:
         assert self._sock is not None
         r = select.select([self._sock, self._init.pidfd], [], [], timeout)[0]
-        if self._sock not in r:
-            return b"", []
-        return _fdpass.recv(self._sock, max_fds=2)
+        return _fdpass.recv(self._sock, max_fds=2) if self._sock in r else (b"", [])
 
     def _wait_events(self, fds: list[int], timeout: float | None) -> list[int]:
-        """Wait for one of ``fds``, a message from init, or its death; handle the last two.
-        Returns the ready ``fds``."""
+        """Wait for one of ``fds`` (returned when ready), init's news or death (handled)."""
         assert self._sock is not None
-        if self._watch is not None and not self._dead:
-            now = time.monotonic()
-            if now >= self._next_cpu:  # on the watch's schedule, not on every event
-                wait = self._watch()
-                if wait is None:  # spent: the box ends, as on a box-wide memory limit
-                    self._cpu_spent = True
-                    self.kill_box()
-                    # What init reported before the kill (a process that ended on its own while
-                    # we were not reading) keeps its own verdict: read it up to init's EOF.
-                    while not self._dead and select.select([self._sock], [], [], READY_TIMEOUT)[0]:
-                        self._on_message()
-                    if not self._dead:
-                        self._box_died()
-                    return []
-                self._next_cpu = now + wait
-            left = self._next_cpu - now
-            timeout = left if timeout is None else min(timeout, left)
         watch = [*fds, self._init.pidfd] + ([] if self._dead else [self._sock.fileno()])
         ready = select.select(watch, [], [], timeout)[0]
+        if (self._cpu_spent or self._guard is not None and self._guard.spent) and not self._dead:
+            # Spent: the guard killed the box. What init reported before (a process that ended
+            # on its own while we were not reading) keeps its own verdict: read up to init's EOF.
+            self._cpu_spent = True
+            while not self._dead and select.select([self._sock], [], [], READY_TIMEOUT)[0]:
+                self._on_message()
+            if not self._dead:
+                self._box_died()
+            return []
         if not self._dead and self._sock.fileno() in ready:
             self._on_message()
         elif self._init.pidfd in ready and not self._dead:
@@ -334,8 +336,7 @@ class Box:
         try:
             msg, extra = _fdpass.recv(self._sock, max_fds=2)
         except ConnectionResetError:
-            # init died with a request of ours unread. The error comes first and only once:
-            # what init sent before it died is read next, then its EOF.
+            # init died with a request of ours unread: once; what it sent is read next, then EOF
             return
         for fd in extra:
             os.close(fd)
@@ -361,6 +362,7 @@ class Box:
     def _box_died(self) -> None:
         """init is gone (OOM group kill, a box-wide limit, or killed): so is every process."""
         self._dead = True
+        self._cpu_spent = self._cpu_spent or (self._guard is not None and self._guard.spent)
         why = "memory" if self._life.oom_killed() else "cpu" if self._cpu_spent else None
         box_cpu = self._watch.used - self._watch.base if self._cpu_spent else None
         stats = self._life.stats() if why == "memory" else None  # the OOM kill, in figures
@@ -371,8 +373,6 @@ class Box:
     def kill_box(self) -> None:
         """SIGKILL the box's init (and so everything in it); the box is then closed."""
         self._life.kill()
-
-    # -------------------------------------------------------------------- files --
 
     # -------------------------------------------------------------------- files --
     def put(self, path: str, data: bytes | os.PathLike[str], *, mode: int = 0o644) -> None:

@@ -18,7 +18,7 @@ import os
 import sys
 
 from sandbox import ConfigError, Limits, MountSpec, SandboxConfig
-from sandbox._options import (  # noqa: F401 - re-exported: the option table's users
+from sandbox._cli_options import (  # noqa: F401 - re-exported: the option table's users
     _HELP,
     Args,
     UsageError,
@@ -129,7 +129,7 @@ def _cmd_run(a: Args) -> int:
     meta_fd = _open_meta(a.meta) if a.meta else -1
     try:
         from sandbox import run_sync
-        from sandbox._relay import OutputRelay
+        from sandbox._cli_relay import OutputRelay
 
         relay = None if a.json else OutputRelay()
         try:
@@ -206,9 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_run(parse_options(argv[1:], RUN_GROUPS, "sandbox run", True))
             if argv[0] == "doctor":
                 a = parse_options(argv[1:], DOCTOR_GROUPS, "sandbox doctor", False)
-                from sandbox._doctor import main as doctor_main
+                from sandbox._cli_doctor import main as doctor_main
 
-                return doctor_main([], a.json)
+                return doctor_main(a.json)
         except _HelpRequested:
             if argv[0] == "run":
                 text = format_help(RUN_USAGE, COMMANDS[0][1], RUN_GROUPS, RUN_EPILOG)

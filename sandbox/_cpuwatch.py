@@ -199,3 +199,37 @@ async def until_spent(watch: _Watch) -> None:
 
     while (wait := watch()) is not None:
         await trio.sleep(wait)
+
+
+class Guard:
+    """A held box's budget, kept while its host does nothing: a thread samples ``watch`` on its
+    schedule and calls ``kill`` (SIGKILL to init) once it is spent. Checked only when the host
+    called on the box, a background process (a daemon, a server) spent freely between calls;
+    the supervisor's counters, not the host's activity, must end it. ``spent`` tells the host
+    why the box died. The thread holds no reference to the Box (a dropped box is collected)."""
+
+    def __init__(self, watch: _Watch, kill: Any) -> None:
+        import threading
+
+        self.watch, self.spent, self._kill = watch, False, kill
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sandbox-cpu-guard", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (wait := self.watch()) is not None:
+                if self._stop.wait(wait):
+                    return
+        except OSError:  # the leaf went with the box (its end stops us first; a bound anyway)
+            return
+        self.spent = True
+        self._kill()
+
+    def stop(self) -> None:
+        """No more samples, and none under way, once this returns (the box may then end)."""
+        import threading
+
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()

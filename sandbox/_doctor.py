@@ -8,12 +8,9 @@ restriction or a hardened kernel all show up as the trial's errno. Exit 0 when b
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
-import signal
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sandbox import _syscalls as sc
 
@@ -169,19 +166,3 @@ def diagnose() -> list[Check]:
                      ", ".join(nets) or "pasta/slirp4netns not found (only --net none|host)",
                      "" if nets else "optional: apt-get install passt"))
     return out
-
-
-def main(argv: list[str], json_out: bool) -> int:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    checks = diagnose()
-    can_run = all(c.status != "fail" for c in checks)
-    if json_out:
-        json.dump({"can_run": can_run, "checks": [asdict(c) for c in checks]}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for c in checks:
-            sys.stdout.write(f"{c.status.upper():4} {c.name}: {c.detail}\n")
-            if c.fix:
-                sys.stdout.write(f"     fix: {c.fix}\n")
-        sys.stdout.write("sandboxes can run here\n" if can_run else "sandboxes cannot run here\n")
-    return 0 if can_run else 1

@@ -128,9 +128,8 @@ def _await_file(box: Box, path: str) -> None:
 
 
 def test_a_process_that_ended_before_the_box_budget_ran_out_keeps_its_verdict(no_leftovers):
-    """The budget is checked when the host waits on the box or calls put/get/changes; init's
-    news queued meanwhile (a process that exited on its own) is read before the rest are
-    marked killed for it."""
+    """When the budget's guard kills the box, init's news queued meanwhile (a process that
+    exited on its own) is read before the rest are marked killed for it."""
     with Box(SandboxConfig(limits=Limits.parse(cpu_time="1s", wall_time="60s"))) as box:
         box.put("/tmp/daemon.py", DAEMON.encode())
         early = box.start(["python3", "/tmp/daemon.py"])  # exits once the daemon is detached
@@ -146,9 +145,8 @@ def test_a_process_that_ended_before_the_box_budget_ran_out_keeps_its_verdict(no
 
 
 def test_what_a_daemon_spent_while_the_host_was_not_waiting_is_in_the_usage(no_leftovers):
-    """The budget is checked when the host calls on the box, not in between, so a daemon
-    spends unchecked while the host does nothing; close() takes a last sample, or the daemon's
-    time (killed at teardown, reaped by nobody) is in no total and cpu_exceeded says False."""
+    """A daemon's time is in the usage: killed at teardown and reaped by nobody, it would be in
+    no total (and cpu_exceeded False) but for the guard's samples and close()'s last one."""
     with Box(SandboxConfig(limits=Limits.parse(cpu_time="1s", wall_time="60s"))) as box:
         box.put("/tmp/daemon.py", DAEMON.encode())
         assert box.exec(["python3", "/tmp/daemon.py"]).status is Status.OK
@@ -157,6 +155,21 @@ def test_what_a_daemon_spent_while_the_host_was_not_waiting_is_in_the_usage(no_l
         except BoxError:
             pass  # the budget ran out during a file call
     assert box.usage is not None and box.usage.cpu_exceeded and box.usage.cpu_time >= 1.0, box.usage
+
+
+def test_the_cpu_budget_ends_a_background_spinner_while_the_host_does_nothing(no_leftovers):
+    """The budget is the supervisor's, not the host's activity: its guard thread samples it
+    between calls. Checked only when the host called, a server left spinning while the host
+    slept spent all the sleep (each spinner dies at its own 1 s RLIMIT_CPU, the loop starts
+    the next); now it is killed at the budget."""
+    with Box(SandboxConfig(limits=Limits.parse(cpu_time="1s", wall_time="60s"))) as box:
+        p = box.start(["sh", "-c", "while :; do sh -c 'while :; do :; done'; done"])
+        time.sleep(4)  # no call on the box meanwhile
+        r = p.wait()
+        assert r is not None and r.status is Status.TO, (r, box.usage)
+        assert "all the box's processes" in (r.reason or ""), r.reason
+    assert box.usage is not None and box.usage.cpu_exceeded, box.usage
+    assert 1.0 <= box.usage.cpu_time < 2.5, box.usage
 
 
 def test_the_box_peak_is_its_processes_not_a_clone_of_the_caller(no_leftovers):

@@ -248,7 +248,7 @@ from sandbox import Limits, SandboxConfig, _cgroup_env as cgroup_env
 env = cgroup_env.detect()
 r = sandbox.run_sync(["python3", "-c", sys.argv[2] + "hog()"], SandboxConfig(
     require_cgroup=True, limits=Limits.parse(memory="64M", pids=32, cpus=0.5, cpu_time="20s")))
-from sandbox._doctor import diagnose
+from sandbox import diagnose
 doc = {c.name: c for c in diagnose()}["cgroup v2"]
 print(json.dumps({"reason": env.reason, "missing": env.missing, "status": r.status,
                   "enforcement": r.enforcement, "fallback_reasons": r.fallback_reasons,

@@ -256,8 +256,8 @@ def test_entry_gives_grade_and_doctor_the_collector_and_a_normal_exit():
     collector off (bin/sandbox turns it off for `run`), nor skip the interpreter's exit."""
     code = ("import gc, sys\ngc.disable()\n"
             "sys.argv = ['sandbox', 'doctor', '--json']\n"
-            "import sandbox._doctor\n"
-            "sandbox._doctor.main = lambda argv, as_json: print('gc', gc.isenabled()) or 0\n"
+            "import sandbox._cli_doctor\n"
+            "sandbox._cli_doctor.main = lambda as_json: print('gc', gc.isenabled()) or 0\n"
             "import atexit\natexit.register(lambda: print('normal exit'))\n"
             "from sandbox._cli import entry\nentry()")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

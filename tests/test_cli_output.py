@@ -1,4 +1,4 @@
-"""The CLI's copy of the box's output to its own stdout (sandbox/_relay.py): a slow, stalled or
+"""The CLI's copy of the box's output to its own stdout (sandbox/_cli_relay.py): a slow, stalled or
 non-blocking reader neither loses bytes nor suspends the box's wall time."""
 
 from __future__ import annotations
