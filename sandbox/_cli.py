@@ -73,6 +73,14 @@ RUN_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
         _Opt("--require-cgroup", "flag",
              help="fail instead of falling back to rlimits without a delegated cgroup"),
     )),
+    ("terminal and signals", (
+        _Opt("--tty -t", "flag", help="give the box its own terminal (a pty relayed to "
+             "yours; the default when stdin and stdout are terminals)"),
+        _Opt("--no-tty -T", "flag", help="never a terminal: pipes, even on a terminal"),
+        _Opt("--stop-timeout", metavar="DUR", help="after a SIGTERM/SIGHUP passed on to the "
+             "program, kill the box if it has not ended in DUR (default 10s); a second "
+             "SIGTERM kills it at once"),
+    )),
     ("verdict", (
         _Opt("--json", "flag", help="print the verdict (with captured output) as JSON on stdout"),
         _Opt("--meta", metavar="FILE", help="write the verdict as JSON to FILE"),
