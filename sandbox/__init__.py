@@ -63,8 +63,10 @@ def prepare(config: SandboxConfig | None = None) -> Plan:
 
 
 def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
-             stdin: bytes | int | None = None, on_output: Callable[[int, bytes], None] | None = None,
-             pass_fds: Sequence[int] = (), plan: Plan | None = None) -> Result:
+             stdin: bytes | int | None = None,
+             on_output: Callable[[int, bytes], bool | None] | None = None,
+             pass_fds: Sequence[int] = (), plan: Plan | None = None,
+             forward_signals: bool = False, stop_timeout: float | str = 10.0) -> Result:
     """Run one fresh box and wait for its verdict (blocking): a box that lives for one command.
 
     ``target``: argv to exec in the box (a fresh program that has seen nothing of the caller).
@@ -76,7 +78,14 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
     ``stdin``: bytes to feed, or an fd of ours streamed into the box's stdin pipe until its EOF
     (the box never receives the fd itself: it could reopen a file for writing through
     /proc/self/fd, or take over a terminal). ``on_output(1|2, chunk)`` sees output as it
-    arrives, within the output cap (``Result.stdout``/``stderr`` then stay empty).
+    arrives, within the output cap (``Result.stdout``/``stderr`` then stay empty); returning
+    False says that stream's reader is gone: the box's pipe is closed, and the program gets
+    SIGPIPE/EPIPE on its next write, as in a shell pipeline.
+
+    ``forward_signals`` (from the main thread, for a command-line tool running the box in its
+    foreground): SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2 we receive go to the program;
+    after SIGTERM/SIGHUP it has ``stop_timeout`` to end, a second SIGTERM kills the box; Ctrl-Z
+    (SIGTSTP) stops the whole box and us, ``fg`` resumes both (no wall time passes meanwhile).
 
     The same life as a held ``Box`` (its cgroup leaf, plan, clone and end), with the command
     handed to init at the clone instead of a request afterwards. From a multi-threaded caller
@@ -88,7 +97,7 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
 
     from sandbox._direct import run_direct
 
-    if (_thread._count() > 0 and plan is None and not callable(target) and not isinstance(stdin, int)
+    if (_thread._count() > 0 and plan is None and not forward_signals and not callable(target) and not isinstance(stdin, int)
             and on_output is None and not pass_fds and not (config or SandboxConfig()).holds_fds()):
         import trio
 
@@ -100,6 +109,10 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
             raise ConfigError("plan: made for another config (sandbox.prepare(config))")
     feed: dict[str, Any] = ({"stdin_from": stdin} if isinstance(stdin, int) and not isinstance(stdin, bool)
                             else {"stdin": stdin})
+    if forward_signals:
+        from sandbox._config import parse_duration
+
+        feed.update(forward_signals=True, stop_timeout=parse_duration(stop_timeout, "stop_timeout"))
     return run_direct(target, config, on_output=on_output, pass_fds=pass_fds, prepared=plan, **feed)
 
 

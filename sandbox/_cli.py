@@ -141,7 +141,8 @@ def _cmd_run(a: Args) -> int:
 
         relay = None if a.json else OutputRelay()
         try:
-            result = run_sync(cmd, cfg, stdin=0, on_output=relay)
+            result = run_sync(cmd, cfg, stdin=0, on_output=relay, forward_signals=True,
+                              stop_timeout=a.stop_timeout if a.stop_timeout is not None else 10.0)
         finally:
             if relay is not None:
                 relay.flush()
@@ -159,7 +160,8 @@ def _cmd_run(a: Args) -> int:
     finally:
         if meta_fd >= 0:
             os.close(meta_fd)
-    if not a.json and not a.quiet and result.status != "OK" and result.status != "RE":
+    piped_away = relay is not None and relay.gone and result.signal == 13  # SIGPIPE: as in a shell
+    if not a.json and not a.quiet and result.status not in ("OK", "RE") and not piped_away:
         note = result.fallback_note()
         sys.stderr.write(f"sandbox: {result.status}: {result.reason or result.error}"
                          + (f" [{note}]" if note else "") + "\n")

@@ -21,29 +21,34 @@ PIPE_BUF = 4096  # a write this small to a pipe with POLLOUT set never blocks (p
 
 
 class OutputRelay:
+    """``relay(1|2, chunk)`` → False once that stream's reader is gone (``gone``): the box's
+    pipe is then closed and the program gets SIGPIPE on its next write, as it would writing to
+    the pipe itself (``yes | head -1`` ends at once instead of writing on to the cap)."""
+
     def __init__(self) -> None:
         self.pending: dict[int, bytearray] = {}
+        self.gone: set[int] = set()
 
-    def __call__(self, fd: int, chunk: bytes) -> None:
+    def __call__(self, fd: int, chunk: bytes) -> bool:
+        if fd in self.gone:
+            return False
         buf = self.pending.setdefault(fd, bytearray())
         buf += chunk
-        self._drain(fd, buf, wait=False)
+        return self._drain(fd, buf, wait=False)
 
     def flush(self) -> None:
         for fd, buf in self.pending.items():
             self._drain(fd, buf, wait=True)
 
-    @staticmethod
-    def _drain(fd: int, buf: bytearray, *, wait: bool) -> None:
+    def _drain(self, fd: int, buf: bytearray, *, wait: bool) -> bool:
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
         while buf:
             events = poller.poll(None if wait else 0)
             if not events:
-                return  # the reader is slow: keep the rest for later
+                return True  # the reader is slow: keep the rest for later
             if events[0][1] & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                buf.clear()  # nobody reads any more (EPIPE): nothing left to deliver
-                return
+                break  # nobody reads any more (EPIPE): nothing left to deliver
             try:
                 n = os.write(fd, buf[:PIPE_BUF])
             except BlockingIOError:
@@ -51,6 +56,10 @@ class OutputRelay:
             except OSError as e:
                 if e.errno == errno.EINTR:
                     continue
-                buf.clear()
-                return
+                break
             del buf[:n]
+        else:
+            return True
+        buf.clear()
+        self.gone.add(fd)
+        return False

@@ -312,7 +312,9 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
                                 "error": f"{argv[0]}: {e.strerror}"})
             return 1
     for sig in FORWARDED_SIGNALS:  # forward to the payload: our own death would kill the box
-        _signal.signal(sig, lambda s, _f: _kill_quiet(pid, s))
+        _signal.signal(sig, lambda s, _f: _payload.kill_quiet(pid, s))
+    for sig, then in ((_signal.SIGTSTP, _signal.SIGSTOP), (_signal.SIGCONT, _signal.SIGCONT)):
+        _signal.signal(sig, lambda _s, _f, t=then: _payload.kill_quiet(-1, t))  # Ctrl-Z: stop all of us
     spawner, fork = sc.own_peak_rss(), callable(prep.target)  # fork: its growth is the figure
     status = peak = 0
     while True:
@@ -323,7 +325,7 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
         if wpid == pid:
             status, peak = st, sc.program_peak(ru.ru_maxrss * 1024, spawner, grown=fork)
             break
-    _end_the_rest()
+    _payload.end_the_rest()
     exec_err = os.read(exec_r, 4096) if exec_r >= 0 else b""
     if exec_err:
         step, _, rest = exec_err.decode(errors="replace").partition(":")
@@ -376,24 +378,3 @@ def _call_target(prep: Prepared) -> int:
         traceback.print_exc()
         return 1
 
-
-def _end_the_rest() -> None:
-    """The payload is done: kill what it left running and reap it, before the report. The
-    kernel would kill them when we exit, but unwaited-for (zap_pid_ns_processes): their CPU time
-    would be in nobody's rusage, and the verdict would miss what they used."""
-    try:
-        os.kill(-1, _signal.SIGKILL)  # from a pid namespace's init: everyone in it but us
-    except OSError:
-        return  # ESRCH: nobody else
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-
-
-def _kill_quiet(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except OSError:
-        pass

@@ -23,6 +23,7 @@ from sandbox._result import Result
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Any
 
     from sandbox._plan import Prepared
 
@@ -33,12 +34,15 @@ PARKED_MS = 100  # how often a background `sandbox run` checks whether it may re
 class CappedBuffer:
     """Collects at most ``cap`` bytes; remembers whether more was offered (→ OL). With a
     ``sink`` the bytes go there, and only the last ``_verdict.TAIL`` stay (``tail``: the
-    verdict reads the end of stderr, see ``_verdict._refused_allocation``)."""
+    verdict reads the end of stderr, see ``_verdict._refused_allocation``). A sink that returns
+    False has lost its reader (``gone``): the stream's pipe is then closed, as a shell's pipe
+    would be, so the program gets SIGPIPE/EPIPE on its next write instead of writing on to the
+    cap (``yes | head -1`` was an output-limit verdict)."""
 
     def __init__(self, cap: int, which: int = 0,
-                 sink: Callable[[int, bytes], None] | None = None) -> None:
+                 sink: Callable[[int, bytes], bool | None] | None = None) -> None:
         self.cap, self.parts, self.size, self.exceeded = cap, [], 0, False
-        self.which, self.sink, self.tail = which, sink, b""
+        self.which, self.sink, self.tail, self.gone = which, sink, b"", False
 
     def feed(self, data: bytes) -> bool:
         room = self.cap - self.size
@@ -47,7 +51,7 @@ class CappedBuffer:
         if data:
             self.size += len(data)
             if self.sink is not None:
-                self.sink(self.which, data)
+                self.gone = self.sink(self.which, data) is False
                 self.tail = (self.tail + data[-_verdict.TAIL:])[-_verdict.TAIL:]
             else:
                 self.parts.append(data)
@@ -178,12 +182,17 @@ class StdinFeed:
 def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig | None = None, *,
                stdin: bytes | None = None, pass_fds: Sequence[int] = (),
                prepared: Prepared | None = None, stdin_from: int = -1,
-               on_output: Callable[[int, bytes], None] | None = None) -> Result:
+               on_output: Callable[[int, bytes], bool | None] | None = None,
+               forward_signals: bool = False, stop_timeout: float | None = 10.0,
+               on_stop: Callable[[bool], None] | None = None) -> Result:
     """Run ``target`` (argv to exec, or a callable run inside the box) and return its verdict.
 
     ``stdin_from`` (an fd of ours, instead of ``stdin`` bytes: the CLI's fd 0) is streamed into
     the box's stdin pipe until its EOF; the box never gets the fd itself. ``on_output`` is
-    called with (1 or 2, chunk) as output arrives, within the cap (the CLI streams it).
+    called with (1 or 2, chunk) as output arrives, within the cap (the CLI streams it); when
+    it returns False that stream's reader is gone and the box's pipe is closed. With
+    ``forward_signals`` (main thread only: the CLI) the signals we get go on to the program
+    (``sandbox._fgsignals``: ``stop_timeout``, Ctrl-Z; ``on_stop(True|False)`` around a stop).
     """
     config = (config or SandboxConfig()).validate()
     if not callable(target):
@@ -217,10 +226,26 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         feed = StdinFeed(in_w, stdin or b"", stdin_from) if in_w >= 0 else None
         if in_w >= 0:
             fds.remove(in_w)  # the feed closes it (EOF for the box)
-        _pump(box, feed, {out_r: out, err_r: err}, facts,
-              None if lim.wall_time is None else life.t0 + lim.wall_time, watch)
+        fwd = None
+        if forward_signals:
+            from sandbox._fgsignals import Forwarder
+
+            fwd = Forwarder(box.pidfd, stop_timeout, on_stop)
+
+        def release(fd: int) -> None:  # a stream whose reader went away: the box gets EPIPE
+            fds.remove(fd)
+            os.close(fd)
+
+        try:
+            _pump(box, feed, {out_r: out, err_r: err}, facts,
+                  None if lim.wall_time is None else life.t0 + lim.wall_time, watch, fwd, release)
+        finally:
+            if fwd is not None:
+                fwd.close()
         facts.init_wait_status, facts.cpu_time, facts.max_rss = life.reap()
-        facts.wall_time = time.monotonic() - life.t0
+        facts.wall_time = time.monotonic() - life.t0 - (fwd.paused if fwd is not None else 0.0)
+        if fwd is not None and facts.killed_for == "stop":
+            facts.stop_after = (fwd.stop_timeout, fwd.kill_now)
         facts.status_line = _statusline.read(st_r)
         facts.cgroup = life.stats()
         return _verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded,
@@ -236,14 +261,19 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
 
 def _pump(box: _spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, CappedBuffer],
           facts: _verdict.Facts, deadline: float | None,
-          cpu_check: Callable[[], float | None] | None = None) -> None:
+          cpu_check: Callable[[], float | None] | None = None, fwd: Any = None,
+          release: Callable[[int], None] | None = None) -> None:
     """Move bytes until the box's init exits; kill it on wall time, output overflow, or when
-    ``cpu_check`` (a ``_cpuwatch`` watch) says the box's CPU time is spent. The feed, if any,
-    stops when the box exits (a stdin that never ends cannot hold us)."""
+    ``cpu_check`` (a ``_cpuwatch`` watch) says the box's CPU time is spent, or ``fwd`` (a
+    ``_fgsignals.Forwarder``) that the grace after SIGTERM is over. The feed, if any, stops
+    when the box exits (a stdin that never ends cannot hold us)."""
     poller = select.poll()
     for fd in outs:
         poller.register(fd, select.POLLIN)
     poller.register(box.pidfd, select.POLLIN)
+    if fwd is not None:
+        poller.register(fwd.fd, select.POLLIN)
+    wall_end = deadline
     open_outs, exited, killed, next_cpu = set(outs), False, False, 0.0
 
     def kill(reason: str | None) -> None:
@@ -262,8 +292,17 @@ def _pump(box: _spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, Capped
             feed.start(poller)
         while open_outs or not exited:
             timeout = None
+            if fwd is not None and not killed:
+                if wall_end is not None:  # a stopped box (Ctrl-Z) spends no wall time
+                    deadline = wall_end + fwd.paused
+                if fwd.kill_now or (fwd.kill_at is not None and time.monotonic() >= fwd.kill_at):
+                    kill("stop")
+                    continue
+                if fwd.kill_at is not None:
+                    timeout = max(0, int((fwd.kill_at - time.monotonic()) * 1000) + 1)
             if deadline is not None and not killed:
-                timeout = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                ms = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                timeout = ms if timeout is None else min(timeout, ms)
             if cpu_check is not None and not killed:
                 now = time.monotonic()
                 if now >= next_cpu:  # on its schedule, not on every chunk of output
@@ -283,6 +322,8 @@ def _pump(box: _spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, Capped
             if not events:
                 if exited:
                     break
+                if fwd is not None and wall_end is not None:  # (a stop in this very poll)
+                    deadline = wall_end + fwd.paused
                 if deadline is not None and time.monotonic() >= deadline:
                     kill("wall")
                 continue
@@ -294,6 +335,8 @@ def _pump(box: _spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, Capped
                         feed.close(poller)
                 elif feed is not None and fd == feed.waiting:
                     feed.ready(poller, fd)
+                elif fwd is not None and fd == fwd.fd:
+                    fwd.drain()
                 elif fd in open_outs:
                     chunk = os.read(fd, CHUNK) if ev & (select.POLLIN | select.POLLHUP) else b""
                     if not chunk:
@@ -301,6 +344,10 @@ def _pump(box: _spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, Capped
                         open_outs.discard(fd)
                     elif not outs[fd].feed(chunk):
                         kill("output")
+                    elif outs[fd].gone and release is not None:
+                        poller.unregister(fd)
+                        open_outs.discard(fd)
+                        release(fd)
     except BaseException:
         kill(None)
         raise

@@ -39,7 +39,8 @@ class Facts:
     cpu_time: float = 0.0  # the box's CPU seconds: init's rusage, or the CPU watch's if more
     max_rss: int | None = None  # bytes
     status_line: bytes = b""
-    killed_for: str | None = None  # "wall" | "output" | "cpu" | "memory" (supervisor kills)
+    killed_for: str | None = None  # "wall" | "output" | "cpu" | "memory" | "stop" (supervisor kills)
+    stop_after: tuple[float, bool] | None = None  # "stop": (grace seconds, by a second SIGTERM)
     cgroup: dict[str, Any] | None = None
     seccomp_policy: str | None = None
     landlock: bool = False
@@ -125,6 +126,12 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
             "memory": f"memory limit {_fmt_size(lim.memory or 0)} exceeded",
         }[facts.killed_for]
         return r
+    if facts.killed_for == "stop":  # the caller was told to stop (sandbox._fgsignals)
+        grace, second = facts.stop_after or (0.0, False)
+        r.status, r.signal, r.exit_code = Status.SG, _signal.SIGKILL, None
+        r.reason = ("killed by a second SIGTERM" if second else
+                    f"killed: still running {_fmt_time(grace)} after SIGTERM/SIGHUP (stop timeout)")
+        return r
     oom = int(cg.get("oom_kill", 0) or 0) > 0
     if oom:  # memory.oom.group kills the whole box, init included: no report to expect
         r.status, r.reason = Status.ML, f"memory limit {_fmt_size(lim.memory or 0)} exceeded (OOM kill)"
@@ -164,6 +171,8 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
     elif r.signal is not None:
         r.status = Status.SG
         r.reason = f"killed by signal {r.signal} ({signal_name(r.signal)})"
+        if r.signal == _signal.SIGPIPE:
+            r.reason += ": it wrote to a pipe nobody reads any more"
         if r.signal == _signal.SIGXFSZ:
             r.reason += f": file size limit {_fmt_size(lim.fsize or 0)}"
     elif r.exit_code == 0:

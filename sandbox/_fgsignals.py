@@ -1,0 +1,107 @@
+"""Signals sent to a caller that runs a box in its foreground (the CLI), passed on to the box.
+
+Why: a service manager stops a job with SIGTERM, a closing terminal sends SIGHUP, a user presses
+Ctrl-C or Ctrl-\\; the program in the box must get them and its handlers must run (a server
+closes cleanly, a REPL shows a new prompt). Killing the box for them, as a Python
+KeyboardInterrupt in the caller did, took that away and cut the program's output short.
+
+How: init, pid 1 of the box's pid namespace, is sent each signal through its pidfd and passes it
+on to the payload (``_contain.FORWARDED_SIGNALS``). A namespace's init is only sent the signals
+it has a handler for (the kernel drops the rest, even from outside), and init has one for each.
+
+* After SIGTERM or SIGHUP the program has ``stop_timeout`` seconds to end (docker's grace
+  period), then the box is killed; a second SIGTERM kills it at once.
+* SIGTSTP (Ctrl-Z: the terminal's job control reaches only our process group, the box is a
+  session of its own) stops the whole box: init stops every other process of its namespace,
+  then we stop ourselves, so the shell sees the job stopped. SIGCONT (``fg``, ``bg``) resumes
+  both. The wall time does not run while the box is stopped (``paused``).
+
+Handlers run in the main thread; ``fd`` (the wakeup pipe) wakes the caller's poll so it sees a
+new kill deadline at once. ``close`` puts every disposition back.
+"""
+
+from __future__ import annotations
+
+import _signal
+import os
+import time
+
+from sandbox import _syscalls as sc
+from sandbox._contain import FORWARDED_SIGNALS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+FORWARD = FORWARDED_SIGNALS  # what init passes on (its handlers), so what we send it
+STOPPING = (_signal.SIGTERM, _signal.SIGHUP)  # these start the grace period
+
+
+class Forwarder:
+    """Pass signals we get on to the box whose init is ``pidfd``, for as long as it is open."""
+
+    def __init__(self, pidfd: int, stop_timeout: float | None,
+                 on_stop: Callable[[bool], None] | None = None) -> None:
+        self.pidfd, self.stop_timeout, self.on_stop = pidfd, stop_timeout, on_stop
+        self.kill_at: float | None = None  # the grace period's end (monotonic)
+        self.kill_now = False  # a second SIGTERM
+        self.paused = 0.0  # seconds the box spent stopped (Ctrl-Z until fg)
+        self.received: list[int] = []
+        self.fd, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old: dict[int, Any] = {}
+        self._old_wakeup = _signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        for sig in (*FORWARD, _signal.SIGTSTP, _signal.SIGCONT):
+            self._old[sig] = _signal.signal(sig, self._on_signal)
+
+    def _send(self, sig: int) -> None:
+        try:
+            sc.pidfd_send_signal(self.pidfd, sig)
+        except OSError:  # init has ended: nobody left to tell
+            pass
+
+    def _on_signal(self, sig: int, _frame: object) -> None:
+        if sig == _signal.SIGTSTP:
+            self._suspend()
+            return
+        self._send(sig)
+        if sig == _signal.SIGCONT:
+            return
+        self.received.append(sig)
+        if sig == _signal.SIGTERM and _signal.SIGTERM in self.received[:-1]:
+            self.kill_now = True
+        if sig in STOPPING and self.kill_at is None and self.stop_timeout is not None:
+            self.kill_at = time.monotonic() + self.stop_timeout
+
+    def _suspend(self) -> None:
+        """Stop the box, then ourselves with the default SIGTSTP; we run on here after SIGCONT."""
+        t = time.monotonic()
+        self._send(_signal.SIGTSTP)  # init: SIGSTOP to everyone else in the box
+        if self.on_stop is not None:
+            self.on_stop(True)  # (a terminal in raw mode goes back to how the user had it)
+        _signal.signal(_signal.SIGTSTP, _signal.SIG_DFL)
+        try:
+            os.kill(os.getpid(), _signal.SIGTSTP)  # stopped here until fg/bg sends SIGCONT
+        finally:
+            _signal.signal(_signal.SIGTSTP, self._on_signal)
+            if self.on_stop is not None:
+                self.on_stop(False)
+            self._send(_signal.SIGCONT)
+            self.paused += time.monotonic() - t
+
+    def drain(self) -> None:
+        """Empty the wakeup pipe (the poll saw ``fd`` readable: the handlers have run)."""
+        try:
+            while os.read(self.fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for sig, old in self._old.items():
+            _signal.signal(sig, old)
+        self._old.clear()
+        _signal.set_wakeup_fd(self._old_wakeup)
+        for fd in (self.fd, self._w):
+            os.close(fd)
+        self.fd = self._w = -1
