@@ -66,7 +66,8 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
              stdin: bytes | int | None = None,
              on_output: Callable[[int, bytes], bool | None] | None = None,
              pass_fds: Sequence[int] = (), plan: Plan | None = None,
-             forward_signals: bool = False, stop_timeout: float | str = 10.0) -> Result:
+             forward_signals: bool = False, stop_timeout: float | str = 10.0,
+             tty: bool = False) -> Result:
     """Run one fresh box and wait for its verdict (blocking): a box that lives for one command.
 
     ``target``: argv to exec in the box (a fresh program that has seen nothing of the caller).
@@ -86,6 +87,8 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
     foreground): SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2 we receive go to the program;
     after SIGTERM/SIGHUP it has ``stop_timeout`` to end, a second SIGTERM kills the box; Ctrl-Z
     (SIGTSTP) stops the whole box and us, ``fg`` resumes both (no wall time passes meanwhile).
+    ``tty`` with ``stdin`` a terminal fd of ours: the box gets a pty of its own (never our
+    terminal), relayed to ours in raw mode and restored after; its output is one stream (stdout).
 
     The same life as a held ``Box`` (its cgroup leaf, plan, clone and end), with the command
     handed to init at the clone instead of a request afterwards. From a multi-threaded caller
@@ -97,7 +100,7 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
 
     from sandbox._direct import run_direct
 
-    if (_thread._count() > 0 and plan is None and not forward_signals and not callable(target) and not isinstance(stdin, int)
+    if (_thread._count() > 0 and plan is None and not forward_signals and not tty and not callable(target) and not isinstance(stdin, int)
             and on_output is None and not pass_fds and not (config or SandboxConfig()).holds_fds()):
         import trio
 
@@ -109,6 +112,8 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
             raise ConfigError("plan: made for another config (sandbox.prepare(config))")
     feed: dict[str, Any] = ({"stdin_from": stdin} if isinstance(stdin, int) and not isinstance(stdin, bool)
                             else {"stdin": stdin})
+    if tty:
+        feed["tty"] = True
     if forward_signals:
         from sandbox._config import parse_duration
 

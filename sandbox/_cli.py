@@ -141,7 +141,11 @@ def _cmd_run(a: Args) -> int:
 
         relay = None if a.json else OutputRelay()
         try:
-            result = run_sync(cmd, cfg, stdin=0, on_output=relay, forward_signals=True,
+            # A terminal on both ends: the box gets one of its own (docker run -it's default)
+            tty = not a.json and not a.no_tty and (a.tty or (os.isatty(0) and os.isatty(1)))
+            if tty and not os.isatty(0):
+                raise UsageError("--tty: stdin is not a terminal; run from one, or drop -t")
+            result = run_sync(cmd, cfg, stdin=0, on_output=relay, forward_signals=True, tty=tty,
                               stop_timeout=a.stop_timeout if a.stop_timeout is not None else 10.0)
         finally:
             if relay is not None:

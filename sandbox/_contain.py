@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
                      _signal.SIGUSR1, _signal.SIGUSR2)
+GROUP_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT)  # the payload is a session (and group) leader
 
 
 class StepError(Exception):
@@ -312,7 +313,9 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
                                 "error": f"{argv[0]}: {e.strerror}"})
             return 1
     for sig in FORWARDED_SIGNALS:  # forward to the payload: our own death would kill the box
-        _signal.signal(sig, lambda s, _f: _payload.kill_quiet(pid, s))
+        # Ctrl-C and Ctrl-\ go to the payload's whole process group, as a terminal sends them
+        # (`sh -c 'sleep 9'` waits for sleep, which must get it too); the rest to the payload.
+        _signal.signal(sig, lambda s, _f: _payload.kill_quiet(-pid if s in GROUP_SIGNALS else pid, s))
     for sig, then in ((_signal.SIGTSTP, _signal.SIGSTOP), (_signal.SIGCONT, _signal.SIGCONT)):
         _signal.signal(sig, lambda _s, _f, t=then: _payload.kill_quiet(-1, t))  # Ctrl-Z: stop all of us
     spawner, fork = sc.own_peak_rss(), callable(prep.target)  # fork: its growth is the figure

@@ -61,17 +61,21 @@ class CappedBuffer:
         return b"".join(self.parts)
 
 
-def box_pipes(stdin: bytes | None, stream: bool = False) -> tuple[int, ...]:
+def box_pipes(stdin: bytes | None, stream: bool = False, term: Any = None) -> tuple[int, ...]:
     """(in_r, in_w, out_r, out_w, err_r, err_w, status_r, status_w), all close-on-exec; in_w is
     -1 when there is nothing to feed (the box gets /dev/null). With ``stream`` the box's stdin
-    is a pipe too, fed from an fd of ours (``StdinFeed``): never that fd itself."""
+    is a pipe too, fed from an fd of ours (``StdinFeed``): never that fd itself. With ``term``
+    (a ``_pty.Terminal``) the box's stdin and stdout are its pty's slave, ours its master."""
     made: list[int] = []
     try:  # EMFILE part-way: close what was made (a caller never sees a half set)
-        if stdin is None and not stream:
+        if term is not None:
+            made += [os.dup(term.slave), os.dup(term.master), os.dup(term.master), os.dup(term.slave)]
+        elif stdin is None and not stream:
             made += [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1]
         else:
             made += os.pipe2(os.O_CLOEXEC)
-        made += os.pipe2(os.O_CLOEXEC)
+        if term is None:
+            made += os.pipe2(os.O_CLOEXEC)
         made += os.pipe2(os.O_CLOEXEC)
         made += os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     except BaseException:
@@ -184,7 +188,7 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
                prepared: Prepared | None = None, stdin_from: int = -1,
                on_output: Callable[[int, bytes], bool | None] | None = None,
                forward_signals: bool = False, stop_timeout: float | None = 10.0,
-               on_stop: Callable[[bool], None] | None = None) -> Result:
+               tty: bool = False) -> Result:
     """Run ``target`` (argv to exec, or a callable run inside the box) and return its verdict.
 
     ``stdin_from`` (an fd of ours, instead of ``stdin`` bytes: the CLI's fd 0) is streamed into
@@ -192,7 +196,8 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
     called with (1 or 2, chunk) as output arrives, within the cap (the CLI streams it); when
     it returns False that stream's reader is gone and the box's pipe is closed. With
     ``forward_signals`` (main thread only: the CLI) the signals we get go on to the program
-    (``sandbox._fgsignals``: ``stop_timeout``, Ctrl-Z; ``on_stop(True|False)`` around a stop).
+    (``sandbox._fgsignals``: ``stop_timeout``, Ctrl-Z). With ``tty`` and ``stdin_from`` a
+    terminal, the box gets a pty of its own relayed to it (``sandbox._pty``).
     """
     config = (config or SandboxConfig()).validate()
     if not callable(target):
@@ -204,10 +209,15 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         return e.result
     lim = config.limits
     fds: list[int] = []
+    term = None
     try:
         stdin_from = stdin_from if stdin is None and stdin_from >= 0 and _has_input(stdin_from) else -1
         try:
-            in_r, in_w, out_r, out_w, err_r, err_w, st_r, st_w = box_pipes(stdin, stdin_from >= 0)
+            if tty and stdin_from >= 0 and os.isatty(stdin_from):
+                from sandbox._pty import Terminal
+
+                term = Terminal(stdin_from)
+            in_r, in_w, out_r, out_w, err_r, err_w, st_r, st_w = box_pipes(stdin, stdin_from >= 0, term)
         except OSError as e:  # EMFILE: a box that did not start, as a failed clone is
             return xx_result("pipes", e)
         fds += [in_r, out_r, out_w, err_r, err_w, st_r, st_w] + ([in_w] if in_w >= 0 else [])
@@ -219,6 +229,9 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         for fd in (in_r, out_w, err_w, st_w):
             os.close(fd)
             fds.remove(fd)
+        if term is not None:  # only the box holds the slave now: its last close is our EOF
+            os.close(term.slave)
+            term.slave = -1
         watch = life.watch(lim.cpu_time)
         facts = life.facts()
         out = CappedBuffer(lim.output_limit, 1, on_output)
@@ -230,7 +243,7 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         if forward_signals:
             from sandbox._fgsignals import Forwarder
 
-            fwd = Forwarder(box.pidfd, stop_timeout, on_stop)
+            fwd = Forwarder(box.pidfd, stop_timeout, *((term.on_stop, term.copy_size) if term else ()))
 
         def release(fd: int) -> None:  # a stream whose reader went away: the box gets EPIPE
             fds.remove(fd)
@@ -252,6 +265,8 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
                                      stderr_tail=err.tail if on_output is not None else None)
     finally:
         life.end()
+        if term is not None:
+            term.close()  # our terminal as it was, before anything is printed after the run
         for fd in fds:
             try:
                 os.close(fd)
@@ -338,7 +353,12 @@ def _pump(box: _spawn.BoxProcess, feed: StdinFeed | None, outs: dict[int, Capped
                 elif fwd is not None and fd == fwd.fd:
                     fwd.drain()
                 elif fd in open_outs:
-                    chunk = os.read(fd, CHUNK) if ev & (select.POLLIN | select.POLLHUP) else b""
+                    try:
+                        chunk = os.read(fd, CHUNK) if ev & (select.POLLIN | select.POLLHUP) else b""
+                    except BlockingIOError:  # (a pty master: non-blocking, shared with the feed)
+                        continue
+                    except OSError:  # EIO: a pty whose every slave end is closed
+                        chunk = b""
                     if not chunk:
                         poller.unregister(fd)
                         open_outs.discard(fd)

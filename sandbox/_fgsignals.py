@@ -42,8 +42,9 @@ class Forwarder:
     """Pass signals we get on to the box whose init is ``pidfd``, for as long as it is open."""
 
     def __init__(self, pidfd: int, stop_timeout: float | None,
-                 on_stop: Callable[[bool], None] | None = None) -> None:
-        self.pidfd, self.stop_timeout, self.on_stop = pidfd, stop_timeout, on_stop
+                 on_stop: Callable[[bool], None] | None = None,
+                 on_winch: Callable[[], None] | None = None) -> None:
+        self.pidfd, self.stop_timeout, self.on_stop, self.on_winch = pidfd, stop_timeout, on_stop, on_winch
         self.kill_at: float | None = None  # the grace period's end (monotonic)
         self.kill_now = False  # a second SIGTERM
         self.paused = 0.0  # seconds the box spent stopped (Ctrl-Z until fg)
@@ -51,7 +52,7 @@ class Forwarder:
         self.fd, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old: dict[int, Any] = {}
         self._old_wakeup = _signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
-        for sig in (*FORWARD, _signal.SIGTSTP, _signal.SIGCONT):
+        for sig in (*FORWARD, _signal.SIGTSTP, _signal.SIGCONT) + ((_signal.SIGWINCH,) if on_winch else ()):
             self._old[sig] = _signal.signal(sig, self._on_signal)
 
     def _send(self, sig: int) -> None:
@@ -63,6 +64,10 @@ class Forwarder:
     def _on_signal(self, sig: int, _frame: object) -> None:
         if sig == _signal.SIGTSTP:
             self._suspend()
+            return
+        if sig == _signal.SIGWINCH:  # our terminal was resized: so is the box's (its own SIGWINCH)
+            if self.on_winch is not None:
+                self.on_winch()
             return
         self._send(sig)
         if sig == _signal.SIGCONT:

@@ -28,8 +28,9 @@ def start(argv: list[str], env: dict[str, str], as_plan: _rlimits.Plan) -> tuple
     Raises OSError when posix_spawn itself reports the exec failure."""
     # posix_spawnp and execvpe search *our* PATH (not the one in the env they are given)
     os.environ["PATH"] = env.get("PATH", DEFAULT_PATH)
-    if as_plan:
-        return fork_exec(argv, env, as_plan)
+    tty = os.isatty(0) and os.isatty(1)  # the host gave us a pty of its own (``sandbox._pty``)
+    if as_plan or tty:
+        return fork_exec(argv, env, as_plan, tty)
     pid = os.posix_spawnp(argv[0], argv, env, setsid=True, setsigdef=SPAWN_SIGDEF, setsigmask=())
     return pid, -1
 
@@ -49,9 +50,13 @@ def split_as_limit(plan: _rlimits.Plan) -> tuple[_rlimits.Plan, _rlimits.Plan]:
     return [x for x in plan if x[0] != _rlimits.RLIMIT_AS], as_plan
 
 
-def fork_exec(argv: list[str], env: dict[str, str], as_plan: _rlimits.Plan) -> tuple[int, int]:
+def fork_exec(argv: list[str], env: dict[str, str], as_plan: _rlimits.Plan,
+              tty: bool = False) -> tuple[int, int]:
     """fork + setrlimit(RLIMIT_AS) + execvpe, doing by hand what posix_spawn does for us on the
-    fast path (setsid, default signal dispositions, empty mask). The child is a copy of init,
+    fast path (setsid, default signal dispositions, empty mask). With ``tty`` (stdin and stdout
+    are the box's pty) the new session takes it as its controlling terminal (login_tty: setsid,
+    TIOCSCTTY, fds 0–2 the terminal), which posix_spawn cannot do: job control, Ctrl-C as
+    SIGINT to the foreground job, a shell's prompt. The child is a copy of init,
     possibly far above the limit, so the last two calls are prepared in C before the fork
     (``PreparedExec``). An exec error reaches init through a close-on-exec pipe as
     ``exec:<errno>:`` (init adds the words: the child cannot allocate them)."""
@@ -61,7 +66,10 @@ def fork_exec(argv: list[str], env: dict[str, str], as_plan: _rlimits.Plan) -> t
     if pid == 0:
         try:
             os.close(exec_r)
-            os.setsid()
+            if tty:
+                os.login_tty(0)
+            else:
+                os.setsid()
             for sig in SPAWN_SIGDEF:
                 try:
                     _signal.signal(sig, _signal.SIG_DFL)

@@ -1,0 +1,178 @@
+"""`sandbox run` at a terminal: the box gets a pty of its own (never ours), with a prompt, job
+control, Ctrl-C for the program, the window size, and our terminal's modes exactly as before
+on the way out. Driven through a real pty (``pty.fork``), as a user's terminal would."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+SANDBOX = [sys.executable, "-m", "sandbox._cli"]
+TIOCGPTN = 0x80045430  # the pty number of a master (not in Python's termios)
+
+
+class Session:
+    """The CLI on the slave side of a pty of ours; we are the user's terminal (the master)."""
+
+    def __init__(self, *args: str, rows: int = 0, cols: int = 0) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: its controlling terminal is the pty's slave
+            try:
+                os.execv(sys.executable, [*SANDBOX, "run", *args])
+            finally:
+                os._exit(127)
+        if rows:
+            self.resize(rows, cols)
+        self.out = b""
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def expect(self, what: bytes, timeout: float = 20) -> bytes:
+        end = time.monotonic() + timeout
+        while what not in self.out:
+            left = end - time.monotonic()
+            assert left > 0, f"no {what!r} in {self.out!r}"
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # EIO: the CLI (and so the terminal's last user) is gone
+                    chunk = b""
+                assert chunk, f"ended before {what!r}: {self.out!r}"
+                self.out += chunk
+        return self.out
+
+    def send(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def finish(self, timeout: float = 30) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if select.select([self.fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    chunk = b""
+                self.out += chunk
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+        os.kill(self.pid, 9)
+        os.waitpid(self.pid, 0)
+        os.close(self.fd)
+        raise AssertionError(f"the CLI did not end: {self.out!r}")
+
+
+def test_a_shell_gets_a_prompt_and_a_terminal_and_its_exit_code(no_leftovers):
+    s = Session("--", "sh", "-i")
+    s.expect(b"$ ")
+    s.send(b"test -t 0 && test -t 1 && echo term-$((40+2))\r")
+    s.expect(b"term-42")
+    s.send(b"exit 4\r")
+    assert s.finish() == 4
+
+
+def test_ctrl_c_interrupts_the_program_not_the_box(no_leftovers):
+    s = Session("--", "python3", "-q")
+    s.expect(b">>> ")
+    s.send(b"import time; time.sleep(60)\r")
+    time.sleep(1)
+    s.send(b"\x03")  # the box's line discipline: SIGINT to the REPL, which carries on
+    s.expect(b"KeyboardInterrupt")
+    s.send(b"print('still', 'here')\r")
+    s.expect(b"still here")
+    s.send(b"\x04")  # ^D: EOF at the prompt
+    assert s.finish() == 0
+
+
+def test_job_control_inside_the_box(no_leftovers):
+    """^Z reaches the box's shell's foreground job (a group of that shell's session), which
+    the shell then reports stopped and can resume."""
+    s = Session("--", "sh", "-i")
+    s.expect(b"$ ")
+    s.send(b"sleep 60\r")
+    time.sleep(1)
+    s.send(b"\x1a")
+    s.expect(b"Stopped")
+    s.send(b"kill -9 %1; echo killed-$((1+1))\r")
+    s.expect(b"killed-2")
+    s.send(b"exit\r")  # "You have stopped jobs" (the killed one is not reaped yet)
+    s.expect(b"exit\r\n")
+    time.sleep(0.5)
+    s.send(b"exit\r")  # the second time it exits
+    assert s.finish() == 0
+
+
+def test_our_terminal_is_raw_during_the_run(no_leftovers):
+    """Every key goes to the box (its own line discipline makes ^C a SIGINT there)."""
+    s = Session("--", "sh", "-c", "echo started; sleep 1")
+    s.expect(b"started")
+    during = termios.tcgetattr(s.fd)  # (the master reads the slave's modes: the CLI's terminal)
+    assert not during[3] & (termios.ECHO | termios.ICANON | termios.ISIG), during[3]
+    assert s.finish() == 0
+
+
+def test_modes_after_exit_equal_modes_before(no_leftovers):
+    """`stty -echo` in the box changes the box's pty, never ours: after the run our terminal's
+    modes are exactly what they were."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            mode = termios.tcgetattr(0)
+            subprocess.run([*SANDBOX, "run", "--", "sh", "-c", "stty -echo; exit 3"])
+            os._exit(0 if termios.tcgetattr(0) == mode else 1)
+        finally:
+            os._exit(2)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+
+
+def test_the_window_size_is_the_terminals_and_follows_a_resize(no_leftovers):
+    code = ("import os, signal, time\n"
+            "signal.signal(signal.SIGWINCH, lambda *a: print('now', *os.get_terminal_size(), flush=True))\n"
+            "print('size', *os.get_terminal_size(), flush=True)\n"
+            "time.sleep(10)\n")
+    s = Session("--", "python3", "-c", code, rows=24, cols=91)
+    s.expect(b"size 91 24")
+    s.resize(40, 132)  # the kernel sends SIGWINCH to the CLI (our foreground job)
+    s.expect(b"now 132 40")
+    os.kill(s.pid, 15)
+    s.finish()
+
+
+def test_the_box_never_holds_our_terminal(no_leftovers):
+    s = Session("--", "sh", "-c", "readlink /proc/self/fd/0 /proc/self/fd/1 /proc/self/fd/2")
+    n = struct.unpack("I", fcntl.ioctl(s.fd, TIOCGPTN, b"\0" * 4))[0]
+    assert s.finish() == 0
+    ours = f"/dev/pts/{n}".encode()
+    links = [line.strip() for line in s.out.splitlines() if line.startswith(b"/")]
+    assert len(links) == 3 and ours not in links and len(set(links)) == 1, (ours, s.out)
+
+
+def test_tty_without_a_terminal_is_a_usage_error():
+    p = subprocess.run([*SANDBOX, "run", "-t", "--", "true"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--tty" in p.stderr, p.stderr
+
+
+def test_no_tty_at_a_terminal_gives_pipes(no_leftovers):
+    s = Session("-T", "--", "sh", "-c", "test -t 0 || test -t 1 || echo pipes")
+    assert s.finish() == 0 and b"pipes" in s.out, s.out
