@@ -294,6 +294,22 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
 
     ``ahead``: a warm box already applied every step but ``AFTER_REQUEST`` while it waited.
     """
+    # Forward to the payload (our own death would kill the box), from before it starts: a
+    # namespace's init is sent only the signals it has a handler for, so one sent while the
+    # payload started would be lost. Until its pid is known they wait in ``payload["early"]``.
+    payload: dict[str, Any] = {"pid": 0, "early": []}
+
+    def forward(sig: int, _frame: object) -> None:
+        if not payload["pid"]:
+            payload["early"].append(sig)
+            return
+        pid = payload["pid"]  # Ctrl-C and Ctrl-\ to its whole group, as a terminal sends them
+        _payload.kill_quiet(-pid if sig in GROUP_SIGNALS else pid, sig)
+
+    for sig in FORWARDED_SIGNALS:
+        _signal.signal(sig, forward)
+    for sig, then in ((_signal.SIGTSTP, _signal.SIGSTOP), (_signal.SIGCONT, _signal.SIGCONT)):
+        _signal.signal(sig, lambda _s, _f, t=then: _payload.kill_quiet(-1, t))  # Ctrl-Z: stop all of us
     if callable(prep.target):
         os.close(parent_pidfd)
         pid, exec_r = _fork_callable(prep, status_fd, pass_fds)
@@ -312,12 +328,9 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
             _report(status_fd, {"ok": False, "step": "exec", "errno": e.errno or 0,
                                 "error": f"{argv[0]}: {e.strerror}"})
             return 1
-    for sig in FORWARDED_SIGNALS:  # forward to the payload: our own death would kill the box
-        # Ctrl-C and Ctrl-\ go to the payload's whole process group, as a terminal sends them
-        # (`sh -c 'sleep 9'` waits for sleep, which must get it too); the rest to the payload.
-        _signal.signal(sig, lambda s, _f: _payload.kill_quiet(-pid if s in GROUP_SIGNALS else pid, s))
-    for sig, then in ((_signal.SIGTSTP, _signal.SIGSTOP), (_signal.SIGCONT, _signal.SIGCONT)):
-        _signal.signal(sig, lambda _s, _f, t=then: _payload.kill_quiet(-1, t))  # Ctrl-Z: stop all of us
+    payload["pid"] = pid
+    for sig in payload["early"]:
+        forward(sig, None)
     spawner, fork = sc.own_peak_rss(), callable(prep.target)  # fork: its growth is the figure
     status = peak = 0
     while True:
@@ -350,6 +363,8 @@ def _fork_callable(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> t
             os.close(exec_r)
             os.close(status_fd)
             os.setsid()
+            for sig in (*FORWARDED_SIGNALS, _signal.SIGTSTP, _signal.SIGCONT):
+                _signal.signal(sig, _signal.SIG_DFL)  # init's forwarding is not the function's
             plan = _rlimits.on_top_of_current_image(prep.rlimits)
             for name, fn in _hardening_steps(prep, [exec_w, *pass_fds], plan):
                 try:

@@ -13,13 +13,14 @@ import sys
 import time
 
 SANDBOX = [sys.executable, "-m", "sandbox._cli"]
-READY = "import signal, sys, time\nprint('ready', flush=True)\n"
+HEAD = "import signal, sys, time\n"
+READY = "print('ready', flush=True)\n"  # after the handlers: a signal before them is fatal
 
 
 def _start(code: str, *opts: str) -> subprocess.Popen[bytes]:
-    """The CLI running python3 ``code`` in a box, in a process group of its own (job control:
+    """The CLI running python3 ``code`` (which prints READY once set up) in a box, in a process group of its own (job control:
     a stop signal to an orphaned group would be discarded by the kernel)."""
-    p = subprocess.Popen([*SANDBOX, "run", *opts, "--", "python3", "-c", READY + code],
+    p = subprocess.Popen([*SANDBOX, "run", *opts, "--", "python3", "-c", HEAD + code],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          process_group=0)
     assert p.stdout is not None
@@ -34,7 +35,7 @@ def _finish(p: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, bytes
 
 def test_sigterm_reaches_the_programs_handler(no_leftovers):
     p = _start("signal.signal(signal.SIGTERM, lambda *a: (print('term', flush=True), sys.exit(3)))\n"
-               "time.sleep(30)")
+               + READY + "time.sleep(30)")
     p.send_signal(signal.SIGTERM)
     code, out, err = _finish(p)
     assert (code, out) == (3, b"term\n"), err
@@ -44,7 +45,7 @@ def test_sighup_sigusr1_and_sigint_are_passed_on_not_fatal_to_the_box(no_leftove
     p = _start("got = []\n"
                "for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):\n"
                "    signal.signal(s, lambda n, f: got.append(n))\n"
-               "while len(got) < 3:\n    time.sleep(0.05)\n"
+               + READY + "while len(got) < 3:\n    time.sleep(0.05)\n"
                "print(sorted(got), flush=True)")
     for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
         p.send_signal(sig)
@@ -55,7 +56,7 @@ def test_sighup_sigusr1_and_sigint_are_passed_on_not_fatal_to_the_box(no_leftove
 
 
 def test_after_sigterm_the_stop_timeout_then_kills_the_box(no_leftovers):
-    p = _start("signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)",
+    p = _start("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + READY + "time.sleep(60)",
                "--stop-timeout", "1s")
     t = time.monotonic()
     p.send_signal(signal.SIGTERM)
@@ -65,7 +66,7 @@ def test_after_sigterm_the_stop_timeout_then_kills_the_box(no_leftovers):
 
 
 def test_a_second_sigterm_kills_at_once(no_leftovers):
-    p = _start("signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)")  # 10 s grace
+    p = _start("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + READY + "time.sleep(60)")  # 10 s grace
     p.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     t = time.monotonic()
@@ -102,7 +103,7 @@ def test_ctrl_z_stops_the_whole_box_and_fg_resumes_it_without_spending_wall_time
     """SIGTSTP (what Ctrl-Z sends to the foreground job) stops the CLI *and* everything in the
     box: no output arrives while stopped. SIGCONT resumes both, and the stopped time is not
     wall time: a box stopped for longer than its wall limit still ends OK."""
-    p = _start("for i in range(15):\n    print(i, flush=True)\n    time.sleep(0.1)",
+    p = _start(READY + "for i in range(15):\n    print(i, flush=True)\n    time.sleep(0.1)",
                "--wall-time", "3s")
     assert p.stdout is not None
     fd = p.stdout.fileno()
