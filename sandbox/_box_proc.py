@@ -213,7 +213,7 @@ class Process:
         for fd in ready:
             if fd == out:
                 self._stdout_ready = True
-            else:
+            elif fd in self._open:  # (not when the box died in that wait: its end drained them)
                 self._read(fd)
         now = time.monotonic()
         if deadline is not None and now >= deadline and self.state == "running":
