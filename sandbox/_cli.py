@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 STATUS_EXIT = {"TO": 124, "ML": 137, "OL": 141}
 RUN_USAGE = "sandbox run [options] -- COMMAND [ARG...]"
 COMMANDS = (("run", "run a command in a fresh sandbox"),
+            ("shell", "an interactive shell in a fresh sandbox (sandbox run -t -- bash -i)"),
             ("doctor", "check this host and user can run sandboxes"),
             ("grade", "grade untrusted submissions with a trusted pytest suite"))
 RUN_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
@@ -98,7 +99,7 @@ RUN_EPILOG = ("Options end at `--` or at the first word that is not an option; t
 
 def _top_help() -> str:
     rows = "".join(f"  {name:<8}{text}\n" for name, text in COMMANDS)
-    return ("usage: sandbox {run,doctor,grade} ...\n\nRootless Linux sandbox for untrusted "
+    return ("usage: sandbox {run,shell,doctor,grade} ...\n\nRootless Linux sandbox for untrusted "
             f"code.\n\ncommands:\n{rows}\noptions:\n  -h, --help  show this help message and "
             "exit\n\nSee `sandbox COMMAND --help` for a command's options.\n")
 
@@ -173,6 +174,17 @@ def _cmd_run(a: Args) -> int:
     return code if code is not None else result.cli_exit_code()
 
 
+def _cmd_shell(a: Args) -> int:
+    """`sandbox shell`: `sandbox run -- bash -i` (sh where the box has no bash) on the host's
+    /usr; a terminal of its own when ours is one."""
+    if a.cmd:
+        raise UsageError(f"sandbox shell {a.cmd[0]!r}: takes no command or image (images are "
+                         "not supported yet); use `sandbox run [options] -- COMMAND`")
+    a.cmd = ["bash" if os.path.exists("/usr/bin/bash") else "sh", "-i"]
+    a.argv = [*a.argv, "--", *a.cmd]  # (what --systemd-scope runs again, as `sandbox run`)
+    return _cmd_run(a)
+
+
 def _open_meta(path: str) -> int:
     """Open the --meta file before the box runs: a path we cannot write is a usage error
     (one line, exit 2), not a traceback after the run. Never through a symlink: the verdict
@@ -218,16 +230,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if argv[0] == "run":
                 return _cmd_run(parse_options(argv[1:], RUN_GROUPS, "sandbox run", True))
+            if argv[0] == "shell":
+                return _cmd_shell(parse_options(argv[1:], RUN_GROUPS, "sandbox shell", True))
             if argv[0] == "doctor":
                 a = parse_options(argv[1:], DOCTOR_GROUPS, "sandbox doctor", False)
                 from sandbox._cli_doctor import main as doctor_main
 
                 return doctor_main(a.json)
         except _HelpRequested:
-            if argv[0] == "run":
-                text = format_help(RUN_USAGE, COMMANDS[0][1], RUN_GROUPS, RUN_EPILOG)
+            if argv[0] in ("run", "shell"):
+                text = (format_help(RUN_USAGE, COMMANDS[0][1], RUN_GROUPS, RUN_EPILOG)
+                        if argv[0] == "run" else
+                        format_help("sandbox shell [options]", COMMANDS[1][1], RUN_GROUPS))
             else:
-                text = format_help("sandbox doctor [--json]", COMMANDS[1][1], DOCTOR_GROUPS)
+                text = format_help("sandbox doctor [--json]", COMMANDS[2][1], DOCTOR_GROUPS)
             sys.stdout.write(text)
             return 0
         what = "option" if _is_option(argv[0]) else "command"

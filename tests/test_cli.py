@@ -202,9 +202,9 @@ def test_defaults_match_the_library():
     (["run", "-q=yes", "true"], ["-q", "no value"]),
     (["run", "--help=1"], ["--help", "no value"]),
     (["run", "--"], ["missing command"]),
-    ([], ["missing command", "run, doctor, grade"]),
-    (["frobnicate"], ["'frobnicate'", "run, doctor, grade"]),
-    (["--bogus"], ["'--bogus'", "run, doctor, grade"]),
+    ([], ["missing command", "run, shell, doctor, grade"]),
+    (["frobnicate"], ["'frobnicate'", "run, shell, doctor, grade"]),
+    (["--bogus"], ["'--bogus'", "run, shell, doctor, grade"]),
     (["doctor", "extra"], ["'extra'", "sandbox doctor --help"]),
     (["doctor", "--json=yes"], ["--json", "no value"]),
 ])

@@ -21,11 +21,11 @@ TIOCGPTN = 0x80045430  # the pty number of a master (not in Python's termios)
 class Session:
     """The CLI on the slave side of a pty of ours; we are the user's terminal (the master)."""
 
-    def __init__(self, *args: str, rows: int = 0, cols: int = 0) -> None:
+    def __init__(self, *args: str, rows: int = 0, cols: int = 0, command: str = "run") -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: its controlling terminal is the pty's slave
             try:
-                os.execv(sys.executable, [*SANDBOX, "run", *args])
+                os.execv(sys.executable, [*SANDBOX, command, *args])
             finally:
                 os._exit(127)
         if rows:
@@ -78,6 +78,20 @@ def test_a_shell_gets_a_prompt_and_a_terminal_and_its_exit_code(no_leftovers):
     s.expect(b"term-42")
     s.send(b"exit 4\r")
     assert s.finish() == 4
+
+
+def test_sandbox_shell_is_an_interactive_shell_in_a_box(no_leftovers):
+    s = Session(command="shell")
+    s.expect(b"$ ")
+    s.send(b"echo $((6*7)) $(id -u) $(hostname)\r")
+    s.expect(b"42 1000 sandbox")
+    s.send(b"exit\r")
+    assert s.finish() == 0
+
+
+def test_sandbox_shell_takes_no_command():
+    p = subprocess.run([*SANDBOX, "shell", "alpine"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "'alpine'" in p.stderr, p.stderr
 
 
 def test_ctrl_c_interrupts_the_program_not_the_box(no_leftovers):
