@@ -143,7 +143,8 @@ def _cmd_run(a: Args) -> int:
         relay = None if a.json else OutputRelay()
         try:
             # A terminal on both ends: the box gets one of its own (docker run -it's default)
-            tty = not a.json and not a.no_tty and (a.tty or (os.isatty(0) and os.isatty(1)))
+            tty = not a.json and not a.no_tty and (a.tty or (os.isatty(0) and os.isatty(1)
+                                                             and _in_foreground()))
             if tty and not os.isatty(0):
                 raise UsageError("--tty: stdin is not a terminal; run from one, or drop -t")
             result = run_sync(cmd, cfg, stdin=0, on_output=relay, forward_signals=True, tty=tty,
@@ -183,6 +184,15 @@ def _cmd_shell(a: Args) -> int:
     a.cmd = ["bash" if os.path.exists("/usr/bin/bash") else "sh", "-i"]
     a.argv = [*a.argv, "--", *a.cmd]  # (what --systemd-scope runs again, as `sandbox run`)
     return _cmd_run(a)
+
+
+def _in_foreground() -> bool:
+    """A background job (`sandbox run ... &`) gets pipes: a terminal of its own would need
+    ours in raw mode, which is the shell's while we are in the background."""
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
 
 
 def _open_meta(path: str) -> int:

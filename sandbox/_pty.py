@@ -26,6 +26,14 @@ import termios
 RAW_OFF_LFLAG = termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN
 
 
+def foreground(fd: int) -> bool:
+    """Whether the terminal ``fd`` is ours to use: our process group is its foreground one."""
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+
+
 class Terminal:
     """The box's pty (``master``, ``slave``) and our terminal ``host`` (fd), raw until close."""
 
@@ -65,7 +73,11 @@ class Terminal:
         termios.tcsetattr(self.host, termios.TCSADRAIN, mode)
 
     def on_stop(self, stopping: bool) -> None:
-        """``_fgsignals.Forwarder``'s hook around a stop: the user's modes while we are stopped."""
+        """``_fgsignals.Forwarder``'s hook around a stop: the user's modes while we are stopped;
+        raw again only if we came back in the foreground (``bg``: a background job changing
+        the terminal's modes would be stopped again by SIGTTOU, and they are the shell's)."""
+        if not stopping and not foreground(self.host):
+            return
         try:
             self.raw(not stopping)
         except termios.error:
