@@ -101,7 +101,7 @@ def parse_duration(value: float | int | str | None, what: str) -> float | None:
             raise ConfigError(f"{what}: {value!r} is not a duration; use e.g. 5s, 500ms, 2m")
         secs = parsed
     if secs <= 0 or (isinstance(value, str) and value.strip().startswith("-")):
-        raise ConfigError(f"{what} {value!r}: must be a positive duration like 5s")
+        raise ConfigError(f"{what}: {value!r} must be a positive duration like 5s")
     return secs
 
 
@@ -113,7 +113,7 @@ def parse_count(value: int | str | None, what: str, *, minimum: int = 1) -> int 
     except ValueError:
         n = None
     if n is None:
-        raise ConfigError(f"{what} {value!r}: not a whole number; use e.g. {what} 64")
+        raise ConfigError(f"{what}: {value!r} is not a whole number >= {minimum}")
     if n < minimum:
         why = f" ({COUNT_MINIMUM_WHY[what]})" if what in COUNT_MINIMUM_WHY else ""
         raise ConfigError(f"{what} {value!r}: below the minimum of {minimum}{why}")
