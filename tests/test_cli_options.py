@@ -266,3 +266,21 @@ def test_json_carries_non_utf8_output_as_base64():
     assert (v["stderr_encoding"], v["stderr"]) == ("utf-8", "hé")
     d = sandbox.Result(sandbox.Status.OK, stdout=b"\x80").to_dict(include_output=True)
     assert (d["stdout"], d["stdout_encoding"], d["stdout_bytes"]) == ("gA==", "base64", 1)
+
+
+def test_cgroup_fallbacks_with_a_partly_delegated_subtree(monkeypatch):
+    """Where a subtree is delegated (not on every test host): what it lacks falls back, with
+    the manager's reason per controller; cpu_time is held by any box cgroup."""
+    from sandbox import _boxcgroup
+
+    class Manager:
+        controllers = frozenset({"memory", "pids"})
+        missing = {"cpu": "cpu controller not delegated to /x"}
+
+    monkeypatch.setattr(_boxcgroup, "cgroup_manager", lambda: Manager())
+    cfg = SandboxConfig(limits=Limits(cpus=0.5, memory="64M"))
+    assert sandbox.cgroup_fallbacks(cfg) == {"cpus": "cpu controller not delegated to /x"}
+    Manager.controllers = frozenset({"pids", "cpu"})
+    Manager.missing = {"memory": "no memory"}
+    assert sandbox.cgroup_fallbacks(cfg) == dict.fromkeys(("memory", "memfd", "kernel_buffers"),
+                                                          "no memory")
