@@ -5,6 +5,10 @@ re-exports all of it) to keep each module short; on the CLI's run path, so no ``
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -62,13 +66,12 @@ def parse_size(value: int | str | None, what: str, *, allow_none: bool = True,
     if isinstance(value, int | float):
         n = int(value)
     else:
-        text = str(value).strip()
-        parsed = _size_text(text[1:] if text.startswith("-") else text)
+        parsed, sign = _unsigned(value, _size_text)
         if parsed is None:
             raise ConfigError(
                 f"{what}: {value!r} is not a size; use bytes or a number with K/M/G (e.g. 256M)"
             )
-        n = -int(parsed) if text.startswith("-") else int(parsed)
+        n = sign * int(parsed)
     if n <= 0:
         raise ConfigError(f"{what} {value!r}: must be a positive size like 256M")
     if n < minimum:
@@ -76,6 +79,13 @@ def parse_size(value: int | str | None, what: str, *, allow_none: bool = True,
         hint = f"; a number alone is bytes: did you mean {str(value).strip()}M?" if bare else ""
         raise ConfigError(f"{what} {value!r}: below the minimum of {_fmt(minimum)}{hint}")
     return n
+
+
+def _unsigned(value: object, parse: Callable[[str], float | None]) -> tuple[float | None, int]:
+    """``"-5M"`` → (the number without its sign, -1): a negative value is then refused as not
+    positive, naming it, instead of as "not a size"."""
+    text = str(value).strip()
+    return (parse(text[1:]), -1) if text.startswith("-") else (parse(text), 1)
 
 
 def _fmt(n: int) -> str:
@@ -95,12 +105,11 @@ def parse_duration(value: float | int | str | None, what: str) -> float | None:
     if isinstance(value, int | float):
         secs = float(value)
     else:
-        text = str(value).strip()
-        parsed = _duration_text(text[1:] if text.startswith("-") else text)
+        parsed, sign = _unsigned(value, _duration_text)
         if parsed is None:
             raise ConfigError(f"{what}: {value!r} is not a duration; use e.g. 5s, 500ms, 2m")
-        secs = parsed
-    if secs <= 0 or (isinstance(value, str) and value.strip().startswith("-")):
+        secs = sign * parsed
+    if secs <= 0:
         raise ConfigError(f"{what}: {value!r} must be a positive duration like 5s")
     return secs
 
