@@ -21,6 +21,8 @@ from __future__ import annotations
 from sandbox._config import ENV_ALLOWLIST, ConfigError, Limits, MountSpec, SandboxConfig
 from sandbox._result import Result, Status
 
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it (dynamic)
+
 for _cls in (ConfigError, Limits, MountSpec, SandboxConfig, Result, Status):
     _cls.__module__ = "sandbox"  # as trio does: help() and reprs name the public home
 del _cls
@@ -42,13 +44,24 @@ if TYPE_CHECKING:
 
 __all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "CallError", "Changes", "Checkpoint", "ConfigError",
            "Limits", "MountSpec", "Plan", "Process", "Result", "SandboxConfig", "Status",
-           "Supervisor", "Usage", "Worker", "WorkerError", "Workspace", "diagnose", "prepare",
-           "run", "run_sync"]
+           "Supervisor", "Usage", "Worker", "WorkerError", "Workspace",
+           "cgroup_fallbacks", "diagnose", "prepare", "run", "run_sync"]
 
 _LAZY = {"Box": "sandbox._box", "Plan": "sandbox._plan", "Workspace": "sandbox._workspace", "BoxError": "sandbox._boxlife", "diagnose": "sandbox._doctor", "Changes": "sandbox._box_files",
          "Checkpoint": "sandbox._box_files", "Worker": "sandbox._worker_host",
          "WorkerError": "sandbox._worker_host", "CallError": "sandbox._worker_host",
          "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor"}
+
+
+def cgroup_fallbacks(config: SandboxConfig | None = None) -> dict[str, str]:
+    """Before a box runs: limit → why no cgroup will hold it, for each limit of ``config`` a
+    cgroup would hold (memory, pids, cpus, cpu_time; memfd and kernel_buffers with memory) that
+    will fall back, as the verdict's ``Result.fallback_reasons`` will say; empty when all are
+    held. ``cpus`` without a cgroup is not enforced at all. Opens this process's delegated
+    cgroup subtree if it was not yet (the first box would), creates no box."""
+    from sandbox._boxcgroup import expected_fallbacks
+
+    return expected_fallbacks((config or SandboxConfig()).validate())
 
 
 def prepare(config: SandboxConfig | None = None) -> Plan:

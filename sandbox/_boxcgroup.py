@@ -84,3 +84,18 @@ def cgroup_fallbacks(config: SandboxConfig, box_cg: Any) -> dict[str, str]:
     else:
         why = mgr.last_error or "the box's cgroup could not be created"
     return _cgroup_env.fallback_reasons(config.limits, frozenset(), why)
+
+
+def expected_fallbacks(config: SandboxConfig) -> dict[str, str]:
+    """What ``cgroup_fallbacks`` will say for this process's next box of ``config``, before it
+    exists (``sandbox.cgroup_fallbacks``: the CLI's warning before the run). The subtree is
+    opened as the box's start would (once per process); no leaf is made."""
+    from sandbox import _cgroup_env
+
+    if not config.use_cgroup:
+        return cgroup_fallbacks(config, None)
+    mgr: Any = cgroup_manager()
+    if mgr is None:
+        return cgroup_fallbacks(config, None)
+    held = {lim for lim, ctl in _cgroup_env.CONTROLLER_OF.items() if not ctl or ctl in mgr.controllers}
+    return _cgroup_env.fallback_reasons(config.limits, held, mgr.missing)

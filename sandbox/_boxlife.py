@@ -130,7 +130,7 @@ class BoxLife:
         """The verdict's facts known before the box ran (what enforces each limit, and why)."""
         f = _verdict.Facts(self.config.limits, self.enforcement, 0.0,
                            seccomp_policy=self.seccomp_desc, landlock=self.landlock,
-                           fallback_reasons=self.fallback)
+                           fallback_reasons=self.fallback, cwd=self.config.cwd)
         if self._watch is not None and self._watch.mechanism != "cgroup":
             f.enforcement = {**f.enforcement, "cpu_time": self._watch.mechanism}
         return f

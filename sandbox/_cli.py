@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import sys
 
-from sandbox import ConfigError, Limits, MountSpec, SandboxConfig
+from sandbox import ConfigError
+from sandbox._cli_config import config_from_args, unheld_warning  # noqa: F401 - re-exported
 from sandbox._cli_options import (  # noqa: F401 - re-exported: the option table's users
     _HELP,
     Args,
@@ -25,6 +26,7 @@ from sandbox._cli_options import (  # noqa: F401 - re-exported: the option table
     _HelpRequested,
     _is_option,
     _Opt,
+    _VersionRequested,
     format_help,
     parse_options,
 )
@@ -41,55 +43,79 @@ COMMANDS = (("run", "run a command in a fresh sandbox"),
             ("grade", "grade untrusted submissions with a trusted pytest suite"))
 RUN_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
     ("limits (defaults in README: 'Limits and defaults')", (
-        _Opt("--memory", metavar="SIZE", help="memory limit, e.g. 256M (default 512M)"),
-        _Opt("--pids", metavar="N", help="max processes (default 256)"),
+        _Opt("--memory", metavar="SIZE", help="memory limit, e.g. 256M (default 512M, "
+             "at least 1M; a number alone is bytes)"),
+        _Opt("--pids", metavar="N", help="max processes (default 256, at least 2: init and "
+             "the program)"),
         _Opt("--cpu-time", metavar="DUR", help="CPU time limit, e.g. 10s (default 60s)"),
         _Opt("--wall-time", metavar="DUR", help="wall-clock limit, e.g. 5s (default 60s)"),
-        _Opt("--output-limit", metavar="SIZE", help="cap per output stream (default 16M)"),
-        _Opt("--tmpfs-size", metavar="SIZE", help="all writable space (default 256M)"),
+        _Opt("--output-limit", metavar="SIZE", help="cap per output stream (default 16M; 0 "
+             "allows none)"),
+        _Opt("--tmpfs-size", metavar="SIZE", help="all writable space (default 256M, at "
+             "least 1M)"),
         _Opt("--nofile", metavar="N", help="max open files (default 1024)"),
-        _Opt("--fsize", metavar="SIZE", help="max file size written (default 256M)"),
-        _Opt("--cpus", metavar="N", help="CPU share, e.g. 0.5 (cgroup v2 only)"),
+        _Opt("--fsize", metavar="SIZE", help="max file size written (default 256M, at "
+             "least 1K)"),
+        _Opt("--cpus", metavar="N", help="CPU share, e.g. 0.5 (default: no throttle; cgroup "
+             "v2 only: without one it is not enforced, and a warning says so)"),
     )),
     ("box", (
-        _Opt("--net", default="none", help="none (default: loopback only) or host"),
-        *(_Opt(f"--{kind}", "list", "SRC[:DEST]", f"{kind} a host path into the box")
-          for kind in ("ro-bind", "bind", "overlay")),
-        _Opt("--tmpfs", "list", "DEST[:SIZE]"),
-        _Opt("--cwd", default="/tmp", help="working directory inside (default /tmp)"),
-        _Opt("--env", "list", "NAME=VALUE"),
+        _Opt("--net --network", default="none", help="none (default: loopback only) or host"),
+        _Opt("--ro-bind", "list", "SRC[:DEST]", help="mount a host path read-only at DEST "
+             "(default DEST: SRC made absolute)"),
+        _Opt("--bind", "list", "SRC[:DEST]", help="mount a host path writable at DEST "
+             "(default DEST: SRC made absolute)"),
+        _Opt("--overlay", "list", "SRC[:DEST]", help="a host directory at DEST, writes "
+             "kept in the box's tmpfs and lost at its end (default DEST: SRC made absolute)"),
+        _Opt("--volume -v", "list", "SRC:DEST[:ro]", help="docker's spelling of --bind, or "
+             "of --ro-bind with :ro (default: writable)"),
+        _Opt("--tmpfs", "list", "DEST[:SIZE]", help="an extra tmpfs at DEST (default SIZE: "
+             "--tmpfs-size)"),
+        _Opt("--cwd --workdir -w", metavar="DIR", default="/tmp",
+             help="working directory inside (default /tmp)"),
+        _Opt("--env -e", "list", "NAME[=VALUE]", help="set NAME in the box; NAME alone "
+             "passes your value (default: only TERM, LANG, LC_ALL, LC_CTYPE, TZ pass; PATH, "
+             "HOME=/tmp, USER are the box's)"),
+        _Opt("--env-file", "list", "FILE", help="NAME=VALUE lines (docker's format: # "
+             "comments, blank lines, NAME alone passes your value), read before --env (default: none)"),
         _Opt("--uid", "int", help="uid inside the box (default 1000)"),
         _Opt("--gid", "int", help="gid inside the box (default 1000)"),
-        _Opt("--hostname", default="sandbox"),
+        _Opt("--hostname", default="sandbox", help="the box's hostname (default sandbox)"),
         _Opt("--id-map", default="auto", choices=("auto", "single", "range"),
-             help="uid/gid map: single id (unprivileged default), or a 65536-id range "
-                  "(root: a high host block; users: /etc/subuid via newuidmap)"),
+             help="uid/gid map (default auto): single id (unprivileged default), or a "
+                  "65536-id range (root: a high host block; users: /etc/subuid via newuidmap)"),
         _Opt("--seccomp",
              help="default (the default) or none (debugging only: see docs/threat-model.md)"),
-        _Opt("--landlock", "flag",
-             help="also confine writes with Landlock to /tmp, /dev, /proc and writable mounts"),
+        _Opt("--landlock", "flag", help="also confine writes with Landlock to /tmp, /dev, "
+             "/proc and writable mounts (default off)"),
         _Opt("--systemd-scope", "flag",
              help="re-run inside `systemd-run --user --scope -p Delegate=yes` to get a "
-                  "delegated cgroup v2 subtree from the systemd user manager"),
-        _Opt("--require-cgroup", "flag",
-             help="fail instead of falling back to rlimits without a delegated cgroup"),
+                  "delegated cgroup v2 subtree from the systemd user manager (default off)"),
+        _Opt("--require-cgroup", "flag", help="fail instead of falling back to rlimits "
+             "without a delegated cgroup (default: fall back)"),
     )),
     ("terminal and signals", (
         _Opt("--tty -t", "flag", help="give the box its own terminal (a pty relayed to "
              "yours; the default when stdin and stdout are terminals)"),
-        _Opt("--no-tty -T", "flag", help="never a terminal: pipes, even on a terminal"),
+        _Opt("--no-tty -T", "flag", help="never a terminal: pipes, even on a terminal (default off)"),
         _Opt("--stop-timeout", metavar="DUR", help="after a SIGTERM/SIGHUP passed on to the "
              "program, kill the box if it has not ended in DUR (default 10s); a second "
              "SIGTERM kills it at once"),
+        _Opt("--interactive -i", "flag", help="accepted for docker's habit (-it): stdin is "
+             "always passed to the box, through a pipe, with or without it (by default too)"),
     )),
     ("verdict", (
-        _Opt("--json", "flag", help="print the verdict (with captured output) as JSON on stdout"),
-        _Opt("--meta", metavar="FILE", help="write the verdict as JSON to FILE"),
-        _Opt("--quiet -q", "flag", help="no verdict line on stderr"),
+        _Opt("--json", "flag", help="print the verdict (with captured output) as JSON on "
+             "stdout instead of the output (default off)"),
+        _Opt("--meta", metavar="FILE", help="write the verdict as JSON to FILE (default: "
+             "none)"),
+        _Opt("--quiet -q", "flag", help="no verdict line and no fallback warning on stderr "
+             "(default off)"),
     )),
 )
 DOCTOR_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
-    ("options", (_Opt("--json", "flag", help="print the checks as JSON on stdout"),)),
+    ("options", (_Opt("--json", "flag", help="print the checks as JSON on stdout "
+                      "(default: text)"),)),
 )
 RUN_EPILOG = ("Options end at `--` or at the first word that is not an option; the rest is "
               "the command, passed through untouched. Exit status: the command's own; 128+N "
@@ -101,31 +127,19 @@ def _top_help() -> str:
     rows = "".join(f"  {name:<8}{text}\n" for name, text in COMMANDS)
     return ("usage: sandbox {run,shell,doctor,grade} ...\n\nRootless Linux sandbox for untrusted "
             f"code.\n\ncommands:\n{rows}\noptions:\n  -h, --help  show this help message and "
-            "exit\n\nSee `sandbox COMMAND --help` for a command's options.\n")
+            "exit\n  --version   print the version and exit\n\nSee `sandbox COMMAND --help` "
+            "for a command's options.\n")
 
 
-def config_from_args(a: Args) -> SandboxConfig:
-    limits = Limits.parse(**{k: getattr(a, k) for k in (
-        "memory", "pids", "cpu_time", "wall_time", "output_limit", "tmpfs_size", "nofile",
-        "fsize", "cpus") if getattr(a, k) is not None})
-    env: dict[str, str] = {}
-    for item in a.env:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--env {item!r}: use NAME=VALUE")
-        env[name] = value
-    mounts = [MountSpec.parse(kind, arg) for kind in ("ro-bind", "bind", "overlay", "tmpfs")
-              for arg in getattr(a, kind.replace("-", "_"))]
-    cfg = SandboxConfig(limits=limits, network=a.net, mounts=mounts, cwd=a.cwd, env=env,
-                        hostname=a.hostname, require_cgroup=a.require_cgroup, id_map=a.id_map,
-                        landlock=a.landlock)
-    if a.seccomp is not None:
-        cfg.seccomp = a.seccomp
-    if a.uid is not None:
-        cfg.uid = a.uid
-    if a.gid is not None:
-        cfg.gid = a.gid
-    return cfg.validate()
+class SandboxFailure(Exception):
+    """The sandbox itself cannot run (not the user's mistake): one line, exit 125 as a box's
+    XX verdict would (a usage error's 2 would send the user to their command line)."""
+
+
+def _version() -> str:
+    import sandbox
+
+    return f"sandbox {sandbox.__version__}\n"
 
 
 def _cmd_run(a: Args) -> int:
@@ -135,6 +149,7 @@ def _cmd_run(a: Args) -> int:
     cfg = config_from_args(a)
     if a.systemd_scope and not os.environ.get("SANDBOX_IN_SYSTEMD_SCOPE"):
         _reexec_in_scope(["run", *a.argv])
+    sys.stderr.write("" if a.quiet else unheld_warning(a, cfg))  # before the run: cgroup-less
     meta_fd = _open_meta(a.meta) if a.meta else -1
     try:
         from sandbox import run_sync
@@ -217,11 +232,15 @@ def _reexec_in_scope(argv: Sequence[str]) -> None:
 
     tool = shutil.which("systemd-run")
     if tool is None or not os.environ.get("XDG_RUNTIME_DIR"):
-        raise UsageError("--systemd-scope: no systemd user manager reachable (systemd-run "
-                         "missing or no XDG_RUNTIME_DIR); see `sandbox doctor` for other ways")
+        raise SandboxFailure("--systemd-scope: no systemd user manager reachable (systemd-run "
+                             "missing or no XDG_RUNTIME_DIR); see `sandbox doctor` for other "
+                             "ways to get a cgroup")
     env = {**os.environ, "SANDBOX_IN_SYSTEMD_SCOPE": "1"}
-    os.execve(tool, [tool, "--user", "--scope", "--quiet", "-p", "Delegate=yes", "--",
-                     sys.executable, "-m", "sandbox._cli", *argv], env)
+    try:
+        os.execve(tool, [tool, "--user", "--scope", "--quiet", "-p", "Delegate=yes", "--",
+                         sys.executable, "-m", "sandbox._cli", *argv], env)
+    except OSError as e:
+        raise SandboxFailure(f"--systemd-scope: cannot run {tool}: {e.strerror}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"missing command; use one of: {names} (see sandbox --help)")
         if argv[0] in _HELP.names:
             sys.stdout.write(_top_help())
+            return 0
+        if argv[0] == "--version":
+            sys.stdout.write(_version())
             return 0
         try:
             if argv[0] == "run":
@@ -256,16 +278,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 text = format_help("sandbox doctor [--json]", COMMANDS[2][1], DOCTOR_GROUPS)
             sys.stdout.write(text)
             return 0
+        except _VersionRequested:
+            sys.stdout.write(_version())
+            return 0
         what = "option" if _is_option(argv[0]) else "command"
-        raise UsageError(f"unknown {what} {argv[0]!r}; use one of: {names} (see sandbox --help)")
+        raise UsageError(f"unknown {what} {argv[0]!r}{_near(argv[0])}; use one of: {names} "
+                         "(see sandbox --help)")
     except (UsageError, ConfigError) as e:
         sys.stderr.write(f"sandbox: error: {e}\n")
         return 2
+    except SandboxFailure as e:
+        sys.stderr.write(f"sandbox: error: {e}\n")
+        return 125
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `sandbox run --json ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _near(word: str) -> str:
+    """``sandbox rnu`` → "; did you mean run?" (difflib only on this error path)."""
+    import difflib
+
+    near = difflib.get_close_matches(word, [*(n for n, _ in COMMANDS), "--help", "--version"], 1)
+    return f" (did you mean {near[0]}?)" if near else ""
 
 
 def entry() -> None:

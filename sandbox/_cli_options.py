@@ -46,6 +46,7 @@ class _Opt:
 
 
 _HELP = _Opt("-h --help", "flag", help="show this help message and exit")
+_VERSION = _Opt("--version", "flag", help="print the version (sandbox X.Y.Z) and exit")
 
 
 class Args:
@@ -70,17 +71,48 @@ class _HelpRequested(Exception):
     pass
 
 
+class _VersionRequested(Exception):
+    pass
+
+
 def _is_option(word: str) -> bool:
     """A word that starts with '-' and is not a negative number (``--uid -1``) nor '-'."""
     return word.startswith("-") and word != "-" and not word[1:].replace(".", "", 1).isdigit()
 
 
+def _names_an_option(word: str, table: dict[str, _Opt]) -> bool:
+    """Whether ``word``, where an option's value is expected, is rather the next option:
+    ``--memory --json`` lacks its value, but ``--memory -5M`` gives one (refused by the size's
+    own check, which names it), as ``--cwd -x`` does (not absolute)."""
+    if word == "--" or word.partition("=")[0] in table:
+        return True
+    if word.startswith("--"):
+        return word[2:3].isalpha()  # a mistyped option (``--memroy``), not a value
+    return len(word) > 1 and all(f"-{c}" in table for c in word[1:])  # -it
+
+
+def _unknown(word: str, table: dict[str, _Opt], prog: str) -> UsageError:
+    """One line naming the word, with the nearest option when one is close (difflib is only
+    imported here, on the error path: it imports re)."""
+    name = word.partition("=")[0]
+    near = [n for n in table if n.startswith(name) and len(name) > 2]
+    if len(near) != 1 and name.startswith("--"):
+        import difflib
+
+        near = difflib.get_close_matches(name, [n for n in table if n.startswith("--")], 1, 0.6)
+    hint = f"; did you mean {near[0]}?" if len(near) == 1 else ""
+    what = "option" if _is_option(word) or word == "--" else "argument"
+    return UsageError(f"unknown {what} {word!r}{hint} (see {prog} --help)")
+
+
 def parse_options(argv: list[str], groups: tuple[tuple[str, tuple[_Opt, ...]], ...],
                   prog: str, command: bool) -> Args:
     """Parse ``argv`` against the table ``groups``. With ``command``, ``--`` or the first
-    non-option word ends the options and the rest becomes ``Args.cmd`` verbatim."""
+    non-option word ends the options and the rest becomes ``Args.cmd`` verbatim. Short flags
+    combine as in getopt (``-it``; ``-eNAME=V``: a short option's value may follow it)."""
     table = {n: o for _, opts in groups for o in opts for n in o.names}
-    table.update(dict.fromkeys(_HELP.names, _HELP))
+    for o in (_HELP, _VERSION):
+        table.update(dict.fromkeys(o.names, o))
     ns = Args(groups, argv)
     i = 0
     while i < len(argv):
@@ -89,23 +121,26 @@ def parse_options(argv: list[str], groups: tuple[tuple[str, tuple[_Opt, ...]], .
             ns.cmd = argv[i + (word == "--"):]
             break
         name, eq, value = word.partition("=")
-        opt = table.get(name)
-        if opt is None:
-            near = [n for n in table if n.startswith(name) and len(name) > 2]
-            hint = f"; did you mean {near[0]}?" if len(near) == 1 else ""
-            what = "option" if _is_option(word) or word == "--" else "argument"
-            raise UsageError(f"unknown {what} {word!r} for {prog}{hint} (see {prog} --help)")
-        if opt.kind == "flag":
-            if eq:
-                raise UsageError(f"{name} is a flag and takes no value (got {word!r}); "
-                                 f"use plain {name}")
-            if opt is _HELP:
-                raise _HelpRequested
-            setattr(ns, opt.dest, True)
+        if name in table:
+            items = [(name, table[name], value if eq else None)]
+        elif word[:1] == "-" and word[1:2] != "-" and len(word) > 2:
+            items = _cluster(word, table, prog)
         else:
-            if not eq:
+            raise _unknown(word, table, prog)
+        for name, opt, value in items:
+            if opt.kind == "flag":
+                if value is not None:
+                    raise UsageError(f"{name} is a flag and takes no value (got {word!r}); "
+                                     f"use plain {name}")
+                if opt is _HELP:
+                    raise _HelpRequested
+                if opt is _VERSION:
+                    raise _VersionRequested
+                setattr(ns, opt.dest, True)
+                continue
+            if value is None:
                 i += 1
-                if i == len(argv) or _is_option(argv[i]):
+                if i == len(argv) or _names_an_option(argv[i], table):
                     hint = f" — {opt.help}" if opt.help else ""
                     raise UsageError(f"{name} needs a value: {name} {opt.metavar} or "
                                      f"{name}={opt.metavar}{hint}")
@@ -113,6 +148,20 @@ def parse_options(argv: list[str], groups: tuple[tuple[str, tuple[_Opt, ...]], .
             opt.store(ns, name, value)
         i += 1
     return ns
+
+
+def _cluster(word: str, table: dict[str, _Opt], prog: str) -> list[tuple[str, _Opt, str | None]]:
+    """``-it`` → -i, -t; ``-qe`` → -q, then -e taking the next word; ``-eA=1`` → -e ``A=1``."""
+    out: list[tuple[str, _Opt, str | None]] = []
+    for j, ch in enumerate(word[1:], 2):
+        opt = table.get(f"-{ch}")
+        if opt is None:
+            raise _unknown(word if j == 2 else f"-{ch}", table, prog)
+        if opt.kind != "flag":
+            out.append((f"-{ch}", opt, word[j:] or None))
+            break
+        out.append((f"-{ch}", opt, None))
+    return out
 
 
 def _wrap(text: str, indent: int, first: int | None = None) -> str:
@@ -133,7 +182,7 @@ def _wrap(text: str, indent: int, first: int | None = None) -> str:
 def format_help(usage: str, description: str,
                 groups: tuple[tuple[str, tuple[_Opt, ...]], ...], epilog: str = "") -> str:
     """argparse-like help: usage, description, then each group's options with METAVARs."""
-    rows = [(", ".join(_HELP.names), _HELP.help, "options")]
+    rows = [(", ".join(o.names), o.help, "options") for o in (_HELP, _VERSION)]
     for title, opts in groups:
         for o in opts:
             inv = ", ".join(n if o.kind == "flag" else f"{n} {o.metavar}" for n in o.names)

@@ -10,6 +10,15 @@ from __future__ import annotations
 import os
 
 from sandbox._record import asdict, field, fields, record
+from sandbox._units import (  # noqa: F401 - re-exported: this module was their home
+    ConfigError,
+    GiB,
+    KiB,
+    MiB,
+    parse_count,
+    parse_duration,
+    parse_size,
+)
 
 TYPE_CHECKING = False  # typing costs ~5 ms of the CLI start; annotations are strings
 if TYPE_CHECKING:
@@ -17,11 +26,6 @@ if TYPE_CHECKING:
 
     MountKind = Literal["ro-bind", "bind", "overlay", "tmpfs"]
     NetworkMode = Literal["none", "host"]
-
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-
 
 # Defaults, documented in README ("Limits and defaults"). The output cap and the tmpfs size are
 # never unlimited by default: a box must not be able to fill the host's memory through them.
@@ -38,98 +42,16 @@ DEFAULT_GID = 1000
 DEFAULT_HOSTNAME = "sandbox"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
-_SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
-_TIME_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+# The smallest values a box can use. A size without a unit is bytes, so ``--memory 10`` (meant as
+# 10M) asked for 10 bytes: the box then died as ML or SIGSEGV with nothing saying why. Below
+# these the box cannot start its program, so the value is refused up front, naming the minimum.
+# (The output cap has none: 0 or 1K is a real cap on what a program may print.)
+MIN_MEMORY = 1 * MiB
+MIN_TMPFS_SIZE = 1 * MiB  # /tmp, /dev/shm and every overlay's upper share it
+MIN_FSIZE = 1 * KiB
+MIN_PIDS = 2  # init and the program (measured: `--pids 1` fails the exec with EAGAIN)
+
 _HOSTNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-")
-
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration; ``str()`` is one line naming the value and what is valid."""
-
-
-# Hand-written rather than ``re``: importing re (and enum under it) is ~4 ms of the CLI's start.
-def _number(text: str) -> float | None:
-    """``"12"``/``"1.5"`` (ASCII digits, at most one dot with digits on both sides) or None."""
-    whole, dot, frac = text.partition(".")
-    if not (whole.isascii() and whole.isdigit()):
-        return None
-    if dot and not (frac.isascii() and frac.isdigit()):
-        return None
-    return float(text)
-
-
-def _size_text(text: str) -> float | None:
-    """``NUMBER [K|M|G|T][B|iB]`` (spaces allowed around the number) → bytes, or None."""
-    s = text.strip()
-    if s[-1:] in ("b", "B"):
-        s = s[:-2] if s[-2:-1] == "i" else s[:-1]
-    unit = s[-1:].lower() if s[-1:].lower() in ("k", "m", "g", "t") else ""
-    n = _number(s[: len(s) - len(unit)].rstrip())
-    return None if n is None else n * _SIZE_UNITS[unit]
-
-
-def _duration_text(text: str) -> float | None:
-    """``NUMBER [ms|s|m|h]`` (spaces allowed) → seconds, or None."""
-    s = text.strip()
-    factor = 1.0
-    for suffix, f in _TIME_UNITS:
-        if s.endswith(suffix):
-            s, factor = s[: -len(suffix)], f
-            break
-    n = _number(s.rstrip())
-    return None if n is None else n * factor
-
-
-def parse_size(value: int | str | None, what: str, *, allow_none: bool = True) -> int | None:
-    """``"256M"`` → bytes. Accepts plain bytes, K/M/G/T suffixes (binary), optional ``iB``/``B``."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited")):
-        if allow_none:
-            return None
-        raise ConfigError(f"{what}: a limit is required here (e.g. 64M); 'unlimited' is not allowed")
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: {value!r} is not a size; use bytes or a number with K/M/G (e.g. 256M)")
-    if isinstance(value, int | float):
-        n = int(value)
-    else:
-        parsed = _size_text(str(value))
-        if parsed is None:
-            raise ConfigError(
-                f"{what}: {value!r} is not a size; use bytes or a number with K/M/G (e.g. 256M)"
-            )
-        n = int(parsed)
-    if n <= 0:
-        raise ConfigError(f"{what}: {value!r} must be positive (e.g. 256M)")
-    return n
-
-
-def parse_duration(value: float | int | str | None, what: str) -> float | None:
-    """``"5s"``/``"500ms"``/``"2m"``/``3`` → seconds."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited")):
-        return None
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: {value!r} is not a duration; use e.g. 5s, 500ms, 2m")
-    if isinstance(value, int | float):
-        secs = float(value)
-    else:
-        parsed = _duration_text(str(value))
-        if parsed is None:
-            raise ConfigError(f"{what}: {value!r} is not a duration; use e.g. 5s, 500ms, 2m")
-        secs = parsed
-    if secs <= 0:
-        raise ConfigError(f"{what}: {value!r} must be positive (e.g. 5s)")
-    return secs
-
-
-def parse_count(value: int | str | None, what: str, *, minimum: int = 1) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited")):
-        return None
-    try:
-        n = int(str(value).strip()) if not isinstance(value, bool) else None
-    except ValueError:
-        n = None
-    if n is None or n < minimum:
-        raise ConfigError(f"{what}: {value!r} is not a whole number >= {minimum}")
-    return n
 
 
 def command_argv(argv: Any) -> list[str]:
@@ -191,13 +113,15 @@ def _parse_limit(key: str, raw: Any) -> Any:
     if key == "swap" and raw in (0, None):
         return 0  # no swap: the default
     if key in ("memory", "fsize", "swap"):
-        return parse_size(raw, what)
-    if key in ("output_limit", "tmpfs_size"):
-        return parse_size(raw, what, allow_none=False)
+        return parse_size(raw, what, minimum={"memory": MIN_MEMORY, "fsize": MIN_FSIZE}.get(key, 1))
+    if key == "output_limit":  # 0 is a real cap (no output at all)
+        return 0 if raw in (0, "0") else parse_size(raw, what, allow_none=False)
+    if key == "tmpfs_size":
+        return parse_size(raw, what, allow_none=False, minimum=MIN_TMPFS_SIZE)
     if key in ("cpu_time", "wall_time"):
         return parse_duration(raw, what)
     if key in ("pids", "nofile"):
-        return parse_count(raw, what)
+        return parse_count(raw, what, minimum=MIN_PIDS if key == "pids" else 1)
     return _parse_cpus(raw)
 
 
@@ -370,11 +294,13 @@ class SandboxConfig:
 
 
 def parse_mount_arg(kind: MountKind, arg: str) -> MountSpec:
-    """CLI ``SRC:DEST`` (or ``DEST[:SIZE]`` for tmpfs) → MountSpec."""
+    """CLI ``SRC[:DEST]`` (or ``DEST[:SIZE]`` for tmpfs) → MountSpec. Without DEST the source
+    appears at its own absolute path, a relative one resolved against our cwd (as nsjail's
+    ``-R .``): ``--ro-bind .`` used to ask for a mount at ``.``, refused as not absolute."""
     if kind == "tmpfs":
         dest, _, size = arg.partition(":")
         return MountSpec("tmpfs", dest, None, parse_size(size, "--tmpfs size") if size else None)
     src, sep, dest = arg.partition(":")
-    if not sep:
-        dest = src
+    if not sep and src:
+        dest = os.path.abspath(os.path.expanduser(src))
     return MountSpec(kind, dest, src)

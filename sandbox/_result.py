@@ -108,6 +108,16 @@ class Result:
     seccomp_policy: str | None = None
     landlock: bool = False
     cgroup: dict[str, Any] | None = None  # raw cgroup figures where a cgroup was used
+    # bytes the program wrote to each stream within the output cap: also when they were
+    # streamed (``on_output``, the CLI) and ``stdout``/``stderr`` kept none; None → their length
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stdout_bytes is None:
+            self.stdout_bytes = len(self.stdout)
+        if self.stderr_bytes is None:
+            self.stderr_bytes = len(self.stderr)
 
     @property
     def ok(self) -> bool:
@@ -144,8 +154,8 @@ class Result:
             "peak_memory": self.peak_memory,
             "stdout_truncated": self.stdout_truncated,
             "stderr_truncated": self.stderr_truncated,
-            "stdout_bytes": len(self.stdout),
-            "stderr_bytes": len(self.stderr),
+            "stdout_bytes": self.stdout_bytes,
+            "stderr_bytes": self.stderr_bytes,
             "reason": self.reason,
             "error": self.error,
             "error_step": self.error_step,
@@ -158,6 +168,18 @@ class Result:
         if self.cgroup is not None:
             d["cgroup"] = self.cgroup
         if include_output:
-            d["stdout"] = self.stdout.decode("utf-8", "replace")
-            d["stderr"] = self.stderr.decode("utf-8", "replace")
+            for name, data in (("stdout", self.stdout), ("stderr", self.stderr)):
+                d[name], d[f"{name}_encoding"] = _text(data)
         return d
+
+
+def _text(data: bytes) -> tuple[str, str]:
+    """A stream for JSON, losslessly: its text when it is valid UTF-8, else base64 (decoding
+    with "replace" turned every invalid byte into U+FFFD: a binary output could not be had
+    back). binascii, not base64: that module imports struct and re."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        import binascii
+
+        return binascii.b2a_base64(data, newline=False).decode("ascii"), "base64"

@@ -44,6 +44,7 @@ class Facts:
     cgroup: dict[str, Any] | None = None
     seccomp_policy: str | None = None
     landlock: bool = False
+    cwd: str | None = None  # the box's working directory: named when init cannot enter it
 
 
 def signal_name(n: int) -> str:
@@ -96,8 +97,10 @@ def _refused_allocation(facts: Facts, exit_code: int | None, stderr: bytes, trun
 
 def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
                  stdout_truncated: bool = False, stderr_truncated: bool = False,
-                 stderr_tail: bytes | None = None) -> Result:
-    """``stderr_tail``: the end of stderr when it was streamed away rather than kept."""
+                 stderr_tail: bytes | None = None, sizes: tuple[int, int] | None = None) -> Result:
+    """``stderr_tail``: the end of stderr when it was streamed away rather than kept;
+    ``sizes``: the bytes of stdout and stderr within the cap, where streamed ones were not kept
+    (``Result.stdout_bytes``: without it a streamed run said 0)."""
     lim = facts.limits
     cg = facts.cgroup or {}
     cpu = cg.get("cpu_usec", 0) / 1e6 if "cpu_usec" in cg else facts.cpu_time
@@ -106,7 +109,9 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
                stdout=stdout, stderr=stderr, stdout_truncated=stdout_truncated,
                stderr_truncated=stderr_truncated, enforcement=dict(facts.enforcement),
                seccomp_policy=facts.seccomp_policy, landlock=facts.landlock,
-               cgroup=facts.cgroup, fallback_reasons=dict(facts.fallback_reasons))
+               cgroup=facts.cgroup, fallback_reasons=dict(facts.fallback_reasons),
+               stdout_bytes=None if sizes is None else sizes[0],
+               stderr_bytes=None if sizes is None else sizes[1])
     report = _statusline.parse(facts.status_line)
     if report and "max_rss" in report and not cg.get("memory_peak"):
         # init's own word on the payload: our wait4(init) counts init, a clone of its caller
@@ -154,6 +159,8 @@ def build_result(facts: Facts, stdout: bytes = b"", stderr: bytes = b"",
         r.error_step = str(report.get("step", "init"))[:64]
         r.errno = report.get("errno") if isinstance(report.get("errno"), int) else None
         msg = str(report.get("error", ""))[:500]
+        if r.error_step == "cwd" and facts.cwd and facts.cwd not in msg:
+            msg = f"{facts.cwd}: {msg}"  # init reports the errno; the path is ours to name
         r.error = r.reason = f"{r.error_step}: {msg}" + (f" (errno {r.errno})" if r.errno else "")
         return r
     if lim.cpu_time is not None and (r.signal == _signal.SIGXCPU or cpu > lim.cpu_time):

@@ -19,7 +19,10 @@ def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
 def test_run_passes_output_and_exit_code():
     p = cli("run", "--memory", "256M", "--wall-time", "5s", "--net", "none", "--",
             "python3", "-c", "print(1)")
-    assert (p.returncode, p.stdout, p.stderr) == (0, b"1\n", b"")
+    assert (p.returncode, p.stdout) == (0, b"1\n")
+    # nothing on stderr but, where no cgroup holds --memory, the one line saying so
+    assert p.stderr == b"" or (p.stderr.startswith(b"sandbox: warning: --memory 256M ")
+                               and p.stderr.count(b"\n") == 1), p.stderr
     p = cli("run", "--", "sh", "-c", "echo err >&2; exit 5")
     assert (p.returncode, p.stderr) == (5, b"err\n")
     p = cli("run", "--memory", "16M", "--", "sh", "-c", "echo small")  # below the CLI's own size
@@ -99,7 +102,8 @@ def test_systemd_scope_without_a_user_manager_is_a_clear_error():
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
     p = subprocess.run([*SANDBOX, "run", "--systemd-scope", "--", "true"], capture_output=True,
                        env=env, timeout=60)
-    assert p.returncode == 2 and b"systemd" in p.stderr and len(p.stderr.splitlines()) == 1
+    # the sandbox cannot run as asked (125, as an XX verdict), not a usage error (2)
+    assert p.returncode == 125 and b"systemd" in p.stderr and len(p.stderr.splitlines()) == 1
 
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin",
@@ -110,7 +114,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 # what a ctypes copy of their calls is worth keeping for; docs/architecture.md.)
 HEAVY = ("re", "enum", "typing", "dataclasses", "inspect", "json", "argparse", "collections",
          "functools", "signal", "subprocess", "ctypes.util", "socket", "weakref",
-         "struct", "types", "trio", "pyroute2",
+         "struct", "types", "trio", "pyroute2", "difflib", "importlib.metadata", "binascii",
          "sandbox._cpuwatch")  # a box that ends before limit / CPUs never needs the CPU watch
 
 
@@ -150,7 +154,7 @@ def test_entry_flushes_runs_atexit_and_keeps_the_exit_code(tmp_path):
 # The hand-written option parser (sandbox/_cli.py: argparse costs ~6 ms of every cold start).
 
 def test_equals_form_and_repeatable_options():
-    p = cli("run", "--memory=256M", "--wall-time=5s", "--env=A=1=2", "--env", "B=3",
+    p = cli("run", "-q", "--memory=256M", "--wall-time=5s", "--env=A=1=2", "--env", "B=3",
             "--ro-bind=/etc:/e1", "--ro-bind", "/usr:/u1", "--",
             "sh", "-c", "echo $A $B; test -d /e1/. && test -d /u1/bin && echo mounted")
     assert (p.returncode, p.stdout, p.stderr) == (0, b"1=2 3\nmounted\n", b"")
@@ -190,8 +194,8 @@ def test_defaults_match_the_library():
 @pytest.mark.parametrize("args,needles", [
     (["run", "--memory"], ["--memory", "SIZE"]),  # option missing its value
     (["run", "--memory", "--", "true"], ["--memory", "SIZE"]),
-    (["run", "--cwd", "--json", "true"], ["--cwd", "CWD"]),
-    (["run", "--env"], ["--env", "NAME=VALUE"]),
+    (["run", "--cwd", "--json", "true"], ["--cwd", "DIR"]),
+    (["run", "--env"], ["--env", "NAME[=VALUE]"]),
     (["run", "--bogus", "--", "true"], ["'--bogus'", "sandbox run --help"]),
     (["run", "--mem", "1G", "true"], ["'--mem'", "--memory"]),  # no silent abbreviations
     (["run", "-x", "true"], ["'-x'", "sandbox run --help"]),
@@ -222,7 +226,7 @@ def test_parser_usage_errors_are_one_line_exit_2(args, needles):
     (["-h"], ["usage: sandbox", "run", "doctor", "grade"]),
     (["run", "--help"], ["usage: sandbox run", "limits (defaults in README", "\nbox:\n",
                          "\nverdict:\n", "--memory SIZE", "memory limit, e.g. 256M",
-                         "--ro-bind SRC[:DEST]", "--tmpfs DEST[:SIZE]", "--env NAME=VALUE",
+                         "--ro-bind SRC[:DEST]", "--tmpfs DEST[:SIZE]", "--env NAME[=VALUE]",
                          "--id-map {auto,single,range}", "--quiet, -q", "--systemd-scope",
                          "--meta FILE", "124"]),
     (["run", "-q", "-h"], ["usage: sandbox run"]),

@@ -13,7 +13,7 @@ import sys
 import time
 
 SANDBOX = [sys.executable, "-m", "sandbox._cli"]
-HEAD = "import signal, sys, time\n"
+HEAD = "import os, signal, sys, time\n"
 READY = "print('ready', flush=True)\n"  # after the handlers: a signal before them is fatal
 
 
@@ -34,7 +34,7 @@ def _finish(p: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, bytes
 
 
 def test_sigterm_reaches_the_programs_handler(no_leftovers):
-    p = _start("signal.signal(signal.SIGTERM, lambda *a: (print('term', flush=True), sys.exit(3)))\n"
+    p = _start("signal.signal(signal.SIGTERM, lambda *a: (os.write(1, b'term\\n'), os._exit(3)))\n"
                + READY + "time.sleep(30)")
     p.send_signal(signal.SIGTERM)
     code, out, err = _finish(p)
