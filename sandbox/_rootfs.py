@@ -9,16 +9,15 @@ Shape (the same trick bubblewrap uses, so host paths under /tmp stay reachable a
    ``/oldroot/<path>``. This tmpfs is the only one the box's layout needs: it holds the box's
    ``/`` skeleton (``/newroot``, a directory bind-mounted onto itself so it can be pivoted
    into) and ``/scratch`` — every overlay upper, the box's /tmp and /dev/shm — so one size cap
-   bounds everything the box can write. (It was three tmpfs mounts and a fourth for /dev;
-   each superblock costs its set-up and, when the box ends, its shutdown.) Overlay over
+   bounds everything the box can write (one superblock to set up and shut down). Overlay over
    /oldroot/usr etc. can't be done on ``/`` itself: the host root has locked submounts, so we
    overlay each exposed directory separately.
 3. /dev (a bind of its own directory, so it can be remounted read-only and noexec, with
-   bind-mounted host nodes, a private devpts and the shm bind), /proc (fresh, pid namespace
+   bind-mounted host nodes, a private devpts, the shm bind and, with ``-t``, the box's pty as
+   /dev/console), /proc (fresh, pid namespace
    scoped, sensitive files masked).
-4. ``pivot_root(".", ".")`` into newroot and a lazy unmount of the stacked old root: the host
-   tree is gone from this mount namespace; the tmpfs lives on only through our binds.
-5. ``/`` and ``/dev`` are remounted read-only; only /tmp, /dev/shm and the overlays accept writes.
+4. ``pivot_root(".", ".")`` into newroot, a lazy unmount of the stacked old root (the host tree
+   is gone); 5. ``/`` and ``/dev`` remounted read-only: only /tmp, /dev/shm, overlays take writes.
 
 No inode of a host directory is in the box: inotify (and unprivileged fanotify) on one reports
 every host process's opens and reads in it (a bind of /etc/ssl did). /usr and the Python prefix
@@ -27,8 +26,7 @@ host's /etc mounted outside the box's tree, and a read-only directory is an over
 (``_ro_view``). /dev's nodes are host inodes (a user namespace can have no others): the default
 seccomp policy refuses inotify and fanotify for that (``seccomp_rules``).
 
-The plan is computed in the parent (``plan_rootfs``: stats host paths, reads the few /etc files)
-so the child only issues syscalls.
+The plan is computed in the parent (``plan_rootfs``: stats, the few /etc files): init only makes syscalls.
 """
 
 from __future__ import annotations
@@ -283,6 +281,10 @@ def _setup_dev() -> None:
         p = "/newroot/dev/" + n
         os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         sc.mount("/oldroot/dev/" + n, p, None, sc.MS_BIND)
+    if os.isatty(0):  # the pty `-t` made for the box (sandbox/_pty.py): ttyname finds it here
+        os.close(os.open("/newroot/dev/console", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        sc.mount("/oldroot" + os.readlink("/oldroot/proc/self/fd/0"), "/newroot/dev/console",
+                 None, sc.MS_BIND)
     os.mkdir("/newroot/dev/pts")
     sc.mount("devpts", "/newroot/dev/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=620")
