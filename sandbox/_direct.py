@@ -109,8 +109,10 @@ class StdinFeed:
     ``src`` is never set non-blocking (its open file may be a terminal the shell shares).
     """
 
-    def __init__(self, w: int, data: bytes = b"", src: int = -1) -> None:
+    def __init__(self, w: int, data: bytes = b"", src: int = -1,
+                 keys: Callable[[bytes], bytes] | None = None) -> None:
         self.w, self.src, self.pending, self.waiting = w, src, memoryview(data), -1
+        self.keys = keys  # a terminal's filter of what the user typed (_pty.Terminal.keys)
         self.tty, self.parked = src >= 0 and os.isatty(src), False
         os.set_blocking(w, False)
 
@@ -147,7 +149,7 @@ class StdinFeed:
             if not chunk:
                 self.close(poller)
                 return
-            self.pending = memoryview(chunk)
+            self.pending = memoryview(chunk if self.keys is None else self.keys(chunk))
         self._write(poller)
 
     def _write(self, poller: select.poll) -> None:
@@ -236,7 +238,8 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
         facts = life.facts()
         out = CappedBuffer(lim.output_limit, 1, on_output)
         err = CappedBuffer(lim.output_limit, 2, on_output)
-        feed = StdinFeed(in_w, stdin or b"", stdin_from) if in_w >= 0 else None
+        feed = (StdinFeed(in_w, stdin or b"", stdin_from, term and term.keys)
+                if in_w >= 0 else None)
         if in_w >= 0:
             fds.remove(in_w)  # the feed closes it (EOF for the box)
         fwd = None

@@ -11,7 +11,8 @@ We relay: our terminal → the master through ``_direct.StdinFeed``, the master 
 through the capped stdout buffer (a terminal has one output stream: stderr is merged, as with
 ``docker run -t``; init's own stderr stays a pipe). The slave starts with our terminal's modes
 and size; every SIGWINCH we get copies the size again (the kernel then sends SIGWINCH to the
-box's foreground job). Our terminal is raw for the run: every key goes to the box. Its modes
+box's foreground job). Our terminal is raw for the run: every key goes to the box, but for a
+Ctrl-Z nothing in the box could act on (``keys``): that one stops the whole box, as without -t. Its modes
 are put back on every way out a process can see: return, exception, a stop (SIGTSTP: back to
 the user's modes while stopped, raw again after SIGCONT), SIGTERM/SIGHUP (passed on, the run
 ends normally). A SIGKILL of the CLI leaves it raw: ``reset`` (or ``stty sane``) repairs it.
@@ -19,11 +20,14 @@ ends normally). A SIGKILL of the CLI leaves it raw: ``reset`` (or ``stty sane``)
 
 from __future__ import annotations
 
+import _signal
 import fcntl
 import os
+import struct
 import termios
 
 RAW_OFF_LFLAG = termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN
+TIOCGSID = 0x5429  # the session a terminal belongs to (not in Python's termios)
 
 
 def foreground(fd: int) -> bool:
@@ -71,6 +75,27 @@ class Terminal:
         mode[3] &= ~RAW_OFF_LFLAG
         mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
         termios.tcsetattr(self.host, termios.TCSADRAIN, mode)
+
+    def keys(self, chunk: bytes) -> bytes:
+        """What the user typed, on its way to the box. Ctrl-Z suspends the whole box (and us)
+        when nothing in the box has job control to use it: the terminal's foreground group is
+        its session leader's own (a bare program, not a shell's job), whose SIGTSTP the kernel
+        would discard (an orphaned group: its parent, init, is of another session). A shell's
+        job gets the key as usual."""
+        if _signal.getsignal(_signal.SIGTSTP) in (_signal.SIG_DFL, _signal.SIG_IGN, None):
+            return chunk  # nobody would stop the box first (no _fgsignals.Forwarder)
+        try:
+            mode = termios.tcgetattr(self.master)  # (the slave's: the box's line discipline)
+            susp = mode[6][termios.VSUSP]
+            if not mode[3] & termios.ISIG or susp not in chunk or susp == b"\0":
+                return chunk
+            sid = struct.unpack("i", fcntl.ioctl(self.master, TIOCGSID, b"\0" * 4))[0]
+            if os.tcgetpgrp(self.master) != sid:
+                return chunk
+        except (OSError, termios.error):
+            return chunk
+        os.kill(os.getpid(), _signal.SIGTSTP)  # _fgsignals: the box stops, then we do
+        return chunk.replace(susp, b"")
 
     def on_stop(self, stopping: bool) -> None:
         """``_fgsignals.Forwarder``'s hook around a stop: the user's modes while we are stopped;

@@ -161,7 +161,7 @@ def test_modes_after_exit_equal_modes_before(no_leftovers):
 
 def test_the_window_size_is_the_terminals_and_follows_a_resize(no_leftovers):
     code = ("import os, signal, time\n"
-            "signal.signal(signal.SIGWINCH, lambda *a: print('now', *os.get_terminal_size(), flush=True))\n"
+            "signal.signal(signal.SIGWINCH, lambda *a: os.write(1, b'now %d %d\\n' % tuple(os.get_terminal_size())))\n"
             "print('size', *os.get_terminal_size(), flush=True)\n"
             "time.sleep(10)\n")
     s = Session("--", "python3", "-c", code, rows=24, cols=91)
@@ -190,3 +190,60 @@ def test_tty_without_a_terminal_is_a_usage_error():
 def test_no_tty_at_a_terminal_gives_pipes(no_leftovers):
     s = Session("-T", "--", "sh", "-c", "test -t 0 || test -t 1 || echo pipes")
     assert s.finish() == 0 and b"pipes" in s.out, s.out
+
+
+JOB_SHELL = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a shell moves the terminal between its jobs
+child = os.fork()
+if child == 0:  # the job: a process group of its own, in the terminal's foreground
+    os.setpgid(0, 0)
+    os.tcsetpgrp(0, os.getpgrp())
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+    os.execv(sys.argv[1], sys.argv[1:])
+os.setpgid(child, child)
+os.write(1, b"cli=%d\n" % child)
+while True:
+    pid, status = os.waitpid(child, os.WUNTRACED)
+    if os.WIFSTOPPED(status):  # Ctrl-Z: the job stopped; `fg` it a moment later
+        os.tcsetpgrp(0, os.getpgrp())
+        os.write(1, b"STOPPED\n")
+        time.sleep(float(os.environ["FG_AFTER"]))
+        os.tcsetpgrp(0, child)
+        os.killpg(child, signal.SIGCONT)
+        continue
+    os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+def test_ctrl_z_on_a_program_without_job_control_stops_the_whole_box(no_leftovers):
+    """With -t every key goes to the box, but a bare program has nobody to stop it (its group
+    is orphaned: the kernel drops its terminal's SIGTSTP). So Ctrl-Z then stops the whole box
+    and `sandbox run`, as without -t; `fg` resumes both, and no wall time passed meanwhile."""
+    code = "import time\nfor i in range(30):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n"
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.environ["FG_AFTER"] = "3.5"
+            os.execv(sys.executable, [sys.executable, "-c", JOB_SHELL, *SANDBOX,
+                                      "run", "--wall-time", "4s", "--", "python3", "-c", code])
+        finally:
+            os._exit(127)
+    s = Session.__new__(Session)
+    s.pid, s.fd, s.out = pid, fd, b""
+    cli = int(s.expect(b"tick 2").split(b"cli=")[1].split(b"\n")[0])
+    s.send(b"\x1a")
+    s.expect(b"STOPPED")
+    kids = [int(k) for k in open(f"/proc/{cli}/task/{cli}/children").read().split()]
+    init_kids = [int(k) for k in open(f"/proc/{kids[0]}/task/{kids[0]}/children").read().split()]
+    end = time.monotonic() + 10  # init stops the program on its own time, just after
+    while [_state(p) for p in init_kids] != ["T"] and time.monotonic() < end:
+        time.sleep(0.02)
+    assert _state(cli) == "T" and [_state(p) for p in init_kids] == ["T"], init_kids
+    assert s.finish() == 0, s.out  # 3 s of ticks + 3.5 s stopped under a 4 s wall time
+    assert b"tick 29" in s.out
