@@ -23,7 +23,8 @@ def failure_text(report: Any, limit: int) -> tuple[str, str]:
     it (an assertion's explanation included), and pytest's full failure report."""
     crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
     text = crash.message if crash is not None else str(report.longrepr)
-    return text.strip()[:limit], str(getattr(report, "longreprtext", "") or text)[-limit:]
+    text = text.strip().removeprefix("sandbox.grading.submission.SubmissionError: ")  # the student's own
+    return text[:limit], str(getattr(report, "longreprtext", "") or text)[-limit:]
 
 
 def student_error(exc: Any) -> dict[str, str]:
