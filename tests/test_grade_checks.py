@@ -106,7 +106,9 @@ import pytest
 
 @pytest.fixture
 def sol(submission):
-    return submission.import_module("solution")   # the student's import may fail: theirs
+    s = submission.import_module("solution")   # the student's import may fail: theirs
+    assert s.ready(), "ready() should say True"  # and so may what their code returns
+    return s
 
 def test_x(sol):
     assert sol.add(1, 1) == 2
@@ -114,10 +116,13 @@ def test_x(sol):
 
 
 def test_a_fixture_failing_on_the_students_code_is_the_students(tmp_path):
+    ready = "def ready():\n    return True\n"
     c = make_course(tmp_path, {"test_s.py": STUDENT_FIXTURE},
-                    {"alice": {"solution.py": SOL}, "bob": {"solution.py": "1 / 0\n"}})
+                    {"alice": {"solution.py": SOL + ready}, "bob": {"solution.py": "1 / 0\n"},
+                     "carl": {"solution.py": SOL + ready.replace("True", "False")}})
     r = grade(c)
     assert r.returncode == 0, r.stderr
     got = rows(c)
     assert got["alice"]["score"] == 1 and got["bob"]["score"] == 0 and got["bob"]["worst"] == "RE"
     assert "ZeroDivisionError" in got["bob"]["tests"][0]["message"]
+    assert got["carl"]["score"] == 0 and "ready() should say True" in got["carl"]["tests"][0]["message"]
