@@ -101,6 +101,15 @@ def test_teachers_broken_tests_stop_the_run(tmp_path, src, where, error, no_left
     assert "alice" not in r.stdout
 
 
+def test_a_conftest_that_does_not_load_stops_the_run(tmp_path, no_leftovers):
+    c = make_course(tmp_path, {"test_ok.py": GOOD_TESTS, "conftest.py": "import pytest\ndef broken(:\n"}, SUBS)
+    r = grade(c)
+    assert r.returncode == 3, r.stdout + r.stderr
+    first = r.stderr.splitlines()[0]
+    assert "conftest.py:2" in first and "SyntaxError" in first, r.stderr
+    assert not (c / "results.json").exists()
+
+
 STUDENT_FIXTURE = '''
 import pytest
 

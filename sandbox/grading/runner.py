@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -153,8 +154,11 @@ def _ended(s: _Shard, rc: int | None, out: str, a: Any, sink: Sink, tmp: str) ->
         return
     if not s.started_any and rc in (3, 4, 5):  # internal or usage error, or no tests: not a student's
         what = "no tests were collected" if rc == 5 else "the teacher's test run failed before grading"
-        raise TeacherError({"what": what, "where": os.path.abspath(a.tests),
-                            "error": tail(out), "text": _read(out)})
+        text = _read(out)
+        places = re.findall(r'File "([^"]+)", line (\d+)', text)  # a conftest's SyntaxError, say
+        where = ":".join(places[-1]) if places else os.path.abspath(a.tests)
+        raise TeacherError({"what": what, "where": where,
+                            "error": tail(out).removeprefix("E").strip(), "text": text})
     if s.started_any:
         _launch(s, a, tmp)
         return
