@@ -52,5 +52,12 @@ def summary(course: Path) -> dict[str, tuple[Any, ...]]:
 
 
 def journal(course: Path) -> list[dict[str, Any]]:
+    """The journal's whole entries (a line a crash cut short is not one)."""
     path = course / "results.json.journal"
-    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+    out = []
+    for ln in path.read_text().splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            continue
+    return out

@@ -83,6 +83,8 @@ class Journal:
         self.path = path
         self.entries = self._load() if resume else {}
         self._f = open(path, "a" if resume else "w")  # noqa: SIM115 - open for the whole run
+        if resume and self._f.tell() and not self._ends_a_line():
+            self._f.write("\n")  # a line a crash cut short: the next entry starts a line of its own
 
     def _load(self) -> dict[str, tuple[str, dict[str, Any]]]:
         out: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -100,6 +102,11 @@ class Journal:
             except (ValueError, KeyError, TypeError):
                 continue  # cut short by a crash, or not ours
         return out
+
+    def _ends_a_line(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
 
     def done(self, name: str, key: str) -> dict[str, Any] | None:
         """The journaled row of ``name`` if it was graded with this very key."""
