@@ -156,3 +156,17 @@ def test_run_timeout_is_the_whole_runs_and_exits_non_zero(tmp_path, no_leftovers
     assert len(got) == 6 and any("--run-timeout 1.5s" in (x["error"] or "") for x in got.values())
     assert all(x["max_score"] == 3 and x["total"] == 2 for x in got.values())
     assert json.loads((c / "results.json").read_text())  # written, whole
+
+
+def test_progress_counts_whole_submissions():
+    """The bar's numbers: a submission is running from its first test to its last, then done
+    (or failed to grade); submissions the journal had count as done from the start."""
+    from sandbox.grading.progress import Progress
+
+    p = Progress(total=4, already=1, enabled=False)
+    p.started("a")
+    p.started("b")
+    assert (p.done, len(p.running), p.failed) == (1, 2, 0)
+    p.finished("a", graded=True)
+    p.finished("b", graded=False)
+    assert (p.done, len(p.running), p.failed) == (3, 0, 1)
