@@ -47,8 +47,18 @@ def teacher_error(excinfo: Any, what: str) -> dict[str, str]:
     if type(cause).__name__ == "CollectError":  # a plain collection failure: its text says it
         lines = [ln for ln in str(cause).splitlines() if ln.strip()]
         error = lines[-1].strip().removeprefix("E").strip() if lines else "collection error"
-    return {"what": what, "where": where, "error": error[:2000],
-            "text": str(excinfo.getrepr(style="short"))[-8000:]}
+    return {"what": what, "where": where, "error": error[:2000], "text": _teacher_text(cause)[-8000:]}
+
+
+def _teacher_text(cause: BaseException) -> str:
+    """The error as the teacher wants to read it: their own frames (none of pytest's, of
+    importlib's), then the error itself — a SyntaxError with its line and caret."""
+    if isinstance(cause, SyntaxError) or type(cause).__name__ == "CollectError":
+        return "".join(traceback.format_exception_only(type(cause), cause))
+    frames = [f for f in traceback.extract_tb(cause.__traceback__)
+              if "/_pytest/" not in f.filename and "/pluggy/" not in f.filename
+              and not f.filename.startswith("<frozen") and "/importlib/" not in f.filename]
+    return "".join(traceback.format_list(frames) + traceback.format_exception_only(type(cause), cause))
 
 
 def _fence(text: str) -> str:
