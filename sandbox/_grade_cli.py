@@ -1,26 +1,27 @@
 """``sandbox grade``: a trusted pytest suite × a folder of untrusted submissions → a score table.
 
-Each submission is graded by its own pytest process (``-j N`` at a time) running the teacher's
-tests with ``sandbox.grading.plugin``; every use of the submission happens in fresh boxes.
-A submission that crashes, hangs, forks wildly, fills its disk or eats memory only loses its
-own points; if even its pytest run fails or exceeds ``--timeout``, it still gets a row with
-the reason. Results: ``--out`` JSON (also the state for ``--resume``), ``--csv``, ``--junitxml``.
+``-j N`` pytest runs (``sandbox.grading.runner``) grade one whole submission after another;
+every use of a submission happens in its own box. A submission that crashes, hangs, forks
+wildly, fills its disk or eats memory only loses its own points; one that exceeds ``--timeout``
+is given up alone, with a row saying so. Each finished submission is journaled (fsynced) next
+to ``--out``, so Ctrl-C or a crash lose only what was in flight and ``--resume`` continues.
+Everything is checked before grading: a wrong path or value is a one-line usage error (exit 2),
+broken teacher tests stop the run before any student is blamed (exit 3).
+
+Exit codes: 0 every submission graded; 1 some could not be (their rows say why); 2 usage
+error; 3 the teacher's tests are broken; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import subprocess
+import signal
 import sys
 import tempfile
-import time
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
-MAX_REPORT = 16 * 1024 * 1024
+MAX_FILE = 16 * 1024 * 1024
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,24 +29,52 @@ class _Parser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows each option's default (when it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sandbox grade", description="grade untrusted submissions with a trusted pytest suite")
+    p = _Parser(prog="sandbox grade", formatter_class=_Help,
+                description="grade untrusted submissions with a trusted pytest suite")
     p.add_argument("--tests", required=True, help="directory (or file) of the teacher's pytest tests")
     p.add_argument("--submissions", required=True, help="directory with one sub-folder per submission")
     p.add_argument("-j", "--jobs", type=int, default=2, help="submissions graded in parallel")
-    p.add_argument("--out", default="results.json", help="JSON results (default results.json)")
+    p.add_argument("--out", default="results.json", help="JSON results; its journal is OUT.journal")
     p.add_argument("--csv", help="also write a CSV table")
     p.add_argument("--junitxml", help="also write JUnit XML (a testsuite per submission)")
-    p.add_argument("--resume", action="store_true", help="skip submissions already in --out")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per submission (whole run)")
+    p.add_argument("--feedback", metavar="DIR", help="write one Markdown feedback file per submission")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT.journal: skip submissions already graded with the same "
+                        "content, tests and options")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per submission (all its tests)")
+    p.add_argument("--run-timeout", type=float, help="seconds for the whole run (default: none)")
     p.add_argument("--call-timeout", type=float, default=2.0, help="seconds per proxied call")
     p.add_argument("--memory", default="256M", help="memory limit per submission box")
-    p.add_argument("--wall-time", default="10s", help="wall time per submission box")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--wall-time", default="10s", help="wall time per test")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-def _check(a: argparse.Namespace) -> None:
+def _writable_file(opt: str, path: str | None) -> None:
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{opt} {path}: is a directory (a file name is expected)")
+    if not os.path.isdir(parent):
+        raise ValueError(f"{opt} {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{opt} {path}: directory {parent} is not writable")
+
+
+def _check(a: argparse.Namespace) -> list[tuple[str, str]]:
+    """Every option and path, before anything is graded; the submissions found."""
     from sandbox import Limits
 
     if not os.path.exists(a.tests):
@@ -54,7 +83,54 @@ def _check(a: argparse.Namespace) -> None:
         raise ValueError(f"--submissions {a.submissions}: not a directory (one sub-folder per submission)")
     if a.jobs < 1:
         raise ValueError(f"-j {a.jobs}: must be at least 1")
+    for opt, v in (("--timeout", a.timeout), ("--run-timeout", a.run_timeout), ("--call-timeout", a.call_timeout)):
+        if v is not None and not v > 0:
+            raise ValueError(f"{opt} {v:g}: must be a positive number of seconds")
     Limits.parse(memory=a.memory, wall_time=a.wall_time)  # ConfigError: "--memory: ..."
+    for opt in ("out", "csv", "junitxml"):
+        _writable_file(f"--{opt}", getattr(a, opt))
+    if a.feedback is not None:
+        if os.path.exists(a.feedback) and not os.path.isdir(a.feedback):
+            raise ValueError(f"--feedback {a.feedback}: not a directory")
+        _writable_file("--feedback", a.feedback if os.path.isdir(a.feedback) else a.feedback.rstrip("/"))
+    subs = discover(a.submissions)
+    if not subs:
+        raise ValueError(f"--submissions {a.submissions}: no submissions in it "
+                         "(expected one sub-folder, or file, per submission)")
+    _not_one_submission(a.submissions, subs, a.tests)
+    return subs
+
+
+def _not_one_submission(root: str, subs: list[tuple[str, str]], tests: str) -> None:
+    """``--submissions submissions/alice``: a folder of files only, some of which the teacher's
+    tests name (``import_module("solution")``, ``"main.py"``), is one submission's folder, not
+    a folder of single-file submissions (those are named after their students)."""
+    if any(os.path.isdir(p) for _, p in subs):
+        return
+    named = _literals(tests)
+    hits = [n for n, _ in subs if n in named or os.path.splitext(n)[0] in named]
+    if hits:
+        parent = os.path.dirname(os.path.abspath(root))
+        raise ValueError(f"--submissions {root}: looks like one submission's folder (the tests use its "
+                         f"{hits[0]}); pass the folder holding one sub-folder per submission, "
+                         f"such as {parent}")
+
+
+def _literals(tests: str) -> set[str]:
+    """The string constants of the teacher's test files (parsed, never imported)."""
+    import ast
+
+    files = [tests] if os.path.isfile(tests) else [
+        os.path.join(d, f) for d, _, fs in os.walk(tests) for f in fs if f.endswith(".py")]
+    out: set[str] = set()
+    for path in files[:200]:
+        try:
+            with open(path, "rb") as f:
+                tree = ast.parse(f.read(MAX_FILE))
+        except (OSError, SyntaxError, ValueError):
+            continue  # the run's collection reports a broken test file
+        out |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    return out
 
 
 def discover(root: str) -> list[tuple[str, str]]:
@@ -74,166 +150,100 @@ def discover(root: str) -> list[tuple[str, str]]:
     return out
 
 
-def _pytest_cmd(a: argparse.Namespace, subs: list[str], log: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", os.path.abspath(a.tests), "-q", "--color=no",
-           "-p", "no:cacheprovider", "-p", "no:pytest_isolate", "-p", "no:xdist",
-           "-p", "sandbox.grading.plugin", "--call-timeout", str(a.call_timeout),
-           "--grade-memory", a.memory, "--grade-wall-time", a.wall_time, "--sandbox-no-summary"]
-    cmd += [x for s in subs for x in ("--submission", s)]
-    if log:
-        cmd += ["--grade-log", log]
-    return cmd
+class _Sink:
+    """Where the runs' events go: rows built and journaled as each submission finishes."""
 
+    def __init__(self, journal: Any, keys: dict[str, str], rows: dict[str, Any], progress: Any) -> None:
+        self.journal, self.keys, self.rows, self.progress = journal, keys, rows, progress
+        self.lines: dict[str, list[dict[str, Any]]] = {}
+        self.announced: dict[str, list[list[Any]]] = {}
 
-def run_grading(subs: list[tuple[str, str]], a: argparse.Namespace, tmp: str,
-                on_test: Any) -> tuple[list[dict[str, Any]], str | None]:
-    """``-j N`` trusted pytest runs, each over every test for its share of the submissions
-    (dealt round-robin); returns the per-test lines.
+    def collected(self, tests: dict[str, list[list[Any]]]) -> None:
+        self.announced.update(tests)
 
-    Plain processes, not pytest-xdist: an xdist worker is multi-threaded (execnet's I/O
-    thread), so each of its boxes would have to come from a forked helper (a box cloned from a
-    threaded process can inherit a lock another thread holds); single-threaded runs clone
-    their boxes directly, ~2x the throughput on 2 cores."""
-    jobs = max(1, min(a.jobs, len(subs)))
-    shards = [[p for _, p in subs[i::jobs]] for i in range(jobs)]
-    procs, logs = [], []
-    for i, shard in enumerate(shards):
-        log = os.path.join(tmp, f"grade-{i}.log")
-        open(log, "w").close()
-        out = open(os.path.join(tmp, f"pytest-{i}.out"), "wb")  # noqa: SIM115
-        # Everything a run creates in temp space (pytest's own temp base; overlay uppers are in
-        # each box's tmpfs) lives under our temp dir, removed at the end even when a run had to
-        # be killed.
-        shard_tmp = os.path.join(tmp, f"tmp-{i}")
-        os.mkdir(shard_tmp)
-        os.chmod(shard_tmp, 0o711)  # traversable (root mode: the box is another uid), not listable
-        env = {**os.environ, "TMPDIR": shard_tmp}
-        procs.append((subprocess.Popen(_pytest_cmd(a, shard, log), stdout=out, env=env,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), out))
-        logs.append(open(log))  # noqa: SIM115
-    deadline = time.monotonic() + a.timeout
-    lines: list[dict[str, Any]] = []
-    error = None
-    try:
-        while True:
-            done = all(p.poll() is not None for p, _ in procs)
-            for f in logs:
-                for line in f.readlines():
-                    try:
-                        lines.append(json.loads(line))
-                        on_test(lines[-1])
-                    except ValueError:
-                        pass
-            if done:
-                break
-            if time.monotonic() > deadline:
-                error = f"grading did not finish within --timeout {a.timeout:g}s"
-                break
-            time.sleep(0.1)
-    finally:
-        for p, out in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            out.close()
-        for f in logs:
-            f.close()
-    for p, out in procs:
-        if p.returncode not in (0, 1) and error is None:
-            error = f"the test run failed (pytest exit code {p.returncode}): " + _tail(out.name)
-    return lines, error
+    def started(self, name: str) -> None:
+        self.lines[name] = []  # a restarted run grades it from scratch
+        self.progress.started(name)
 
+    def test(self, line: dict[str, Any]) -> None:
+        self.lines.setdefault(str(line.get("submission")), []).append(line)
 
-def build_rows(subs: list[tuple[str, str]], lines: list[dict[str, Any]], per_sub: int,
-               error: str | None, wall: float) -> list[dict[str, Any]]:
-    from sandbox.grading.submission import SEVERITY
+    def finished(self, name: str, error: str | None) -> None:
+        from sandbox.grading.report import build_row
 
-    rows = []
-    for name, _ in subs:
-        tests = [t for t in lines if t.get("submission") == name]
-        row: dict[str, Any] = {
-            "name": name, "tests": tests, "total": max(per_sub, len(tests)),
-            "passed": sum(t["outcome"] == "passed" for t in tests),
-            "score": sum(float(t.get("earned", 0)) for t in tests),
-            "max_score": sum(float(t.get("points", 1)) for t in tests),
-            "worst": max((t.get("worst", "OK") for t in tests), key=lambda s: SEVERITY.get(s, 6), default="XX"),
-            "peak_memory": max((int(t.get("peak_memory", 0) or 0) for t in tests), default=0),
-            "wall_time": round(sum(float(t.get("duration", 0)) for t in tests), 3),
-            "error": None}
-        if len(tests) < per_sub or per_sub == 0:
-            row["error"] = error or f"only {len(tests)} of {per_sub} tests reported"
-        rows.append(row)
-    return rows
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            lines = f.read()[-4000:].decode(errors="replace").strip().splitlines()
-        return lines[-1][:300] if lines else "no output"
-    except OSError:
-        return "no output"
-
-
-def _write_outputs(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"submissions": rows}, f, indent=2)
-    os.replace(tmp, a.out)
-    if a.csv:
-        with open(a.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["submission", "score", "max_score", "passed", "total", "worst", "wall_time", "peak_memory", "error"])
-            for r in rows:
-                w.writerow([r["name"], r["score"], r["max_score"], r["passed"], r["total"], r["worst"],
-                            r["wall_time"], r["peak_memory"], r["error"] or ""])
-    if a.junitxml:
-        with open(a.junitxml, "w") as f:
-            f.write('<?xml version="1.0" encoding="utf-8"?>\n<testsuites>\n')
-            for r in rows:
-                fails = r["total"] - r["passed"] + (1 if r["error"] else 0)
-                f.write(f'  <testsuite name={quoteattr(r["name"])} tests="{max(r["total"], 1)}" failures="{fails}">\n')
-                for t in r["tests"]:
-                    f.write(f'    <testcase name={quoteattr(t["nodeid"])} time="{t["duration"]:.3f}">')
-                    if t["outcome"] != "passed":
-                        f.write(f'<failure message={quoteattr(t["message"])}/>')
-                    f.write("</testcase>\n")
-                if r["error"]:
-                    f.write(f'    <testcase name="grading"><error message={quoteattr(r["error"])}/></testcase>\n')
-                f.write("  </testsuite>\n")
-            f.write("</testsuites>\n")
+        row = build_row(name, self.lines.get(name, []), self.announced, error)
+        self.rows[name] = row
+        if row["error"] is None:
+            self.journal.append(self.keys[name], row)
+        self.progress.finished(name, row["error"] is None)
 
 
 def main(argv: list[str]) -> int:
     try:
         a = _parser().parse_args(argv)
-        _check(a)
+        subs = _check(a)
     except ValueError as e:
         sys.stderr.write(f"sandbox grade: error: {e}\n")
         return 2
-    from sandbox.grading.progress import Progress, print_table
+    try:
+        return _grade(a, subs)
+    except KeyboardInterrupt:  # before grading started (hashing) or after the results were written
+        sys.stderr.write("sandbox grade: interrupted\n")
+        return 130
 
-    subs = discover(a.submissions)
-    done: dict[str, dict[str, Any]] = {}
-    if a.resume and os.path.exists(a.out):
-        done = {r["name"]: r for r in _read_report_rows(a.out) if not r.get("error")}
+
+def _grade(a: argparse.Namespace, subs: list[tuple[str, str]]) -> int:
+    from sandbox.grading import runner
+    from sandbox.grading.journal import Journal, entry_key, run_key
+    from sandbox.grading.progress import Progress, print_table
+    from sandbox.grading.report import build_row, write_outputs
+
+    config = {k: getattr(a, k) for k in ("call_timeout", "memory", "wall_time", "timeout")}
+    run = run_key(a.tests, config)
+    keys = {name: entry_key(path, run) for name, path in subs}
+    journal = Journal(a.out + ".journal", a.resume)
+    rows: dict[str, Any] = {}
+    for name, _ in subs:
+        row = journal.done(name, keys[name])
+        if row is not None:
+            rows[name] = row
+    why, interrupted = None, False
     with tempfile.TemporaryDirectory(prefix="grade-run-") as tmp:
         os.chmod(tmp, 0o755)
-        todo = [(n, _as_dir(n, p, tmp)) for n, p in subs if n not in done]
-        rows = dict(done)
-        if todo:
-            t0 = time.monotonic()
-            with Progress(len(subs), len(done), 0, enabled=not a.no_progress) as prog:
-                lines, error = run_grading(todo, a, tmp, prog.test_done)
-            # each run logs how many tests it collected per submission before running them
-            per_sub = max((n for ln in lines for n in ln.get("collected", {}).values()), default=0)
-            if per_sub == 0 and error is None:
-                error = "no tests were collected for any submission"
-            for row in build_rows(todo, lines, per_sub, error, time.monotonic() - t0):
-                rows[row["name"]] = row
-    ordered = [rows[n] for n, _ in subs if n in rows]
-    _write_outputs(ordered, a)
+        todo = [(n, _as_dir(n, p, tmp)) for n, p in subs if n not in rows]
+        try:
+            prog = Progress(len(subs), len(rows), enabled=not a.no_progress)
+            sink = _Sink(journal, keys, rows, prog)
+            with prog:
+                if todo:
+                    why = runner.run(todo, a, tmp, sink)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the results are written, whatever comes
+            why, interrupted = "not graded: interrupted (Ctrl-C)", True
+        except runner.TeacherError as e:
+            journal.close()
+            i = e.info
+            text = "\n".join("  " + ln for ln in i.get("text", "").strip().splitlines()[-40:])
+            sys.stderr.write(f"sandbox grade: error: {i.get('where') or a.tests}: {i.get('error')} "
+                             f"({i.get('what')}; the teacher's tests are broken, nothing was graded)\n"
+                             f"{text}\n")
+            return 3
+    journal.close()
+    for name, _ in subs:
+        if name not in rows:
+            rows[name] = build_row(name, sink.lines.get(name, []), sink.announced, why or "not graded")
+    ordered = [rows[n] for n, _ in subs]
+    write_outputs(ordered, a)
+    graded = sum(r["error"] is None for r in ordered)
+    if interrupted:
+        sys.stderr.write(f"sandbox grade: interrupted: {graded} of {len(ordered)} submissions graded, "
+                         f"results in {a.out}; --resume continues\n")
+        return 130
     print_table(ordered)
+    if graded < len(ordered):
+        sys.stderr.write(f"sandbox grade: {len(ordered) - graded} of {len(ordered)} submissions "
+                         f"could not be graded (see their rows)\n")
+        return 1
     return 0
 
 
@@ -244,15 +254,6 @@ def _as_dir(name: str, path: str, tmp: str) -> str:
     d = os.path.join(tmp, "files", name)
     os.makedirs(d)
     with open(path, "rb") as src, open(os.path.join(d, name), "wb") as dst:
-        dst.write(src.read(MAX_REPORT))
+        dst.write(src.read(MAX_FILE))
     os.chmod(d, 0o755)
     return d
-
-
-def _read_report_rows(path: str) -> list[dict[str, Any]]:
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read(MAX_REPORT))
-        return [r for r in data.get("submissions", []) if isinstance(r, dict) and "name" in r]
-    except (OSError, ValueError, AttributeError):
-        return []

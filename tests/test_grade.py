@@ -108,9 +108,10 @@ def test_sample_course_exact_scores_and_host_unchanged(course, no_leftovers):
     assert got == EXPECTED, wrong
     assert all(r["max_score"] == 6 and r["total"] == 4 for r in rows.values())
     assert rows["hanging"]["worst"] == "TO"
-    # ML where a cgroup enforces memory; under the rlimit fallback the refused allocation
-    # raises MemoryError in the student's code (issue: that should become ML too)
-    assert rows["memhog"]["worst"] in ("ML", "RE")
+    # ML where a cgroup enforces memory, and under the rlimit fallback too, where the refused
+    # allocation raises MemoryError in the student's code
+    assert rows["memhog"]["worst"] == "ML"
+    assert rows["crashing"]["worst"] == "RE"  # ZeroDivisionError on import: not OK
     assert any("MemoryError" in (t["message"] or "") for t in rows["memhog"]["tests"])
     assert not os.path.exists("/tmp/pwned")                  # nothing was unpickled
     assert os.path.islink(course / "submissions/symlinks/out.txt")  # submission itself untouched
@@ -156,10 +157,12 @@ def test_codec_round_trip_and_refusals():
 
 
 def test_cut_short_run_still_gives_every_submission_a_row(course, no_leftovers):
-    """Runs killed at --timeout leave nothing behind either (their temp space is the grader's)."""
-    p = grade(course, "--timeout", "2")
-    assert p.returncode == 0, p.stderr[-2000:]
+    """Runs killed at --run-timeout leave nothing behind either (their temp space is the
+    grader's); a run that did not grade everyone says so (exit 1); a row cut short keeps the
+    full maximum score."""
+    p = grade(course, "--run-timeout", "2")
+    assert p.returncode == 1, p.stderr[-2000:]
     rows = json.loads((course / "results.json").read_text())["submissions"]
     assert {r["name"] for r in rows} == set(EXPECTED)
-    assert any("--timeout" in (r["error"] or "") for r in rows)
-    assert all(r["error"] or r["passed"] + (r["total"] - r["passed"]) == 4 for r in rows)
+    assert any("--run-timeout" in (r["error"] or "") for r in rows)
+    assert all(r["total"] == 4 and r["max_score"] == 6 for r in rows)

@@ -7,11 +7,12 @@ from typing import Any
 
 
 class Progress:
-    """Submissions done / running / failed to grade, with an ETA; silent when not a terminal."""
+    """Submissions done / running / failed to grade, with an ETA; silent when not a terminal.
+    It counts whole submissions as they finish (each run grades one submission at a time)."""
 
-    def __init__(self, total: int, already: int, per_sub: int, enabled: bool = True) -> None:
-        self.total, self.done, self.failed, self.running = total, already, 0, 0
-        self.per_sub, self.seen, self.bad = max(per_sub, 1), {}, set()
+    def __init__(self, total: int, already: int, enabled: bool = True) -> None:
+        self.total, self.done, self.failed = total, already, 0
+        self.running: set[str] = set()
         self.enabled = enabled and sys.stderr.isatty()
         self._bar: Any = None
 
@@ -29,27 +30,21 @@ class Progress:
         return self
 
     def _state(self) -> str:
-        return f"running {self.running}  failed to grade {self.failed}"
+        return f"running {len(self.running)}  failed to grade {self.failed}"
 
-    def test_done(self, test: dict[str, Any]) -> None:
-        if "collected" in test:  # a run's announcement: how many tests per submission
-            self.per_sub = max([self.per_sub, *test["collected"].values()])
-            return
-        name = str(test.get("submission"))
-        self.seen[name] = self.seen.get(name, 0) + 1
-        if test.get("worst") == "XX":
-            self.bad.add(name)
-        self.running = sum(1 for n, c in self.seen.items() if c < self.per_sub)
-        if self.seen[name] == self.per_sub:
-            self.done += 1
-        self.failed = len(self.bad)
+    def started(self, name: str) -> None:
+        self.running.add(name)
+        self._update()
+
+    def finished(self, name: str, graded: bool) -> None:
+        self.running.discard(name)
+        self.done += 1
+        self.failed += not graded
         self._update()
 
     def _update(self) -> None:
         if self._bar is not None:
-            running = self.running
-            self._bar.update(self._task, completed=self.done,
-                             state=f"running {running}  failed to grade {self.failed}")
+            self._bar.update(self._task, completed=self.done, state=self._state())
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

@@ -112,8 +112,8 @@ class Submission:
 
     def __init__(self, path: str, limits: dict[str, Any], call_timeout: float,
                  next_path: str | None = None) -> None:
-        self.path = os.path.realpath(path)
-        self.name = os.path.basename(self.path.rstrip("/"))
+        self._path = os.path.realpath(path)
+        self.name = os.path.basename(self._path.rstrip("/"))
         self.limits, self.call_timeout = limits, call_timeout
         self.next_path = None if next_path is None else os.path.realpath(next_path)
         self._lim = Limits.parse(**limits)  # the caller's mistake raises here, in the caller
@@ -121,7 +121,16 @@ class Submission:
         self._since: Checkpoint | None = None
         self._t0 = time.monotonic()
         self._used = False  # this test asked the worker something
+        self.touched = False  # the test used the submission (a fixture failing before: the teacher's)
         self.results: list[Result] = []
+        self.raised: list[str] = []  # type names of the student's exceptions that failed the test
+        self.outputs: list[dict[str, Any]] = []  # what run()'s programs printed (bounded)
+
+    @property
+    def path(self) -> str:
+        """The submission's folder on the host (reading it counts as using the submission)."""
+        self.touched = True
+        return self._path
 
     def _box(self) -> _Held:
         """This submission's box: opened by its first test, or anew after its memory limit
@@ -132,8 +141,8 @@ class Submission:
         if held is not None:
             held.users -= 1
             self._held = None
-        _prune(self.path)
-        held = _held.pop(self.path, None)
+        _prune(self._path)
+        held = _held.pop(self._path, None)
         if held is not None and not held.box.alive:
             held.close()
             held = None
@@ -142,8 +151,8 @@ class Submission:
             # time (each fork of the worker starts its RLIMIT_CPU anew).
             box_limits = {k: v for k, v in self.limits.items() if k not in PER_EXEC}
             held = _Held(SandboxConfig(limits=Limits.parse(**box_limits), cwd=BOX_DIR,
-                                       mounts=[MountSpec("overlay", BOX_DIR, self.path)]))
-        _held[self.path] = held
+                                       mounts=[MountSpec("overlay", BOX_DIR, self._path)]))
+        _held[self._path] = held
         held.users += 1
         self._held = held
         self._since = held.box.checkpoint()
@@ -157,6 +166,7 @@ class Submission:
         return held.worker
 
     def import_module(self, name: str) -> _Proxy:
+        self.touched = True
         self._request({"op": "import", "module": name, "path": []})
         return _Proxy(self, name)
 
@@ -165,7 +175,7 @@ class Submission:
             worker = self._worker()
         except Exception as e:  # noqa: BLE001 - the box did not open: the test fails, with why
             raise SubmissionError(f"submission {self.name}: its box did not start ({e})") from None
-        self._used = True
+        self._used = self.touched = True
         timeout, late = self.call_timeout, None
         wall = self._lim.wall_time
         if wall is not None and wall - (time.monotonic() - self._t0) < timeout:
@@ -187,9 +197,14 @@ class Submission:
         if bad:
             raise TypeError(f"run(): {', '.join(bad)} cannot be set per program "
                             f"(the box's own holds); valid: {', '.join(PER_EXEC)}")
+        self.touched = True
         lim = {k: getattr(self._lim, k) for k in PER_EXEC if getattr(self._lim, k) is not None}
         r = self._box().box.exec(list(argv), stdin=stdin, **{**lim, **limits})
         self.results.append(r)
+        if len(self.outputs) < MAX_OUTPUTS:
+            self.outputs.append({"argv": [str(a)[:200] for a in argv][:20], "status": str(r.status),
+                                 "stdout": _tail(r.stdout, r.stdout_truncated),
+                                 "stderr": _tail(r.stderr, r.stderr_truncated)})
         return r
 
     def changes(self) -> Changes:
@@ -222,7 +237,24 @@ class Submission:
             _prune(self.next_path)
 
     def worst(self) -> str:
-        return max((str(r.status) for r in self.results), key=SEVERITY.__getitem__, default="OK")
+        """The worst verdict of the test: its boxes' and, for a student's exception that failed
+        it, RE (ML for a MemoryError): a SyntaxError is not OK, though its process exited 0."""
+        raised = ["ML" if t == "MemoryError" else "RE" for t in self.raised]
+        return max([str(r.status) for r in self.results] + raised, key=SEVERITY.__getitem__, default="OK")
+
+    def verdicts(self) -> list[str]:
+        """Each non-OK verdict's reason, with its numbers ("memory limit 64M exceeded")."""
+        return list(dict.fromkeys(str(r.reason)[:300] for r in self.results
+                                  if r.status is not Status.OK and r.reason))[:10]
+
+
+MAX_OUTPUTS, MAX_OUTPUT = 5, 4096  # per test: programs whose output is kept, bytes of each stream
+
+
+def _tail(data: bytes, truncated: bool) -> str:
+    """The end of a program's output (where its error usually is), as text."""
+    text = data[-MAX_OUTPUT:].decode(errors="replace")
+    return ("[…]" if truncated or len(data) > MAX_OUTPUT else "") + text
 
 
 __all__ = ["Changes", "Status", "Submission", "SubmissionError"]
