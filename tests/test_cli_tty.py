@@ -229,9 +229,9 @@ def test_ctrl_z_on_a_program_without_job_control_stops_the_whole_box(no_leftover
     pid, fd = pty.fork()
     if pid == 0:
         try:
-            os.environ["FG_AFTER"] = "3.5"
+            os.environ["FG_AFTER"] = "6.5"  # longer than the wall time
             os.execv(sys.executable, [sys.executable, "-c", JOB_SHELL, *SANDBOX,
-                                      "run", "--wall-time", "4s", "--", "python3", "-c", code])
+                                      "run", "--wall-time", "6s", "--", "python3", "-c", code])
         finally:
             os._exit(127)
     s = Session.__new__(Session)
@@ -245,5 +245,5 @@ def test_ctrl_z_on_a_program_without_job_control_stops_the_whole_box(no_leftover
     while [_state(p) for p in init_kids] != ["T"] and time.monotonic() < end:
         time.sleep(0.02)
     assert _state(cli) == "T" and [_state(p) for p in init_kids] == ["T"], init_kids
-    assert s.finish() == 0, s.out  # 3 s of ticks + 3.5 s stopped under a 4 s wall time
+    assert s.finish() == 0, s.out  # 3 s of ticks + 6.5 s stopped under a 6 s wall time
     assert b"tick 29" in s.out
