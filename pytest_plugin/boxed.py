@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxrun, reportcheck
+from pytest_plugin import boxrun, boxstate, reportcheck
 from pytest_plugin.reportcheck import InvalidReport
 from sandbox import Limits, Result, SandboxConfig, Status
 
@@ -81,10 +81,11 @@ def _fresh_fixtures(item: pytest.Item) -> None:
             fixturedef._finalizers.clear()
 
 
-def _child(item: pytest.Item, adopt: list[tuple[int, int]], spools: dict[int, int],
-           stack_fd: int, wall: float | None, ch: int) -> None:
+def _child(item: pytest.Item, host: boxstate.HostState, adopt: list[tuple[int, int]],
+           spools: dict[int, int], stack_fd: int, wall: float | None, ch: int) -> None:
     from _pytest.runner import runtestprotocol
 
+    boxstate.restore(host)  # signals, gc: as the test would have had them unboxed
     global CHANNEL
     CHANNEL = ch
     for saved, std in adopt:
@@ -120,7 +121,7 @@ def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
     spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
     stack = boxrun.memfd("sandbox-stack")
     try:
-        body = partial(_child, item, adopt, spools, stack, cfg.limits.wall_time)
+        body = partial(_child, item, boxstate.capture(), adopt, spools, stack, cfg.limits.wall_time)
         result, data = boxrun.run_in_box(body, cfg, [*spools.values(), stack],
                                          limit=reportcheck.MAX_CHANNEL, on_output=boxrun.echo_output)
         stack_text = os.pread(stack, STACK_MAX, 0).decode("utf-8", "replace")
@@ -152,7 +153,7 @@ def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
         complete(item, out.reports, f"sandbox: test process sent an invalid report ({why})",
                  first="call")
     else:
-        _explain_memory_error(out.reports, cfg.limits)
+        _explain_memory_error(out.reports, cfg.limits, result)
     return out
 
 
@@ -331,12 +332,14 @@ def _trim_stack(text: str) -> str:
     return "\n".join(out)
 
 
-def _explain_memory_error(reports: list[pytest.TestReport], lim: Limits) -> None:
-    """Under the rlimit fallback a memory limit shows up as MemoryError inside the test: say
-    so in the summary line (the failure itself stands either way)."""
-    if not lim.memory:
+def _explain_memory_error(reports: list[pytest.TestReport], lim: Limits, result: Result) -> None:
+    """Under the rlimit fallback a memory limit shows up inside the test as MemoryError, or as
+    "can't start new thread" (a thread's stack is address space): say so in the summary line
+    (the failure itself stands either way)."""
+    if not lim.memory or result.enforcement.get("memory", "rlimit") != "rlimit":
         return
     for rep in reports:
         crash = getattr(rep.longrepr, "reprcrash", None)
-        if rep.failed and crash is not None and "MemoryError" in (crash.message or ""):
-            crash.message = f"sandbox: memory limit {_fmt(lim.memory)} exceeded (allocation refused: MemoryError)"
+        why = boxstate.memory_refusal(crash.message or "") if rep.failed and crash is not None else None
+        if why is not None:
+            crash.message = f"sandbox: memory limit {_fmt(lim.memory)} exceeded ({why})"
