@@ -163,3 +163,95 @@ def test_thread_refused_by_the_address_space_limit_names_it(run, monkeypatch):
     r.assert_outcomes(failed=1)
     r.stdout.fnmatch_lines(["FAILED test_it.py::test_many_threads - sandbox: memory limit 64M "
                             "exceeded (can't start new thread*"])
+
+
+KILLED = """
+    import logging, os, sys, pytest
+
+    def test_passes():
+        pass
+
+    @pytest.fixture
+    def noisy():
+        print("printed in setup")
+        logging.getLogger("t").warning("logged in setup")
+
+    def test_killed(noisy):
+        print("printed before")
+        logging.getLogger("t").warning("logged before")
+        os.kill(os.getpid(), 9)
+    """
+
+
+def test_summary_lists_only_stopped_tests_unless_verbose(run):
+    r = run(KILLED, "--sandbox-all")
+    r.assert_outcomes(passed=1, failed=1)
+    r.stdout.fnmatch_lines(["*= sandbox: 2 sandboxed test(s), 1 stopped by the sandbox *=",
+                            "test * outcome * status *",
+                            "test_it.py::test_killed * failed * SG *"])
+    assert "test_it.py::test_passes " not in r.stdout.str()
+    r = run(KILLED, "--sandbox-all", "-v")
+    r.stdout.fnmatch_lines(["*= sandbox: 2 sandboxed test(s), 1 stopped by the sandbox =*",
+                            "test * outcome * status *",
+                            "test_it.py::test_passes * passed * OK *",
+                            "test_it.py::test_killed * failed * SG *"])
+    r = run(KILLED, "--sandbox-all", "--sandbox-no-summary")
+    assert "sandboxed test(s)" not in r.stdout.str()
+
+
+def test_a_killed_test_shows_what_it_printed_and_logged(run):
+    for capture in ("fd", "sys"):
+        r = run(KILLED, "--sandbox-all", f"--capture={capture}")
+        r.assert_outcomes(passed=1, failed=1)
+        r.stdout.fnmatch_lines(["*_ test_killed _*",
+                                "sandbox: killed by signal 9 (SIGKILL)",
+                                "*- Captured stdout call -*",
+                                "printed before",
+                                "*- Captured log call -*",
+                                "WARNING *t:test_it.py:* logged before"])
+        call = r.stdout.str().split("- Captured stdout call -")[1].split("short test summary")[0]
+        assert "in setup" not in call  # the setup report carried that; the tee holds one phase
+
+
+def test_a_refused_thread_outside_the_test_names_the_limit(run, pytester, monkeypatch):
+    """A plugin's hook that starts a thread (pytest-timeout's thread method does) after the
+    test used up the address space: the exception escapes pytest's machinery, and the box
+    exits 1 with its traceback on stderr — not "os._exit() inside the test?"."""
+    monkeypatch.setenv("COLUMNS", "200")
+    pytester.makeconftest("""
+        import threading
+        def pytest_runtest_makereport(item, call):
+            if call.when == "call":
+                threading.Thread(target=lambda: None).start()
+        """)
+    r = run("""
+        import resource, threading, pytest
+
+        STOP = threading.Event()
+
+        @pytest.mark.sandboxed(memory="64M")
+        def test_keeps_its_threads():
+            if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:
+                pytest.skip("a cgroup holds the memory here")
+            with pytest.raises(RuntimeError):
+                while True:
+                    threading.Thread(target=STOP.wait, daemon=True).start()
+        """)
+    if r.parseoutcomes().get("skipped"):
+        return
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines(["FAILED test_it.py::test_keeps_its_threads - sandbox: memory limit "
+                            "64M exceeded (can't start new thread*outside the test's own code)"])
+
+
+def test_an_exception_out_of_a_plugin_hook_is_named(run, pytester, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    pytester.makeconftest("""
+        def pytest_runtest_makereport(item, call):
+            if call.when == "call":
+                raise LookupError("a hook broke")
+        """)
+    r = run("def test_fine(): pass\n", "--sandbox-all")
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines(["FAILED test_it.py::test_fine - sandbox: the test process failed "
+                            "outside the test: LookupError: a hook broke"])
