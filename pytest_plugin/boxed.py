@@ -28,13 +28,14 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxrun, reportcheck
+from pytest_plugin import boxrun, boxstate, boxtee, reportcheck
 from pytest_plugin.reportcheck import InvalidReport
 from sandbox import Limits, Result, SandboxConfig, Status
 
 SECTION_MAX = 1 << 20  # captured output kept per section (head and tail), inside the box
 STACK_MAX = 64 * 1024
 MAX_WARNINGS = 100
+ESCAPED = "sandbox: escaped the test: "  # a line in the stack memfd, see _escaped
 CHANNEL: int | None = None  # set inside a box only: where the report hook sends reports
 
 
@@ -55,6 +56,7 @@ def send_report(config: Any, rep: pytest.TestReport) -> None:
     d["user_properties"] = [(str(k), v if isinstance(v, reportcheck.SCALAR) else str(v))
                             for k, v in d.get("user_properties", [])]
     _send(d)
+    boxtee.reset()
 
 
 def _send(obj: Any) -> None:
@@ -81,10 +83,12 @@ def _fresh_fixtures(item: pytest.Item) -> None:
             fixturedef._finalizers.clear()
 
 
-def _child(item: pytest.Item, adopt: list[tuple[int, int]], spools: dict[int, int],
-           stack_fd: int, wall: float | None, ch: int) -> None:
+def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
+           adopt: list[tuple[int, int]], spools: dict[int, int], stack_fd: int,
+           wall: float | None, ch: int) -> None:
     from _pytest.runner import runtestprotocol
 
+    boxstate.restore(host)  # signals, gc: as the test would have had them unboxed
     global CHANNEL
     CHANNEL = ch
     for saved, std in adopt:
@@ -92,6 +96,7 @@ def _child(item: pytest.Item, adopt: list[tuple[int, int]], spools: dict[int, in
     for tmpfile_fd, spool in spools.items():  # pytest's capture writes into the spool
         os.dup2(spool, tmpfile_fd)
     _fresh_fixtures(item)
+    boxtee.install(item.config, tees)
     faulthandler.enable(file=stack_fd, all_threads=True)
     if wall is not None:  # the stack shortly before the host kills us, for the failure report
         faulthandler.dump_traceback_later(max(wall * 0.5, wall - min(0.25, wall * 0.1)),
@@ -103,11 +108,24 @@ def _child(item: pytest.Item, adopt: list[tuple[int, int]], spools: dict[int, in
             _send({"$exit": str(e.msg)[:4096], "returncode": e.returncode})
         except KeyboardInterrupt:
             _send({"$exit": f"KeyboardInterrupt in {item.nodeid}", "returncode": 2})
+        except BaseException as e:  # out of pytest's own machinery (a plugin's hook): exit 1
+            _escaped(stack_fd, e)
+            raise
     faulthandler.cancel_dump_traceback_later()
     if log:
         _send({"$warnings": [{"message": str(w.message)[:4096], "category": w.category.__name__,
                               "filename": str(w.filename), "lineno": int(w.lineno or 0)}
                              for w in log[:MAX_WARNINGS]]})
+
+
+def _escaped(fd: int, e: BaseException) -> None:
+    """Name the exception for the host in the stack memfd, with as little memory as may be
+    left: the traceback the library prints next needs more, and under an exhausted address
+    space (the RLIMIT_AS fallback) it never appears."""
+    try:
+        os.write(fd, f"\n{ESCAPED}{type(e).__name__}: {e}"[:1024].encode("utf-8", "replace") + b"\n")
+    except BaseException:  # noqa: BLE001 - best effort; the exit status stands
+        pass
 
 
 # ---- on the host ----------------------------------------------------------------------------
@@ -119,17 +137,20 @@ def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
     # one's place, and what is left in a spool afterwards is copied over within the output cap
     spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
     stack = boxrun.memfd("sandbox-stack")
+    tees = boxtee.make(config)
     try:
-        body = partial(_child, item, adopt, spools, stack, cfg.limits.wall_time)
-        result, data = boxrun.run_in_box(body, cfg, [*spools.values(), stack],
+        body = partial(_child, item, boxstate.capture(), tees, adopt, spools, stack,
+                       cfg.limits.wall_time)
+        result, data = boxrun.run_in_box(body, cfg, [*spools.values(), stack, *tees.values()],
                                          limit=reportcheck.MAX_CHANNEL, on_output=boxrun.echo_output)
         stack_text = os.pread(stack, STACK_MAX, 0).decode("utf-8", "replace")
         for tmpfile_fd, spool in spools.items():
             boxrun.unspool(spool, tmpfile_fd, cfg.limits.output_limit)
+        teed = boxtee.sections(tees)
     finally:
-        for fd in (*spools.values(), stack):
+        for fd in (*spools.values(), stack, *tees.values()):
             os.close(fd)
-    unfinished = _drain_capture(config)
+    unfinished = _drain_capture(config) + teed
     out = Outcome([], result)
     try:
         if data is None:
@@ -139,7 +160,10 @@ def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
     except InvalidReport as e:
         out.reports, out.exit_request, out.warnings, invalid = [], None, [], str(e)
     if result.status != Status.OK:
-        text = "sandbox: " + _reason(result, cfg.limits)
+        lines = stack_text.splitlines()
+        escaped = [x[len(ESCAPED):] for x in lines if x.startswith(ESCAPED)]
+        stack_text = "\n".join(x for x in lines if not x.startswith(ESCAPED))
+        text = "sandbox: " + _reason(result, cfg.limits, escaped[-1] if escaped else "")
         if stack_text.strip():
             text += "\n\nPython stack of the test process (written inside the box):\n" + _trim_stack(stack_text)
         complete(item, out.reports, text, sections=unfinished,
@@ -152,7 +176,7 @@ def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
         complete(item, out.reports, f"sandbox: test process sent an invalid report ({why})",
                  first="call")
     else:
-        _explain_memory_error(out.reports, cfg.limits)
+        _explain_memory_error(out.reports, cfg.limits, result)
     return out
 
 
@@ -273,7 +297,7 @@ def reemit_warnings(item: pytest.Item, found: list[dict[str, Any]]) -> None:
             pass
 
 
-def _reason(result: Result, lim: Limits) -> str:
+def _reason(result: Result, lim: Limits, escaped: str = "") -> str:
     if result.status == Status.XX:
         hint = ""
         if result.error_step == "rootfs" and result.errno == 13 and os.geteuid() == 0:
@@ -287,6 +311,12 @@ def _reason(result: Result, lim: Limits) -> str:
             return f"output limit {size} exceeded (the test's captured output is a file: SIGXFSZ)"
         return f"file size limit {size} exceeded (SIGXFSZ; captured output counts too)"
     if result.status == Status.RE:
+        # exit 1 after an exception escaped pytest's own machinery (``_escaped`` named it)
+        if result.exit_code == 1 and escaped:
+            why = boxstate.memory_refusal(escaped)
+            if why and lim.memory and result.enforcement.get("memory") == "rlimit":
+                return f"memory limit {_fmt(lim.memory)} exceeded ({why}; outside the test's own code)"
+            return f"the test process failed outside the test: {_printable(escaped[:300])}"
         return f"the test process exited with code {result.exit_code} (os._exit() inside the test?)"
     return result.reason or str(result.status)
 
@@ -313,6 +343,10 @@ def _package_dirs() -> tuple[str, ...]:
 MACHINERY = _package_dirs()
 
 
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() or c == "\t" else "?" for c in text)
+
+
 def _trim_stack(text: str) -> str:
     """faulthandler's dump, without pytest's, pluggy's and the sandbox's own frames below the
     test (they are the same for every test); control characters are replaced."""
@@ -327,16 +361,18 @@ def _trim_stack(text: str) -> str:
                 continue
         else:
             skipping = False
-        out.append("".join(c if c.isprintable() or c == "\t" else "?" for c in line))
+        out.append(_printable(line))
     return "\n".join(out)
 
 
-def _explain_memory_error(reports: list[pytest.TestReport], lim: Limits) -> None:
-    """Under the rlimit fallback a memory limit shows up as MemoryError inside the test: say
-    so in the summary line (the failure itself stands either way)."""
-    if not lim.memory:
+def _explain_memory_error(reports: list[pytest.TestReport], lim: Limits, result: Result) -> None:
+    """Under the rlimit fallback a memory limit shows up inside the test as MemoryError, or as
+    "can't start new thread" (a thread's stack is address space): say so in the summary line
+    (the failure itself stands either way)."""
+    if not lim.memory or result.enforcement.get("memory", "rlimit") != "rlimit":
         return
     for rep in reports:
         crash = getattr(rep.longrepr, "reprcrash", None)
-        if rep.failed and crash is not None and "MemoryError" in (crash.message or ""):
-            crash.message = f"sandbox: memory limit {_fmt(lim.memory)} exceeded (allocation refused: MemoryError)"
+        why = boxstate.memory_refusal(crash.message or "") if rep.failed and crash is not None else None
+        if why is not None:
+            crash.message = f"sandbox: memory limit {_fmt(lim.memory)} exceeded ({why})"

@@ -181,7 +181,7 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxFixture]:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if not config.getoption("sandbox_no_summary"):
-        write_summary(terminalreporter, config.stash[_ROWS])
+        write_summary(terminalreporter, config.stash[_ROWS], verbose=config.get_verbosity() > 0)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

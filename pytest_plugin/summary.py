@@ -1,5 +1,6 @@
 """The end-of-run table of sandboxed tests: outcome, the kernel's status, wall/CPU time, peak
-memory. The status column is the box's verdict (from the kernel), the outcome is pytest's."""
+memory. The status column is the box's verdict (from the kernel), the outcome is pytest's.
+By default only the tests the sandbox stopped are listed; ``-v`` lists all."""
 
 from __future__ import annotations
 
@@ -38,13 +39,22 @@ def _mib(n: int | None) -> str:
     return "-" if not n else f"{n / (1 << 20):.1f}M"
 
 
-def write_summary(tr: Any, rows: list[SummaryRow]) -> None:
+def write_summary(tr: Any, rows: list[SummaryRow], verbose: bool = False) -> None:
+    """The table lists the tests the sandbox stopped (a limit, a signal, an exit: status not
+    OK), or with ``-v`` every sandboxed test: a suite of thousands of passing tests would
+    otherwise print thousands of lines nobody reads (``--sandbox-no-summary``: no table)."""
     if not rows:
         return
-    tr.write_sep("=", f"sandbox: {len(rows)} sandboxed test(s)")
-    width = min(70, max(len(r.nodeid) for r in rows))
+    stopped = [r for r in rows if r.status != "OK"]
+    shown = rows if verbose else stopped
+    more = "" if verbose else " (-v lists every one)"
+    tr.write_sep("=", f"sandbox: {len(rows)} sandboxed test(s), "
+                      f"{len(stopped) or 'none'} stopped by the sandbox{more}")
+    if not shown:
+        return
+    width = min(70, max(len(r.nodeid) for r in shown))
     tr.write_line(f"{'test':<{width}}  {'outcome':<8} status     wall      cpu     peak")
-    for r in rows:
+    for r in shown:
         name = r.nodeid if len(r.nodeid) <= width else "…" + r.nodeid[-(width - 1):]
         tr.write_line(f"{name:<{width}}  {r.outcome:<8} {r.status:<6} {r.wall:7.3f}s "
                       f"{r.cpu:7.3f}s {_mib(r.peak):>8}")

@@ -158,17 +158,22 @@ def _clone(prep: _contain.Prepared, flags: int, parent_pidfd: int, stdin: int, s
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     # The child starts as a copy-on-write image of us: every page it writes is copied. A
     # garbage collection in it would walk (and write to) every object we own; frozen objects
-    # are skipped. We unfreeze right after, so our own collections are unchanged.
-    gc.freeze()
+    # are skipped. We unfreeze right after, so our own collections are unchanged. A caller that
+    # froze objects itself keeps them frozen: we neither add to nor undo its freeze (the child
+    # then has the caller's gc state, which a clone's payload may restore: the pytest plugin).
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
     try:
         pid, pidfd = sc.clone3(flags, exit_signal=_signal.SIGCHLD, cgroup_fd=cgroup_fd)
     except BaseException:  # EMFILE (the pidfd), EAGAIN (RLIMIT_NPROC): no child, no sync pipe
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
         for fd in (sync_r, sync_w):
             if fd >= 0:
                 os.close(fd)
         raise
-    if pid != 0:
+    if pid != 0 and ours:
         gc.unfreeze()
     if pid == 0:  # ---- child: never return
         code = 1
