@@ -230,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sandbox._grade_cli import main as grade_main
 
         return grade_main(argv[1:])
+    if argv[:1] == ["image"]:  # `sandbox image import|ls|inspect|rm` (sandbox/_cli_image.py)
+        from sandbox._cli_image import main as image_main
+
+        return image_main(argv[1:])
     names = ", ".join(name for name, _ in COMMANDS)
     try:
         if not argv:

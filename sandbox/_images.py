@@ -73,8 +73,10 @@ class _Archive:
             return
         try:
             self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed in close()
-        except (OSError, tarfile.TarError) as e:
-            raise ImageError(f"{path}: not an image archive (a tar file or an OCI layout directory): {e}") from None
+        except OSError as e:
+            raise ImageError(f"{path}: {e.strerror}") from None
+        except tarfile.TarError:  # (its message lists every compression tried, one a line)
+            raise ImageError(f"{path}: not an image archive (a tar file or an OCI layout directory)") from None
         self.members = {"/".join(_layers.check_name(m.name)): m for m in self.tar.getmembers()}
 
     def close(self) -> None:
@@ -146,6 +148,8 @@ class ImageStore:
                  max_layer_entries: int = _layers.MAX_ENTRIES) -> None:
         self.root = root or store_root()
         self.limits = {"max_bytes": max_layer_bytes, "max_entries": max_layer_entries}
+
+    normalize = staticmethod(normalize)
 
     def _dir(self, *parts: str) -> str:
         path = os.path.join(self.root, *parts)
