@@ -57,6 +57,7 @@ RUN_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
           for kind in ("ro-bind", "bind", "overlay")),
         _Opt("--tmpfs", "list", "DEST[:SIZE]"),
         _Opt("--cwd", default="/tmp", help="working directory inside (default /tmp)"),
+        _Opt("--image", metavar="NAME[:TAG]", help="the box's root: an image (sandbox image import)"),
         _Opt("--env", "list", "NAME=VALUE"),
         _Opt("--uid", "int", help="uid inside the box (default 1000)"),
         _Opt("--gid", "int", help="gid inside the box (default 1000)"),
@@ -118,7 +119,7 @@ def config_from_args(a: Args) -> SandboxConfig:
               for arg in getattr(a, kind.replace("-", "_"))]
     cfg = SandboxConfig(limits=limits, network=a.net, mounts=mounts, cwd=a.cwd, env=env,
                         hostname=a.hostname, require_cgroup=a.require_cgroup, id_map=a.id_map,
-                        landlock=a.landlock)
+                        landlock=a.landlock, image=a.image)
     if a.seccomp is not None:
         cfg.seccomp = a.seccomp
     if a.uid is not None:
@@ -130,9 +131,14 @@ def config_from_args(a: Args) -> SandboxConfig:
 
 def _cmd_run(a: Args) -> int:
     cmd = a.cmd
-    if not cmd:
+    if not cmd and not a.image:
         raise UsageError(f"missing command: {RUN_USAGE}")
     cfg = config_from_args(a)
+    if a.image:  # its Entrypoint, then the command or its Cmd (docs/images.md)
+        from sandbox import ImageStore
+
+        if not (cmd := ImageStore().command(a.image, cmd)):
+            raise UsageError(f"missing command: image {a.image!r} has no Cmd; {RUN_USAGE}")
     if a.systemd_scope and not os.environ.get("SANDBOX_IN_SYSTEMD_SCOPE"):
         _reexec_in_scope(["run", *a.argv])
     meta_fd = _open_meta(a.meta) if a.meta else -1

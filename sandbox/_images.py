@@ -35,6 +35,7 @@ from sandbox import _layers, _safefs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any, BinaryIO
 
 STORE_ENV = "SANDBOX_IMAGE_STORE"
@@ -152,8 +153,15 @@ class ImageStore:
     normalize = staticmethod(normalize)
 
     def _dir(self, *parts: str) -> str:
+        """The store's directories are 0711 up to the layer trees (a root-mode box's init is an
+        unprivileged high uid that walks to its layers but need not list them); the image
+        records and tmp/ are 0700."""
         path = os.path.join(self.root, *parts)
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        for i in range(len(parts) + 1):
+            p = os.path.join(self.root, *parts[:i])
+            if not os.path.isdir(p):
+                os.makedirs(p, exist_ok=True)
+                os.chmod(p, 0o711 if parts[:i] in ((), ("layers",)) else 0o700)
         return path
 
     def _record_path(self, name: str) -> str:
@@ -249,7 +257,7 @@ class ImageStore:
         if os.path.isdir(final):
             return
         work = os.path.join(self._dir("tmp"), secrets.token_hex(8))
-        os.mkdir(work, 0o700)
+        os.mkdir(work, 0o711)  # (renamed into layers/: see _dir)
         os.mkdir(os.path.join(work, "fs"), 0o700)
         try:
             with arch.open(rel) as raw_file:
@@ -311,6 +319,12 @@ class ImageStore:
                 return json.loads(f.read(MAX_JSON))
         except FileNotFoundError:
             raise ImageError(f"no image {norm!r} in {self.root} (sandbox image import FILE)") from None
+
+    def command(self, name: str, argv: Sequence[str] = ()) -> list[str]:
+        """What a box of the image runs: its Entrypoint, then ``argv`` or, when that is empty,
+        its Cmd (docker's rule)."""
+        cfg = self.get(name)["config"].get("config") or {}
+        return [*(cfg.get("Entrypoint") or []), *(argv or cfg.get("Cmd") or [])]
 
     def images(self) -> list[dict[str, Any]]:
         """Every image's record, by name."""

@@ -103,7 +103,7 @@ class _Layer:
         self.max_bytes, self.max_entries = max_bytes, max_entries
         self.bytes = self.entries = 0
         self.files: set[str] = set()          # regular files made so far: hard-link targets
-        self.dirs: dict[str, int] = {}        # directory → mode, applied at the end
+        self.dirs: dict[str, int] = {"": 0o755}  # directory → mode, applied at the end
         self.opaque: dict[str, str] = {}      # directory → "y" | "x"
 
     def parent(self, name: str, parts: list[str]) -> int:
@@ -179,9 +179,12 @@ class _Layer:
                 if base in ("", ".", "..") or base.startswith(WHITEOUT):
                     raise LayerError(name, "whiteout of no name")
                 self.clear(pfd, base, rel, keep_dir=False)
+                # 0644: reading a user. xattr needs read permission, and a root-mode box's init
+                # (a high uid) reads the whiteout of a root-owned store as "others"
                 fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o600, dir_fd=pfd)
+                             0o644, dir_fd=pfd)
                 try:
+                    os.fchmod(fd, 0o644)  # (past the umask)
                     os.setxattr(fd, X_WHITEOUT, b"y")
                 finally:
                     os.close(fd)

@@ -68,7 +68,7 @@ def base_layer() -> bytes:
     es += [entry("etc", "dir"), entry("etc/os-release", "file", b"NAME=testimage\n"),
            entry("gone", "file", b"layer 1\n"), entry("opaque", "dir"),
            entry("opaque/old", "file", b"old\n"), entry("tmp", "dir", mode=0o1777),
-           entry("root", "dir", mode=0o700)]
+           entry("root", "dir", mode=0o700), entry("dev", "dir"), entry("dev/planted", data=b"x")]
     return layer(es)
 
 

@@ -169,3 +169,101 @@ def test_a_manifest_whose_digest_is_wrong_is_refused(store, tmp_path, layers):
     man.write_bytes(man.read_bytes() + b" ")
     with pytest.raises(sandbox.ImageError, match="has digest"):
         store.import_archive(src)
+
+
+# ---------------------------------------------------------------- boxes on an image --
+
+SCRIPT = ("ls /; echo ---; ls /opaque; echo ---; cat /gone 2>&1; cat /new; echo $GREETING; pwd; "
+          "echo w > /written; cat /written; ls /dev")
+
+
+@pytest.fixture
+def image(tmp_path_factory, monkeypatch, layers):
+    """The two-layer busybox image in a store a root-mode init can walk to (0711 parents)."""
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="sbx-images-")
+    os.chmod(top, 0o711)
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", os.path.join(top, "store"))
+    src = oci_layout(os.path.join(top, "oci"), layers, Env=["PATH=/bin", "GREETING=hi from env"],
+                     WorkingDir="/opaque", Cmd=["sh", "-c", "echo cmd ran in $(pwd)"])
+    sandbox.ImageStore().import_archive(src)
+    yield top
+    import shutil
+
+    subprocess.run(["chmod", "-R", "u+rwx", top], check=False)
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_box_on_an_image_sees_its_layers_whiteouts_and_config(image):
+    r = sandbox.run_sync(["sh", "-c", SCRIPT], sandbox.SandboxConfig(image="test/busybox:1"))
+    assert r.status == "OK", (r.error, r.stderr)
+    root, opaque, rest = r.stdout.decode().split("---\n")
+    assert set(root.split()) >= {"bin", "etc", "new", "opaque", "proc", "dev", "tmp"}
+    assert "gone" not in root.split() and "usr" not in root.split()  # whited out; no host /usr
+    assert opaque.split() == ["new"]                   # layer 1's /opaque/old is hidden
+    assert rest.splitlines()[:5] == ["cat: can't open '/gone': No such file or directory",
+                                     "layer 2", "hi from env", "/opaque", "w"]
+    assert "null" in rest.split() and "planted" not in rest.split()  # the box's /dev, not the image's
+
+
+def test_writes_go_to_the_capped_upper_and_vanish(image):
+    cfg = sandbox.SandboxConfig(image="test/busybox:1", limits=sandbox.Limits.parse(tmpfs_size="8M"))
+    r = sandbox.run_sync(["sh", "-c", "cat /bin/busybox /bin/busybox /bin/busybox /bin/busybox "
+                          "/bin/busybox > /big; echo rc=$?; rm -f /bin/busybox"], cfg)
+    assert "No space left on device" in r.stderr.decode() and "rc=1" in r.stdout.decode(), r
+    r = sandbox.run_sync(["sh", "-c", "ls /big /written 2>&1; ls -l /bin/busybox >/dev/null && echo kept"], cfg)
+    assert r.stdout.decode().splitlines() == ["ls: /big: No such file or directory",
+                                              "ls: /written: No such file or directory", "kept"]
+    store = sandbox.ImageStore()
+    bottom = store.layer_dir(store.get("test/busybox:1")["layers"][0])
+    assert os.path.getsize(f"{bottom}/bin/busybox") == os.path.getsize("/usr/bin/busybox")
+    assert not os.path.exists(f"{bottom}/big")
+
+
+def test_no_host_path_of_the_store_is_in_the_box(image):
+    r = sandbox.run_sync(["cat", "/proc/self/mountinfo", "/proc/mounts"], sandbox.SandboxConfig(image="test/busybox:1"))
+    text = r.stdout.decode()
+    assert r.status == "OK" and "lowerdir=/oldroot/proc/self/fd/" in text
+    assert image not in text and "sbx-images" not in text and "/store" not in text
+
+
+def test_a_held_box_keeps_its_writes_until_it_closes(image):
+    cfg = sandbox.SandboxConfig(image="test/busybox:1")
+    with sandbox.Box(cfg) as box:
+        assert box.exec(["sh", "-c", "echo kept > /mine"]).status == "OK"
+        assert box.exec(["cat", "/mine"]).stdout == b"kept\n"
+    with sandbox.Box(cfg) as box:
+        assert box.exec(["ls", "/mine"]).status == "RE"
+
+
+def test_an_image_whose_etc_is_a_symlink_out_is_not_followed(tmp_path, image):
+    """init writes the box's /etc files under /newroot/etc: through an image's symlink
+    ``etc -> ../../oldroot/<host dir>`` that was the host's directory."""
+    from tests.image_build import entry, layer
+
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(decoy, 0o777)
+    evil = layer([entry("bin", "dir"), entry("bin/busybox", data=open("/usr/bin/busybox", "rb").read(), mode=0o755),
+                  entry("bin/sh", "symlink", link="busybox"), entry("etc", "symlink", link=f"../../oldroot{decoy}")])
+    sandbox.ImageStore().import_archive(oci_layout(str(tmp_path / "evil"), [evil], ref="test/evil:1"))
+    r = sandbox.run_sync(["sh", "-c", "cat /etc/passwd"], sandbox.SandboxConfig(image="test/evil:1"))
+    assert r.status == "OK" and b"sandbox:x:" in r.stdout, (r.status, r.error)  # our /etc
+    assert os.listdir(decoy) == []
+
+
+def test_unknown_image_is_a_config_error():
+    with pytest.raises(sandbox.ConfigError, match="no image 'nope:latest'"):
+        sandbox.SandboxConfig(image="nope").validate()
+
+
+def test_cli_run_image_uses_cmd_and_entrypointless_argv(image):
+    st = os.environ["SANDBOX_IMAGE_STORE"]
+    r = cli("run", "--image", "test/busybox:1", env_store=st)
+    assert (r.returncode, r.stdout) == (0, "cmd ran in /opaque\n"), r.stderr
+    r = cli("run", "--image", "test/busybox:1", "--", "cat", "/new", env_store=st)
+    assert (r.returncode, r.stdout) == (0, "layer 2\n"), r.stderr
+    r = cli("run", "--image", "nope", env_store=st)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no image 'nope:latest'" in r.stderr
