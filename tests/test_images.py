@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import sandbox
+from tests.conftest import ROOT_MODE
 from tests.image_build import base_layer, docker_archive, oci_layout, top_layer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -267,3 +268,37 @@ def test_cli_run_image_uses_cmd_and_entrypointless_argv(image):
     assert (r.returncode, r.stdout) == (0, "layer 2\n"), r.stderr
     r = cli("run", "--image", "nope", env_store=st)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no image 'nope:latest'" in r.stderr
+
+
+def test_box_commit_stores_the_writable_layer_with_its_whiteouts(image):
+    cfg = sandbox.SandboxConfig(image="test/busybox:1")
+    with sandbox.Box(cfg) as box:
+        r = box.exec(["sh", "-c", "echo mine > /mine; rm /new; mkdir -p /d/e; echo x > /d/e/f; "
+                      "ln -s /etc/passwd /link; " + ("" if ROOT_MODE else  # (root mode: /opaque is host root's)
+                      "rm -rf /opaque; mkdir /opaque; echo again > /opaque/again")])
+        assert r.status == "OK", r.stderr
+        assert box.commit("test/committed:2") == "test/committed:2"
+    store = sandbox.ImageStore()
+    rec = store.get("test/committed:2")
+    assert rec["layers"][:2] == store.get("test/busybox:1")["layers"] and len(rec["layers"]) == 3
+    top = store.layer_dir(rec["layers"][2])
+    assert os.getxattr(f"{top}/new", "user.overlay.whiteout") == b"y"
+    assert os.readlink(f"{top}/link") == "/etc/passwd"
+    r = sandbox.run_sync(["sh", "-c", "cat /mine /d/e/f; ls /new 2>&1; ls /opaque; readlink /link"],
+                         sandbox.SandboxConfig(image="test/committed:2"))
+    assert r.stdout.decode().splitlines() == ["mine", "x", "ls: /new: No such file or directory",
+                                              "new" if ROOT_MODE else "again", "/etc/passwd"], r.stderr
+
+
+def test_a_planted_name_with_a_newline_is_refused_at_commit(image):
+    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
+        assert box.exec(["sh", "-c", "touch '/bad\nname'"]).status == "OK"
+        with pytest.raises(sandbox.LayerError, match="control character"):
+            box.commit("test/bad:1")
+    with pytest.raises(sandbox.ImageError, match="no image"):
+        sandbox.ImageStore().get("test/bad:1")
+
+
+def test_commit_needs_a_box_on_an_image():
+    with sandbox.Box(sandbox.SandboxConfig()) as box, pytest.raises(sandbox.ImageError, match="not on an image"):
+        box.commit("x:1")
