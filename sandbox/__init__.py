@@ -37,20 +37,23 @@ if TYPE_CHECKING:
     from sandbox._box_proc import Process
     from sandbox._boxlife import BoxError
     from sandbox._doctor import diagnose
+    from sandbox._images import ImageError, ImageStore
+    from sandbox._layers import LayerError
     from sandbox._plan import Prepared as Plan
     from sandbox._supervisor import Supervisor
     from sandbox._worker_host import CallError, Worker, WorkerError
     from sandbox._workspace import Workspace
 
 __all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "CallError", "Changes", "Checkpoint", "ConfigError",
-           "Limits", "MountSpec", "Plan", "Process", "Result", "SandboxConfig", "Status",
-           "Supervisor", "Usage", "Worker", "WorkerError", "Workspace",
-           "cgroup_fallbacks", "diagnose", "prepare", "run", "run_sync"]
+           "ImageError", "ImageStore", "LayerError", "Limits", "MountSpec", "Plan", "Process",
+           "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "Worker", "WorkerError",
+           "Workspace", "cgroup_fallbacks", "diagnose", "prepare", "run", "run_sync"]
 
 _LAZY = {"Box": "sandbox._box", "Plan": "sandbox._plan", "Workspace": "sandbox._workspace", "BoxError": "sandbox._boxlife", "diagnose": "sandbox._doctor", "Changes": "sandbox._box_files",
          "Checkpoint": "sandbox._box_files", "Worker": "sandbox._worker_host",
          "WorkerError": "sandbox._worker_host", "CallError": "sandbox._worker_host",
-         "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor"}
+         "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor",
+         "ImageStore": "sandbox._images", "ImageError": "sandbox._images", "LayerError": "sandbox._layers"}
 
 
 def cgroup_fallbacks(config: SandboxConfig | None = None) -> dict[str, str]:

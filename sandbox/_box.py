@@ -122,8 +122,7 @@ class Box:
                 result = self._startup_failure()
                 raise BoxError(result.error or "the box did not start", result)
             st = os.fstat(fds[0])  # the box's / belongs to its root: our ids for it, mapped
-            owner = ((st.st_uid + self.config.uid, st.st_gid + self.config.gid)
-                     if self._prep.ids.parent_writes else None)
+            owner = (st.st_uid + self.config.uid, st.st_gid + self.config.gid) if self._prep.ids.parent_writes else None
             self._files = BoxFiles(fds[0], fds[1], owner, (self.config.uid, self.config.gid),
                                    self._prep.rootfs.ops)
         except BaseException:  # a failed start, or Ctrl-C while it started: nothing left behind
@@ -300,8 +299,7 @@ class Box:
         if turn and self._sock is not None and not self._dead:
             self._wait_events([], 0)
         if self._sock is None or self._dead:
-            raise BoxError("this box is closed" if self._sock is not None else
-                           "this box is not open: use `with Box(config) as box:` or box.open()")
+            raise BoxError("this box is closed" if self._sock is not None else "this box is not open: use `with Box(config) as box:` or box.open()")
 
     def _recv(self, timeout: float | None) -> tuple[bytes, list[int]]:
         assert self._sock is not None
@@ -396,3 +394,6 @@ class Box:
         ``checkpoint()`` of this box): files and links; directories only when made or removed."""
         self._check_open(turn=True)
         return self._files.changes(since)
+
+    def commit(self, name: str) -> str:  # the writable layer as image NAME[:TAG]: docs/images.md
+        return __import__("sandbox._commit", fromlist=["commit"]).commit(self, name)

@@ -73,6 +73,8 @@ RUN_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
              "--tmpfs-size)"),
         _Opt("--cwd --workdir -w", metavar="DIR", default="/tmp",
              help="working directory inside (default /tmp)"),
+        _Opt("--image", metavar="NAME[:TAG]", help="the box's root: an image (sandbox image "
+             "import; default: the host's /usr)"),
         _Opt("--env -e", "list", "NAME[=VALUE]", help="set NAME in the box; NAME alone "
              "passes your value (default: only TERM, LANG, LC_ALL, LC_CTYPE, TZ pass; PATH, "
              "HOME=/tmp, USER are the box's)"),
@@ -144,9 +146,14 @@ def _version() -> str:
 
 def _cmd_run(a: Args) -> int:
     cmd = a.cmd
-    if not cmd:
+    if not cmd and not a.image:
         raise UsageError(f"missing command: {RUN_USAGE}")
     cfg = config_from_args(a)
+    if a.image:  # its Entrypoint, then the command or its Cmd (docs/images.md)
+        from sandbox import ImageStore
+
+        if not (cmd := ImageStore().command(a.image, cmd)):
+            raise UsageError(f"missing command: image {a.image!r} has no Cmd; {RUN_USAGE}")
     if a.systemd_scope and not os.environ.get("SANDBOX_IN_SYSTEMD_SCOPE"):
         _reexec_in_scope(["run", *a.argv])
     sys.stderr.write("" if a.quiet else unheld_warning(a, cfg))  # before the run: cgroup-less
@@ -191,13 +198,18 @@ def _cmd_run(a: Args) -> int:
 
 
 def _cmd_shell(a: Args) -> int:
-    """`sandbox shell`: `sandbox run -- bash -i` (sh where the box has no bash) on the host's
-    /usr; a terminal of its own when ours is one."""
+    """`sandbox shell [IMAGE]`: `sandbox run -- bash -i` on the host's /usr (sh where there is
+    no bash), or `sh -i` on an imported image; a terminal of its own when ours is one."""
+    if len(a.cmd) > 1 or (a.cmd and a.image):
+        raise UsageError(f"sandbox shell {' '.join(a.cmd)!r}: takes at most an IMAGE, no "
+                         "command; use `sandbox run [options] -- COMMAND`")
     if a.cmd:
-        raise UsageError(f"sandbox shell {a.cmd[0]!r}: takes no command or image (images are "
-                         "not supported yet); use `sandbox run [options] -- COMMAND`")
-    a.cmd = ["bash" if os.path.exists("/usr/bin/bash") else "sh", "-i"]
+        a.image = a.cmd[0]
+    on_host = not a.image
+    a.cmd = ["bash" if on_host and os.path.exists("/usr/bin/bash") else "sh", "-i"]
     a.argv = [*a.argv, "--", *a.cmd]  # (what --systemd-scope runs again, as `sandbox run`)
+    if a.image:
+        a.argv = ["--image", a.image, *[w for w in a.argv if w != a.image]]
     return _cmd_run(a)
 
 
@@ -249,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sandbox._grade_cli import main as grade_main
 
         return grade_main(argv[1:])
+    if argv[:1] == ["image"]:  # `sandbox image import|ls|inspect|rm` (sandbox/_cli_image.py)
+        from sandbox._cli_image import main as image_main
+
+        return image_main(argv[1:])
     names = ", ".join(name for name, _ in COMMANDS)
     try:
         if not argv:
@@ -273,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if argv[0] in ("run", "shell"):
                 text = (format_help(RUN_USAGE, COMMANDS[0][1], RUN_GROUPS, RUN_EPILOG)
                         if argv[0] == "run" else
-                        format_help("sandbox shell [options]", COMMANDS[1][1], RUN_GROUPS))
+                        format_help("sandbox shell [options] [IMAGE]", COMMANDS[1][1], RUN_GROUPS))
             else:
                 text = format_help("sandbox doctor [--json]", COMMANDS[2][1], DOCTOR_GROUPS)
             sys.stdout.write(text)

@@ -234,6 +234,7 @@ class SandboxConfig:
     require_cgroup: bool = False
     use_cgroup: bool = True
     id_map: Literal["auto", "single", "range"] = "auto"
+    image: str | None = None  # NAME[:TAG] of the image store: the box's root (sandbox._image_root)
 
     def validate(self) -> SandboxConfig:
         if self.network not in ("none", "host"):
@@ -268,6 +269,10 @@ class SandboxConfig:
                 raise ConfigError(f"mount target {m.target} is used twice ({seen[m.target]} and --{m.kind}); give each mount its own target")
             seen[m.target] = f"--{m.kind}"
         self.mounts = mounts
+        if self.image is not None:  # its Env and WorkingDir; an unknown image is a ConfigError
+            from sandbox._image_root import apply_config
+
+            apply_config(self)
         return self
 
     # -- JSON round trip (to the launcher; never pickle) --------------------------------------

@@ -35,7 +35,7 @@ import errno
 import os
 import stat
 
-from sandbox import _etc, _ipclimits
+from sandbox import _etc, _image_root, _ipclimits
 from sandbox import _syscalls as sc
 from sandbox._config import SandboxConfig
 from sandbox._pyprefix import DEFAULT_EXPOSED, exposed
@@ -71,6 +71,7 @@ class RootfsPlan:
     # A held box (sandbox.Box): its / stays writable (on the same capped tmpfs), and init keeps
     # a handle on the tmpfs itself (``build_rootfs`` returns it) for the host to list changes.
     held: bool = False
+    image: tuple = ()  # an image's layers, ((path, st_dev, st_ino), ...) top first: the box's /
 
 
 def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
@@ -81,14 +82,14 @@ def _expose(ops: list[Op], path: str, kind: str = "overlay") -> None:
 
 
 def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
-    ops: list[Op] = []
-    for d in DEFAULT_EXPOSED:
+    ops: list[Op] = []  # (an image is the box's root: no host /usr, Python or /etc views)
+    for d in DEFAULT_EXPOSED if not cfg.image else ():
         _expose(ops, d)
-    for host, at in exposed(cfg.expose_python):
+    for host, at in exposed(cfg.expose_python) if not cfg.image else ():
         if os.path.isdir(host):
             ops.append(("overlay", host, at, True))
     etc_dev = os.stat("/etc").st_dev
-    for name in _etc.ETC_VIEW:
+    for name in _etc.ETC_VIEW if not cfg.image else ():
         p = "/etc/" + name
         if os.path.isdir(p):  # one that is a host mount of its own is not in /etc's overlay
             ops.append(("etc-view", p) if os.stat(p).st_dev == etc_dev else ("ro-bind", p, p, True))
@@ -101,7 +102,7 @@ def plan_rootfs(cfg: SandboxConfig) -> RootfsPlan:
             assert m.source is not None
             ops.append((m.kind, m.source, m.target, os.path.isdir(m.source))
                        + ((m.upper_to, (cfg.uid, cfg.gid)) if m.upper_to is not None else ()))
-    return RootfsPlan(ops, _etc.plan_files(cfg), cfg.limits.tmpfs_size, _ipclimits.plan(cfg.limits.memory))
+    return RootfsPlan(ops, _image_root.etc_files(cfg, _etc.plan_files(cfg)), cfg.limits.tmpfs_size, _ipclimits.plan(cfg.limits.memory), image=_image_root.plan_layers(cfg))
 
 
 def tmpfs_inodes(size: int) -> int:
@@ -274,9 +275,8 @@ def _skeleton_bytes(plan: RootfsPlan) -> int:
     return (pages + 16) * 4096
 
 
-def _setup_dev() -> None:
-    os.mkdir("/newroot/dev")
-    sc.mount("/newroot/dev", "/newroot/dev", None, sc.MS_BIND)  # remounted read-only below
+def _setup_dev(image: bool = False) -> None:
+    sc.mount(_image_root.dev_source(image), "/newroot/dev", None, sc.MS_BIND)  # read-only below
     for n in DEV_NODES:
         p = "/newroot/dev/" + n
         os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -302,7 +302,7 @@ def _setup_proc(sysctls: list[tuple[str, str]]) -> None:
     """Fresh procfs for our pid namespace, with the kernel-wide leaks covered (docker/runc's
     masked paths): /proc/kcore, keys, timer_list, ... become /dev/null, hardware dirs an
     empty read-only tmpfs, and /proc/sys & co read-only — after the IPC limits are set."""
-    os.mkdir("/newroot/proc")
+    _image_root.ensure_dir("/newroot/proc")
     sc.mount("proc", "/newroot/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     _ipclimits.write("/newroot/proc/sys/", sysctls)
     exists = os.access  # F_OK: a bool, where os.path.exists raises and catches inside
@@ -348,6 +348,7 @@ def build_rootfs(plan: RootfsPlan) -> int:
         os.mkdir(d)
     os.chmod("/scratch/tmp", 0o1777)
     os.chmod("/scratch/shm", 0o1777)
+    _image_root.mount_root(plan.image, list(plan.etc_files))  # (an image's overlay on /newroot)
     _etc.write_files(plan.etc_files)
     sc.mount("/scratch/tmp", "/newroot/tmp", None, sc.MS_BIND)
     # (the /etc overlay first: it makes /scratch/empty, the lower layer _ro_view adds too)
@@ -388,12 +389,12 @@ def build_rootfs(plan: RootfsPlan) -> int:
         _make_target("/sys/fs/cgroup", True)
         sc.mount("cgroup2", "/newroot/sys/fs/cgroup", "cgroup2",
                  sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    _setup_dev()
+    _setup_dev(bool(plan.image))
     _setup_proc(plan.sysctls)
     os.chdir("/newroot")
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
     sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_NOSUID | sc.MS_NODEV
-             | (0 if plan.held else sc.MS_RDONLY))
+             | (0 if plan.held or plan.image else sc.MS_RDONLY))
     return tmpfs_fd

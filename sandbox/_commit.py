@@ -1,0 +1,149 @@
+"""``Box.commit("NAME[:TAG]")``: a held box on an image, its writable layer stored as a new
+layer on top of the image's, a new image in the store.
+
+The upper is the box's: every name in it was made by the program we do not trust. It is read
+from the host through the box's tmpfs fd that init sent (``Box``'s ``BoxFiles.tmpfs``), one
+directory at a time with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS …)`` (``_safefs``):
+no link is followed, a symlink is stored as its text, a FIFO or device is skipped (never
+opened), files are read non-blocking and only if regular. The tar written from it goes through
+the same ``_layers.extract`` as an imported archive (a name with a newline is refused there,
+naming it), so the store holds nothing an import could not have put there.
+
+overlayfs records a deletion in the upper as a 0/0 character device and a directory made anew
+over a lower one as ``user.overlay.opaque=y`` (with ``userxattr``): those become the OCI
+``.wh.NAME`` and ``.wh..wh..opq`` entries, which ``_layers`` turns back into xattr whiteouts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tarfile
+import tempfile
+
+from sandbox import _images, _safefs
+from sandbox import _syscalls as sc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
+
+UPPER = "scratch/up/root"
+
+
+def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int) -> None:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        pending, count = [""], 0
+        while pending:
+            rel = pending.pop()
+            dfd = _safefs.open_beneath(tmpfs, f"{UPPER}/{rel}".rstrip("/"), directory=True)
+            try:
+                if rel:
+                    try:
+                        if os.getxattr(dfd, "user.overlay.opaque") == b"y":
+                            tar.addfile(_info(rel + ".wh..wh..opq", tarfile.REGTYPE, 0o644))
+                    except OSError:
+                        pass
+                for entry in sorted(os.scandir(dfd), key=lambda e: e.name):
+                    count += 1
+                    if count > max_entries:
+                        raise _images.ImageError(f"commit: more than {max_entries} entries in the box's writable layer")
+                    _add(tar, dfd, rel, entry.name, pending)
+            finally:
+                os.close(dfd)
+
+
+def _info(name: str, kind: bytes, mode: int, size: int = 0, mtime: float = 0) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.mode, ti.size, ti.mtime = kind, mode, size, int(mtime)
+    return ti
+
+
+def _add(tar: tarfile.TarFile, dfd: int, rel: str, name: str, pending: list[str]) -> None:
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    path = rel + name
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # overlayfs's whiteout
+        tar.addfile(_info(f"{rel}.wh.{name}", tarfile.REGTYPE, 0o644))
+    elif stat.S_ISDIR(st.st_mode):
+        tar.addfile(_info(path, tarfile.DIRTYPE, mode, mtime=st.st_mtime))
+        pending.append(path + "/")
+    elif stat.S_ISLNK(st.st_mode):
+        ti = _info(path, tarfile.SYMTYPE, 0o777, mtime=st.st_mtime)
+        ti.linkname = os.readlink(name, dir_fd=dfd)
+        tar.addfile(ti)
+    elif stat.S_ISREG(st.st_mode):
+        fd = sc.openat2(dfd, name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, _safefs.RESOLVE)
+        with os.fdopen(fd, "rb") as f:
+            fst = os.fstat(f.fileno())
+            if not stat.S_ISREG(fst.st_mode):  # swapped since the stat: skipped
+                return
+            tar.addfile(_info(path, tarfile.REGTYPE, mode, fst.st_size, fst.st_mtime), _Bounded(f, fst.st_size))
+    # FIFOs, sockets, other devices: not image content (and never opened)
+
+
+class _Bounded:
+    """Exactly ``size`` bytes of ``f`` (a file the box may still be growing or truncating):
+    zeros when it got shorter, the rest ignored when it grew, so the tar stays well-formed."""
+
+    def __init__(self, f: Any, size: int) -> None:
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        data += b"\0" * (n - len(data))
+        self.left -= n
+        return data
+
+
+class _Spool:
+    """The committed layer as an archive with one member, for ``ImageStore._add_layer``."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.path, self.f = "(the box's writable layer)", f
+
+    def open(self, rel: str) -> BinaryIO:
+        self.f.seek(0)
+        return _Reader(self.f)  # type: ignore[return-value]
+
+
+class _Reader:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self.f.read(-1 if n is None else n)
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def commit(box: Any, name: str) -> str:
+    """Store ``box``'s writable layer (whiteouts and opaque directories kept) as a new layer on
+    its image's, as image ``name`` (NAME[:TAG]); returns the normalized name. The box keeps
+    running; what it writes meanwhile may or may not be in the layer."""
+    if not box.config.image:
+        raise _images.ImageError("commit: the box is not on an image (SandboxConfig(image=...))")
+    target = _images.normalize(name)
+    box._check_open(turn=True)
+    store = _images.ImageStore()
+    base = store.get(box.config.image)
+    with tempfile.TemporaryFile() as spool:
+        _tar_upper(box._files.tmpfs, spool, store.limits["max_entries"])
+        spool.seek(0)
+        h = hashlib.sha256()
+        while chunk := spool.read(1 << 20):
+            h.update(chunk)
+        diff_id = "sha256:" + h.hexdigest()
+        store._add_layer("layer.tar", diff_id, None, _Spool(spool))  # type: ignore[arg-type]
+    config = dict(base["config"])
+    config["rootfs"] = {"type": "layers", "diff_ids": [*base["layers"], diff_id]}
+    config["history"] = [*(config.get("history") or []), {"created_by": "sandbox Box.commit"}]
+    data = _images.json.dumps(config, sort_keys=True).encode()
+    store._write_record(target, config, "sha256:" + hashlib.sha256(data).hexdigest(), config["rootfs"]["diff_ids"])
+    return target
