@@ -55,6 +55,7 @@ FLAGS = ("-I", "-S", "-B")
 
 BOOT = """\
 import sys
+
 def boot(fd=0):
     import marshal, os
     def read(n):
@@ -250,6 +251,7 @@ def serve() -> None:
                 os.kill(-1, 9)
             except OSError:  # nothing to kill
                 pass
+            _await_alone()
         try:
             pid = os.fork()
         except OSError as e:  # the box's pids limit, say: the host's call fails with this
@@ -289,3 +291,14 @@ def _answer_calls(rfd: int, wfd: int) -> None:
         except (OSError, ValueError):
             pass
     os._exit(0)  # no interpreter teardown: nothing the kernel would not free, and faster
+
+
+def _await_alone() -> None:
+    """Until init has reaped what we killed (a bounded wait): a zombie is still a process, and
+    the fork must find no earlier test's process in the box, not even one being reaped."""
+    import time
+
+    for _ in range(2000):
+        if all(int(p) in (1, os.getpid()) for p in os.listdir("/proc") if p.isdigit()):
+            return
+        time.sleep(0.001)
