@@ -156,7 +156,9 @@ def _cmd_run(a: Args) -> int:
             raise UsageError(f"missing command: image {a.image!r} has no Cmd; {RUN_USAGE}")
     if a.systemd_scope and not os.environ.get("SANDBOX_IN_SYSTEMD_SCOPE"):
         _reexec_in_scope(["run", *a.argv])
-    sys.stderr.write("" if a.quiet else unheld_warning(a, cfg))  # before the run: cgroup-less
+    warning = "" if a.quiet else unheld_warning(a, cfg)  # before the run: cgroup-less limits
+    if warning:  # (no empty write: with `stty tostop` a background job stops on any write)
+        sys.stderr.write(warning)
     meta_fd = _open_meta(a.meta) if a.meta else -1
     try:
         from sandbox import run_sync

@@ -70,7 +70,9 @@ class Forwarder:
                 self.on_winch()
             return
         self._send(sig)
-        if sig == _signal.SIGCONT:
+        if sig == _signal.SIGCONT:  # (`fg` after `bg`: the terminal is ours again, raw)
+            if self.on_stop is not None:
+                self.on_stop(False)
             return
         self.received.append(sig)
         if sig == _signal.SIGTERM and _signal.SIGTERM in self.received[:-1]:

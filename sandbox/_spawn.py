@@ -179,6 +179,7 @@ def _clone(prep: _contain.Prepared, flags: int, parent_pidfd: int, stdin: int, s
         code = 1
         try:
             _reset_signals()
+            os.setsid()  # out of the caller's session: its terminal's signals reach us only via it
             # dup above everything first so the dup2s cannot clobber each other (fd 1 → 0 ...)
             hi = [os.dup(fd) for fd in (stdin, stdout, stderr)]
             for i, fd in enumerate(hi):

@@ -248,3 +248,14 @@ def test_ctrl_z_on_a_program_without_job_control_stops_the_whole_box(no_leftover
     assert _state(cli) == "T" and [_state(p) for p in init_kids] == ["T"], init_kids
     assert s.finish() == 0, s.out  # 3 s of ticks + 6.5 s stopped under a 6 s wall time
     assert b"tick 29" in s.out
+
+
+def test_ctrl_c_at_a_terminal_without_tty_reaches_the_program_once(no_leftovers):
+    """With -T the terminal's SIGINT goes to `sandbox run`'s group, which passes it on; init
+    is out of that group (its own session), or the program got it twice."""
+    code = ("import signal, time\nn = []\nsignal.signal(signal.SIGINT, lambda *a: n.append(1))\n"
+            "print('ready', flush=True)\ntime.sleep(2)\nprint('total', len(n), flush=True)\n")
+    s = Session("-T", "--", "python3", "-c", code)
+    s.expect(b"ready")
+    s.send(b"\x03")
+    assert s.finish() == 0 and b"total 1" in s.out, s.out
