@@ -57,21 +57,13 @@ def parse_size(value: int | str | None, what: str, *, allow_none: bool = True,
                minimum: int = 1) -> int | None:
     """``"256M"`` → bytes. Accepts plain bytes, K/M/G/T suffixes (binary), optional ``iB``/``B``.
     ``minimum``: the smallest size that makes sense here, named in the error below it."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited")):
+    bad = f"{what}: {value!r} is not a size; use bytes or a number with K/M/G (e.g. 256M)"
+    m = _magnitude(value, _size_text, bad)
+    if m is None:
         if allow_none:
             return None
         raise ConfigError(f"{what}: a limit is required here (e.g. 64M); 'unlimited' is not allowed")
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: {value!r} is not a size; use bytes or a number with K/M/G (e.g. 256M)")
-    if isinstance(value, int | float):
-        n = int(value)
-    else:
-        parsed, sign = _unsigned(value, _size_text)
-        if parsed is None:
-            raise ConfigError(
-                f"{what}: {value!r} is not a size; use bytes or a number with K/M/G (e.g. 256M)"
-            )
-        n = sign * int(parsed)
+    n = int(m)
     if n <= 0:
         raise ConfigError(f"{what} {value!r}: must be a positive size like 256M")
     if n < minimum:
@@ -81,11 +73,22 @@ def parse_size(value: int | str | None, what: str, *, allow_none: bool = True,
     return n
 
 
-def _unsigned(value: object, parse: Callable[[str], float | None]) -> tuple[float | None, int]:
-    """``"-5M"`` → (the number without its sign, -1): a negative value is then refused as not
-    positive, naming it, instead of as "not a size"."""
+def _magnitude(value: object, parse: Callable[[str], float | None], bad: str) -> float | None:
+    """The number a size or a duration gives, its sign kept, None for none/unlimited; ``bad``
+    (a ConfigError) for a bool or text ``parse`` cannot read. ``"-5M"`` parses as -5M: a
+    negative value is then refused as not positive, naming it, instead of as "not a size"."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited")):
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(bad)
+    if isinstance(value, int | float):
+        return value  # (an int stays exact: a size of 2**63 + 1 is not rounded)
     text = str(value).strip()
-    return (parse(text[1:]), -1) if text.startswith("-") else (parse(text), 1)
+    sign, text = (-1, text[1:]) if text.startswith("-") else (1, text)
+    parsed = parse(text)
+    if parsed is None:
+        raise ConfigError(bad)
+    return sign * parsed
 
 
 def _fmt(n: int) -> str:
@@ -98,17 +101,11 @@ def _fmt(n: int) -> str:
 
 def parse_duration(value: float | int | str | None, what: str) -> float | None:
     """``"5s"``/``"500ms"``/``"2m"``/``3`` → seconds."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "unlimited")):
+    secs = _magnitude(value, _duration_text,
+                      f"{what}: {value!r} is not a duration; use e.g. 5s, 500ms, 2m")
+    if secs is None:
         return None
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: {value!r} is not a duration; use e.g. 5s, 500ms, 2m")
-    if isinstance(value, int | float):
-        secs = float(value)
-    else:
-        parsed, sign = _unsigned(value, _duration_text)
-        if parsed is None:
-            raise ConfigError(f"{what}: {value!r} is not a duration; use e.g. 5s, 500ms, 2m")
-        secs = sign * parsed
+    secs = float(secs)
     if secs <= 0:
         raise ConfigError(f"{what}: {value!r} must be a positive duration like 5s")
     return secs
