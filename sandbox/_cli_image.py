@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 USAGE = ("usage: sandbox image import FILE [--name NAME[:TAG]] | sandbox image ls | "
-         "sandbox image inspect NAME | sandbox image rm NAME")
+         "sandbox image inspect NAME | sandbox image export NAME OUT.tar | sandbox image rm NAME")
 HELP = f"""{USAGE}
 
 Images without a daemon: `docker save` archives and OCI image layouts (a directory or a tar),
@@ -25,6 +25,7 @@ commands:
   import FILE [--name NAME[:TAG]]   store the image(s) of FILE (--name: the one image's name)
   ls                                the stored images: name, id, layers, size
   inspect NAME                      one image as JSON: its config and each layer's size
+  export NAME OUT.tar               write the image as an OCI image-layout tar (podman load reads it)
   rm NAME                           forget the image; remove the layers no other image uses
 """
 
@@ -90,6 +91,12 @@ def main(argv: Sequence[str]) -> int:
             print(f"{'NAME':<{width}}  {'ID':<12}  LAYERS  SIZE")
             for n, i, ly, sz in rows:
                 print(f"{n:<{width}}  {i:<12}  {ly:>6}  {sz}")
+            return 0
+        if cmd == "export":
+            if len(rest) != 2:
+                raise _Usage(f"image export: give NAME[:TAG] and OUT.tar, got {len(rest)} arguments")
+            _name(rest[0])
+            print(f"exported {store.export(rest[0], rest[1])} to {rest[1]}")
             return 0
         if cmd in ("inspect", "rm"):
             if len(rest) != 1:

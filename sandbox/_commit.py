@@ -22,7 +22,7 @@ import stat
 import tarfile
 import tempfile
 
-from sandbox import _images, _safefs
+from sandbox import _images, _layers, _safefs
 from sandbox import _syscalls as sc
 
 TYPE_CHECKING = False
@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 UPPER = "scratch/up/root"
 
 
-def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int) -> None:
+def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int, top: str = UPPER) -> None:
+    """Tar the tree ``top`` under the fd ``tmpfs`` (a box's upper, or a stored layer's ``fs``
+    for ``sandbox image export``), its whiteouts and opaque markers as OCI entries."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         pending, count = [""], 0
         while pending:
             rel = pending.pop()
-            dfd = _safefs.open_beneath(tmpfs, f"{UPPER}/{rel}".rstrip("/"), directory=True)
+            dfd = _safefs.open_beneath(tmpfs, f"{top}/{rel}".rstrip("/"), directory=True)
             try:
                 if rel:
                     try:
@@ -79,8 +81,18 @@ def _add(tar: tarfile.TarFile, dfd: int, rel: str, name: str, pending: list[str]
             fst = os.fstat(f.fileno())
             if not stat.S_ISREG(fst.st_mode):  # swapped since the stat: skipped
                 return
+            if _whiteout(f.fileno()):  # a stored layer's xattr whiteout (_layers)
+                tar.addfile(_info(f"{rel}.wh.{name}", tarfile.REGTYPE, 0o644))
+                return
             tar.addfile(_info(path, tarfile.REGTYPE, mode, fst.st_size, fst.st_mtime), _Bounded(f, fst.st_size))
     # FIFOs, sockets, other devices: not image content (and never opened)
+
+
+def _whiteout(fd: int) -> bool:
+    try:
+        return bool(os.getxattr(fd, _layers.X_WHITEOUT))
+    except OSError:
+        return False
 
 
 class _Bounded:

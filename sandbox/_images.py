@@ -349,6 +349,11 @@ class ImageStore:
         layers = [self.layer(d) for d in rec["layers"]]
         return {**rec, "layers": layers, "size": sum(ly["size"] for ly in layers)}
 
+    def export(self, name: str, out: str) -> str:
+        """Write the image to ``out`` as an OCI image-layout tar (``podman load`` reads it)."""
+        from sandbox import _export
+        return _export.export(self, name, out)
+
     def remove(self, name: str) -> list[str]:
         """Remove the image's record, then every layer no other image uses; returns those."""
         rec = self.get(name)
