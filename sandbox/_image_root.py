@@ -44,11 +44,16 @@ def _record(cfg: SandboxConfig) -> dict:
 
 
 def apply_config(cfg: SandboxConfig) -> None:
-    """The image config's Env (below the config's own ``env``) and WorkingDir (when ``cwd`` is
-    the default /tmp), into ``cfg`` (``SandboxConfig.validate``)."""
+    """The image config's Env (below the config's own ``env``), WorkingDir (when ``cwd`` is
+    the default /tmp) and User (when uid/gid are the defaults: ``_image_user``), into ``cfg``
+    (``SandboxConfig.validate``)."""
     from sandbox._config import ConfigError
+    from sandbox._image_user import apply_user
+    from sandbox._images import ImageStore
 
-    image_cfg = _record(cfg)["config"].get("config") or {}
+    rec = _record(cfg)
+    image_cfg = rec["config"].get("config") or {}
+    apply_user(cfg, image_cfg, [ImageStore().layer_dir(d) for d in reversed(rec["layers"])])
     for item in image_cfg.get("Env") or []:
         name, sep, value = str(item).partition("=")
         if sep and name and "\0" not in item:
