@@ -264,8 +264,8 @@ class ImageStore:
                 raw = _layers.HashingReader(raw_file, 1 << 62, rel)
                 head = raw.read(4)
                 src: BinaryIO = _Prefixed(head, raw)  # type: ignore[assignment]
-                if head[:4] == b"\x28\xb5\x2f\xfd":
-                    raise ImageError(f"{arch.path}: layer {rel!r} is zstd-compressed (not supported yet)")
+                if head[:4] == _layers.ZSTD_MAGIC:
+                    src = _layers.ZstdReader(src, rel)  # type: ignore[assignment]
                 if head[:2] == b"\x1f\x8b":
                     src = gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[assignment]
                 cap = self.limits["max_bytes"] + 2048 * self.limits["max_entries"] + (16 << 20)

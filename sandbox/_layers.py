@@ -83,6 +83,33 @@ class HashingReader:
         return "sha256:" + self.hash.hexdigest()
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# A zstd frame names the window its decoder must hold in memory (up to 2 GiB and more): a
+# frame asking more than zstd's own default decoding limit (2**27, made explicit here) is
+# refused, not allocated.
+ZSTD_MAX_WINDOW = 1 << 27
+
+
+class ZstdReader:
+    """A ``tar+zstd`` layer decompressed as it is read (``zstandard``): memory bounded by
+    ``ZSTD_MAX_WINDOW``, output by the caller's ``HashingReader`` cap (a bomb stops there)."""
+
+    def __init__(self, src: BinaryIO, what: str) -> None:
+        try:
+            import zstandard
+        except ImportError:
+            raise LayerError(what, "is zstd-compressed: needs the zstandard package (pip install zstandard)") from None
+        self.error, self.what = zstandard.ZstdError, what
+        dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        self.reader = dctx.stream_reader(src, read_across_frames=True)
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.reader.read(CHUNK if n is None or n < 0 else n)
+        except self.error as e:
+            raise LayerError(self.what, f"zstd: {e}") from None
+
+
 def check_name(name: str) -> list[str]:
     """The entry's path components, or a refusal: relative, no ``..``, no control character."""
     if any(ord(c) < 32 or ord(c) == 127 for c in name):

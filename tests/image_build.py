@@ -87,15 +87,20 @@ def config_for(layers: list[bytes], **cfg: Any) -> bytes:
                        "rootfs": {"type": "layers", "diff_ids": [_sha(ly) for ly in layers]}}).encode()
 
 
-def oci_layout(path: str, layers: list[bytes], *, ref: str = "test/busybox:1", gz: bool = True,
+def oci_layout(path: str, layers: list[bytes], *, ref: str = "test/busybox:1", gz: bool | str = True,
                as_tar: bool = False, **cfg: Any) -> str:
     """Write an OCI image layout at ``path`` (a directory, or a tar file with ``as_tar``)."""
     files: dict[str, bytes] = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}'}
     descs = []
     for ly in layers:
-        blob = gzip.compress(ly, mtime=0) if gz else ly
+        if gz == "zstd":  # (gz="zstd": tar+zstd layers)
+            import zstandard
+
+            blob = zstandard.ZstdCompressor().compress(ly)
+        else:
+            blob = gzip.compress(ly, mtime=0) if gz else ly
         files["blobs/sha256/" + _sha(blob)[7:]] = blob
-        descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gz else ""),
+        descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar" + (f"+{gz}" if gz == "zstd" else "+gzip" if gz else ""),
                       "digest": _sha(blob), "size": len(blob)})
     config = config_for(layers, **cfg)
     files["blobs/sha256/" + _sha(config)[7:]] = config
