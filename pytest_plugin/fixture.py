@@ -60,7 +60,7 @@ class SandboxFixture:
         return self._ws
 
     def config(self, network: bool = False, cwd: str = "/work",
-               mounts: Sequence[MountSpec] = (), **limits: Any) -> SandboxConfig:
+               mounts: Sequence[MountSpec] = (), image: str | None = None, **limits: Any) -> SandboxConfig:
         unknown = set(limits) - set(LIMIT_KEYS)
         if unknown:
             raise TypeError(f"unknown sandbox option(s) {sorted(unknown)}; valid: {LIMIT_KEYS}")
@@ -70,7 +70,7 @@ class SandboxFixture:
         project = [MountSpec("overlay", PROJECT, root)] if root != "/" and os.path.isdir(root) else []
         return SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
                              mounts=[*project, self._workspace().mount("/work"), *mounts],
-                             cwd=cwd).validate()
+                             cwd=cwd, image=image).validate()  # image: the store's (docs/images.md)
 
     def put(self, name: str, data: bytes) -> None:
         """Write ``/work/<name>`` for the next box. A box that ran before may have planted a
@@ -89,10 +89,10 @@ class SandboxFixture:
         self.results.append(r)
         return r
 
-    def box(self, network: bool = False, cwd: str = "/work", **limits: Any) -> Box:
+    def box(self, network: bool = False, cwd: str = "/work", image: str | None = None, **limits: Any) -> Box:
         """A held box (``with sandbox.box() as box: box.exec(...)``) with this test's /work:
         compile once, run many; files in and out with ``box.put``/``box.get`` or ``put``/``read``."""
-        return Box(self.config(network=network, cwd=cwd, **limits))
+        return Box(self.config(network=network, cwd=cwd, image=image, **limits))
 
     def call(self, func: Callable[..., Any] | str, *args: Any,
              sandbox_options: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
