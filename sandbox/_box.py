@@ -124,7 +124,7 @@ class Box:
             st = os.fstat(fds[0])  # the box's / belongs to its root: our ids for it, mapped
             owner = (st.st_uid + self.config.uid, st.st_gid + self.config.gid) if self._prep.ids.parent_writes else None
             self._files = BoxFiles(fds[0], fds[1], owner, (self.config.uid, self.config.gid),
-                                   self._prep.rootfs.ops)
+                                   self._prep.rootfs.ops, self._prep.rootfs.image)
         except BaseException:  # a failed start, or Ctrl-C while it started: nothing left behind
             if getattr(self, "_files", None) is None:
                 for fd in fds:

@@ -54,14 +54,17 @@ class Checkpoint:
 
 class BoxFiles:
     """``root``/``tmpfs``: the fds init sent (ours to close); ``owner``: the box user's host ids
-    when we are root (range maps), else None; ``ops``: the rootfs plan (where the uppers go)."""
+    when we are root (range maps), else None; ``ops``: the rootfs plan (where the uppers go);
+    ``image``: ``RootfsPlan.image`` (an image box: its layers are the lowers of its root's upper)."""
 
     def __init__(self, root: int, tmpfs: int, owner: tuple[int, int] | None,
-                 inside_ids: tuple[int, int], ops: list) -> None:
+                 inside_ids: tuple[int, int], ops: list, image: tuple = ()) -> None:
         self.root, self.tmpfs, self.owner, self.inside_ids = root, tmpfs, owner, inside_ids
         self.uppers = _upper_targets(ops)
         self.lower_fds: dict[str, int] = {}
-        for dst, src in self.uppers.values():
+        targets = [(dst, src) for dst, src in self.uppers.values()]
+        targets += [(f"{IMAGE_UPPER}#{i}", path) for i, (path, _dev, _ino) in enumerate(image[1] if image else ())]
+        for dst, src in targets:
             try:
                 self.lower_fds[dst] = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:
@@ -225,28 +228,30 @@ class BoxFiles:
         hidden: list[tuple[int, str, str]] = []  # opaque upper dirs over a lower dir
         places = [("newroot", ""), ("scratch/tmp", "/tmp"), ("scratch/shm", "/dev/shm")]
         places += [(f"scratch/up/{n}", dst) for n, (dst, _src) in self.uppers.items()]
+        places += [(IMAGE_UPPER, "")] if f"{IMAGE_UPPER}#0" in self.lower_fds else []
         for rel, prefix in places:
             try:
                 fd = _safefs.open_beneath(self.tmpfs, rel, directory=True)
             except OSError:
                 continue
-            lower = self.lower_fds.get(prefix, -1)
+            lowers = ([fd_ for k, fd_ in self.lower_fds.items() if k.startswith(IMAGE_UPPER + "#")]
+                      if rel == IMAGE_UPPER else [self.lower_fds[prefix]] if prefix in self.lower_fds else [])
             count = 0
             try:
                 for sub, st in _safefs.walk_beneath(fd, max_entries=MAX_ENTRIES):
                     count += 1
                     path = f"{prefix}/{sub}"
-                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and lower >= 0:
+                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and lowers:
                         out[path] = ("whiteout",)
                         continue
                     kind = ("dir" if stat.S_ISDIR(st.st_mode) else
                             "link" if stat.S_ISLNK(st.st_mode) else "file")
                     # the host lower, resolved beneath itself: never through a link in it
-                    in_lower = lower >= 0 and _safefs.exists_beneath(lower, sub)
+                    in_lower = any(_safefs.exists_beneath(lower, sub) for lower in lowers)
                     ident = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) if kind != "dir" else 0
                     out[path] = (kind, ident, in_lower)
                     if kind == "dir" and in_lower and _opaque(fd, sub):
-                        hidden.append((lower, sub, prefix))
+                        hidden += [(lower, sub, prefix) for lower in lowers]
             except OSError:  # a tree deeper than a path can name (ENAMETOOLONG), ...
                 truncated = True
             finally:
@@ -265,6 +270,9 @@ class BoxFiles:
             finally:
                 os.close(fd)
         return out, truncated
+
+
+IMAGE_UPPER = "scratch/up/root"  # an image box's root upper (_image_root), over its layers
 
 
 def _opaque(dir_fd: int, sub: str) -> bool:

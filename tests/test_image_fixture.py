@@ -11,6 +11,7 @@ import tempfile
 import pytest
 
 import sandbox
+from tests.conftest import ROOT_MODE
 from tests.image_build import base_layer, oci_layout, top_layer
 
 
@@ -36,3 +37,15 @@ def test_the_fixture_runs_on_an_image_with_its_work_dir(request, image):
     assert fx.read("out.txt") == b"out\n"
     with fx.box(image=image) as box:
         assert box.exec(["cat", "/new"]).stdout == b"layer 2\n"
+
+
+def test_box_changes_sees_writes_to_an_image_root(image):
+    """``Box.changes()`` lists the image root's upper: a new file created, a file of a layer
+    modified, a file of a layer deleted (overlayfs's whiteout), /tmp as before."""
+    with sandbox.Box(sandbox.SandboxConfig(image=image)) as box:
+        r = box.exec(["sh", "-c", "echo mine > /mine; echo again > /new; rm /opaque/new; echo t > /tmp/t"])
+        assert r.status == "OK", r.stderr
+        ch = box.changes()
+    assert ch.created == ["/mine", "/tmp/t"], ch
+    if not ROOT_MODE:  # (as root the image's files are host root's: read-only to the box user)
+        assert ch.modified == ["/new"] and ch.deleted == ["/opaque/new"], ch
