@@ -15,6 +15,9 @@ it has a handler for (the kernel drops the rest, even from outside), and init ha
   session of its own) stops the whole box: init stops every other process of its namespace,
   then we stop ourselves, so the shell sees the job stopped. SIGCONT (``fg``, ``bg``) resumes
   both. The wall time does not run while the box is stopped (``paused``).
+* SIGTTIN/SIGTTOU (a job put in the background reads the terminal, or writes it under ``stty
+  tostop``) stop the box and us the same way: by default they would stop only us, and the box
+  would run on against its wall time with nobody reading it.
 
 Handlers run in the main thread; ``fd`` (the wakeup pipe) wakes the caller's poll so it sees a
 new kill deadline at once. ``close`` puts every disposition back.
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 FORWARD = FORWARDED_SIGNALS  # what init passes on (its handlers), so what we send it
 STOPPING = (_signal.SIGTERM, _signal.SIGHUP)  # these start the grace period
+SUSPENDING = (_signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU)  # these stop the box and us
 
 
 class Forwarder:
@@ -52,7 +56,7 @@ class Forwarder:
         self.fd, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._old: dict[int, Any] = {}
         self._old_wakeup = _signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
-        for sig in (*FORWARD, _signal.SIGTSTP, _signal.SIGCONT) + ((_signal.SIGWINCH,) if on_winch else ()):
+        for sig in (*FORWARD, *SUSPENDING, _signal.SIGCONT) + ((_signal.SIGWINCH,) if on_winch else ()):
             self._old[sig] = _signal.signal(sig, self._on_signal)
 
     def _send(self, sig: int) -> None:
@@ -62,8 +66,8 @@ class Forwarder:
             pass
 
     def _on_signal(self, sig: int, _frame: object) -> None:
-        if sig == _signal.SIGTSTP:
-            self._suspend()
+        if sig in SUSPENDING:
+            self._suspend(sig)
             return
         if sig == _signal.SIGWINCH:  # our terminal was resized: so is the box's (its own SIGWINCH)
             if self.on_winch is not None:
@@ -80,17 +84,17 @@ class Forwarder:
         if sig in STOPPING and self.kill_at is None and self.stop_timeout is not None:
             self.kill_at = time.monotonic() + self.stop_timeout
 
-    def _suspend(self) -> None:
-        """Stop the box, then ourselves with the default SIGTSTP; we run on here after SIGCONT."""
+    def _suspend(self, sig: int) -> None:
+        """Stop the box, then ourselves with ``sig``'s default; we run on here after SIGCONT."""
         t = time.monotonic()
         self._send(_signal.SIGTSTP)  # init: SIGSTOP to everyone else in the box
         if self.on_stop is not None:
             self.on_stop(True)  # (a terminal in raw mode goes back to how the user had it)
-        _signal.signal(_signal.SIGTSTP, _signal.SIG_DFL)
+        _signal.signal(sig, _signal.SIG_DFL)
         try:
-            os.kill(os.getpid(), _signal.SIGTSTP)  # stopped here until fg/bg sends SIGCONT
+            os.kill(os.getpid(), sig)  # stopped here until fg/bg sends SIGCONT
         finally:
-            _signal.signal(_signal.SIGTSTP, self._on_signal)
+            _signal.signal(sig, self._on_signal)
             if self.on_stop is not None:
                 self.on_stop(False)
             self._send(_signal.SIGCONT)

@@ -44,7 +44,7 @@ class Terminal:
     def __init__(self, host: int) -> None:
         self.host = host
         self.saved = termios.tcgetattr(host)
-        self.master, self.slave = os.openpty()  # the slave without O_NOCTTY: never ours
+        self.master, self.slave = os.openpty()  # (glibc opens the slave O_NOCTTY: never ours)
         try:
             termios.tcsetattr(self.slave, termios.TCSANOW, self.saved)
             self.copy_size()
@@ -100,8 +100,9 @@ class Terminal:
     def on_stop(self, stopping: bool) -> None:
         """``_fgsignals.Forwarder``'s hook around a stop: the user's modes while we are stopped;
         raw again only if we came back in the foreground (``bg``: a background job changing
-        the terminal's modes would be stopped again by SIGTTOU, and they are the shell's)."""
-        if not stopping and not foreground(self.host):
+        the terminal's modes would be stopped again by SIGTTOU, and they are the shell's). A
+        stop in the background (SIGTTIN/SIGTTOU) leaves the modes alone for the same reason."""
+        if not foreground(self.host):
             return
         try:
             self.raw(not stopping)

@@ -57,3 +57,38 @@ def test_a_stalled_reader_does_not_suspend_the_wall_time(tmp_path, no_leftovers)
     verdict = json.loads(meta.read_text())
     assert verdict["status"] == "TO" and verdict["wall_time"] < 2.5, verdict
     assert len(got) == 300_000  # and what it printed within the cap still arrives
+
+
+def test_a_stalled_terminal_does_not_suspend_the_wall_time(tmp_path, no_leftovers):
+    """A terminal says POLLOUT while it has any room, but a write larger than that room blocks
+    (n_tty waits for room for all of it): a stopped terminal (Ctrl-S, a paused pager) must not
+    hold up the wall time either."""
+    meta = tmp_path / "m.json"
+    master, slave = os.openpty()
+    p = _start(["run", "-T", "--meta", str(meta), "--wall-time", "1s", "--", "sh", "-c",
+                "head -c 300000 /dev/zero; while :; do head -c 100 /dev/zero; sleep 0.02; done"],
+               slave)  # (it goes on printing: each new chunk is a write the terminal may block)
+    os.close(slave)
+    got = bytearray()
+    try:
+        for _ in range(8):  # a reader that takes a little now and then (a pager, a slow ssh):
+            time.sleep(0.5)  # the terminal has some room again, less than one relay write
+            got += os.read(master, 512)
+        while p.poll() is None or _readable(master):
+            try:
+                got += os.read(master, 1 << 16)
+            except OSError:  # EIO: the last writer is gone
+                break
+    finally:
+        os.close(master)
+    assert p.wait(timeout=60) == 124
+    p.stderr.close()
+    verdict = json.loads(meta.read_text())
+    assert verdict["status"] == "TO" and verdict["wall_time"] < 2.5, verdict
+    assert got.count(b"\0") >= 300_000  # and what it printed within the cap still arrives
+
+
+def _readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0.5)[0])

@@ -8,6 +8,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -259,3 +260,56 @@ def test_ctrl_c_at_a_terminal_without_tty_reaches_the_program_once(no_leftovers)
     s.expect(b"ready")
     s.send(b"\x03")
     assert s.finish() == 0 and b"total 1" in s.out, s.out
+
+
+
+BACKGROUND_SHELL = r"""
+import os, signal, sys, termios, time
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+mode = termios.tcgetattr(0)
+mode[3] |= termios.TOSTOP  # `stty tostop`: a background job writing the terminal is stopped
+termios.tcsetattr(0, termios.TCSANOW, mode)
+child = os.fork()
+if child == 0:  # `sandbox run ... &`: a job of its own, not the terminal's foreground one
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+    os.execv(sys.argv[1], sys.argv[1:])
+os.setpgid(child, child)
+os.write(1, b"cli=%d\n" % child)
+while True:
+    pid, status = os.waitpid(child, os.WUNTRACED)
+    if os.WIFSTOPPED(status):  # it wrote to the terminal from the background: `fg` it later
+        os.write(1, b"STOPPED %d\n" % os.WSTOPSIG(status))
+        time.sleep(float(os.environ["FG_AFTER"]))
+        os.tcsetpgrp(0, child)
+        os.killpg(child, signal.SIGCONT)
+        continue
+    os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_background_run_stopped_by_its_terminal_stops_with_its_box(no_leftovers):
+    """A background job writing its terminal under `stty tostop` gets SIGTTOU, whose default
+    stops only that process: the box would run on against its wall time with nobody reading
+    it. Like Ctrl-Z, it stops the whole box; `fg` resumes both, the stopped time is no wall
+    time, and nothing printed is lost."""
+    code = "import time\nfor i in range(30):\n    print('tick', i, flush=True)\n    time.sleep(0.1)\n"
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.environ["FG_AFTER"] = "4.5"  # longer than the wall time
+            os.execv(sys.executable, [sys.executable, "-c", BACKGROUND_SHELL, *SANDBOX, "run",
+                                      "-T", "--wall-time", "4s", "--", "python3", "-c", code])
+        finally:
+            os._exit(127)
+    s = Session.__new__(Session)
+    s.pid, s.fd, s.out = pid, fd, b""
+    cli = int(s.expect(b"STOPPED %d" % signal.SIGTTOU).split(b"cli=")[1].split(b"\n")[0])
+    kids = [int(k) for k in open(f"/proc/{cli}/task/{cli}/children").read().split()]
+    init_kids = [int(k) for k in open(f"/proc/{kids[0]}/task/{kids[0]}/children").read().split()]
+    end = time.monotonic() + 10
+    while [_state(p) for p in init_kids] != ["T"] and time.monotonic() < end:
+        time.sleep(0.02)
+    assert _state(cli) == "T" and [_state(p) for p in init_kids] == ["T"], init_kids
+    assert s.finish() == 0, s.out  # 4.5 s stopped under a 4 s wall time
+    assert s.out.count(b"tick ") == 30, s.out
