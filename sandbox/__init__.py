@@ -10,6 +10,7 @@ Public, typed API (see README); ``__all__`` is all of it, every other module is 
     async with sandbox.Supervisor() as sup:                           # many boxes, warm launcher
         result = await sup.run(argv, config, stdin=b"...")
         async with sup.box(config) as box: ...                        # a held box in trio
+    with sandbox.Network() as net, sandbox.Box(cfg, network=net, name="db") as db: ...
     with sandbox.Workspace("64M") as ws: ...                          # files shared by boxes
 
 Imports stay light: trio is only imported when the async API is used, so the CLI and the
@@ -39,13 +40,14 @@ if TYPE_CHECKING:
     from sandbox._doctor import diagnose
     from sandbox._images import ImageError, ImageStore
     from sandbox._layers import LayerError
+    from sandbox._network import Network, NetworkError
     from sandbox._plan import Prepared as Plan
     from sandbox._supervisor import Supervisor
     from sandbox._worker_host import CallError, Worker, WorkerError
     from sandbox._workspace import Workspace
 
 __all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "CallError", "Changes", "Checkpoint", "ConfigError",
-           "ImageError", "ImageStore", "LayerError", "Limits", "MountSpec", "Plan", "Process",
+           "ImageError", "ImageStore", "LayerError", "Limits", "MountSpec", "Network", "NetworkError", "Plan", "Process",
            "Result", "SandboxConfig", "Status", "Supervisor", "Usage", "Worker", "WorkerError",
            "Workspace", "cgroup_fallbacks", "diagnose", "prepare", "run", "run_sync"]
 
@@ -53,7 +55,8 @@ _LAZY = {"Box": "sandbox._box", "Plan": "sandbox._plan", "Workspace": "sandbox._
          "Checkpoint": "sandbox._box_files", "Worker": "sandbox._worker_host",
          "WorkerError": "sandbox._worker_host", "CallError": "sandbox._worker_host",
          "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor",
-         "ImageStore": "sandbox._images", "ImageError": "sandbox._images", "LayerError": "sandbox._layers"}
+         "ImageStore": "sandbox._images", "ImageError": "sandbox._images", "LayerError": "sandbox._layers",
+         "Network": "sandbox._network", "NetworkError": "sandbox._network"}
 
 
 def cgroup_fallbacks(config: SandboxConfig | None = None) -> dict[str, str]:

@@ -18,6 +18,7 @@ from sandbox._box_proc import Process
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Sequence
     from typing import Any
 
@@ -73,8 +74,8 @@ WAIT_TURN = 0.05
 
 
 class AsyncBox:
-    def __init__(self, config: SandboxConfig | None = None) -> None:
-        self._box = Box(config)
+    def __init__(self, config: SandboxConfig | None = None, **kw: Any) -> None:
+        self._box = Box(config, **kw)  # network=, name=
         self._lock = trio.Lock()
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
@@ -116,3 +117,11 @@ class AsyncBox:
 
     async def changes(self) -> Changes:
         return await self._call(self._box.changes)
+
+    @property
+    def address(self) -> str | None:
+        return self._box.address
+
+    async def connect(self, port: int, timeout: float | None = 10.0) -> socket.socket:
+        """``Box.connect``: a blocking socket (``trio.socket.from_stdlib_socket`` makes it trio's)."""
+        return await self._call(self._box.connect, port, timeout)

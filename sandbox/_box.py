@@ -21,10 +21,10 @@ import time
 
 from sandbox import _box_init, _fdpass, _statusline, _verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
 from sandbox._box_files import GET_MAX, BoxFiles, Changes, Checkpoint
-from sandbox._box_proc import Process
+from sandbox._box_proc import Process, exec_limits
 from sandbox._boxlife import BoxError, BoxLife
-from sandbox._config import ConfigError, SandboxConfig, command_argv, parse_duration, parse_size
-from sandbox._record import field, record, replace
+from sandbox._config import ConfigError, SandboxConfig, command_argv, parse_duration
+from sandbox._record import field, record
 from sandbox._result import Result
 
 TYPE_CHECKING = False
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sandbox import _spawn
+    from sandbox._network import Network
 
 READY_TIMEOUT = 30.0
 
@@ -58,8 +59,13 @@ class Box:
     Not thread-safe: use one Box from one thread (the trio API runs each call in a worker thread
     for you)."""
 
-    def __init__(self, config: SandboxConfig | None = None) -> None:
+    def __init__(self, config: SandboxConfig | None = None, *, network: Network | None = None,
+                 name: str | None = None) -> None:
         self.config = (config or SandboxConfig()).validate()
+        if name is not None and network is None:
+            raise ConfigError(f"name {name!r}: a box has a name only on a network (network=)")
+        self.network, self.name = network, name or (f"box{id(self):x}" if network else None)
+        self.address: str | None = None  # on its network
         self.usage: Usage | None = None
         self._sock: socket.socket | None = None
         self._procs: dict[int, Process] = {}
@@ -93,7 +99,8 @@ class Box:
         if self._sock is not None:
             raise BoxError("this box is already open")
         # CPU: each exec holds RLIMIT_CPU, the box-wide budget is the watch (BoxLife: cpu_per_exec)
-        self._life = life = BoxLife(self.config, (), serve=True, cpu_per_exec=True)
+        self._life = life = BoxLife(self.config, (), serve=True, cpu_per_exec=True,
+                                    network=(self.network, self.name) if self.network else None)
         self._prep, self._fallback = life.prep, life.fallback
         try:  # EMFILE (or Ctrl-C) from here on must not leave the leaf, or any fd, behind
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -109,6 +116,7 @@ class Box:
                 null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
                 self._init = life.spawn(stdin=null, stdout=null, stderr=null, status_w=st_w,
                                         pass_fds=[theirs.fileno()])
+                self.address = life.address
             finally:
                 for fd in (null, st_w):
                     if fd >= 0:
@@ -220,27 +228,7 @@ class Box:
         if stdout not in ("capture", "pipe"):
             raise ConfigError(f"stdout {stdout!r}: must be 'capture' or 'pipe'")
         argv = command_argv(argv)
-        lim = self.config.limits
-        changes: dict[str, Any] = {}
-        if wall_time is not None:
-            changes["wall_time"] = parse_duration(wall_time, "wall_time")
-        if cpu_time is not None:
-            changes["cpu_time"] = parse_duration(cpu_time, "cpu_time")
-        if output_limit is not None:
-            changes["output_limit"] = parse_size(output_limit, "output_limit")
-        if changes:
-            lim = replace(lim, **changes)
-        if cwd is not None and not cwd.startswith("/"):
-            raise ConfigError(f"cwd {cwd!r}: must be an absolute path in the box")
-        if env is not None:
-            env = {str(k): str(v) for k, v in env.items()}
-        rl = []
-        if "cpu_time" in changes:
-            box_cpu = self.config.limits.cpu_time
-            if box_cpu is not None and changes["cpu_time"] > box_cpu:
-                    raise ConfigError(f"cpu_time {cpu_time!r}: more than the box's own {box_cpu:g}s")
-            soft = max(1, int(-(-changes["cpu_time"] // 1)))  # RLIMIT_CPU counts whole seconds
-            rl.append([0, soft, soft + 1])
+        lim, env, rl = exec_limits(self.config.limits, cwd, env, wall_time, cpu_time, output_limit)
         self._next_id += 1
         proc = Process(self, self._next_id, argv, lim, pipe_stdout=stdout == "pipe")
         in_r, out_w, err_w = proc._pipes()
@@ -371,6 +359,13 @@ class Box:
     def kill_box(self) -> None:
         """SIGKILL the box's init (and so everything in it); the box is then closed."""
         self._life.kill()
+
+    def connect(self, port: int, timeout: float | None = 10.0) -> socket.socket:
+        """A TCP connection from here to ``port`` of this box on its network (no other way in)."""
+        self._check_open()
+        if self.network is None or self.address is None:
+            raise BoxError("this box is on no network: Box(config, network=net, name=...)")
+        return self.network.connect(self.address, port, timeout)
 
     # -------------------------------------------------------------------- files --
     def put(self, path: str, data: bytes | os.PathLike[str], *, mode: int = 0o644) -> None:

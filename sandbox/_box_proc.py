@@ -27,6 +27,37 @@ if TYPE_CHECKING:
 KILL_GRACE = 2.0  # init answers a kill at once; if it does not, the whole box is killed
 
 
+def exec_limits(box_limits: Limits, cwd: str | None, env: dict[str, str] | None,
+                wall_time: float | str | None, cpu_time: float | str | None,
+                output_limit: int | str | None) -> tuple[Limits, dict[str, str] | None, list[list[int]]]:
+    """One exec's limits (the box's, with the exec's own), its env, and its RLIMIT_CPU."""
+    from sandbox._config import ConfigError, parse_duration, parse_size
+    from sandbox._record import replace
+
+    lim = box_limits
+    changes: dict[str, Any] = {}
+    if wall_time is not None:
+        changes["wall_time"] = parse_duration(wall_time, "wall_time")
+    if cpu_time is not None:
+        changes["cpu_time"] = parse_duration(cpu_time, "cpu_time")
+    if output_limit is not None:
+        changes["output_limit"] = parse_size(output_limit, "output_limit")
+    if changes:
+        lim = replace(lim, **changes)
+    if cwd is not None and not cwd.startswith("/"):
+        raise ConfigError(f"cwd {cwd!r}: must be an absolute path in the box")
+    if env is not None:
+        env = {str(k): str(v) for k, v in env.items()}
+    rl = []
+    if "cpu_time" in changes:
+        box_cpu = box_limits.cpu_time
+        if box_cpu is not None and changes["cpu_time"] > box_cpu:
+            raise ConfigError(f"cpu_time {cpu_time!r}: more than the box's own {box_cpu:g}s")
+        soft = max(1, int(-(-changes["cpu_time"] // 1)))  # RLIMIT_CPU counts whole seconds
+        rl.append([0, soft, soft + 1])
+    return lim, env, rl
+
+
 class Process:
     """A program running in a held box (``Box.start``). ``stdin`` is a binary pipe (close it for
     EOF); ``wait()`` collects the output (capped) and returns the ``Result``."""

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sandbox._config import SandboxConfig
+    from sandbox._network import Network
     from sandbox._plan import Prepared, Target
 
 
@@ -74,8 +75,10 @@ class BoxLife:
     """
 
     def __init__(self, config: SandboxConfig, target: Target | None, *, serve: bool = False,
-                 cpu_per_exec: bool = False, prepared: Prepared | None = None) -> None:
+                 cpu_per_exec: bool = False, prepared: Prepared | None = None,
+                 network: tuple[Network, str] | None = None) -> None:
         self.config, self.init, self.t0 = config, None, time.monotonic()
+        self.network, self.address, self.serve = network, None, serve
         self.cg: Any = None
         self.prep: Any = None
         self._watch: Any = None
@@ -117,8 +120,17 @@ class BoxLife:
         cg_fd = self.cg.dir_fd() if self.cg is not None else None
         self.t0 = time.monotonic()
         try:
-            self.init = _spawn.spawn_box(self.prep, stdin=stdin, stdout=stdout, stderr=stderr,
-                                         status_w=status_w, pass_fds=pass_fds, cgroup_fd=cg_fd)
+            if self.network is not None:  # its hub clones it: sandbox._network_hub says why
+                from sandbox._network import exit_waiter
+
+                net, name = self.network
+                self.init, self.address, ended = net.spawn(
+                    self.config, name, self.enforced, serve=self.serve, stdio=(stdin, stdout, stderr),
+                    status_w=status_w, pass_fds=pass_fds, cgroup_fd=cg_fd)
+                self._waiter = exit_waiter(ended)
+            else:
+                self.init = _spawn.spawn_box(self.prep, stdin=stdin, stdout=stdout, stderr=stderr,
+                                             status_w=status_w, pass_fds=pass_fds, cgroup_fd=cg_fd)
         except OSError as e:
             raise _fail("clone", e) from None
         finally:

@@ -83,6 +83,8 @@ RUN_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
         _Opt("--uid", "int", help="uid inside the box (default 1000)"),
         _Opt("--gid", "int", help="gid inside the box (default 1000)"),
         _Opt("--hostname", default="sandbox", help="the box's hostname (default sandbox)"),
+        _Opt("--add-host", "list", "NAME:IP", help="an /etc/hosts line in the box (docker's "
+             "--add-host; repeatable; default: none)"),
         _Opt("--id-map", default="auto", choices=("auto", "single", "range"),
              help="uid/gid map (default auto): single id (unprivileged default), or a "
                   "65536-id range (root: a high host block; users: /etc/subuid via newuidmap)"),

@@ -30,7 +30,7 @@ def config_from_args(a: Args) -> SandboxConfig:
     mounts += [volume(arg) for arg in a.volume]
     cfg = SandboxConfig(limits=limits, network=a.net, mounts=mounts, cwd=a.cwd, env=env_from(a),
                         hostname=a.hostname, require_cgroup=a.require_cgroup, id_map=a.id_map,
-                        landlock=a.landlock, image=a.image)
+                        landlock=a.landlock, image=a.image, hosts=hosts_from(a.add_host))
     if a.seccomp is not None:
         cfg.seccomp = a.seccomp
     if a.uid is not None:
@@ -48,6 +48,16 @@ def _passed(name: str, what: str) -> str:
         raise ConfigError(f"{what}: {name} is not set here, so there is no value to pass; "
                           f"give {name}=VALUE")
     return value
+
+
+def hosts_from(items: list[str]) -> dict[str, str]:
+    hosts: dict[str, str] = {}
+    for item in items:
+        name, sep, addr = item.partition(":")
+        if not sep:
+            raise ConfigError(f"--add-host {item!r}: use NAME:IP (e.g. db:10.89.0.2)")
+        hosts[name] = addr
+    return hosts
 
 
 def env_from(a: Args) -> dict[str, str]:

@@ -205,6 +205,17 @@ def _clean_box_path(path: str, what: str) -> str:
     return norm
 
 
+def _check_host(name: str, addr: str) -> None:
+    import ipaddress
+
+    if not name or len(name) > 64 or not _HOSTNAME_CHARS.issuperset(name):
+        raise ConfigError(f"--add-host {name!r} is not a valid name; use letters, digits, '.' and '-' (max 64)")
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        raise ConfigError(f"--add-host {name}:{addr}: {addr!r} is not an IP address (e.g. 10.89.0.2)") from None
+
+
 # The caller's variables a box may inherit (``SandboxConfig.inherit_env``'s default): none that
 # could carry a secret (tokens, credentials, paths of the host).
 ENV_ALLOWLIST = ("TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
@@ -223,6 +234,7 @@ class SandboxConfig:
     uid: int = DEFAULT_UID
     gid: int = DEFAULT_GID
     hostname: str = DEFAULT_HOSTNAME
+    hosts: dict[str, str] = field(default_factory=dict)  # name → IP, added to /etc/hosts (--add-host)
     seccomp: str = "default"  # policy name: "default" | "none" (debugging only)
     seccomp_allow: tuple[str, ...] = ()  # syscalls to relax per box
     seccomp_deny: tuple[str, ...] = ()  # extra syscalls to deny per box
@@ -244,6 +256,8 @@ class SandboxConfig:
                 raise ConfigError(f"--{what} {v!r} is not valid; use a number from 0 to 65533")
         if not self.hostname or len(self.hostname) > 64 or not _HOSTNAME_CHARS.issuperset(self.hostname):
             raise ConfigError(f"--hostname {self.hostname!r} is not valid; use letters, digits, '.' and '-' (max 64)")
+        for name, addr in self.hosts.items():
+            _check_host(name, addr)
         if not self.cwd.startswith("/"):
             raise ConfigError(f"--cwd {self.cwd!r}: must be an absolute path inside the box")
         if self.expose_python not in (True, False, "venv", "host"):

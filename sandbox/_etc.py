@@ -27,7 +27,9 @@ def plan_files(cfg: SandboxConfig) -> dict[str, bytes | tuple[str, str]]:
                    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n").encode(),
         "group": (f"root:x:0:\nsandbox:x:{cfg.gid}:\nnogroup:x:65534:\n").encode(),
         "hostname": f"{cfg.hostname}\n".encode(),
-        "hosts": f"127.0.0.1 localhost {cfg.hostname}\n::1 localhost ip6-localhost\n".encode(),
+        "hosts": (f"127.0.0.1 localhost{'' if cfg.hostname in cfg.hosts else ' ' + cfg.hostname}\n"
+                  "::1 localhost ip6-localhost\n"
+                  + "".join(f"{addr} {name}\n" for name, addr in cfg.hosts.items())).encode(),
         "nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files dns\nservices: files\n",
     }
     names = ETC_COPY + (("resolv.conf",) if cfg.network == "host" else ())

@@ -20,8 +20,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from sandbox._result import Result
 
 if TYPE_CHECKING:
     from sandbox._abox import AsyncBox
+    from sandbox._network import Network
 
 DRAIN_GRACE = 2.0  # after init died, every box process is dead; pipes reach EOF promptly
 
@@ -199,12 +200,27 @@ class Supervisor:
         async with self._send_lock:
             await self._sock.sendmsg([json.dumps(obj).encode()], _fdpass.rights(fds))
 
-    def box(self, config: SandboxConfig | None = None) -> AsyncBox:
+    def box(self, config: SandboxConfig | None = None, *, network: Network | None = None,
+            name: str | None = None) -> AsyncBox:
         """A held box for trio: ``async with sup.box(config) as box: await box.exec([...])``
-        (see ``sandbox.Box``)."""
+        (see ``sandbox.Box``); on ``network`` (``sup.network()``) as ``name``."""
         from sandbox._abox import AsyncBox
 
-        return AsyncBox(config)
+        return AsyncBox(config, network=network, name=name)
+
+    @asynccontextmanager
+    async def network(self, **shaping: Any) -> AsyncIterator[Network]:
+        """``async with sup.network() as net:`` a ``sandbox.Network`` for boxes of this
+        supervisor, closed (its boxes killed) on leaving."""
+        from sandbox._network import Network
+
+        net = Network(**shaping)
+        await trio.to_thread.run_sync(net.open)
+        try:
+            yield net
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(net.close)
 
     async def run(self, argv: Sequence[str], config: SandboxConfig | None = None, *,
                   stdin: bytes | None = None) -> Result:

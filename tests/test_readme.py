@@ -22,16 +22,18 @@ def python_quick_starts() -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="the example compiles C: gcc is not installed")
-@pytest.mark.parametrize("n", range(3))
+@pytest.mark.parametrize("n", range(4))
 def test_the_python_quick_start_runs_as_written(n, tmp_path, no_leftovers):
     blocks = python_quick_starts()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     out = subprocess.run([sys.executable, "-c", blocks[n]], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     if n == 0:
         assert out.stdout.startswith("RE 3 ") and "b'got hi\\n'" in out.stdout
     if n == 2:
+        assert out.stdout == "b\"b'hello'\\n\"\n", out.stdout
+    if n == 3:
         assert out.stdout.split("\n")[:4] == ["5", "OK", "AttributeError", "TO"], out.stdout
 
 
