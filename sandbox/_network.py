@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from sandbox._config import SandboxConfig
 
 START_TIMEOUT = 30.0
+SOCKETS_AHEAD = 8  # connect(): unconnected sockets of the bridge's namespace, fetched in batches
 
 
 class NetworkError(Exception):
@@ -51,6 +52,7 @@ class Network:
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._sockets: list[int] = []
         self.subnet = self.address = ""
 
     def __enter__(self) -> Network:
@@ -91,6 +93,10 @@ class Network:
         """Kill every box still on the network, end the hub (its namespaces go with it)."""
         if self._sock is None:
             return
+        with self._lock:
+            for fd in self._sockets:
+                os.close(fd)
+            self._sockets.clear()
         self._sock.close()  # EOF: the hub kills and reaps its boxes, reports each, exits
         assert self._proc is not None
         try:
@@ -155,10 +161,16 @@ class Network:
         """A TCP connection from the trusted side to ``address:port`` on this network."""
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ValueError(f"port {port!r} is not valid; use a number from 1 to 65535")
-        reply, got = self._request({"op": "socket"}, [])
-        if len(got) != 1:
-            raise NetworkError(f"the hub gave no socket: {reply.get('error', '')}")
-        s = socket.socket(fileno=got[0])
+        with self._lock:
+            fd = self._sockets.pop() if self._sockets else -1
+        if fd < 0:  # a few at a time: each request is a round trip to the hub
+            reply, got = self._request({"op": "sockets", "count": SOCKETS_AHEAD}, [])
+            if not got:
+                raise NetworkError(f"the hub gave no socket: {reply.get('error', '')}")
+            fd = got.pop()
+            with self._lock:
+                self._sockets += got
+        s = socket.socket(fileno=fd)
         try:
             s.settimeout(timeout)
             s.connect((address, port))

@@ -82,6 +82,7 @@ class Hub:
         self.names: dict[str, str] = {}  # box name → address, in creation order
         self.boxes: dict[int, tuple[int, socket.socket, str, str]] = {}  # pid → (pidfd, exit socket, name, address)
         self.serial = 0
+        self.spare: tuple[int, str] | None = None  # a box's namespace made ahead (idle work)
 
     def spawn(self, req: dict, fds: list[int]) -> None:
         """fds: stdin, stdout, stderr, status, exit socket, then the box's pass_fds, then
@@ -95,7 +96,8 @@ class Hub:
                 raise ValueError(f"a box named {name!r} is already on this network")
             if not self.free:
                 raise ValueError(f"this network is full ({SUBNET} has no free address)")
-            addr = self.free.pop(0)
+            netns, addr = self.spare if self.spare else (-1, self.free.pop(0))
+            self.spare = None
             try:
                 cfg = SandboxConfig.from_dict(req["config"])
                 hosts = {**self.names, name: addr, **cfg.hosts}
@@ -104,7 +106,8 @@ class Hub:
                 prep = prepare(cfg, req["argv"] if req.get("argv") is not None else (),
                                cgroup_enforced=frozenset(req.get("cgroup_enforced", ())),
                                serve=bool(req.get("serve")))
-                netns = self.box_namespace(addr)
+                if netns < 0:
+                    netns = self.box_namespace(addr)
                 sc.setns(netns, sc.CLONE_NEWNET)
                 try:  # the clone shares the namespace the hub is in now
                     box = _spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
@@ -141,7 +144,7 @@ class Hub:
             self.serial += 1
             veth = f"vb{self.serial}"
             self.ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": netns})
-            index = self.ipr.link_lookup(ifname=veth)[0]
+            index = self.ipr.link("get", ifname=veth)[0]["index"]
             self.ipr.link("set", index=index, master=self.bridge, state="up")
             if self.shaping:  # on the bridge's end: what the box sends and receives both pass it
                 self.shape(index)
@@ -150,7 +153,7 @@ class Hub:
             sc.setns(netns, sc.CLONE_NEWNET)
             try:
                 with IPRoute() as inside:  # a netlink socket talks to the namespace it was made in
-                    eth0 = inside.link_lookup(ifname="eth0")[0]
+                    eth0 = inside.link("get", ifname="eth0")[0]["index"]
                     inside.addr("add", index=eth0, address=addr, prefixlen=SUBNET.prefixlen)
                     inside.link("set", index=eth0, state="up")
             finally:
@@ -169,13 +172,15 @@ class Hub:
             raise OSError(e.code, "link shaping (latency/loss) needs the kernel's netem qdisc, "
                           f"which this kernel does not have (CONFIG_NET_SCH_NETEM): {e}") from None
 
-    def connect_socket(self, req: dict) -> None:
-        """An unconnected TCP socket of the bridge's namespace, for the caller to connect."""
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def connect_sockets(self, req: dict) -> None:
+        """Unconnected TCP sockets of the bridge's namespace, for the caller to connect."""
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                 for _ in range(max(1, min(int(req.get("count", 1)), 16)))]
         try:
-            _fdpass.send(self.sock, {"op": "socket"}, [s.fileno()])
+            _fdpass.send(self.sock, {"op": "sockets"}, [s.fileno() for s in socks])
         finally:
-            s.close()
+            for s in socks:
+                s.close()
 
     def reap(self) -> None:
         for pid, status, cpu, rss in sc.reap_ended():
@@ -193,6 +198,9 @@ class Hub:
             self.free.append(addr)
 
     def kill_all(self) -> None:
+        if self.spare:
+            os.close(self.spare[0])
+            self.spare = None
         for pidfd, *_ in self.boxes.values():
             try:
                 sc.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -212,9 +220,20 @@ class Hub:
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ, "sock")
         sel.register(wake_r, selectors.EVENT_READ, "wake")
+        spare_failed = False
         try:
             while True:
-                for key, _ in sel.select():
+                want_spare = self.spare is None and bool(self.free) and not spare_failed
+                events = sel.select(0 if want_spare else None)
+                if not events:  # idle: the next box's namespace, off its start's latency
+                    addr = self.free.pop(0)
+                    try:
+                        self.spare = (self.box_namespace(addr), addr)
+                    except OSError:  # (the box that asks makes its own, and says why)
+                        self.free.insert(0, addr)
+                        spare_failed = True
+                    continue
+                for key, _ in events:
                     if key.data == "wake":
                         try:
                             os.read(wake_r, 4096)
@@ -227,8 +246,9 @@ class Hub:
                     req = json.loads(msg)
                     if req.get("op") == "spawn":
                         self.spawn(req, fds)
-                    elif req.get("op") == "socket":
-                        self.connect_socket(req)
+                        spare_failed = False
+                    elif req.get("op") == "sockets":
+                        self.connect_sockets(req)
                 self.reap()
         finally:
             self.kill_all()
