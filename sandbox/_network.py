@@ -47,8 +47,14 @@ class NetworkError(Exception):
 class Network:
     """A bridge for boxes; a context manager (``close`` ends its boxes and the hub)."""
 
-    def __init__(self, *, latency: float | str | None = None, loss: float | str | None = None) -> None:
+    def __init__(self, *, latency: float | str | None = None, loss: float | str | None = None,
+                 allow_hosts: Sequence[str] = ()) -> None:
+        from sandbox._config import split_host_port
+
         self.shaping = shaping(latency, loss)
+        self.allow_hosts = tuple(allow_hosts)  # for every box on it (each box adds its own)
+        for item in self.allow_hosts:
+            split_host_port(item)
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -68,7 +74,7 @@ class Network:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "sandbox._network_hub", str(theirs.fileno()), str(os.getpid()),
-                 json.dumps(self.shaping)],
+                 json.dumps(self.shaping), json.dumps(self.allow_hosts)],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()
@@ -133,14 +139,15 @@ class Network:
 
     def spawn(self, config: SandboxConfig, name: str, enforced: Sequence[str], *, serve: bool,
               stdio: Sequence[int], status_w: int, pass_fds: Sequence[int] = (),
-              cgroup_fd: int | None = None) -> tuple[BoxProcess, str, socket.socket]:
+              cgroup_fd: int | None = None,
+              argv: list[str] | None = None) -> tuple[BoxProcess, str, socket.socket]:
         """The hub clones the box's init on this network (``BoxLife.spawn``): its process, its
         address, and the socket the hub reports its end on (see ``exit_waiter``)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         fds = [*stdio, status_w, theirs.fileno(), *pass_fds] + ([cgroup_fd] if cgroup_fd is not None else [])
         try:
             reply, got = self._request({"op": "spawn", "name": name, "config": config.to_dict(),
-                                        "serve": serve, "cgroup_enforced": sorted(enforced),
+                                        "serve": serve, "cgroup_enforced": sorted(enforced), "argv": argv,
                                         "cgroup": cgroup_fd is not None}, fds)
         except BaseException:
             ours.close()
@@ -201,9 +208,10 @@ def shaping(latency: float | str | None, loss: float | str | None) -> dict[str, 
     return out
 
 
-def exit_waiter(sock: socket.socket) -> Any:
+def exit_waiter(sock: socket.socket, life: Any) -> Any:
     """``BoxLife``'s waiter for a box the hub cloned: its wait status, CPU seconds and max RSS
-    as the hub reaped them (SIGKILL's status if the hub ended first)."""
+    as the hub reaped them (SIGKILL's status if the hub ended first); its egress counts go to
+    ``life.egress``."""
     def wait(_pid: int) -> tuple[int, float, int | None]:
         try:
             msg, fds = _fdpass.recv(sock)
@@ -216,5 +224,6 @@ def exit_waiter(sock: socket.socket) -> Any:
         if not msg:
             return 9, 0.0, None
         got = json.loads(msg)
+        life.egress = got.get("egress")
         return int(got["wait_status"]), float(got["cpu_time"]), int(got["max_rss"])
     return wait

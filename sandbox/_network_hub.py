@@ -38,9 +38,10 @@ import signal
 import socket
 import sys
 
-from sandbox import _box_init, _fdpass, _net, _spawn  # noqa: F401 - _box_init: loaded before the clone (a box has no checkout)
+from sandbox import _box_init, _egress, _fdpass, _net, _spawn  # noqa: F401 - _box_init: loaded before the clone (a box has no checkout)
 from sandbox import _syscalls as sc
 from sandbox._config import DEFAULT_HOSTNAME, SandboxConfig
+from sandbox._egress_gate import Gate
 from sandbox._plan import prepare
 from sandbox._record import replace
 
@@ -65,10 +66,11 @@ def enter_own_namespaces() -> None:
 
 
 class Hub:
-    def __init__(self, sock: socket.socket, shaping: dict[str, float]) -> None:
+    def __init__(self, sock: socket.socket, shaping: dict[str, float], allow: list[str],
+                 forwarder: socket.socket) -> None:
         from pyroute2 import IPRoute
 
-        self.sock, self.shaping = sock, shaping
+        self.sock, self.shaping, self.allow = sock, shaping, allow
         self.ipr = IPRoute()  # bound to the bridge's namespace, where it was made
         self.ipr.link("add", ifname=BRIDGE, kind="bridge")
         self.bridge = self.ipr.link_lookup(ifname=BRIDGE)[0]
@@ -83,6 +85,13 @@ class Hub:
         self.boxes: dict[int, tuple[int, socket.socket, str, str]] = {}  # pid → (pidfd, exit socket, name, address)
         self.serial = 0
         self.spare: tuple[int, str] | None = None  # a box's namespace made ahead (idle work)
+        self.gate = Gate(self.ipr, self.bridge, SUBNET, str(HUB_ADDRESS), forwarder, self.take_top)
+
+    def take_top(self) -> str:
+        """An address for an allowed name: from the top of the subnet (boxes take the bottom)."""
+        if not self.free:
+            raise ValueError(f"this network is full ({SUBNET} has no free address)")
+        return self.free.pop()
 
     def spawn(self, req: dict, fds: list[int]) -> None:
         """fds: stdin, stdout, stderr, status, exit socket, then the box's pass_fds, then
@@ -100,9 +109,11 @@ class Hub:
             self.spare = None
             try:
                 cfg = SandboxConfig.from_dict(req["config"])
-                hosts = {**self.names, name: addr, **cfg.hosts}
+                allowed = self.gate.admit(addr, [*self.allow, *cfg.allow_hosts])
+                hosts = {**self.names, name: addr, **allowed, **cfg.hosts}
                 hostname = name if cfg.hostname == DEFAULT_HOSTNAME else cfg.hostname
-                cfg = replace(cfg, network="host", hosts=hosts, hostname=hostname).validate()
+                cfg = replace(cfg, network="host", hosts=hosts, hostname=hostname,
+                              allow_hosts=()).validate()
                 prep = prepare(cfg, req["argv"] if req.get("argv") is not None else (),
                                cgroup_enforced=frozenset(req.get("cgroup_enforced", ())),
                                serve=bool(req.get("serve")))
@@ -115,6 +126,7 @@ class Hub:
                 finally:
                     sc.setns(self.home, sc.CLONE_NEWNET)
             except BaseException:
+                self.gate.forget(addr)
                 self.free.insert(0, addr)
                 raise
         except Exception as e:  # noqa: BLE001 - the caller turns it into the box's XX verdict
@@ -156,6 +168,8 @@ class Hub:
                     eth0 = inside.link("get", ifname="eth0")[0]["index"]
                     inside.addr("add", index=eth0, address=addr, prefixlen=SUBNET.prefixlen)
                     inside.link("set", index=eth0, state="up")
+                    # everything out goes to the hub, which refuses it (sandbox._egress_gate)
+                    inside.route("add", dst="0.0.0.0/0", gateway=str(HUB_ADDRESS))
             finally:
                 sc.setns(self.home, sc.CLONE_NEWNET)
         except BaseException:
@@ -189,8 +203,10 @@ class Hub:
                 continue
             pidfd, exit_sock, name, addr = entry
             os.close(pidfd)
+            egress = self.gate.forget(addr)
             try:
-                _fdpass.send(exit_sock, {"wait_status": status, "cpu_time": cpu, "max_rss": rss})
+                _fdpass.send(exit_sock, {"wait_status": status, "cpu_time": cpu, "max_rss": rss,
+                                         "egress": egress})
             except OSError:
                 pass
             exit_sock.close()
@@ -220,6 +236,8 @@ class Hub:
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ, "sock")
         sel.register(wake_r, selectors.EVENT_READ, "wake")
+        for raw in self.gate.raw:
+            sel.register(raw, selectors.EVENT_READ, "count")
         spare_failed = False
         try:
             while True:
@@ -234,6 +252,9 @@ class Hub:
                         spare_failed = True
                     continue
                 for key, _ in events:
+                    if key.data == "count":
+                        self.gate.count()
+                        continue
                     if key.data == "wake":
                         try:
                             os.read(wake_r, 4096)
@@ -254,8 +275,29 @@ class Hub:
             self.kill_all()
 
 
+def start_forwarder(sock: socket.socket) -> socket.socket:
+    """Fork the egress forwarder (``sandbox._egress``) while we are still in the host's network
+    namespace: its outgoing connections are made there. It dies with us."""
+    import prctl
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    hub = os.getpid()
+    if os.fork() == 0:
+        try:
+            sock.close()
+            ours.close()
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() == hub:
+                _egress.serve(theirs)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return ours
+
+
 def main() -> None:
-    fd, parent, shaping = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+    fd, parent, shaping, allow = (int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]),
+                                  json.loads(sys.argv[4]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     import prctl
 
@@ -263,9 +305,10 @@ def main() -> None:
     if os.getppid() != parent:
         os._exit(1)
     sock = socket.socket(fileno=fd)
+    forwarder = start_forwarder(sock)
     try:
         enter_own_namespaces()
-        hub = Hub(sock, shaping)
+        hub = Hub(sock, shaping, allow, forwarder)
     except Exception as e:  # noqa: BLE001 - the caller raises it as the network's error
         msg = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
         _fdpass.send(sock, {"op": "error", "error": msg})
