@@ -92,7 +92,11 @@ def _check(a: argparse.Namespace) -> list[tuple[str, str]]:
     if a.feedback is not None:
         if os.path.exists(a.feedback) and not os.path.isdir(a.feedback):
             raise ValueError(f"--feedback {a.feedback}: not a directory")
-        _writable_file("--feedback", a.feedback if os.path.isdir(a.feedback) else a.feedback.rstrip("/"))
+        if os.path.isdir(a.feedback):  # a folder of an earlier run: its files are replaced
+            if not os.access(a.feedback, os.W_OK | os.X_OK):
+                raise ValueError(f"--feedback {a.feedback}: not writable")
+        else:
+            _writable_file("--feedback", a.feedback.rstrip("/"))
     subs = discover(a.submissions)
     if not subs:
         raise ValueError(f"--submissions {a.submissions}: no submissions in it "

@@ -35,7 +35,7 @@ from sandbox import (
 )
 
 BOX_DIR = "/submission"
-SEVERITY = {s: i for i, s in enumerate(["OK", "RE", "SG", "OL", "ML", "TO", "XX"])}
+SEVERITY = {s: i for i, s in enumerate(["OK", "CE", "RE", "SG", "OL", "ML", "TO", "XX"])}
 PER_EXEC = ("wall_time", "cpu_time", "output_limit")  # what a run() may set for itself
 
 
@@ -46,6 +46,11 @@ class SubmissionError(Exception):
     def __init__(self, message: str, type_name: str = "", traceback_text: str = "") -> None:
         super().__init__(message)
         self.type_name, self.traceback_text = type_name, traceback_text
+
+
+class CompileError(SubmissionError):
+    """The submission's build step failed (verdict CE): the message holds the compiler's
+    output. Every test of that submission that asks for the build gets this same one."""
 
 
 @dataclass
@@ -83,6 +88,7 @@ class _Held:
         self.box = Box(config).open()
         self.worker: Worker | None = None
         self.users = 0
+        self.builds: dict[tuple[str, ...], Result] = {}  # argv → its verdict, once per box
 
     def close(self) -> None:
         if self.worker is not None and self.worker.alive:
@@ -125,6 +131,7 @@ class Submission:
         self.results: list[Result] = []
         self.raised: list[str] = []  # type names of the student's exceptions that failed the test
         self.outputs: list[dict[str, Any]] = []  # what run()'s programs printed (bounded)
+        self.compiled = True  # False: this test's build failed (its worst verdict is CE)
 
     @property
     def path(self) -> str:
@@ -207,6 +214,32 @@ class Submission:
                                  "stderr": _tail(r.stderr, r.stderr_truncated)})
         return r
 
+    def build(self, argv: Sequence[str], *, wall_time: float | str = "60s",
+              cpu_time: float | str | None = None, output_limit: int | str | None = None) -> Result:
+        """Compile once, run many: run ``argv`` (``["gcc", "-O2", "-o", "prog", "main.c"]``)
+        once in the submission's box; its outputs stay in /submission for every later test of
+        this submission. Later calls with the same argv return the first verdict without
+        running it again. A failed build (non-zero exit, a limit) raises ``CompileError`` with
+        the compiler's output, in every test that asks for it: the test's verdict is CE.
+        What the build wrote is not in ``changes()`` (it counts from after the build)."""
+        key = tuple(str(a) for a in argv)
+        self.touched = True
+        held = self._box()
+        r = held.builds.get(key)
+        if r is None:
+            r = held.box.exec(list(key), wall_time=wall_time, cpu_time=cpu_time,
+                              output_limit=output_limit)
+            held.builds[key] = r
+            if r.status is Status.OK:
+                self.results.append(r)  # its CPU and memory count in the test that built
+            self._since = held.box.checkpoint()
+        if r.status is Status.OK and r.exit_code == 0:
+            return r
+        self.compiled = False
+        why = r.reason or f"exit code {r.exit_code}"
+        out = _tail(r.stderr, r.stderr_truncated) + _tail(r.stdout, r.stdout_truncated)
+        raise CompileError(f"compilation failed ({why}): {' '.join(key)[:200]}\n{out}", "CompileError")
+
     def changes(self) -> Changes:
         """Files this test created/modified/deleted in /submission so far (relative paths)."""
         ch = Changes()
@@ -239,7 +272,9 @@ class Submission:
     def worst(self) -> str:
         """The worst verdict of the test: its boxes' and, for a student's exception that failed
         it, RE (ML for a MemoryError): a SyntaxError is not OK, though its process exited 0."""
-        raised = ["ML" if t == "MemoryError" else "RE" for t in self.raised]
+        raised = ["ML" if t == "MemoryError" else "RE" for t in self.raised if t != "CompileError"]
+        if not self.compiled:  # nothing of it ran: CE says why, whatever the compiler's exit
+            return "CE"
         return max([str(r.status) for r in self.results] + raised, key=SEVERITY.__getitem__, default="OK")
 
     def verdicts(self) -> list[str]:
@@ -257,4 +292,4 @@ def _tail(data: bytes, truncated: bool) -> str:
     return ("[…]" if truncated or len(data) > MAX_OUTPUT else "") + text
 
 
-__all__ = ["Changes", "Status", "Submission", "SubmissionError"]
+__all__ = ["Changes", "CompileError", "Status", "Submission", "SubmissionError"]
