@@ -33,6 +33,7 @@ from sandbox import (
     Worker,
     WorkerError,
 )
+from sandbox.grading.interact import Interaction, run_interactive
 
 BOX_DIR = "/submission"
 SEVERITY = {s: i for i, s in enumerate(["OK", "CE", "RE", "SG", "OL", "ML", "TO", "XX"])}
@@ -239,6 +240,30 @@ class Submission:
         why = r.reason or f"exit code {r.exit_code}"
         out = _tail(r.stderr, r.stderr_truncated) + _tail(r.stdout, r.stdout_truncated)
         raise CompileError(f"compilation failed ({why}): {' '.join(key)[:200]}\n{out}", "CompileError")
+
+    def interact(self, argv: Sequence[str], interactor: Sequence[str], *,
+                 files: dict[str, Any] | None = None, interactor_limits: dict[str, Any] | None = None,
+                 **limits: Any) -> Interaction:
+        """An interactive task: ``argv`` runs in the submission's box, ``interactor`` (the
+        teacher's program, ``files`` put under /judge: ``{"judge.py": Path(...)}``) in a box of
+        its own (``interactor_limits``; default 256M, and a wall time 5 s past the
+        submission's), their stdin/stdout joined through us. The interactor's exit decides:
+        0 AC, 1 WA (its stderr says why), else JE. See ``sandbox.grading.interact``."""
+        bad = sorted(set(limits) - set(PER_EXEC))
+        if bad:
+            raise TypeError(f"interact(): {', '.join(bad)} cannot be set per program; valid: {', '.join(PER_EXEC)}")
+        self.touched = True
+        lim = {k: getattr(self._lim, k) for k in PER_EXEC if getattr(self._lim, k) is not None}
+        lim.update(limits)
+        wall = Limits.parse(wall_time=lim.get("wall_time", "10s")).wall_time or 10.0
+        judge = {"memory": "256M", "wall_time": wall + 5, "pids": 16, **(interactor_limits or {})}
+        res = run_interactive(self._box().box, argv, interactor, files=files, limits=judge, sub_limits=lim)
+        self.results.append(res.submission)
+        if len(self.outputs) < MAX_OUTPUTS:
+            self.outputs.append({"argv": [str(a)[:200] for a in argv][:20], "status": res.verdict,
+                                 "stdout": f"({res.bytes_from} bytes to the interactor)",
+                                 "stderr": _tail(res.submission.stderr, res.submission.stderr_truncated)})
+        return res
 
     def changes(self) -> Changes:
         """Files this test created/modified/deleted in /submission so far (relative paths)."""
