@@ -118,10 +118,10 @@ class Submission:
     test, or a Submission used on its own): every factory stops when this closes."""
 
     def __init__(self, path: str, limits: dict[str, Any], call_timeout: float,
-                 next_path: str | None = None) -> None:
+                 next_path: str | None = None, image: str | None = None) -> None:
         self._path = os.path.realpath(path)
         self.name = os.path.basename(self._path.rstrip("/"))
-        self.limits, self.call_timeout = limits, call_timeout
+        self.limits, self.call_timeout, self.image = limits, call_timeout, image
         self.next_path = None if next_path is None else os.path.realpath(next_path)
         self._lim = Limits.parse(**limits)  # the caller's mistake raises here, in the caller
         self._held: _Held | None = None
@@ -158,7 +158,7 @@ class Submission:
             # Box-wide: memory, pids, tmpfs. Per test: the wall time (deadlines) and the CPU
             # time (each fork of the worker starts its RLIMIT_CPU anew).
             box_limits = {k: v for k, v in self.limits.items() if k not in PER_EXEC}
-            held = _Held(SandboxConfig(limits=Limits.parse(**box_limits), cwd=BOX_DIR,
+            held = _Held(SandboxConfig(limits=Limits.parse(**box_limits), cwd=BOX_DIR, image=self.image,
                                        mounts=[MountSpec("overlay", BOX_DIR, self._path)]))
         _held[self._path] = held
         held.users += 1
