@@ -38,7 +38,7 @@ import signal
 import socket
 import sys
 
-from sandbox import _box_init, _egress, _fdpass, _net, _spawn  # noqa: F401 - _box_init: loaded before the clone (a box has no checkout)
+from sandbox import _box_init, _egress, _fdpass, _net, _spawn, _userns  # noqa: F401 - _box_init: loaded before the clone (a box has no checkout)
 from sandbox import _syscalls as sc
 from sandbox._config import DEFAULT_HOSTNAME, SandboxConfig
 from sandbox._egress_gate import Gate
@@ -60,9 +60,7 @@ def enter_own_namespaces() -> None:
         sc.unshare(sc.CLONE_NEWNET)
         return
     sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNET)
-    sc.write_file("/proc/self/setgroups", "deny")  # before gid_map, for an unprivileged writer
-    sc.write_file("/proc/self/uid_map", f"{uid} {uid} 1")
-    sc.write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+    _userns.write_single_maps(uid, uid, gid, gid)
 
 
 class Hub:
