@@ -155,8 +155,11 @@ def _cmd_run(a: Args) -> int:
     if not cmd and not a.image:
         raise UsageError(f"missing command: {RUN_USAGE}")
     cfg = config_from_args(a)
+    commit_to = None
     if a.commit:  # a usage error before any box (sandbox/_cli_commit.py)
-        __import__("sandbox._cli_commit", fromlist=["check"]).check(a)
+        from sandbox._cli_commit import check_commit
+
+        commit_to = check_commit(a)
     if a.image:  # its Entrypoint, then the command or its Cmd (docs/images.md)
         from sandbox import ImageStore
 
@@ -179,10 +182,10 @@ def _cmd_run(a: Args) -> int:
                                                              and _in_foreground()))
             if tty and not os.isatty(0):
                 raise UsageError("--tty: stdin is not a terminal; run from one, or drop -t")
-            if a.commit:  # a held box, its layer committed after an OK end
+            if commit_to is not None:  # a held box, its layer committed after an OK end
                 from sandbox._cli_commit import run_and_commit
 
-                result = run_and_commit(a, cmd, cfg, relay)
+                result = run_and_commit(commit_to, cmd, cfg, relay, quiet=a.quiet)
             else:
                 result = run_sync(cmd, cfg, stdin=0, on_output=relay, forward_signals=True, tty=tty,
                                   stop_timeout=a.stop_timeout if a.stop_timeout is not None else 10.0)

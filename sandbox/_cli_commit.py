@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from sandbox._cli_options import Args
 
 
-def check(a: Args) -> str:
+def check_commit(a: Args) -> str:
     """The normalized target name, or a usage error (exit 2) before any box starts."""
     from sandbox import ImageError, ImageStore
     from sandbox._cli_options import UsageError
@@ -36,18 +36,18 @@ def check(a: Args) -> str:
         raise UsageError(f"--commit: {e}") from None
 
 
-def run_and_commit(a: Args, cmd: list[str], cfg: SandboxConfig,
-                   on_output: Callable[[int, bytes], bool | None] | None) -> Result:
-    """Run ``cmd`` in a held box on ``cfg``'s image; commit its writable layer if it ended
-    OK. Its stdin is empty (a setup step reads none; a box never gets our terminal)."""
+def run_and_commit(target: str, cmd: list[str], cfg: SandboxConfig,
+                   on_output: Callable[[int, bytes], bool | None] | None, *, quiet: bool) -> Result:
+    """Run ``cmd`` in a held box on ``cfg``'s image; commit its writable layer as ``target``
+    (``check_commit``'s) if it ended OK. Its stdin is empty (a setup step reads none; a box
+    never gets our terminal)."""
     from sandbox import Box, ImageError, LayerError
     from sandbox._cli import SandboxFailure
 
-    target = check(a)
     with Box(cfg) as box:
         result = box.exec(cmd, stdin=b"", on_output=on_output)  # type: ignore[arg-type]
         if result.status != "OK":
-            if not a.quiet:
+            if not quiet:
                 sys.stderr.write(f"sandbox: --commit {target}: not committed: the command "
                                  f"ended {result.status.value} (only an OK run is committed)\n")
             return result
@@ -55,6 +55,6 @@ def run_and_commit(a: Args, cmd: list[str], cfg: SandboxConfig,
             box.commit(target)
         except (ImageError, LayerError) as e:
             raise SandboxFailure(f"--commit {target}: not committed: {e}") from None
-    if not a.quiet:
+    if not quiet:
         sys.stderr.write(f"sandbox: committed {target}\n")
     return result

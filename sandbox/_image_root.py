@@ -170,8 +170,8 @@ def _mount_layers(lowers: list[str]) -> None:
     except OSError as e:
         if e.errno not in (22, 38):  # EINVAL (no lowerdir+), ENOSYS (no fsopen): mount(2)
             raise
-        data = f"lowerdir={':'.join(lowers)},upperdir=/scratch/up/root,workdir=/scratch/wk/root,userxattr"
-        if len(data) >= 4096:
+        data = ",".join([f"lowerdir={':'.join(lowers)}", *(k if v is None else f"{k}={v}" for k, v in rest)])
+        if len(data) >= os.sysconf("SC_PAGESIZE"):  # the kernel copies one page of options
             raise OSError(7, f"the image has {len(lowers)} layers: more than this kernel can stack "
                           "(overlayfs lowerdir+ needs Linux 6.8)") from None  # E2BIG
         sc.mount("overlay", "/newroot", "overlay", sc.MS_NOSUID | sc.MS_NODEV, data)
@@ -180,4 +180,3 @@ def _mount_layers(lowers: list[str]) -> None:
         sc.move_mount_to(fd, "/newroot")
     finally:
         os.close(fd)
-
