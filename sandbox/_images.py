@@ -368,6 +368,9 @@ class ImageStore:
                     gone.append(d)
         finally:
             os.close(parent)
+        if gone:
+            from sandbox._image_flatten import remove_unused
+            remove_unused(self, gone)
         return gone
 
 
