@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxed, boxrun, probe
+from pytest_plugin import boxed, boxrun, probe, sequence
 from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
 from pytest_plugin.summary import record, write_summary
 from sandbox import ENV_ALLOWLIST, ConfigError, Limits, SandboxConfig
@@ -143,6 +143,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         for rep in out.reports:
             rep.user_properties.extend(props)
     boxed.reemit_warnings(item, out.warnings)
+    sequence.count_failed_subtests(item, out.reports, out.failed_subtests)
     for rep in out.reports:
         item.ihook.pytest_runtest_logreport(report=rep)
     if out.result is not None:
@@ -151,16 +152,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if out.exit_request is not None:
         pytest.exit(*out.exit_request)
     return True
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
-    """Inside a box: send each report to the host as soon as it exists (outermost wrapper, so
-    it is the final report, after xfail handling and every other plugin)."""
-    rep = yield
-    if boxed.CHANNEL is not None:
-        boxed.send_report(item.config, rep)
-    return rep
 
 
 def _properties(result: Any) -> list[tuple[str, Any]]:
