@@ -36,6 +36,7 @@ SECTION_MAX = 1 << 20  # captured output kept per section (head and tail), insid
 STACK_MAX = 64 * 1024
 MAX_WARNINGS = sequence.MAX_WARNINGS
 ESCAPED = "sandbox: escaped the test: "  # a line in the stack memfd, see _escaped
+TIMEOUT_MESSAGE = "Timeout (>%ss) from pytest-timeout."  # pytest-timeout's own failure line
 CHANNEL: int | None = None  # set inside a box only: where the report hook sends reports
 
 
@@ -166,7 +167,8 @@ def _escaped(fd: int, e: BaseException) -> None:
 
 # ---- on the host ----------------------------------------------------------------------------
 
-def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
+def run_item(item: pytest.Item, cfg: SandboxConfig, timeout: float | None = None) -> Outcome:
+    """``timeout``: pytest-timeout's for this test, already the box's wall time if the lower."""
     config = item.config
     share, adopt = boxrun.capture_plan(config)
     # pytest's capture tmpfiles are host files (on /tmp): the box gets a memfd spool in each
@@ -201,6 +203,8 @@ def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
         escaped = [x[len(ESCAPED):] for x in lines if x.startswith(ESCAPED)]
         stack_text = "\n".join(x for x in lines if not x.startswith(ESCAPED))
         text = "sandbox: " + _reason(result, cfg.limits, escaped[-1] if escaped else "")
+        if timeout is not None and timeout == cfg.limits.wall_time and _wall_ended(result):
+            text = f"{TIMEOUT_MESSAGE % timeout}\n{text} (pytest-timeout's timeout is the box's wall time)"
         if stack_text.strip():
             text += "\n\nPython stack of the test process (written inside the box):\n" + _trim_stack(stack_text)
         complete(item, out.reports, text, sections=unfinished,
@@ -323,6 +327,10 @@ def _reason(result: Result, lim: Limits, escaped: str = "") -> str:
             return f"the test process failed outside the test: {_printable(escaped[:300])}"
         return f"the test process exited with code {result.exit_code} (os._exit() inside the test?)"
     return result.reason or str(result.status)
+
+
+def _wall_ended(result: Result) -> bool:
+    return result.status == Status.TO and (result.reason or "").startswith("wall time")
 
 
 def _fmt(n: int | None) -> str:

@@ -34,7 +34,8 @@ INI_DEFAULTS = {"memory": "512M", "wall_time": "60s", "cpu_time": "60s", "pids":
 PYTEST_ENV = ("CI", "BUILD_NUMBER", "PYTEST_THEME", "PYTEST_THEME_MODE", "PYTEST_VERSION",
               "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 _ROWS = pytest.StashKey[list[Any]]()
-_CONFIGS = pytest.StashKey[dict[tuple[str, bool, str], SandboxConfig]]()
+_CONFIGS = pytest.StashKey[dict[tuple[str, bool, str, float | None], SandboxConfig]]()
+TIMEOUT = pytest.StashKey[float]()  # pytest-timeout's timeout of a boxed test, see below
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -77,14 +78,15 @@ def box_config(item: pytest.Item) -> SandboxConfig:
     validated config (validation stats every mount source; the box plan is cached per config)."""
     marker = item.get_closest_marker("sandboxed")
     needs_tmp = not boxrun.TMP_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
-    key = (repr(marker.kwargs) if marker else "", needs_tmp, os.getcwd())
+    timeout = item.stash.get(TIMEOUT, None)
+    key = (repr(marker.kwargs) if marker else "", needs_tmp, os.getcwd(), timeout)
     cache = item.config.stash.setdefault(_CONFIGS, {})
     if key not in cache:
-        cache[key] = _build_config(item, needs_tmp)
+        cache[key] = _build_config(item, needs_tmp, timeout)
     return cache[key]
 
 
-def _build_config(item: pytest.Item, needs_tmp: bool) -> SandboxConfig:
+def _build_config(item: pytest.Item, needs_tmp: bool, timeout: float | None = None) -> SandboxConfig:
     cfg = item.config
     marker = item.get_closest_marker("sandboxed")
     kw: dict[str, Any] = dict(marker.kwargs) if marker else {}
@@ -108,7 +110,10 @@ def _build_config(item: pytest.Item, needs_tmp: bool) -> SandboxConfig:
     mounts, cwd = boxrun.pytest_mounts(cfg, temp=needs_tmp)
     kw.setdefault("inherit_env", (*ENV_ALLOWLIST, *PYTEST_ENV))
     kw.setdefault("expose_python", "host")  # a clone of pytest: imports from where it did
-    sc = SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
+    lim = Limits.parse(**limits)
+    if timeout is not None and (lim.wall_time is None or timeout < lim.wall_time):
+        lim.wall_time = timeout
+    sc = SandboxConfig(limits=lim, network="host" if network else "none",
                        mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
     return sc.validate()
 
@@ -134,7 +139,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             strict = _flag(item.config, "strict")
             boxed.complete(item, out.reports, reason, outcome="failed" if strict else "skipped")
         else:
-            out = boxed.run_item(item, box_config(item))
+            out = boxed.run_item(item, box_config(item), item.stash.get(TIMEOUT, None))
     except ConfigError as e:
         boxed.complete(item, out.reports, f"sandbox: {e}")
     boxed.teardown_in_parent(item, nextitem, out.reports)
@@ -152,6 +157,30 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if out.exit_request is not None:
         pytest.exit(*out.exit_request)
     return True
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout arms its timer (SIGALRM, or a thread that calls ``os._exit``) in the
+    process running the test's protocol: for a boxed test, the host waiting for its box, where
+    the alarm's ``pytest.fail`` escaped as INTERNALERROR and ended the session (under xdist the
+    worker died and the test went unreported). So for a boxed test the timeout becomes the box's
+    wall time instead (``box_config``): the kernel-side deadline stops the test however stuck it
+    is, and the failure names pytest-timeout's limit (``boxed.run_item``). A ``func_only``
+    timeout covers only the test function, which runs in the box, where pytest-timeout arms
+    its own timer as it would unboxed."""
+    if boxed.CHANNEL is not None or settings.func_only or not _wants_box(item):
+        return None
+    item.stash[TIMEOUT] = float(settings.timeout)
+    return True
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    """Nothing was armed on the host for a test whose timeout is its box's wall time."""
+    if boxed.CHANNEL is None and item.stash.get(TIMEOUT, None) is not None:
+        return True
+    return None
 
 
 def _properties(result: Any) -> list[tuple[str, Any]]:
