@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxrun, boxstate, boxtee, reportcheck, sequence
+from pytest_plugin import boxrun, boxstate, boxtee, boxtimeout, reportcheck, sequence
 from pytest_plugin.reportcheck import InvalidReport
 from sandbox import Limits, Result, SandboxConfig, Status
 
@@ -36,7 +36,6 @@ SECTION_MAX = 1 << 20  # captured output kept per section (head and tail), insid
 STACK_MAX = 64 * 1024
 MAX_WARNINGS = sequence.MAX_WARNINGS
 ESCAPED = "sandbox: escaped the test: "  # a line in the stack memfd, see _escaped
-TIMEOUT_MESSAGE = "Timeout (>%ss) from pytest-timeout."  # pytest-timeout's own failure line
 CHANNEL: int | None = None  # set inside a box only: where the report hook sends reports
 
 
@@ -129,6 +128,7 @@ def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
     _fresh_fixtures(item)
     _take_reports(item)
     boxtee.install(item.config, tees)
+    boxtimeout.STACK_FD = stack_fd
     faulthandler.enable(file=stack_fd, all_threads=True)
     if wall is not None:  # the stack shortly before the host kills us, for the failure report
         faulthandler.dump_traceback_later(max(wall * 0.5, wall - min(0.25, wall * 0.1)),
@@ -201,10 +201,10 @@ def run_item(item: pytest.Item, cfg: SandboxConfig, timeout: float | None = None
     if result.status != Status.OK:
         lines = stack_text.splitlines()
         escaped = [x[len(ESCAPED):] for x in lines if x.startswith(ESCAPED)]
-        stack_text = "\n".join(x for x in lines if not x.startswith(ESCAPED))
+        fired = [x[len(boxtimeout.FIRED):] for x in lines if x.startswith(boxtimeout.FIRED)]
+        stack_text = "\n".join(x for x in lines if not x.startswith((ESCAPED, boxtimeout.FIRED)))
         text = "sandbox: " + _reason(result, cfg.limits, escaped[-1] if escaped else "")
-        if timeout is not None and timeout == cfg.limits.wall_time and _wall_ended(result):
-            text = f"{TIMEOUT_MESSAGE % timeout}\n{text} (pytest-timeout's timeout is the box's wall time)"
+        text = boxtimeout.explain(text, result, cfg.limits, timeout, fired)
         if stack_text.strip():
             text += "\n\nPython stack of the test process (written inside the box):\n" + _trim_stack(stack_text)
         complete(item, out.reports, text, sections=unfinished,
@@ -327,10 +327,6 @@ def _reason(result: Result, lim: Limits, escaped: str = "") -> str:
             return f"the test process failed outside the test: {_printable(escaped[:300])}"
         return f"the test process exited with code {result.exit_code} (os._exit() inside the test?)"
     return result.reason or str(result.status)
-
-
-def _wall_ended(result: Result) -> bool:
-    return result.status == Status.TO and (result.reason or "").startswith("wall time")
 
 
 def _fmt(n: int | None) -> str:

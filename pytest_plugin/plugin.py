@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxed, boxrun, probe, sequence
+from pytest_plugin import boxed, boxrun, boxtimeout, probe, sequence
 from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
 from pytest_plugin.summary import record, write_summary
 from sandbox import ENV_ALLOWLIST, ConfigError, Limits, SandboxConfig
@@ -161,15 +161,14 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
-    """pytest-timeout arms its timer (SIGALRM, or a thread that calls ``os._exit``) in the
-    process running the test's protocol: for a boxed test, the host waiting for its box, where
-    the alarm's ``pytest.fail`` escaped as INTERNALERROR and ended the session (under xdist the
-    worker died and the test went unreported). So for a boxed test the timeout becomes the box's
-    wall time instead (``box_config``): the kernel-side deadline stops the test however stuck it
-    is, and the failure names pytest-timeout's limit (``boxed.run_item``). A ``func_only``
-    timeout covers only the test function, which runs in the box, where pytest-timeout arms
-    its own timer as it would unboxed."""
-    if boxed.CHANNEL is not None or settings.func_only or not _wants_box(item):
+    """For a boxed test, pytest-timeout's timer is not armed on the host (where its
+    ``pytest.fail`` escaped as INTERNALERROR): the timeout becomes the box's wall time
+    (``box_config``). Inside the box, a ``func_only`` timer is pytest-timeout's own, the thread
+    method's marked for the host (``boxtimeout``, which says why)."""
+    if boxed.CHANNEL is not None:  # in the box: func_only, see boxtimeout
+        thread = settings.func_only and settings.method == "thread"
+        return boxtimeout.arm_thread_timer(item, settings) if thread else None
+    if settings.func_only or not _wants_box(item):
         return None
     item.stash[TIMEOUT] = float(settings.timeout)
     return True

@@ -117,3 +117,24 @@ def test_a_lower_sandbox_wall_time_stays_the_sandboxs_verdict(run, monkeypatch):
     r.assert_outcomes(failed=1, passed=1)
     r.stdout.fnmatch_lines(["FAILED test_it.py::test_hangs - sandbox: wall time 1s exceeded*"])
     assert "pytest-timeout" not in "\n".join(x for x in r.stdout.lines if x.startswith("FAILED"))
+
+
+def test_func_only_thread_method_names_the_timeout(run, monkeypatch):
+    """The thread method ends the test process with os._exit(1) at its timeout: in the box that
+    ends the box only, and the failure says it was pytest-timeout (not "exited with code 1")."""
+    monkeypatch.setenv("COLUMNS", "200")
+    r = run("""
+        import time, pytest
+
+        @pytest.mark.timeout(1, func_only=True, method="thread")
+        def test_call_hangs():
+            time.sleep(30)
+
+        def test_fine():
+            pass
+        """, "--sandbox-all", "-rf")
+    clean(r)
+    r.assert_outcomes(failed=1, passed=1)
+    r.stdout.fnmatch_lines(["FAILED test_it.py::test_call_hangs - Timeout (>1.0s) from pytest-timeout."])
+    assert "thread method ended the test process" in r.stdout.str()
+    assert "exited with code 1" not in r.stdout.str()
