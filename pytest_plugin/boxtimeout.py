@@ -59,8 +59,17 @@ def explain(text: str, result: Result, lim: Limits, timeout: float | None, fired
     if timeout is not None and timeout == lim.wall_time and result.status == Status.TO \
             and (result.reason or "").startswith("wall time"):
         return f"{MESSAGE % timeout}\n{text} (pytest-timeout's timeout is the box's wall time)"
-    if fired and result.status == Status.RE and result.exit_code == 1:
-        seconds = fired[-1][:32]
+    seconds = _seconds(fired[-1]) if fired else None
+    if seconds is not None and result.status == Status.RE and result.exit_code == 1:
         return (f"{MESSAGE % seconds}\nsandbox: pytest-timeout's thread method ended the test "
                 "process (os._exit(1)); its dump of the stacks is in the output")
     return text
+
+
+def _seconds(line: str) -> float | None:
+    """The box wrote the line: only a plain number is shown."""
+    try:
+        value = float(line[:32])
+    except ValueError:
+        return None
+    return value if 0 < value < 1e9 else None
