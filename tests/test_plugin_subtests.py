@@ -224,3 +224,22 @@ def test_a_well_formed_subtest_sequence_is_accepted(run):
     ''', "-rA")
     r.stdout.fnmatch_lines(["SUBFAILED[[]m[]] (i=1) test_it.py::test_x*",
                             "FAILED test_it.py::test_x - contains 1 failed subtest"])
+
+
+def test_exitfirst_stops_at_the_first_failed_subtest_as_plain(run, monkeypatch):
+    """Inside the box pytest's session still counts failures, so ``-x`` ends the subtest loop
+    there as unboxed, and the host's replay stops the session."""
+    monkeypatch.setenv("COLUMNS", "200")
+    src = """
+        def test_subs(subtests):
+            for i in range(4):
+                with subtests.test(i=i):
+                    assert i < 1
+
+        def test_after():
+            pass
+        """
+    plain, boxed = both(run, src, "-x")
+    assert boxed.parseoutcomes() == plain.parseoutcomes() == {"failed": 2}
+    assert summary(boxed) == summary(plain)
+    assert "(i=2)" not in boxed.stdout.str()

@@ -138,3 +138,23 @@ def test_func_only_thread_method_names_the_timeout(run, monkeypatch):
     r.stdout.fnmatch_lines(["FAILED test_it.py::test_call_hangs - Timeout (>1.0s) from pytest-timeout."])
     assert "thread method ended the test process" in r.stdout.str()
     assert "exited with code 1" not in r.stdout.str()
+
+
+def test_a_timeout_in_setup_is_an_error_at_setup(run, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    src = """
+        import time, pytest
+
+        @pytest.fixture
+        def hangs():
+            time.sleep(30)
+
+        @pytest.mark.timeout(1)
+        def test_setup_hangs(hangs):
+            pass
+        """
+    plain = run(src, "-rE", "-p", "no:sandbox")
+    r = run(src, "-rE", "--sandbox-all")
+    clean(r)
+    assert r.parseoutcomes() == plain.parseoutcomes() == {"errors": 1}
+    r.stdout.fnmatch_lines(["ERROR test_it.py::test_setup_hangs - Timeout (>1.0s) from pytest-timeout."])
