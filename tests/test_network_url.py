@@ -16,12 +16,13 @@ from tests.test_network import CFG, _serve
 
 ECHO = ("import socket\n"
         "s = socket.create_server(('0.0.0.0', 9000))\n"
-        "c, _ = s.accept()\n"
-        "data = b''\n"
-        "while chunk := c.recv(65536):\n"
-        "    data += chunk\n"
-        "c.sendall(data[::-1])\n"
-        "c.close()\n")
+        "while True:\n"
+        "    c, _ = s.accept()\n"
+        "    data = b''\n"
+        "    while chunk := c.recv(65536):\n"
+        "        data += chunk\n"
+        "    c.sendall(data[::-1])\n"
+        "    c.close()\n")
 
 
 def _relay_threads() -> list[threading.Thread]:
@@ -56,21 +57,23 @@ def test_an_http_client_here_reaches_a_box_server_by_url_until_the_network_close
 def test_the_relay_passes_bytes_both_ways_and_a_half_close() -> None:
     with sandbox.Network() as net, sandbox.Box(CFG, network=net, name="echo") as box:
         box.start(["python3", "-c", ECHO])
-        host, port = web_port = box.url(9000).removeprefix("http://").rstrip("/").split(":")
-        payload = bytes(range(256)) * 4096  # 1 MiB: more than one copy chunk
+        host, port = box.url(9000).removeprefix("http://").rstrip("/").split(":")
         deadline = time.monotonic() + 10
-        while True:
-            s = socket.create_connection((host, int(port)), timeout=10)
+        while True:  # until the box's server listens (an empty exchange)
+            try:
+                box.connect(9000, timeout=2).close()
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "the box's server never listened"
+                time.sleep(0.05)
+        payload = bytes(range(256)) * 4096  # 1 MiB: more than one copy chunk
+        with socket.create_connection((host, int(port)), timeout=10) as s:
             s.sendall(payload)
             s.shutdown(socket.SHUT_WR)  # the box sees EOF, then answers
             got = b""
             while chunk := s.recv(1 << 20):
                 got += chunk
-            s.close()
-            if got or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)  # (not listening yet: the relay closed the connection)
-        assert got == payload[::-1], (len(got), web_port)
+        assert got == payload[::-1], len(got)
 
 
 def test_url_needs_a_network_and_a_valid_port() -> None:
