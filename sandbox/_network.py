@@ -48,10 +48,10 @@ class Network:
     """A bridge for boxes; a context manager (``close`` ends its boxes and the hub)."""
 
     def __init__(self, *, latency: float | str | None = None, loss: float | str | None = None,
-                 allow_hosts: Sequence[str] = ()) -> None:
+                 rate: str | None = None, allow_hosts: Sequence[str] = ()) -> None:
         from sandbox._config import split_host_port
 
-        self.shaping = shaping(latency, loss)
+        self.shaping = shaping(latency, loss, rate)
         self.allow_hosts = tuple(allow_hosts)  # for every box on it (each box adds its own)
         for item in self.allow_hosts:
             split_host_port(item)
@@ -213,8 +213,14 @@ class Network:
         return f"{scheme}://127.0.0.1:{relay.port}/"
 
 
-def shaping(latency: float | str | None, loss: float | str | None) -> dict[str, int | float]:
-    """netem's parameters for every box's link: ``delay`` in microseconds, ``loss`` in percent."""
+RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
+MAX_RATE = ((1 << 32) - 1) * 8  # tbf holds the rate as 32-bit bytes per second
+
+
+def shaping(latency: float | str | None, loss: float | str | None,
+            rate: str | None = None) -> dict[str, int | float]:
+    """Every box's link shaping: netem's ``delay`` (microseconds) and ``loss`` (percent); a
+    token bucket's ``rate`` (bits per second, ``tc``'s units: 500kbit, 1mbit, 1gbit)."""
     from sandbox._config import ConfigError, parse_duration
 
     out: dict[str, int | float] = {}
@@ -231,6 +237,17 @@ def shaping(latency: float | str | None, loss: float | str | None) -> dict[str, 
         if not 0 <= pct <= 100:
             raise ConfigError(f"loss {loss!r} is not valid; use a percentage from 0 to 100 (e.g. 1%)")
         out["loss"] = pct
+    if rate is not None:
+        text = str(rate).strip().lower()
+        unit = next((u for u in ("kbit", "mbit", "gbit", "bit") if text.endswith(u)), "")
+        try:
+            bits = round(float(text.removesuffix(unit)) * RATE_UNITS[unit]) if unit else 0
+        except ValueError:
+            bits = 0
+        if not 8 <= bits <= MAX_RATE:
+            raise ConfigError(f"rate {rate!r} is not valid; give bits per second with tc's units "
+                              "from 8bit to 34gbit, e.g. 500kbit, 1mbit, 1gbit")
+        out["rate"] = bits
     return out
 
 

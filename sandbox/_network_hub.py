@@ -45,6 +45,10 @@ from sandbox._egress_gate import Gate
 from sandbox._plan import prepare
 from sandbox._record import replace
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 BRIDGE = "sbx0"
 SUBNET = ipaddress.ip_network("10.89.0.0/24")  # every network is its own namespace: one subnet
 HUB_ADDRESS = SUBNET.network_address + 1
@@ -77,7 +81,7 @@ class Hub:
         self.home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         if shaping:  # before any box: a kernel without netem fails the network, not a box later
             self.shape(self.bridge)
-            self.ipr.tc("del", index=self.bridge, handle="1:0")
+            self.ipr.tc("del", index=self.bridge, root=True)
         self.free = [str(a) for a in SUBNET.hosts()][1:]  # .1 is the hub's
         self.names: dict[str, str] = {}  # box name → address, in creation order
         self.boxes: dict[int, tuple[int, socket.socket, str, str]] = {}  # pid → (pidfd, exit socket, name, address)
@@ -168,6 +172,8 @@ class Hub:
                     inside.link("set", index=eth0, state="up")
                     # everything out goes to the hub, which refuses it (sandbox._egress_gate)
                     inside.route("add", dst="0.0.0.0/0", gateway=str(HUB_ADDRESS))
+                    if "rate" in self.shaping:  # what the box sends: the bridge's end shapes only what it receives
+                        self.shape(eth0, inside, rate_only=True)
             finally:
                 sc.setns(self.home, sc.CLONE_NEWNET)
         except BaseException:
@@ -175,14 +181,29 @@ class Hub:
             raise
         return netns
 
-    def shape(self, index: int) -> None:
+    def shape(self, index: int, ipr: Any = None, *, rate_only: bool = False) -> None:
+        """The link's qdiscs: netem (latency, loss) at the root, a token bucket (rate) at the
+        root or, under netem, as its child (tc's own recipe); both built into this kernel or
+        the network is refused, naming the one missing (never an unshaped link)."""
         from pyroute2.netlink.exceptions import NetlinkError
 
-        try:
-            self.ipr.tc("add", "netem", index=index, handle="1:0", **self.shaping)
-        except NetlinkError as e:
-            raise OSError(e.code, "link shaping (latency/loss) needs the kernel's netem qdisc, "
-                          f"which this kernel does not have (CONFIG_NET_SCH_NETEM): {e}") from None
+        ipr = ipr or self.ipr
+        netem = {} if rate_only else {k: v for k, v in self.shaping.items() if k != "rate"}
+        if netem:
+            try:
+                ipr.tc("add", "netem", index=index, handle="1:0", **netem)
+            except NetlinkError as e:
+                raise OSError(e.code, "link shaping (latency/loss) needs the kernel's netem qdisc, "
+                              f"which this kernel does not have (CONFIG_NET_SCH_NETEM): {e}") from None
+        if "rate" in self.shaping:
+            bits = int(self.shaping["rate"])  # a burst of 10 ms of the rate, at least 2 frames
+            where = {"parent": "1:1", "handle": "10:0"} if netem else {"handle": "1:0"}
+            try:
+                ipr.tc("add", "tbf", index=index, rate=f"{bits}bit", burst=max(bits // 800, 3200),
+                       latency="100ms", **where)
+            except NetlinkError as e:
+                raise OSError(e.code, "link shaping (rate) needs the kernel's tbf qdisc, which this "
+                              f"kernel does not have (CONFIG_NET_SCH_TBF): {e}") from None
 
     def connect_sockets(self, req: dict) -> None:
         """Unconnected TCP sockets of the bridge's namespace, for the caller to connect."""

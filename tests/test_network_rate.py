@@ -1,0 +1,68 @@
+"""``Network(rate="4mbit")``: a token bucket (tbf) on both ends of every box's link, so what a box
+receives and what it sends are both held to the rate (this kernel has tbf; it has no netem).
+Measured with a lower bound only (shaping can only make a transfer slower, however loaded the
+machine): 1 MiB at 4 Mbit/s takes at least ~2 s each way; unshaped it takes milliseconds."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+import sandbox
+from tests.test_network import CFG
+
+MIB = 1 << 20
+SINK_AND_SOURCE = ("import socket, sys\n"
+                   "s = socket.create_server(('0.0.0.0', 9000))\n"
+                   "c, _ = s.accept()\n"          # the first connection: read 1 MiB
+                   "n = 0\n"
+                   "while n < 1 << 20 and (b := c.recv(65536)):\n"
+                   "    n += len(b)\n"
+                   "c.sendall(b'k')\n"
+                   "c2, _ = s.accept()\n"         # the second: send 1 MiB
+                   "c2.sendall(b'x' * (1 << 20))\n"
+                   "c2.close()\n")
+
+
+def _connect(box: sandbox.Box) -> socket.socket:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return box.connect(9000, timeout=30)
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the box's server never listened"
+            time.sleep(0.05)
+
+
+def _transfer_times(rate: str | None) -> tuple[float, float]:
+    with sandbox.Network(**({"rate": rate} if rate else {})) as net, \
+            sandbox.Box(CFG, network=net, name="b") as box:
+        box.start(["python3", "-c", SINK_AND_SOURCE])
+        with _connect(box) as s:
+            t0 = time.monotonic()
+            s.sendall(b"y" * MIB)
+            assert s.recv(1) == b"k"
+            into = time.monotonic() - t0
+        with _connect(box) as s:
+            t0, n = time.monotonic(), 0
+            while n < MIB and (b := s.recv(65536)):
+                n += len(b)
+            out = time.monotonic() - t0
+            assert n == MIB
+        return into, out
+
+
+def test_a_rate_holds_both_directions() -> None:
+    into, out = _transfer_times("4mbit")
+    assert into >= 1.6 and out >= 1.6, (into, out)  # 1 MiB = 8.4 Mbit: ~2.1 s at 4 Mbit/s
+    assert into < 20 and out < 20, (into, out)
+    fast_in, fast_out = _transfer_times(None)
+    assert fast_in < into / 2 and fast_out < out / 2, (fast_in, fast_out)
+
+
+@pytest.mark.parametrize("bad", ["fast", "10", "1mbps", "0bit", "100gbit", "-1kbit"])
+def test_a_bad_rate_is_one_clear_error(bad: str) -> None:
+    with pytest.raises(sandbox.ConfigError, match=f"rate '{bad}' is not valid; give bits per second"):
+        sandbox.Network(rate=bad)
