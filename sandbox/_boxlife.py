@@ -100,8 +100,8 @@ class BoxLife:
         self.prep: Any = None
         self._watch: Any = None
         self._waiter: Callable[[int], tuple[Any, float, int | None]] = sc.wait4
-        if config.allow_hosts and network is None and target is not None:  # egress needs a hub: a network of its own
-            self._own_network = _private_network(target)
+        if (config.allow_hosts or config.link) and network is None and target is not None:
+            self._own_network = _private_network(target)  # egress and shaping need a hub: a network of its own
             self.network = (self._own_network, "box")
         self.cg, err = open_box_cgroup(config)
         if err:
@@ -238,12 +238,13 @@ class BoxLife:
 
 
 def _private_network(target: Any) -> Any:
-    """The network of one box with ``allow_hosts`` (its hub runs the egress gate)."""
+    """The network of one box with ``allow_hosts`` (its hub runs the egress gate) or a shaped
+    ``link`` (without allow_hosts it reaches nothing but the trusted side's ``connect``)."""
     from sandbox._network import Network, NetworkError
 
     if callable(target):
-        raise _fail("network", "allow_hosts needs a command to exec: a callable runs in a clone "
-                               "of its caller, which the network's hub cannot make")
+        raise _fail("network", "allow_hosts and link need a command to exec: a callable runs in a "
+                               "clone of its caller, which the network's hub cannot make")
     try:
         return Network().open()
     except NetworkError as e:

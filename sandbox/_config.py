@@ -249,6 +249,8 @@ class SandboxConfig:
     hostname: str = DEFAULT_HOSTNAME
     hosts: dict[str, str] = field(default_factory=dict)  # name → IP, added to /etc/hosts (--add-host)
     allow_hosts: tuple[str, ...] = ()  # "NAME:PORT" the box may connect to, nothing else (--allow-host)
+    # its link on a network, shaped: {"latency": "50ms", "loss": "1%", "rate": "1mbit"} (--rate ...)
+    link: dict[str, str] = field(default_factory=dict)
     seccomp: str = "default"  # policy name: "default" | "none" (debugging only)
     seccomp_allow: tuple[str, ...] = ()  # syscalls to relax per box
     seccomp_deny: tuple[str, ...] = ()  # extra syscalls to deny per box
@@ -278,6 +280,15 @@ class SandboxConfig:
         if self.allow_hosts and self.network != "none":
             raise ConfigError("--allow-host needs --net none (the default): with the host's network "
                               "every destination is open")
+        if self.link:
+            bad = sorted(set(self.link) - {"latency", "loss", "rate"})
+            if bad:
+                raise ConfigError(f"link {bad[0]!r} is not a shaping; use latency, loss or rate")
+            from sandbox._network import shaping
+
+            shaping(**self.link)
+            if self.network != "none":
+                raise ConfigError("--rate/--latency/--loss shape a box's own link: they need --net none")
         if not self.cwd.startswith("/"):
             raise ConfigError(f"--cwd {self.cwd!r}: must be an absolute path inside the box")
         if self.expose_python not in (True, False, "venv", "host"):

@@ -217,7 +217,7 @@ RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 MAX_RATE = ((1 << 32) - 1) * 8  # tbf holds the rate as 32-bit bytes per second
 
 
-def shaping(latency: float | str | None, loss: float | str | None,
+def shaping(latency: float | str | None = None, loss: float | str | None = None,
             rate: str | None = None) -> dict[str, int | float]:
     """Every box's link shaping: netem's ``delay`` (microseconds) and ``loss`` (percent); a
     token bucket's ``rate`` (bits per second, ``tc``'s units: 500kbit, 1mbit, 1gbit)."""

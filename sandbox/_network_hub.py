@@ -42,6 +42,7 @@ from sandbox import _box_init, _egress, _fdpass, _net, _spawn, _userns  # noqa: 
 from sandbox import _syscalls as sc
 from sandbox._config import DEFAULT_HOSTNAME, SandboxConfig
 from sandbox._egress_gate import Gate
+from sandbox._network import shaping
 from sandbox._plan import prepare
 from sandbox._record import replace
 
@@ -80,7 +81,7 @@ class Hub:
         self.ipr.link("set", index=self.bridge, state="up")
         self.home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         if shaping:  # before any box: a kernel without netem fails the network, not a box later
-            self.shape(self.bridge)
+            self.shape(self.bridge, shaping)
             self.ipr.tc("del", index=self.bridge, root=True)
         self.free = [str(a) for a in SUBNET.hosts()][1:]  # .1 is the hub's
         self.names: dict[str, str] = {}  # box name → address, in creation order
@@ -107,20 +108,22 @@ class Hub:
                 raise ValueError(f"a box named {name!r} is already on this network")
             if not self.free:
                 raise ValueError(f"this network is full ({SUBNET} has no free address)")
-            netns, addr = self.spare if self.spare else (-1, self.free.pop(0))
-            self.spare = None
+            cfg = SandboxConfig.from_dict(req["config"])
+            link = shaping(**cfg.link) if cfg.link else self.shaping  # the box's own, else the network's
+            ready = self.spare if self.spare and link == self.shaping else None  # (made with the network's)
+            netns, addr = ready if ready else (-1, self.free.pop(0))
+            self.spare = None if ready else self.spare
             try:
-                cfg = SandboxConfig.from_dict(req["config"])
                 allowed = self.gate.admit(addr, [*self.allow, *cfg.allow_hosts])
                 hosts = {**self.names, name: addr, **allowed, **cfg.hosts}
                 hostname = name if cfg.hostname == DEFAULT_HOSTNAME else cfg.hostname
                 cfg = replace(cfg, network="host", hosts=hosts, hostname=hostname,
-                              allow_hosts=()).validate()
+                              allow_hosts=(), link={}).validate()  # (both done here, by the hub)
                 prep = prepare(cfg, req["argv"] if req.get("argv") is not None else (),
                                cgroup_enforced=frozenset(req.get("cgroup_enforced", ())),
                                serve=bool(req.get("serve")))
                 if netns < 0:
-                    netns = self.box_namespace(addr)
+                    netns = self.box_namespace(addr, link)
                 sc.setns(netns, sc.CLONE_NEWNET)
                 try:  # the clone shares the namespace the hub is in now
                     box = _spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
@@ -146,7 +149,7 @@ class Hub:
         self.boxes[box.pid] = (box.pidfd, exit_sock, name, addr)
         _fdpass.send(self.sock, {"op": "spawned", "pid": box.pid, "address": addr}, [box.pidfd])
 
-    def box_namespace(self, addr: str) -> int:
+    def box_namespace(self, addr: str, link: dict[str, Any]) -> int:
         """Steps 1–2 of the module docstring: the fd of a fresh namespace with lo and eth0 up."""
         sc.unshare(sc.CLONE_NEWNET)
         try:
@@ -160,8 +163,8 @@ class Hub:
             self.ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": netns})
             index = self.ipr.link("get", ifname=veth)[0]["index"]
             self.ipr.link("set", index=index, master=self.bridge, state="up")
-            if self.shaping:  # on the bridge's end: what the box sends and receives both pass it
-                self.shape(index)
+            if link:  # on the bridge's end: what the box receives
+                self.shape(index, link)
             from pyroute2 import IPRoute
 
             sc.setns(netns, sc.CLONE_NEWNET)
@@ -172,8 +175,8 @@ class Hub:
                     inside.link("set", index=eth0, state="up")
                     # everything out goes to the hub, which refuses it (sandbox._egress_gate)
                     inside.route("add", dst="0.0.0.0/0", gateway=str(HUB_ADDRESS))
-                    if "rate" in self.shaping:  # what the box sends: the bridge's end shapes only what it receives
-                        self.shape(eth0, inside, rate_only=True)
+                    if "rate" in link:  # what the box sends: the bridge's end shapes only what it receives
+                        self.shape(eth0, link, inside, rate_only=True)
             finally:
                 sc.setns(self.home, sc.CLONE_NEWNET)
         except BaseException:
@@ -181,22 +184,22 @@ class Hub:
             raise
         return netns
 
-    def shape(self, index: int, ipr: Any = None, *, rate_only: bool = False) -> None:
+    def shape(self, index: int, link: dict[str, Any], ipr: Any = None, *, rate_only: bool = False) -> None:
         """The link's qdiscs: netem (latency, loss) at the root, a token bucket (rate) at the
         root or, under netem, as its child (tc's own recipe); both built into this kernel or
         the network is refused, naming the one missing (never an unshaped link)."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         ipr = ipr or self.ipr
-        netem = {} if rate_only else {k: v for k, v in self.shaping.items() if k != "rate"}
+        netem = {} if rate_only else {k: v for k, v in link.items() if k != "rate"}
         if netem:
             try:
                 ipr.tc("add", "netem", index=index, handle="1:0", **netem)
             except NetlinkError as e:
                 raise OSError(e.code, "link shaping (latency/loss) needs the kernel's netem qdisc, "
                               f"which this kernel does not have (CONFIG_NET_SCH_NETEM): {e}") from None
-        if "rate" in self.shaping:
-            bits = int(self.shaping["rate"])  # a burst of 10 ms of the rate, at least 2 frames
+        if "rate" in link:
+            bits = int(link["rate"])  # a burst of 10 ms of the rate, at least 2 frames
             where = {"parent": "1:1", "handle": "10:0"} if netem else {"handle": "1:0"}
             try:
                 ipr.tc("add", "tbf", index=index, rate=f"{bits}bit", burst=max(bits // 800, 3200),
@@ -265,7 +268,7 @@ class Hub:
                 if not events:  # idle: the next box's namespace, off its start's latency
                     addr = self.free.pop(0)
                     try:
-                        self.spare = (self.box_namespace(addr), addr)
+                        self.spare = (self.box_namespace(addr, self.shaping), addr)
                     except OSError:  # (the box that asks makes its own, and says why)
                         self.free.insert(0, addr)
                         spare_failed = True

@@ -66,3 +66,32 @@ def test_a_rate_holds_both_directions() -> None:
 def test_a_bad_rate_is_one_clear_error(bad: str) -> None:
     with pytest.raises(sandbox.ConfigError, match=f"rate '{bad}' is not valid; give bits per second"):
         sandbox.Network(rate=bad)
+
+
+def test_a_box_s_own_link_and_the_cli(tmp_path) -> None:
+    """``SandboxConfig(link={"rate": ...})``: a box on a network gets its own shaping (a
+    neighbour keeps the network's: none); ``sandbox run --rate`` shapes a one-shot box (on a
+    network of its own, as ``--allow-host`` makes) and a bad value is exit 2 with one line."""
+    import subprocess
+    import sys
+
+    shaped = sandbox.SandboxConfig(limits=sandbox.Limits(wall_time=20), link={"rate": "4mbit"})
+    with sandbox.Network() as net, sandbox.Box(shaped, network=net, name="slow") as slow, \
+            sandbox.Box(CFG, network=net, name="fast") as fast:
+        times = {}
+        for name, box in (("slow", slow), ("fast", fast)):
+            box.start(["python3", "-c", SINK_AND_SOURCE])
+            with _connect(box) as s:
+                t0 = time.monotonic()
+                s.sendall(b"y" * MIB)
+                assert s.recv(1) == b"k"
+                times[name] = time.monotonic() - t0
+        assert times["slow"] >= 1.6 and times["fast"] < times["slow"] / 2, times
+    cli = [sys.executable, "-m", "sandbox._cli", "run", "--allow-host", "example.invalid:80"]
+    code = "import socket; print(socket.if_nameindex())"
+    r = subprocess.run([*cli, "--rate", "1mbit", "--", "python3", "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "eth0" in r.stdout, (r.stdout, r.stderr)
+    r = subprocess.run([*cli, "--rate", "fast", "--", "true"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "rate 'fast' is not valid" in r.stderr, r.stderr
+    with pytest.raises(sandbox.ConfigError, match="link 'jitter' is not a shaping"):
+        sandbox.SandboxConfig(link={"jitter": "1ms"}).validate()
