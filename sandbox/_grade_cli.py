@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wall-time", default="10s", help="wall time per test")
     p.add_argument("--image", metavar="NAME", help="every box's root is this stored image "
                    "(`sandbox image ls`; default: the host's /usr)")
+    p.add_argument("--file-name", metavar="NAME", help="a single-file submission's name in its box, "
+                   "e.g. solution.py for the tests' import_module('solution') (default: its own)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -93,6 +95,9 @@ def _check(a: argparse.Namespace) -> list[tuple[str, str]]:
         from sandbox import SandboxConfig
 
         SandboxConfig(image=a.image).validate()
+    name = a.file_name
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\0" in name or len(name) > 255):
+        raise ValueError(f"--file-name {name!r}: must be a plain file name such as solution.py (no '/')")
     for opt in ("out", "csv", "junitxml"):
         _writable_file(f"--{opt}", getattr(a, opt))
     if a.feedback is not None:
@@ -107,7 +112,8 @@ def _check(a: argparse.Namespace) -> list[tuple[str, str]]:
     if not subs:
         raise ValueError(f"--submissions {a.submissions}: no submissions in it "
                          "(expected one sub-folder, or file, per submission)")
-    _not_one_submission(a.submissions, subs, a.tests)
+    if a.file_name is None:
+        _not_one_submission(a.submissions, subs, a.tests)
     return subs
 
 
@@ -208,7 +214,7 @@ def _grade(a: argparse.Namespace, subs: list[tuple[str, str]]) -> int:
     from sandbox.grading.progress import Progress, print_table
     from sandbox.grading.report import build_row, write_outputs
 
-    config = {k: getattr(a, k) for k in ("call_timeout", "memory", "wall_time", "timeout", "image")}
+    config = {k: getattr(a, k) for k in ("call_timeout", "memory", "wall_time", "timeout", "image", "file_name")}
     if a.image is not None:  # the image's content: a re-imported NAME is graded again
         from sandbox import ImageStore
 
@@ -224,7 +230,7 @@ def _grade(a: argparse.Namespace, subs: list[tuple[str, str]]) -> int:
     why, interrupted = None, False
     with tempfile.TemporaryDirectory(prefix="grade-run-") as tmp:
         os.chmod(tmp, 0o755)
-        todo = [(n, _as_dir(n, p, tmp)) for n, p in subs if n not in rows]
+        todo = [(n, _as_dir(n, p, tmp, a.file_name)) for n, p in subs if n not in rows]
         try:
             prog = Progress(len(subs), len(rows), enabled=not a.no_progress)
             sink = _Sink(journal, keys, rows, prog)
@@ -261,13 +267,14 @@ def _grade(a: argparse.Namespace, subs: list[tuple[str, str]]) -> int:
     return 0
 
 
-def _as_dir(name: str, path: str, tmp: str) -> str:
-    """A single-file submission is graded as a one-file directory."""
+def _as_dir(name: str, path: str, tmp: str, file_name: str | None = None) -> str:
+    """A single-file submission is graded as a one-file directory, the file under its own name
+    or ``--file-name``."""
     if os.path.isdir(path):
         return os.path.abspath(path)
     d = os.path.join(tmp, "files", name)
     os.makedirs(d)
-    with open(path, "rb") as src, open(os.path.join(d, name), "wb") as dst:
+    with open(path, "rb") as src, open(os.path.join(d, file_name or name), "wb") as dst:
         dst.write(src.read(MAX_FILE))
     os.chmod(d, 0o755)
     return d
