@@ -1,0 +1,250 @@
+"""``sandbox grade --scheduler``: one Dask task per submission, graded on a worker's own host.
+
+Each task carries its submission's files (and the teacher's tests, scattered once to every
+worker) as bytes, so no shared filesystem is needed; the worker unpacks them into a temp dir
+and grades the submission with the very runner ``-j N`` uses (``sandbox.grading.runner``: a
+pytest run whose every use of the submission is a box). The worker returns the runner's events
+— plain JSON-able dicts that came as JSON lines from the run's log — and the machine running
+``sandbox grade`` replays them into its own sink: progress, rows and the journal stay there,
+written by one process, so a submission Dask retried is recorded once.
+
+Dask re-runs a task whose worker died (SIGKILL, a lost host) elsewhere; a task that killed
+``distributed.scheduler.allowed-failures`` + 1 workers raises ``KilledWorker`` and its row
+says so instead of being retried for ever. Pickled tasks cross between the grader and the
+workers only (trusted hosts, see docs/grading.md); nothing from a box is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import time
+from types import SimpleNamespace
+from typing import Any
+
+MAX_TREE = 64 * 1024 * 1024  # bytes of files per packed submission (or tests) folder
+ALLOWED_FAILURES = 2  # local:N; a tcp:// scheduler uses its own config
+Packed = list[tuple[str, str, Any]]  # (relative path, "d" | "f" | "l", mode+bytes | target)
+
+
+def check(spec: str) -> None:
+    """``--scheduler``'s value and ``distributed`` itself, before anything is graded."""
+    if spec.startswith("local:"):
+        n = spec.removeprefix("local:")
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--scheduler {spec}: local:N needs a number of workers N >= 1")
+    elif not spec.startswith(("tcp://", "tls://")) or ":" not in spec.split("://", 1)[1]:
+        raise ValueError(f"--scheduler {spec}: expected local:N or tcp://HOST:PORT (or tls://HOST:PORT)")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ValueError(f"--scheduler {spec}: Dask distributed is not installed "
+                         "(pip install 'pytest-sandbox-box[cluster]')") from None
+
+
+def pack(root: str) -> Packed:
+    """A folder's (or file's) dirs, files and symlinks — links kept as links, never followed."""
+    out: Packed = []
+    total = 0
+    if not os.path.isdir(root):
+        with open(root, "rb") as f:
+            data = f.read(MAX_TREE + 1)
+        return [(os.path.basename(root), "f", (os.stat(root).st_mode & 0o777, data))]
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        rel_d = os.path.relpath(d, root)
+        for n in sorted(dirs + files):
+            full, rel = os.path.join(d, n), os.path.normpath(os.path.join(rel_d, n))
+            st = os.lstat(full)
+            if n in ("__pycache__", ".pytest_cache"):
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                out.append((rel, "l", os.readlink(full)))
+            elif stat.S_ISDIR(st.st_mode):
+                out.append((rel, "d", st.st_mode & 0o777))
+            elif stat.S_ISREG(st.st_mode):
+                fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as f:
+                    data = f.read(MAX_TREE + 1 - total)
+                total += len(data)
+                if total > MAX_TREE:
+                    raise ValueError(f"{root}: more than {MAX_TREE >> 20} MiB of files")
+                out.append((rel, "f", (st.st_mode & 0o777, data)))
+        dirs[:] = [x for x in dirs if not os.path.islink(os.path.join(d, x))]
+    return out
+
+
+def unpack(items: Packed, dest: str) -> None:
+    """Recreate ``pack``'s output under ``dest`` (created), never writing through a link."""
+    os.mkdir(dest, 0o755)
+    for rel, kind, val in items:
+        if os.path.isabs(rel) or ".." in rel.split(os.sep):
+            raise ValueError(f"bad packed path {rel!r}")
+        full = os.path.join(dest, rel)
+        if kind == "d":
+            os.mkdir(full)
+            os.chmod(full, val)
+        elif kind == "l":
+            os.symlink(val, full)
+        else:
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(val[1])
+            os.chmod(full, val[0])
+
+
+class _Events:
+    """The runner's sink on a worker: records what the grader's own sink is to be told."""
+
+    def __init__(self) -> None:
+        self.events: list[list[Any]] = []
+
+    def collected(self, tests: dict[str, list[list[Any]]]) -> None:
+        self.events.append(["collected", tests])
+
+    def started(self, name: str) -> None:
+        self.events.append(["started", name])
+
+    def test(self, line: dict[str, Any]) -> None:
+        self.events.append(["test", line])
+
+    def finished(self, name: str, error: str | None) -> None:
+        self.events.append(["finished", name, error])
+
+
+def grade_one(name: str, sub: Packed, tests: tuple[str, Packed], opts: dict[str, Any]) -> dict[str, Any]:
+    """The Dask task: grade one submission on this worker's host, as ``-j 1`` would, in a child
+    process that dies with the worker: a SIGKILLed worker leaves no grading run behind (the
+    child's parent-death signal stops its runs and removes its temp dir) and Dask re-runs the
+    task elsewhere. The job crosses to our own child pickled (trusted), the answer comes back
+    as JSON."""
+    import json
+    import pickle
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "sandbox._grade_cluster", str(os.getpid())],
+                       input=pickle.dumps((name, sub, tests, opts)), capture_output=True, check=False)
+    try:
+        return dict(json.loads(p.stdout))
+    except ValueError:
+        raise RuntimeError(f"the grading child failed (exit {p.returncode}): "
+                           f"{p.stderr.decode(errors='replace')[-300:]}") from None
+
+
+def _child(name: str, sub: Packed, tests: tuple[str, Packed], opts: dict[str, Any]) -> dict[str, Any]:
+    from sandbox.grading import runner
+
+    sink = _Events()
+    with tempfile.TemporaryDirectory(prefix="grade-task-") as tmp:
+        os.chmod(tmp, 0o755)
+        tests_name, tests_items = tests
+        unpack(tests_items, os.path.join(tmp, "t"))
+        t = os.path.join(tmp, "t", tests_name)
+        if not os.path.exists(t):  # a tests folder: its items are relative to it
+            os.rename(os.path.join(tmp, "t"), os.path.join(tmp, "tt"))
+            os.mkdir(os.path.join(tmp, "t"), 0o755)
+            os.rename(os.path.join(tmp, "tt"), t)
+        os.mkdir(os.path.join(tmp, "s"), 0o755)
+        path = os.path.join(tmp, "s", name)
+        unpack(sub, path)
+        a = SimpleNamespace(**opts, tests=t, jobs=1, run_timeout=None)
+        work = os.path.join(tmp, "w")
+        os.mkdir(work, 0o755)
+        try:
+            why = runner.run([(name, path)], a, work, sink)
+        except runner.TeacherError as e:
+            return {"teacher_error": e.info}
+    return {"events": sink.events, "why": why, "host": os.uname().nodename}
+
+
+def _child_main(parent: int) -> None:
+    import ctypes
+    import json
+    import pickle
+    import signal
+    import sys
+
+    def stop(*_: Any) -> None:
+        raise SystemExit(143)  # unwinds runner.run (its runs killed) and the temp dir
+
+    signal.signal(signal.SIGTERM, stop)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        raise SystemExit(143)  # the worker died before the signal was armed
+    job = pickle.loads(sys.stdin.buffer.read())  # from our own worker process, not a box
+    sys.stdout.write(json.dumps(_child(*job)))
+
+
+def _client(spec: str, tmp: str) -> tuple[Any, Any]:
+    import dask
+    from distributed import Client, LocalCluster
+
+    if not spec.startswith("local:"):
+        return Client(spec, timeout=30), None
+    # The workers' scratch space in the run's temp dir: removed with it, even after a SIGKILL.
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                          "temporary-directory": tmp}):
+        cluster = LocalCluster(n_workers=int(spec[6:]), threads_per_worker=1, processes=True,
+                               dashboard_address=None, preload=["sandbox.cluster"],
+                               silence_logs=40)
+    return Client(cluster), cluster
+
+
+def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
+    """``runner.run``'s contract over a cluster: grade ``subs`` into ``sink``; None when all
+    were graded, else why not (``--run-timeout``). TeacherError and Ctrl-C propagate."""
+    from distributed import as_completed
+    from distributed.client import FutureCancelledError
+    from distributed.scheduler import KilledWorker
+
+    from sandbox.grading import runner
+
+    opts = {k: getattr(a, k) for k in ("call_timeout", "memory", "wall_time", "timeout")}
+    deadline = None if a.run_timeout is None else time.monotonic() + a.run_timeout
+    client, cluster = _client(a.scheduler, tmp)
+    try:
+        tests = client.scatter((os.path.basename(os.path.abspath(a.tests)), pack(a.tests)), broadcast=True)
+        futs = {client.submit(grade_one, name, pack(path), tests, opts, key=f"grade-{i}-{name}",
+                              resources={"sandbox": 1}, pure=False): name
+                for i, (name, path) in enumerate(subs)}
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            for fut in as_completed(futs, timeout=left):
+                _replay(futs[fut], fut, sink, KilledWorker, FutureCancelledError, runner.TeacherError)
+        except TimeoutError:
+            return f"not graded: the run reached --run-timeout {a.run_timeout:g}s"
+        return None
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _replay(name: str, fut: Any, sink: Any, killed: type, cancelled: type, teacher: type) -> None:
+    try:
+        res = fut.result()
+    except killed as e:
+        sink.started(name)
+        sink.finished(name, f"not graded: it was running on every worker that died ({e}); "
+                            "not retried again")
+        return
+    except cancelled:
+        sink.started(name)
+        sink.finished(name, "not graded: its task was cancelled")
+        return
+    except Exception as e:  # the worker's own failure (never a box's: those are rows)
+        sink.started(name)
+        sink.finished(name, f"not graded: the worker failed: {type(e).__name__}: {e}"[:300])
+        return
+    if "teacher_error" in res:
+        raise teacher({str(k): str(v) for k, v in dict(res["teacher_error"]).items()})
+    for ev in res["events"]:
+        getattr(sink, ev[0])(*ev[1:])
+
+
+if __name__ == "__main__":
+    import sys
+
+    _child_main(int(sys.argv[1]))

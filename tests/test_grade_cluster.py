@@ -1,0 +1,174 @@
+"""`sandbox grade --scheduler`: a real Dask LocalCluster (worker processes, the sandbox.cluster
+preload) grading the sample course to exactly the local pool's scores; a worker SIGKILLed mid-run
+loses nothing and doubles nothing; a submission whose workers keep dying is reported, not retried
+for ever; a worker on a host that cannot make boxes (a seccomp filter denying user namespaces)
+refuses to join, naming the cause."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from grade_course import MAIN, SOL, grade_cmd, journal, make_course, rows, summary
+from test_grade import EXPECTED, course, grade  # noqa: F401 - course is a fixture
+
+try:
+    import distributed  # noqa: F401
+except ImportError:
+    pytest.skip("Dask distributed is not installed (pip install '.[cluster]'): no cluster tests",
+                allow_module_level=True)
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> cmdline of every process below ``pid`` (ours only)."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = {}, [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            try:
+                with open(f"/proc/{k}/cmdline", "rb") as f:
+                    out[k] = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            todo.append(k)
+    return out
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_local_cluster_gives_the_local_pools_exact_scores(course, no_leftovers):
+    r = grade(course, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    local = summary(course)
+    assert {n: s[0] for n, s in local.items()} == EXPECTED
+    r = grade(course, "--no-progress", "--scheduler", "local:2")
+    assert r.returncode == 0, r.stderr
+    assert summary(course) == local
+    assert len(journal(course)) == len(EXPECTED)
+
+
+def _slow_course(root: Path, n: int, extra: dict[str, dict[str, str]] | None = None) -> Path:
+    tests = {"test_s.py": "import time\n\ndef test_add(submission):\n    time.sleep(1.5)\n"
+                          "    assert submission.import_module('solution').add(2, 3) == 5\n"}
+    subs = {f"s{i}": {"solution.py": SOL if i % 2 else "def add(a, b):\n    return 0\n", "main.py": MAIN}
+            for i in range(n)}
+    return make_course(root, tests, {**subs, **(extra or {})})
+
+
+def test_sigkilled_worker_loses_nothing_and_records_each_once(tmp_path, no_leftovers):
+    c = _slow_course(tmp_path / "c", 6)
+    p = subprocess.Popen(grade_cmd(c, "--scheduler", "local:2"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and p.poll() is None:
+        runs = [pid for pid, cmd in _descendants(p.pid).items() if "--grade-log" in cmd]
+        if runs:  # a grading run: its grandparent is the worker process (run <- child <- worker)
+            killed = _ppid(_ppid(runs[0]))
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.1)
+    assert killed is not None, "no grading run was seen"
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    got = rows(c)
+    assert {n: r["score"] for n, r in got.items()} == {f"s{i}": i % 2 for i in range(6)}
+    names = [e["row"]["name"] for e in journal(c)]
+    assert sorted(names) == sorted(got) and len(names) == len(set(names))
+
+
+def test_submission_killing_its_workers_is_reported_not_retried_for_ever(tmp_path, no_leftovers):
+    c = _slow_course(tmp_path / "c", 2, {"poison": {"solution.py": SOL}})
+    p = subprocess.Popen(grade_cmd(c, "--scheduler", "local:2"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    kills = 0
+    deadline = time.monotonic() + 200
+    while p.poll() is None and time.monotonic() < deadline:
+        for pid, cmd in _descendants(p.pid).items():  # whoever grades "poison" dies (a host fault)
+            if "--grade-log" in cmd and "/s/poison" in cmd:
+                try:
+                    os.kill(_ppid(_ppid(pid)), signal.SIGKILL)
+                    kills += 1
+                except (OSError, ValueError):
+                    pass
+        time.sleep(0.1)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1, err
+    got = rows(c)
+    assert "not retried again" in got["poison"]["error"] and "died" in got["poison"]["error"]
+    assert {n: got[n]["score"] for n in ("s0", "s1")} == {"s0": 0, "s1": 1}
+    assert 3 <= kills <= 4  # allowed-failures 2: three deaths, then reported
+    assert "poison" not in [e["row"]["name"] for e in journal(c)]
+
+
+def test_bad_scheduler_is_a_usage_error(tmp_path):
+    c = _slow_course(tmp_path / "c", 1)
+    for bad in ("local:0", "local:x", "ftp://h:1", "tcp://nohost"):
+        r = subprocess.run(grade_cmd(c, "--scheduler", bad), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and f"--scheduler {bad}:" in r.stderr and "Traceback" not in r.stderr
+
+
+DENY_USERNS = """
+import errno, os, sys
+import pyseccomp as s
+NEWUSER = 0x10000000
+f = s.SyscallFilter(s.ALLOW)
+for call in ("unshare", "clone"):
+    f.add_rule(s.ERRNO(errno.EPERM), call, s.Arg(0, s.MASKED_EQ, NEWUSER, NEWUSER))
+f.add_rule(s.ERRNO(errno.ENOSYS), "clone3")  # its flags are in memory: make libc use clone
+f.load()
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("nanny", [True, False])
+def test_worker_that_cannot_make_boxes_refuses_to_join(tmp_path, nanny):
+    pytest.importorskip("pyseccomp", reason="pyseccomp is needed to deny user namespaces")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sched = subprocess.Popen([f"{BIN}/dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                              "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        (tmp_path / "deny.py").write_text(DENY_USERNS)
+        cmd = [sys.executable, str(tmp_path / "deny.py"), sys.executable, f"{BIN}/dask", "worker",
+               f"tcp://127.0.0.1:{port}", "--preload", "sandbox.cluster", "--no-dashboard"]
+        w = subprocess.run(cmd + ([] if nanny else ["--no-nanny"]), capture_output=True, text=True,
+                           timeout=120)
+        assert w.returncode != 0
+        assert "refuses to join: boxes cannot be made here: user namespaces: trial failed" in w.stderr
+        assert "Operation not permitted" in w.stderr
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30) as cl:
+            assert cl.scheduler_info()["workers"] == {}
+    finally:
+        sched.terminate()
+        sched.wait(30)
+
+
+def test_admitted_worker_advertises_boxes():
+    from sandbox.cluster import admission
+
+    why, res = admission()
+    assert why == []
+    assert set(res) <= {"cgroup"}
