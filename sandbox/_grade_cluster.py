@@ -177,6 +177,10 @@ def _child_main(parent: int) -> None:
     sys.stdout.write(json.dumps(_child(*job)))
 
 
+def _same(x: Any) -> Any:
+    return x
+
+
 def _client(spec: str, tmp: str) -> tuple[Any, Any]:
     import dask
     from distributed import Client, LocalCluster
@@ -205,7 +209,10 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
     deadline = None if a.run_timeout is None else time.monotonic() + a.run_timeout
     client, cluster = _client(a.scheduler, tmp)
     try:
-        tests = client.scatter((os.path.basename(os.path.abspath(a.tests)), pack(a.tests)), broadcast=True)
+        # The tests as a task of their own (not scattered data): a result lost with its workers
+        # is computed again, scattered data would be gone and cancel every submission.
+        tests = client.submit(_same, (os.path.basename(os.path.abspath(a.tests)), pack(a.tests)),
+                              key="grade-tests", pure=False)
         futs = {client.submit(grade_one, name, pack(path), tests, opts, key=f"grade-{i}-{name}",
                               resources={"sandbox": 1}, pure=False): name
                 for i, (name, path) in enumerate(subs)}

@@ -6,7 +6,6 @@ refuses to join, naming the cause."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -56,7 +55,7 @@ def _ppid(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
-def test_local_cluster_gives_the_local_pools_exact_scores(course, no_leftovers):
+def test_local_cluster_gives_the_local_pools_exact_scores(course, no_leftovers):  # noqa: F811
     r = grade(course, "--no-progress")
     assert r.returncode == 0, r.stderr
     local = summary(course)
