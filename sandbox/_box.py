@@ -51,6 +51,7 @@ class Usage:
     cpu_exceeded: bool = False  # the box's CPU-time budget was spent: the box was killed
     enforcement: dict[str, Any] = field(default_factory=dict)
     fallback_reasons: dict[str, str] = field(default_factory=dict)  # as Result.fallback_reasons
+    egress: dict[str, Any] | None = None  # on a network: its attempts out (as Result.egress)
 
 
 class Box:
@@ -168,6 +169,7 @@ class Box:
         u = Usage(cpu, self._peak, time.monotonic() - self._life.t0, self._next_id,
                   enforcement=dict(self._prep.enforcement), fallback_reasons=dict(self._fallback),
                   cpu_exceeded=self._cpu_spent)
+        u.egress = self._life.egress
         if self._watch is not None:  # the box-wide budget's holder (each exec's is RLIMIT_CPU)
             u.enforcement["cpu_time"] = self._watch.mechanism
         stats = self._life.stats()

@@ -79,12 +79,18 @@ class BoxLife:
                  network: tuple[Network, str] | None = None) -> None:
         self.config, self.init, self.t0 = config, None, time.monotonic()
         self.network, self.address, self.serve = network, None, serve
+        self.egress: dict[str, Any] | None = None  # its attempts out (allow_hosts), once reaped
+        self._own_network: Any = None
         self.cg: Any = None
         self.prep: Any = None
         self._watch: Any = None
         self._waiter: Callable[[int], tuple[Any, float, int | None]] = sc.wait4
+        if config.allow_hosts and network is None and target is not None:  # egress needs a hub: a network of its own
+            self._own_network = _private_network(target)
+            self.network = (self._own_network, "box")
         self.cg, err = open_box_cgroup(config)
         if err:
+            self.end()
             raise _fail("cgroup", err)
         self.fallback = cgroup_fallbacks(config, self.cg)
         self.enforced = cgroup_enforced(self.cg) - ({"cpu_time"} if cpu_per_exec else set())
@@ -126,8 +132,9 @@ class BoxLife:
                 net, name = self.network
                 self.init, self.address, ended = net.spawn(
                     self.config, name, self.enforced, serve=self.serve, stdio=(stdin, stdout, stderr),
-                    status_w=status_w, pass_fds=pass_fds, cgroup_fd=cg_fd)
-                self._waiter = exit_waiter(ended)
+                    status_w=status_w, pass_fds=pass_fds, cgroup_fd=cg_fd,
+                    argv=None if self.serve else list(self.prep.target))
+                self._waiter = exit_waiter(ended, self)
             else:
                 self.init = _spawn.spawn_box(self.prep, stdin=stdin, stdout=stdout, stderr=stderr,
                                              status_w=status_w, pass_fds=pass_fds, cgroup_fd=cg_fd)
@@ -210,6 +217,22 @@ class BoxLife:
             if self.cg is not None:
                 self.cg.destroy()
                 self.cg = None
+            if self._own_network is not None:
+                self._own_network.close()
+                self._own_network = None
+
+
+def _private_network(target: Any) -> Any:
+    """The network of one box with ``allow_hosts`` (its hub runs the egress gate)."""
+    from sandbox._network import Network, NetworkError
+
+    if callable(target):
+        raise _fail("network", "allow_hosts needs a command to exec: a callable runs in a clone "
+                               "of its caller, which the network's hub cannot make")
+    try:
+        return Network().open()
+    except NetworkError as e:
+        raise _fail("network", str(e)) from None
 
 
 def cpu_watch(box_cg: Any, limit: float | None, init_pid: int | None = None,

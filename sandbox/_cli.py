@@ -83,6 +83,8 @@ RUN_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
         _Opt("--uid", "int", help="uid inside the box (default 1000)"),
         _Opt("--gid", "int", help="gid inside the box (default 1000)"),
         _Opt("--hostname", default="sandbox", help="the box's hostname (default sandbox)"),
+        _Opt("--allow-host", "list", "NAME:PORT", help="egress to NAME:PORT only, through a "
+             "forwarder; every other attempt is refused and counted (repeatable; default: none)"),
         _Opt("--add-host", "list", "NAME:IP", help="an /etc/hosts line in the box (docker's "
              "--add-host; repeatable; default: none)"),
         _Opt("--id-map", default="auto", choices=("auto", "single", "range"),
@@ -197,6 +199,10 @@ def _cmd_run(a: Args) -> int:
         note = result.fallback_note()
         sys.stderr.write(f"sandbox: {result.status}: {result.reason or result.error}"
                          + (f" [{note}]" if note else "") + "\n")
+    refused = (result.egress or {}).get("refused", 0)
+    if refused and not a.json and not a.quiet:
+        sys.stderr.write(f"sandbox: {refused} connection attempt(s) refused by --allow-host: "
+                         + ", ".join(result.egress["refused_to"]) + "\n")  # type: ignore[index]
     code = STATUS_EXIT.get(result.status.value)
     return code if code is not None else result.cli_exit_code()
 

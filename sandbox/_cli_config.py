@@ -30,7 +30,8 @@ def config_from_args(a: Args) -> SandboxConfig:
     mounts += [volume(arg) for arg in a.volume]
     cfg = SandboxConfig(limits=limits, network=a.net, mounts=mounts, cwd=a.cwd, env=env_from(a),
                         hostname=a.hostname, require_cgroup=a.require_cgroup, id_map=a.id_map,
-                        landlock=a.landlock, image=a.image, hosts=hosts_from(a.add_host))
+                        landlock=a.landlock, image=a.image, hosts=hosts_from(a.add_host),
+                        allow_hosts=tuple(a.allow_host))
     if a.seccomp is not None:
         cfg.seccomp = a.seccomp
     if a.uid is not None:

@@ -216,6 +216,19 @@ def _check_host(name: str, addr: str) -> None:
         raise ConfigError(f"--add-host {name}:{addr}: {addr!r} is not an IP address (e.g. 10.89.0.2)") from None
 
 
+def split_host_port(item: str) -> tuple[str, int]:
+    """``"NAME:PORT"`` of ``allow_hosts`` → (NAME, PORT), or a ConfigError naming it."""
+    name, sep, port = str(item).rpartition(":")
+    if not sep or not name or not port.isdigit() or not 0 < int(port) < 65536 \
+            or len(name) > 253 or not _HOSTNAME_CHARS.issuperset(name):
+        raise ConfigError(f"--allow-host {item!r} is not valid; use NAME:PORT with a host name or "
+                          "IPv4 address and a port from 1 to 65535 (e.g. pypi.org:443)")
+    if name.startswith("127.") or name == "localhost":
+        raise ConfigError(f"--allow-host {item!r}: that is the box's own loopback; allow a name "
+                          "or address the host reaches instead")
+    return name, int(port)
+
+
 # The caller's variables a box may inherit (``SandboxConfig.inherit_env``'s default): none that
 # could carry a secret (tokens, credentials, paths of the host).
 ENV_ALLOWLIST = ("TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
@@ -235,6 +248,7 @@ class SandboxConfig:
     gid: int = DEFAULT_GID
     hostname: str = DEFAULT_HOSTNAME
     hosts: dict[str, str] = field(default_factory=dict)  # name → IP, added to /etc/hosts (--add-host)
+    allow_hosts: tuple[str, ...] = ()  # "NAME:PORT" the box may connect to, nothing else (--allow-host)
     seccomp: str = "default"  # policy name: "default" | "none" (debugging only)
     seccomp_allow: tuple[str, ...] = ()  # syscalls to relax per box
     seccomp_deny: tuple[str, ...] = ()  # extra syscalls to deny per box
@@ -258,6 +272,12 @@ class SandboxConfig:
             raise ConfigError(f"--hostname {self.hostname!r} is not valid; use letters, digits, '.' and '-' (max 64)")
         for name, addr in self.hosts.items():
             _check_host(name, addr)
+        self.allow_hosts = tuple(self.allow_hosts)
+        for item in self.allow_hosts:
+            split_host_port(item)
+        if self.allow_hosts and self.network != "none":
+            raise ConfigError("--allow-host needs --net none (the default): with the host's network "
+                              "every destination is open")
         if not self.cwd.startswith("/"):
             raise ConfigError(f"--cwd {self.cwd!r}: must be an absolute path inside the box")
         if self.expose_python not in (True, False, "venv", "host"):
@@ -306,7 +326,7 @@ class SandboxConfig:
         d = dict(d)
         d["limits"] = Limits(**d.get("limits", {}))
         d["mounts"] = [MountSpec(**m) for m in d.get("mounts", [])]
-        for k in ("inherit_env", "seccomp_allow", "seccomp_deny"):
+        for k in ("inherit_env", "seccomp_allow", "seccomp_deny", "allow_hosts"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)

@@ -264,8 +264,10 @@ def run_direct(target: Sequence[str] | Callable[[], int], config: SandboxConfig 
             facts.stop_after = (fwd.stop_timeout, fwd.kill_now)
         facts.status_line = _statusline.read(st_r)
         facts.cgroup = life.stats()
-        return _verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded,
-                                     stderr_tail=err.tail if on_output is not None else None, sizes=(out.size, err.size))
+        r = _verdict.build_result(facts, out.value(), err.value(), out.exceeded, err.exceeded,
+                                  stderr_tail=err.tail if on_output is not None else None, sizes=(out.size, err.size))
+        r.egress = life.egress
+        return r
     finally:
         life.end()
         if term is not None:

@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--call-timeout", type=float, default=2.0, help="seconds per proxied call")
     p.add_argument("--memory", default="256M", help="memory limit per submission box")
     p.add_argument("--wall-time", default="10s", help="wall time per test")
+    p.add_argument("--image", metavar="NAME", help="every box's root is this stored image "
+                   "(`sandbox image ls`; default: the host's /usr)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--scheduler", default=os.environ.get("SANDBOX_SCHEDULER") or None,
                    metavar="local:N|tcp://HOST:PORT",
@@ -95,12 +97,20 @@ def _check(a: argparse.Namespace) -> list[tuple[str, str]]:
         from sandbox._grade_cluster import check
 
         check(a.scheduler)
+    if a.image is not None:  # an unknown image: ConfigError, one line, before any box
+        from sandbox import SandboxConfig
+
+        SandboxConfig(image=a.image).validate()
     for opt in ("out", "csv", "junitxml"):
         _writable_file(f"--{opt}", getattr(a, opt))
     if a.feedback is not None:
         if os.path.exists(a.feedback) and not os.path.isdir(a.feedback):
             raise ValueError(f"--feedback {a.feedback}: not a directory")
-        _writable_file("--feedback", a.feedback if os.path.isdir(a.feedback) else a.feedback.rstrip("/"))
+        if os.path.isdir(a.feedback):  # a folder of an earlier run: its files are replaced
+            if not os.access(a.feedback, os.W_OK | os.X_OK):
+                raise ValueError(f"--feedback {a.feedback}: not writable")
+        else:
+            _writable_file("--feedback", a.feedback.rstrip("/"))
     subs = discover(a.submissions)
     if not subs:
         raise ValueError(f"--submissions {a.submissions}: no submissions in it "
@@ -206,7 +216,11 @@ def _grade(a: argparse.Namespace, subs: list[tuple[str, str]]) -> int:
     from sandbox.grading.progress import Progress, print_table
     from sandbox.grading.report import build_row, write_outputs
 
-    config = {k: getattr(a, k) for k in ("call_timeout", "memory", "wall_time", "timeout")}
+    config = {k: getattr(a, k) for k in ("call_timeout", "memory", "wall_time", "timeout", "image")}
+    if a.image is not None:  # the image's content: a re-imported NAME is graded again
+        from sandbox import ImageStore
+
+        config["image_id"] = ImageStore().get(a.image).get("id")
     run = run_key(a.tests, config)
     keys = {name: entry_key(path, run) for name, path in subs}
     journal = Journal(a.out + ".journal", a.resume)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from sandbox._config import SandboxConfig
 
 START_TIMEOUT = 30.0
+SOCKETS_AHEAD = 8  # connect(): unconnected sockets of the bridge's namespace, fetched in batches
 
 
 class NetworkError(Exception):
@@ -46,11 +47,18 @@ class NetworkError(Exception):
 class Network:
     """A bridge for boxes; a context manager (``close`` ends its boxes and the hub)."""
 
-    def __init__(self, *, latency: float | str | None = None, loss: float | str | None = None) -> None:
+    def __init__(self, *, latency: float | str | None = None, loss: float | str | None = None,
+                 allow_hosts: Sequence[str] = ()) -> None:
+        from sandbox._config import split_host_port
+
         self.shaping = shaping(latency, loss)
+        self.allow_hosts = tuple(allow_hosts)  # for every box on it (each box adds its own)
+        for item in self.allow_hosts:
+            split_host_port(item)
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._sockets: list[int] = []
         self.subnet = self.address = ""
 
     def __enter__(self) -> Network:
@@ -66,7 +74,7 @@ class Network:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "sandbox._network_hub", str(theirs.fileno()), str(os.getpid()),
-                 json.dumps(self.shaping)],
+                 json.dumps(self.shaping), json.dumps(self.allow_hosts)],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()
@@ -91,6 +99,10 @@ class Network:
         """Kill every box still on the network, end the hub (its namespaces go with it)."""
         if self._sock is None:
             return
+        with self._lock:
+            for fd in self._sockets:
+                os.close(fd)
+            self._sockets.clear()
         self._sock.close()  # EOF: the hub kills and reaps its boxes, reports each, exits
         assert self._proc is not None
         try:
@@ -127,14 +139,15 @@ class Network:
 
     def spawn(self, config: SandboxConfig, name: str, enforced: Sequence[str], *, serve: bool,
               stdio: Sequence[int], status_w: int, pass_fds: Sequence[int] = (),
-              cgroup_fd: int | None = None) -> tuple[BoxProcess, str, socket.socket]:
+              cgroup_fd: int | None = None,
+              argv: list[str] | None = None) -> tuple[BoxProcess, str, socket.socket]:
         """The hub clones the box's init on this network (``BoxLife.spawn``): its process, its
         address, and the socket the hub reports its end on (see ``exit_waiter``)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         fds = [*stdio, status_w, theirs.fileno(), *pass_fds] + ([cgroup_fd] if cgroup_fd is not None else [])
         try:
             reply, got = self._request({"op": "spawn", "name": name, "config": config.to_dict(),
-                                        "serve": serve, "cgroup_enforced": sorted(enforced),
+                                        "serve": serve, "cgroup_enforced": sorted(enforced), "argv": argv,
                                         "cgroup": cgroup_fd is not None}, fds)
         except BaseException:
             ours.close()
@@ -155,10 +168,16 @@ class Network:
         """A TCP connection from the trusted side to ``address:port`` on this network."""
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise ValueError(f"port {port!r} is not valid; use a number from 1 to 65535")
-        reply, got = self._request({"op": "socket"}, [])
-        if len(got) != 1:
-            raise NetworkError(f"the hub gave no socket: {reply.get('error', '')}")
-        s = socket.socket(fileno=got[0])
+        with self._lock:
+            fd = self._sockets.pop() if self._sockets else -1
+        if fd < 0:  # a few at a time: each request is a round trip to the hub
+            reply, got = self._request({"op": "sockets", "count": SOCKETS_AHEAD}, [])
+            if not got:
+                raise NetworkError(f"the hub gave no socket: {reply.get('error', '')}")
+            fd = got.pop()
+            with self._lock:
+                self._sockets += got
+        s = socket.socket(fileno=fd)
         try:
             s.settimeout(timeout)
             s.connect((address, port))
@@ -189,9 +208,10 @@ def shaping(latency: float | str | None, loss: float | str | None) -> dict[str, 
     return out
 
 
-def exit_waiter(sock: socket.socket) -> Any:
+def exit_waiter(sock: socket.socket, life: Any) -> Any:
     """``BoxLife``'s waiter for a box the hub cloned: its wait status, CPU seconds and max RSS
-    as the hub reaped them (SIGKILL's status if the hub ended first)."""
+    as the hub reaped them (SIGKILL's status if the hub ended first); its egress counts go to
+    ``life.egress``."""
     def wait(_pid: int) -> tuple[int, float, int | None]:
         try:
             msg, fds = _fdpass.recv(sock)
@@ -204,5 +224,6 @@ def exit_waiter(sock: socket.socket) -> Any:
         if not msg:
             return 9, 0.0, None
         got = json.loads(msg)
+        life.egress = got.get("egress")
         return int(got["wait_status"]), float(got["cpu_time"]), int(got["max_rss"])
     return wait

@@ -38,9 +38,10 @@ import signal
 import socket
 import sys
 
-from sandbox import _box_init, _fdpass, _net, _spawn  # noqa: F401 - _box_init: loaded before the clone (a box has no checkout)
+from sandbox import _box_init, _egress, _fdpass, _net, _spawn, _userns  # noqa: F401 - _box_init: loaded before the clone (a box has no checkout)
 from sandbox import _syscalls as sc
 from sandbox._config import DEFAULT_HOSTNAME, SandboxConfig
+from sandbox._egress_gate import Gate
 from sandbox._plan import prepare
 from sandbox._record import replace
 
@@ -59,16 +60,15 @@ def enter_own_namespaces() -> None:
         sc.unshare(sc.CLONE_NEWNET)
         return
     sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNET)
-    sc.write_file("/proc/self/setgroups", "deny")  # before gid_map, for an unprivileged writer
-    sc.write_file("/proc/self/uid_map", f"{uid} {uid} 1")
-    sc.write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+    _userns.write_single_maps(uid, uid, gid, gid)
 
 
 class Hub:
-    def __init__(self, sock: socket.socket, shaping: dict[str, float]) -> None:
+    def __init__(self, sock: socket.socket, shaping: dict[str, float], allow: list[str],
+                 forwarder: socket.socket) -> None:
         from pyroute2 import IPRoute
 
-        self.sock, self.shaping = sock, shaping
+        self.sock, self.shaping, self.allow = sock, shaping, allow
         self.ipr = IPRoute()  # bound to the bridge's namespace, where it was made
         self.ipr.link("add", ifname=BRIDGE, kind="bridge")
         self.bridge = self.ipr.link_lookup(ifname=BRIDGE)[0]
@@ -82,6 +82,14 @@ class Hub:
         self.names: dict[str, str] = {}  # box name → address, in creation order
         self.boxes: dict[int, tuple[int, socket.socket, str, str]] = {}  # pid → (pidfd, exit socket, name, address)
         self.serial = 0
+        self.spare: tuple[int, str] | None = None  # a box's namespace made ahead (idle work)
+        self.gate = Gate(self.ipr, self.bridge, SUBNET, str(HUB_ADDRESS), forwarder, self.take_top)
+
+    def take_top(self) -> str:
+        """An address for an allowed name: from the top of the subnet (boxes take the bottom)."""
+        if not self.free:
+            raise ValueError(f"this network is full ({SUBNET} has no free address)")
+        return self.free.pop()
 
     def spawn(self, req: dict, fds: list[int]) -> None:
         """fds: stdin, stdout, stderr, status, exit socket, then the box's pass_fds, then
@@ -95,16 +103,20 @@ class Hub:
                 raise ValueError(f"a box named {name!r} is already on this network")
             if not self.free:
                 raise ValueError(f"this network is full ({SUBNET} has no free address)")
-            addr = self.free.pop(0)
+            netns, addr = self.spare if self.spare else (-1, self.free.pop(0))
+            self.spare = None
             try:
                 cfg = SandboxConfig.from_dict(req["config"])
-                hosts = {**self.names, name: addr, **cfg.hosts}
+                allowed = self.gate.admit(addr, [*self.allow, *cfg.allow_hosts])
+                hosts = {**self.names, name: addr, **allowed, **cfg.hosts}
                 hostname = name if cfg.hostname == DEFAULT_HOSTNAME else cfg.hostname
-                cfg = replace(cfg, network="host", hosts=hosts, hostname=hostname).validate()
+                cfg = replace(cfg, network="host", hosts=hosts, hostname=hostname,
+                              allow_hosts=()).validate()
                 prep = prepare(cfg, req["argv"] if req.get("argv") is not None else (),
                                cgroup_enforced=frozenset(req.get("cgroup_enforced", ())),
                                serve=bool(req.get("serve")))
-                netns = self.box_namespace(addr)
+                if netns < 0:
+                    netns = self.box_namespace(addr)
                 sc.setns(netns, sc.CLONE_NEWNET)
                 try:  # the clone shares the namespace the hub is in now
                     box = _spawn.spawn_box(prep, stdin=fds[0], stdout=fds[1], stderr=fds[2],
@@ -112,6 +124,7 @@ class Hub:
                 finally:
                     sc.setns(self.home, sc.CLONE_NEWNET)
             except BaseException:
+                self.gate.forget(addr)
                 self.free.insert(0, addr)
                 raise
         except Exception as e:  # noqa: BLE001 - the caller turns it into the box's XX verdict
@@ -141,7 +154,7 @@ class Hub:
             self.serial += 1
             veth = f"vb{self.serial}"
             self.ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": netns})
-            index = self.ipr.link_lookup(ifname=veth)[0]
+            index = self.ipr.link("get", ifname=veth)[0]["index"]
             self.ipr.link("set", index=index, master=self.bridge, state="up")
             if self.shaping:  # on the bridge's end: what the box sends and receives both pass it
                 self.shape(index)
@@ -150,9 +163,11 @@ class Hub:
             sc.setns(netns, sc.CLONE_NEWNET)
             try:
                 with IPRoute() as inside:  # a netlink socket talks to the namespace it was made in
-                    eth0 = inside.link_lookup(ifname="eth0")[0]
+                    eth0 = inside.link("get", ifname="eth0")[0]["index"]
                     inside.addr("add", index=eth0, address=addr, prefixlen=SUBNET.prefixlen)
                     inside.link("set", index=eth0, state="up")
+                    # everything out goes to the hub, which refuses it (sandbox._egress_gate)
+                    inside.route("add", dst="0.0.0.0/0", gateway=str(HUB_ADDRESS))
             finally:
                 sc.setns(self.home, sc.CLONE_NEWNET)
         except BaseException:
@@ -169,13 +184,15 @@ class Hub:
             raise OSError(e.code, "link shaping (latency/loss) needs the kernel's netem qdisc, "
                           f"which this kernel does not have (CONFIG_NET_SCH_NETEM): {e}") from None
 
-    def connect_socket(self, req: dict) -> None:
-        """An unconnected TCP socket of the bridge's namespace, for the caller to connect."""
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def connect_sockets(self, req: dict) -> None:
+        """Unconnected TCP sockets of the bridge's namespace, for the caller to connect."""
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                 for _ in range(max(1, min(int(req.get("count", 1)), 16)))]
         try:
-            _fdpass.send(self.sock, {"op": "socket"}, [s.fileno()])
+            _fdpass.send(self.sock, {"op": "sockets"}, [s.fileno() for s in socks])
         finally:
-            s.close()
+            for s in socks:
+                s.close()
 
     def reap(self) -> None:
         for pid, status, cpu, rss in sc.reap_ended():
@@ -184,8 +201,10 @@ class Hub:
                 continue
             pidfd, exit_sock, name, addr = entry
             os.close(pidfd)
+            egress = self.gate.forget(addr)
             try:
-                _fdpass.send(exit_sock, {"wait_status": status, "cpu_time": cpu, "max_rss": rss})
+                _fdpass.send(exit_sock, {"wait_status": status, "cpu_time": cpu, "max_rss": rss,
+                                         "egress": egress})
             except OSError:
                 pass
             exit_sock.close()
@@ -193,6 +212,9 @@ class Hub:
             self.free.append(addr)
 
     def kill_all(self) -> None:
+        if self.spare:
+            os.close(self.spare[0])
+            self.spare = None
         for pidfd, *_ in self.boxes.values():
             try:
                 sc.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -212,9 +234,25 @@ class Hub:
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ, "sock")
         sel.register(wake_r, selectors.EVENT_READ, "wake")
+        for raw in self.gate.raw:
+            sel.register(raw, selectors.EVENT_READ, "count")
+        spare_failed = False
         try:
             while True:
-                for key, _ in sel.select():
+                want_spare = self.spare is None and bool(self.free) and not spare_failed
+                events = sel.select(0 if want_spare else None)
+                if not events:  # idle: the next box's namespace, off its start's latency
+                    addr = self.free.pop(0)
+                    try:
+                        self.spare = (self.box_namespace(addr), addr)
+                    except OSError:  # (the box that asks makes its own, and says why)
+                        self.free.insert(0, addr)
+                        spare_failed = True
+                    continue
+                for key, _ in events:
+                    if key.data == "count":
+                        self.gate.count()
+                        continue
                     if key.data == "wake":
                         try:
                             os.read(wake_r, 4096)
@@ -227,15 +265,37 @@ class Hub:
                     req = json.loads(msg)
                     if req.get("op") == "spawn":
                         self.spawn(req, fds)
-                    elif req.get("op") == "socket":
-                        self.connect_socket(req)
+                        spare_failed = False
+                    elif req.get("op") == "sockets":
+                        self.connect_sockets(req)
                 self.reap()
         finally:
             self.kill_all()
 
 
+def start_forwarder(sock: socket.socket) -> socket.socket:
+    """Fork the egress forwarder (``sandbox._egress``) while we are still in the host's network
+    namespace: its outgoing connections are made there. It dies with us."""
+    import prctl
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    hub = os.getpid()
+    if os.fork() == 0:
+        try:
+            sock.close()
+            ours.close()
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() == hub:
+                _egress.serve(theirs)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return ours
+
+
 def main() -> None:
-    fd, parent, shaping = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+    fd, parent, shaping, allow = (int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]),
+                                  json.loads(sys.argv[4]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     import prctl
 
@@ -243,9 +303,10 @@ def main() -> None:
     if os.getppid() != parent:
         os._exit(1)
     sock = socket.socket(fileno=fd)
+    forwarder = start_forwarder(sock)
     try:
         enter_own_namespaces()
-        hub = Hub(sock, shaping)
+        hub = Hub(sock, shaping, allow, forwarder)
     except Exception as e:  # noqa: BLE001 - the caller raises it as the network's error
         msg = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
         _fdpass.send(sock, {"op": "error", "error": msg})

@@ -112,6 +112,9 @@ class Result:
     # streamed (``on_output``, the CLI) and ``stdout``/``stderr`` kept none; None → their length
     stdout_bytes: int | None = None
     stderr_bytes: int | None = None
+    # a box with allow_hosts: its connection attempts out, as the network's hub counted them
+    # ({"allowed": N, "refused": N, "refused_to": ["NAME:PORT" | "udp IP:PORT", ...]})
+    egress: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.stdout_bytes is None:
@@ -167,6 +170,8 @@ class Result:
         }
         if self.cgroup is not None:
             d["cgroup"] = self.cgroup
+        if self.egress is not None:
+            d["egress"] = self.egress
         if include_output:
             for name, data in (("stdout", self.stdout), ("stderr", self.stderr)):
                 d[name], d[f"{name}_encoding"] = _text(data)

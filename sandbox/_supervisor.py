@@ -226,6 +226,11 @@ class Supervisor:
                   stdin: bytes | None = None) -> Result:
         config = (config or SandboxConfig()).validate()
         argv = command_argv(argv)
+        if config.allow_hosts:  # a box of a network's hub, not the launcher's: a held one
+            async with self._limiter, self.box(config) as box:
+                r = await box.exec(argv, stdin=stdin)
+            r.egress = box.usage.egress if box.usage is not None else None
+            return r
         async with self._limiter:
             try:  # its leaf and its end; the launcher plans and clones it (into the leaf)
                 life = BoxLife(config, None)

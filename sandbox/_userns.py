@@ -81,7 +81,7 @@ _write = sc.write_file
 def write_own_maps(plan: IdPlan) -> None:
     """In the child, right after clone(CLONE_NEWUSER): the unprivileged single-id map, of
     inside 0 (the box user's comes with ``enter_box_user``)."""
-    _write_maps(0, plan.outside_uid, 0, plan.outside_gid)
+    write_single_maps(0, plan.outside_uid, 0, plan.outside_gid)
 
 
 def enter_box_user(plan: IdPlan) -> None:
@@ -92,10 +92,12 @@ def enter_box_user(plan: IdPlan) -> None:
     if plan.parent_writes or (plan.inside_uid, plan.inside_gid) == (0, 0):
         return
     sc.unshare(sc.CLONE_NEWUSER)
-    _write_maps(plan.inside_uid, 0, plan.inside_gid, 0)
+    write_single_maps(plan.inside_uid, 0, plan.inside_gid, 0)
 
 
-def _write_maps(uid: int, outside_uid: int, gid: int, outside_gid: int) -> None:
+def write_single_maps(uid: int, outside_uid: int, gid: int, outside_gid: int) -> None:
+    """Our own new user namespace's one-id maps, setgroups denied first (an unprivileged writer
+    may map only its own ids, and gid_map only after setgroups is denied: user_namespaces(7))."""
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"{uid} {outside_uid} 1\n")
     _write("/proc/self/gid_map", f"{gid} {outside_gid} 1\n")

@@ -12,6 +12,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -80,23 +82,29 @@ def _host_addresses() -> list[str]:
 
 
 def test_a_box_on_a_network_reaches_nothing_of_the_host() -> None:
-    """A listener on the host's loopback and on every host address: the box's 127.0.0.1 is its
-    own (refused), and the host's addresses have no route from the network (unreachable)."""
+    """A listener on every host address: the box's 127.0.0.1 is its own, and everything else
+    it tries ends at the hub, which refuses it (sandbox._egress_gate) and counts it; the
+    listener never sees a connection."""
     listener = socket.socket()
     listener.bind(("0.0.0.0", 0))
     listener.listen()
+    listener.setblocking(False)
     port = listener.getsockname()[1]
     try:
-        with sandbox.Network() as net, sandbox.Box(CFG, network=net, name="b") as box:
+        with sandbox.Network() as net:
+            box = sandbox.Box(CFG, network=net, name="b").open()
             r = box.exec(["python3", "-c", CONNECT, "127.0.0.1", str(port)])
             assert r.stdout == f"{errno.ECONNREFUSED}\n".encode(), r
-            r = box.exec(["python3", "-c", CONNECT, net.address, str(port)])  # the hub's own
-            assert r.stdout == f"{errno.ECONNREFUSED}\n".encode(), r
-            addresses = _host_addresses()
-            assert addresses or os.environ.get("CI") is None, "no host address to try (ip missing?)"
+            addresses = [net.address, *_host_addresses()]
+            assert len(addresses) > 1 or os.environ.get("CI") is None, "no host address to try (ip missing?)"
             for addr in addresses:
                 r = box.exec(["python3", "-c", CONNECT, addr, str(port)])
-                assert r.stdout == f"{errno.ENETUNREACH}\n".encode(), (addr, r)
+                assert r.stdout == f"{errno.ECONNREFUSED}\n".encode(), (addr, r)
+            usage = box.close()
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+        assert usage.egress is not None and usage.egress["refused"] == len(addresses)
+        assert usage.egress["refused_to"] == [f"{a}:{port}" for a in addresses]
     finally:
         listener.close()
 
@@ -212,3 +220,113 @@ def test_add_host_lines_and_their_errors() -> None:
         sandbox.SandboxConfig(hosts={"db": "10.1.2"}).validate()
     with pytest.raises(sandbox.ConfigError, match="'a b' is not a valid name"):
         sandbox.SandboxConfig(hosts={"a b": "10.1.2.3"}).validate()
+
+
+# ---------------------------------------------------------------- egress by allow-list --
+PROBE = """
+import socket, sys
+def tcp(host, port):
+    try:
+        c = socket.create_connection((host, int(port)), timeout=5)
+        return c.recv(100).decode() or "closed"
+    except OSError as e:
+        return type(e).__name__
+print(tcp(sys.argv[1], sys.argv[2]))
+print(tcp(sys.argv[1], sys.argv[3]))
+print(tcp("192.0.2.1", 80))
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 53))
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP); print("raw opened")
+except OSError as e:
+    print("raw", e.errno)
+"""
+
+
+@pytest.fixture
+def remote():
+    """The "remote": a host listener that greets, reached by the host's own name (resolved by
+    the forwarder on the host side), and a second one that must never be reached."""
+    name = socket.gethostname()
+    good, bad = socket.create_server(("0.0.0.0", 0)), socket.create_server(("0.0.0.0", 0))
+    try:
+        socket.create_connection((name, good.getsockname()[1]), timeout=2).close()
+        good.accept()[0].close()
+    except OSError as e:
+        pytest.skip(f"this host's name {name!r} does not reach a local listener ({e}): no remote to allow")
+    stop = threading.Event()
+
+    def greet() -> None:
+        good.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c = good.accept()[0]
+            except OSError:
+                continue
+            c.sendall(b"hello from outside")
+            c.close()
+    t = threading.Thread(target=greet, daemon=True)
+    t.start()
+    bad.setblocking(False)
+    yield name, good.getsockname()[1], bad.getsockname()[1], bad
+    stop.set()
+    t.join()
+    good.close()
+    bad.close()
+
+
+def test_egress_reaches_the_allowed_pair_and_nothing_else(remote) -> None:
+    name, port, other, bad = remote
+    cfg = sandbox.SandboxConfig(allow_hosts=(f"{name}:{port}",))
+    r = sandbox.run_sync(["python3", "-c", PROBE, name, str(port), str(other)], cfg)
+    assert r.stdout.decode().split("\n")[:4] == ["hello from outside", "ConnectionRefusedError",
+                                                 "ConnectionRefusedError", f"raw {errno.EPERM}"], r
+    with pytest.raises(BlockingIOError):
+        bad.accept()
+    assert r.egress == {"allowed": 1, "refused": 3,
+                        "refused_to": [f"{name}:{other}", "192.0.2.1:80", "udp 192.0.2.1:53"]}
+
+
+def test_an_allowed_pair_is_one_box_s_not_its_neighbours(remote) -> None:
+    """Box b is not allowed what box a is; b knows a's forwarder address (from a's /etc/hosts):
+    the forwarder turns it away and the hub counts it against b."""
+    name, port, _other, _bad = remote
+    with sandbox.Network() as net:
+        a = sandbox.Box(sandbox.SandboxConfig(allow_hosts=(f"{name}:{port}",)), network=net, name="a").open()
+        b = sandbox.Box(CFG, network=net, name="b").open()
+        fwd = next(line.split()[0] for line in a.get("/etc/hosts").decode().splitlines()
+                   if line.endswith(f" {name}"))
+        assert a.exec(["python3", "-c", PROBE, name, str(port), "1"]).stdout.startswith(b"hello from outside")
+        assert b.exec(["python3", "-c", PROBE, fwd, str(port), "1"]).stdout.split(b"\n")[0] in (
+            b"closed", b"ConnectionResetError")
+        assert name not in b.get("/etc/hosts").decode()
+        ua, ub = a.close(), b.close()
+    assert ua.egress is not None and ua.egress["allowed"] == 1
+    assert ub.egress is not None and ub.egress["allowed"] == 0 and f"{name}:{port}" in ub.egress["refused_to"]
+
+
+def test_a_network_wide_allow_list_and_the_supervisor(remote) -> None:
+    name, port, _other, _bad = remote
+    with sandbox.Network(allow_hosts=[f"{name}:{port}"]) as net, \
+            sandbox.Box(CFG, network=net, name="x") as box:
+        assert box.exec(["python3", "-c", PROBE, name, str(port), "1"]).stdout.startswith(b"hello")
+
+    async def main() -> sandbox.Result:
+        async with sandbox.Supervisor() as sup:
+            return await sup.run(["python3", "-c", PROBE, name, str(port), "1"],
+                                 sandbox.SandboxConfig(allow_hosts=(f"{name}:{port}",)))
+    r = trio.run(main)
+    assert r.stdout.startswith(b"hello from outside") and r.egress is not None
+    assert r.egress["allowed"] == 1
+
+
+def test_the_cli_reports_refused_attempts_and_checks_allow_host(remote) -> None:
+    name, port, other, _bad = remote
+    exe = [os.path.join(os.path.dirname(sys.executable), "sandbox")]
+    out = subprocess.run([*exe, "run", "--allow-host", f"{name}:{port}", "--", "python3", "-c", PROBE,
+                          name, str(port), str(other)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("hello from outside\n")
+    assert f"sandbox: 3 connection attempt(s) refused by --allow-host: {name}:{other}, 192.0.2.1:80, udp 192.0.2.1:53" in out.stderr
+    for bad, why in (("nope", "is not valid"), ("127.0.0.1:80", "the box's own loopback")):
+        out = subprocess.run([*exe, "run", "--allow-host", bad, "--", "true"], capture_output=True, text=True)
+        assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr

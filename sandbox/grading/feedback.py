@@ -77,7 +77,9 @@ def verdict_text(t: dict[str, Any]) -> str:
     """``passed``, ``failed``, or the box's verdict with its numbers (``wall time 1s exceeded``)."""
     verdicts = [str(v) for v in t.get("verdicts") or []]
     student = t.get("student") or {}
-    if student.get("type"):
+    if student.get("type") == "CompileError":
+        verdicts.append("CE: your code did not compile")
+    elif student.get("type"):
         verdicts.append(f"your code raised {student['type']}")
     if t.get("outcome") == "passed":
         return "passed"

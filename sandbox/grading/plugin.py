@@ -36,6 +36,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--grade-memory", default="256M", help="memory limit of each submission box")
     g.addoption("--grade-wall-time", default="10s", help="wall time of each submission box")
     g.addoption("--grade-pids", default="64", help="process limit of each submission box")
+    g.addoption("--grade-image", default=None, help="stored image every submission box's root is")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,7 +60,8 @@ def submission(request: pytest.FixtureRequest) -> Any:
     sub = Submission(request.param, {"memory": cfg.getoption("grade_memory"),
                                      "wall_time": cfg.getoption("grade_wall_time"),
                                      "pids": cfg.getoption("grade_pids")}, cfg.getoption("call_timeout"),
-                     next_path=spec.params.get("submission") if spec is not None else None)
+                     next_path=spec.params.get("submission") if spec is not None else None,
+                     image=cfg.getoption("grade_image"))
     request.node.stash[_SUB] = sub
     props = request.node.user_properties
     props.append(("grade_submission", sub.name))

@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from sandbox.grading.feedback import verdict_text, write_feedback
 
-SEVERITY = {s: i for i, s in enumerate(["OK", "RE", "SG", "OL", "ML", "TO", "XX"])}
+SEVERITY = {s: i for i, s in enumerate(["OK", "CE", "RE", "SG", "OL", "ML", "TO", "XX"])}
 
 
 def _planned(name: str, announced: dict[str, list[list[Any]]]) -> list[list[Any]]:
@@ -41,8 +41,8 @@ def build_row(name: str, lines: list[dict[str, Any]], announced: dict[str, list[
                           "message": error or "not run", "worst": "TO" if error and "timeout" in error else "XX"})
     if error is None and (not planned or len(lines) < len(planned)):
         error = f"only {len(lines)} of {len(planned)} tests reported"
-    worst = max((str(t.get("worst", "OK")) for t in tests), key=lambda s: SEVERITY.get(s, 6), default="XX")
-    if error is not None and SEVERITY.get(worst, 6) < SEVERITY["TO"]:
+    worst = max((str(t.get("worst", "OK")) for t in tests), key=lambda s: SEVERITY.get(s, 7), default="XX")
+    if error is not None and SEVERITY.get(worst, 7) < SEVERITY["TO"]:
         worst = "TO" if "timeout" in error else "XX"
     return {"name": name, "tests": tests, "total": max(len(planned), len(lines)),
             "passed": sum(t.get("outcome") == "passed" for t in tests),

@@ -62,6 +62,8 @@ def pytest_cmd(a: Any, subs: list[str], log: str) -> list[str]:
            "-p", "no:cacheprovider", "-p", "no:pytest_isolate", "-p", "no:xdist",
            "-p", "sandbox.grading.plugin", "--call-timeout", str(a.call_timeout),
            "--grade-memory", a.memory, "--grade-wall-time", a.wall_time, "--sandbox-no-summary"]
+    if getattr(a, "image", None):
+        cmd += ["--grade-image", a.image]
     return cmd + [x for s in subs for x in ("--submission", s)] + ["--grade-log", log]
 
 

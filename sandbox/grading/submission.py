@@ -33,9 +33,10 @@ from sandbox import (
     Worker,
     WorkerError,
 )
+from sandbox.grading.interact import Interaction, run_interactive
 
 BOX_DIR = "/submission"
-SEVERITY = {s: i for i, s in enumerate(["OK", "RE", "SG", "OL", "ML", "TO", "XX"])}
+SEVERITY = {s: i for i, s in enumerate(["OK", "CE", "RE", "SG", "OL", "ML", "TO", "XX"])}
 PER_EXEC = ("wall_time", "cpu_time", "output_limit")  # what a run() may set for itself
 
 
@@ -46,6 +47,11 @@ class SubmissionError(Exception):
     def __init__(self, message: str, type_name: str = "", traceback_text: str = "") -> None:
         super().__init__(message)
         self.type_name, self.traceback_text = type_name, traceback_text
+
+
+class CompileError(SubmissionError):
+    """The submission's build step failed (verdict CE): the message holds the compiler's
+    output. Every test of that submission that asks for the build gets this same one."""
 
 
 @dataclass
@@ -83,6 +89,7 @@ class _Held:
         self.box = Box(config).open()
         self.worker: Worker | None = None
         self.users = 0
+        self.builds: dict[tuple[str, ...], Result] = {}  # argv → its verdict, once per box
 
     def close(self) -> None:
         if self.worker is not None and self.worker.alive:
@@ -111,10 +118,10 @@ class Submission:
     test, or a Submission used on its own): every factory stops when this closes."""
 
     def __init__(self, path: str, limits: dict[str, Any], call_timeout: float,
-                 next_path: str | None = None) -> None:
+                 next_path: str | None = None, image: str | None = None) -> None:
         self._path = os.path.realpath(path)
         self.name = os.path.basename(self._path.rstrip("/"))
-        self.limits, self.call_timeout = limits, call_timeout
+        self.limits, self.call_timeout, self.image = limits, call_timeout, image
         self.next_path = None if next_path is None else os.path.realpath(next_path)
         self._lim = Limits.parse(**limits)  # the caller's mistake raises here, in the caller
         self._held: _Held | None = None
@@ -125,6 +132,7 @@ class Submission:
         self.results: list[Result] = []
         self.raised: list[str] = []  # type names of the student's exceptions that failed the test
         self.outputs: list[dict[str, Any]] = []  # what run()'s programs printed (bounded)
+        self.compiled = True  # False: this test's build failed (its worst verdict is CE)
 
     @property
     def path(self) -> str:
@@ -150,7 +158,7 @@ class Submission:
             # Box-wide: memory, pids, tmpfs. Per test: the wall time (deadlines) and the CPU
             # time (each fork of the worker starts its RLIMIT_CPU anew).
             box_limits = {k: v for k, v in self.limits.items() if k not in PER_EXEC}
-            held = _Held(SandboxConfig(limits=Limits.parse(**box_limits), cwd=BOX_DIR,
+            held = _Held(SandboxConfig(limits=Limits.parse(**box_limits), cwd=BOX_DIR, image=self.image,
                                        mounts=[MountSpec("overlay", BOX_DIR, self._path)]))
         _held[self._path] = held
         held.users += 1
@@ -207,6 +215,56 @@ class Submission:
                                  "stderr": _tail(r.stderr, r.stderr_truncated)})
         return r
 
+    def build(self, argv: Sequence[str], *, wall_time: float | str = "60s",
+              cpu_time: float | str | None = None, output_limit: int | str | None = None) -> Result:
+        """Compile once, run many: run ``argv`` (``["gcc", "-O2", "-o", "prog", "main.c"]``)
+        once in the submission's box; its outputs stay in /submission for every later test of
+        this submission. Later calls with the same argv return the first verdict without
+        running it again. A failed build (non-zero exit, a limit) raises ``CompileError`` with
+        the compiler's output, in every test that asks for it: the test's verdict is CE.
+        What the build wrote is not in ``changes()`` (it counts from after the build)."""
+        key = tuple(str(a) for a in argv)
+        self.touched = True
+        held = self._box()
+        r = held.builds.get(key)
+        if r is None:
+            r = held.box.exec(list(key), wall_time=wall_time, cpu_time=cpu_time,
+                              output_limit=output_limit)
+            held.builds[key] = r
+            if r.status is Status.OK:
+                self.results.append(r)  # its CPU and memory count in the test that built
+            self._since = held.box.checkpoint()
+        if r.status is Status.OK and r.exit_code == 0:
+            return r
+        self.compiled = False
+        why = r.reason or f"exit code {r.exit_code}"
+        out = _tail(r.stderr, r.stderr_truncated) + _tail(r.stdout, r.stdout_truncated)
+        raise CompileError(f"compilation failed ({why}): {' '.join(key)[:200]}\n{out}", "CompileError")
+
+    def interact(self, argv: Sequence[str], interactor: Sequence[str], *,
+                 files: dict[str, Any] | None = None, interactor_limits: dict[str, Any] | None = None,
+                 **limits: Any) -> Interaction:
+        """An interactive task: ``argv`` runs in the submission's box, ``interactor`` (the
+        teacher's program, ``files`` put under /judge: ``{"judge.py": Path(...)}``) in a box of
+        its own (``interactor_limits``; default 256M, and a wall time 5 s past the
+        submission's), their stdin/stdout joined through us. The interactor's exit decides:
+        0 AC, 1 WA (its stderr says why), else JE. See ``sandbox.grading.interact``."""
+        bad = sorted(set(limits) - set(PER_EXEC))
+        if bad:
+            raise TypeError(f"interact(): {', '.join(bad)} cannot be set per program; valid: {', '.join(PER_EXEC)}")
+        self.touched = True
+        lim = {k: getattr(self._lim, k) for k in PER_EXEC if getattr(self._lim, k) is not None}
+        lim.update(limits)
+        wall = Limits.parse(wall_time=lim.get("wall_time", "10s")).wall_time or 10.0
+        judge = {"memory": "256M", "wall_time": wall + 5, "pids": 16, **(interactor_limits or {})}
+        res = run_interactive(self._box().box, argv, interactor, files=files, limits=judge, sub_limits=lim)
+        self.results.append(res.submission)
+        if len(self.outputs) < MAX_OUTPUTS:
+            self.outputs.append({"argv": [str(a)[:200] for a in argv][:20], "status": res.verdict,
+                                 "stdout": f"({res.bytes_from} bytes to the interactor)",
+                                 "stderr": _tail(res.submission.stderr, res.submission.stderr_truncated)})
+        return res
+
     def changes(self) -> Changes:
         """Files this test created/modified/deleted in /submission so far (relative paths)."""
         ch = Changes()
@@ -239,7 +297,9 @@ class Submission:
     def worst(self) -> str:
         """The worst verdict of the test: its boxes' and, for a student's exception that failed
         it, RE (ML for a MemoryError): a SyntaxError is not OK, though its process exited 0."""
-        raised = ["ML" if t == "MemoryError" else "RE" for t in self.raised]
+        raised = ["ML" if t == "MemoryError" else "RE" for t in self.raised if t != "CompileError"]
+        if not self.compiled:  # nothing of it ran: CE says why, whatever the compiler's exit
+            return "CE"
         return max([str(r.status) for r in self.results] + raised, key=SEVERITY.__getitem__, default="OK")
 
     def verdicts(self) -> list[str]:
@@ -257,4 +317,4 @@ def _tail(data: bytes, truncated: bool) -> str:
     return ("[…]" if truncated or len(data) > MAX_OUTPUT else "") + text
 
 
-__all__ = ["Changes", "Status", "Submission", "SubmissionError"]
+__all__ = ["Changes", "CompileError", "Status", "Submission", "SubmissionError"]
