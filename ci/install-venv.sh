@@ -14,6 +14,11 @@ PY=${PYTHON:-/usr/bin/python3}
 # The venv too: pip's legacy install of python-prctl skips prctl.py when PYTHONDONTWRITEBYTECODE
 # is set.
 .venv/bin/python -m compileall -q sandbox pytest_plugin .venv/lib >/dev/null
+# The same for pytest's assertion-rewritten bytecode of our modules and tests (why:
+# ci/rewrite_warmup/), which pytest writes only where it may and only when bytecode is written.
+env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -m pytest -q -p no:cacheprovider ci/rewrite_warmup >/dev/null
+env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -m pytest -q -p no:cacheprovider --collect-only tests >/dev/null \
+  || echo "install-venv: collecting tests/ failed (only its rewrite cache is missing)" >&2
 # ...and the default seccomp policy compiled by libseccomp, into .venv/share/sandbox (read
 # before the user's ~/.cache/sandbox; see sandbox/_seccomp_cache.py): the CLI then needs
 # neither pyseccomp nor libseccomp to start a box. Earlier versions kept it in __pycache__.

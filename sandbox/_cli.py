@@ -75,6 +75,8 @@ RUN_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
              help="working directory inside (default /tmp)"),
         _Opt("--image", metavar="NAME[:TAG]", help="the box's root: an image (sandbox image "
              "import; default: the host's /usr)"),
+        _Opt("--commit", metavar="NAME[:TAG]", help="after an OK run, store the box's "
+             "writable layer on top of --image as image NAME (default: not kept)"),
         _Opt("--env -e", "list", "NAME[=VALUE]", help="set NAME in the box; NAME alone "
              "passes your value (default: only TERM, LANG, LC_ALL, LC_CTYPE, TZ pass; PATH, "
              "HOME=/tmp, USER are the box's)"),
@@ -153,6 +155,11 @@ def _cmd_run(a: Args) -> int:
     if not cmd and not a.image:
         raise UsageError(f"missing command: {RUN_USAGE}")
     cfg = config_from_args(a)
+    commit_to = None
+    if a.commit:  # a usage error before any box (sandbox/_cli_commit.py)
+        from sandbox._cli_commit import check_commit
+
+        commit_to = check_commit(a)
     if a.image:  # its Entrypoint, then the command or its Cmd (docs/images.md)
         from sandbox import ImageStore
 
@@ -175,8 +182,13 @@ def _cmd_run(a: Args) -> int:
                                                              and _in_foreground()))
             if tty and not os.isatty(0):
                 raise UsageError("--tty: stdin is not a terminal; run from one, or drop -t")
-            result = run_sync(cmd, cfg, stdin=0, on_output=relay, forward_signals=True, tty=tty,
-                              stop_timeout=a.stop_timeout if a.stop_timeout is not None else 10.0)
+            if commit_to is not None:  # a held box, its layer committed after an OK end
+                from sandbox._cli_commit import run_and_commit
+
+                result = run_and_commit(commit_to, cmd, cfg, relay, quiet=a.quiet)
+            else:
+                result = run_sync(cmd, cfg, stdin=0, on_output=relay, forward_signals=True, tty=tty,
+                                  stop_timeout=a.stop_timeout if a.stop_timeout is not None else 10.0)
         finally:
             if relay is not None:
                 relay.flush()

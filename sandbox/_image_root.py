@@ -139,10 +139,8 @@ def mount_root(image: tuple, etc_names: list[str]) -> None:
     except OSError as e:
         if e.errno != 22:  # EINVAL: the single-id map, where init's own id is the box user's
             raise
-    lower = ":".join(f"/oldroot/proc/self/fd/{fd}" for fd in fds)
     try:
-        sc.mount("overlay", "/newroot", "overlay", sc.MS_NOSUID | sc.MS_NODEV,
-                 f"lowerdir={lower},upperdir=/scratch/up/root,workdir=/scratch/wk/root,userxattr")
+        _mount_layers([f"/oldroot/proc/self/fd/{fd}" for fd in fds])
     finally:
         for fd in fds:
             os.close(fd)
@@ -153,3 +151,32 @@ def mount_root(image: tuple, etc_names: list[str]) -> None:
             os.unlink(f"/newroot/etc/{name}")
         except FileNotFoundError:
             pass
+
+
+MAX_LAYERS = 500  # overlayfs's OVL_MAX_STACK: lower layers one overlay may stack
+
+
+def _mount_layers(lowers: list[str]) -> None:
+    """The overlay of ``lowers`` (top first) on /newroot. One ``lowerdir+`` per layer through
+    the new mount API (Linux >= 6.8): mount(2)'s option string is one page, ~160 layers of
+    ``/oldroot/proc/self/fd/N``, and an image may have more (overlayfs stacks up to 500). On
+    an older kernel (EINVAL: no ``lowerdir+``) the one string, as long as it fits."""
+    if len(lowers) > MAX_LAYERS:
+        raise OSError(7, f"the image has {len(lowers)} layers; overlayfs stacks at most {MAX_LAYERS}")  # E2BIG
+    rest = [("upperdir", "/scratch/up/root"), ("workdir", "/scratch/wk/root"), ("userxattr", None)]
+    try:
+        fd = sc.fs_new("overlay", [*(("lowerdir+", p) for p in lowers), *rest],
+                       sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+    except OSError as e:
+        if e.errno not in (22, 38):  # EINVAL (no lowerdir+), ENOSYS (no fsopen): mount(2)
+            raise
+        data = ",".join([f"lowerdir={':'.join(lowers)}", *(k if v is None else f"{k}={v}" for k, v in rest)])
+        if len(data) >= os.sysconf("SC_PAGESIZE"):  # the kernel copies one page of options
+            raise OSError(7, f"the image has {len(lowers)} layers: more than this kernel can stack "
+                          "(overlayfs lowerdir+ needs Linux 6.8)") from None  # E2BIG
+        sc.mount("overlay", "/newroot", "overlay", sc.MS_NOSUID | sc.MS_NODEV, data)
+        return
+    try:
+        sc.move_mount_to(fd, "/newroot")
+    finally:
+        os.close(fd)

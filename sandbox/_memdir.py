@@ -54,7 +54,7 @@ def _make(opts: dict[str, str]) -> int | None:
     """The tmpfs, or None where the kernel has no new mount API or would not let a box clone
     it: cloning it here is exactly what each box's init does (see the module docstring)."""
     try:
-        fd = sc.fs_tmpfs(opts, MOUNT_ATTR_NOSUID_NODEV)
+        fd = sc.fs_new("tmpfs", list(opts.items()), MOUNT_ATTR_NOSUID_NODEV)
     except OSError as e:
         if e.errno == errno.ENOSYS:  # Linux < 5.2
             return None

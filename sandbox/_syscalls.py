@@ -16,7 +16,7 @@ from sandbox import _clib as ctypes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 _libc = ctypes.Library(None)
 _syscall = _libc.syscall
@@ -34,10 +34,10 @@ _libc.strlen.restype = ctypes.c_size_t
 _NR = {
     "x86_64": {"clone3": 435, "pivot_root": 155, "close_range": 436, "pidfd_open": 434,
                "pidfd_send_signal": 424, "openat2": 437, "setns": 308, "mount_setattr": 442,
-               "open_tree": 428, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
+               "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
     "aarch64": {"clone3": 435, "pivot_root": 41, "close_range": 436, "pidfd_open": 434,
                 "pidfd_send_signal": 424, "openat2": 437, "setns": 268, "mount_setattr": 442,
-                "open_tree": 428, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
+                "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
 }[os.uname().machine]
 
 # clone / unshare flags (linux/sched.h)
@@ -76,8 +76,10 @@ MOUNT_ATTR_NOEXEC = 0x8
 CLOSE_RANGE_CLOEXEC = 1 << 2
 
 # the new mount API (linux/mount.h)
+FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
 OPEN_TREE_CLONE = 1
 AT_EMPTY_PATH = 0x1000
 
@@ -157,20 +159,30 @@ def mount_setattr(target: str, attr_set: int, propagation: int = 0) -> None:
           f"mount_setattr {target}")
 
 
-def fs_tmpfs(options: dict[str, str], attrs: int) -> int:
-    """A new tmpfs as a *detached* mount (fsopen, fsconfig, fsmount): an O_PATH fd of its root,
-    in no mount table; the filesystem lives as long as a reference to it does."""
-    fs = check(_syscall(_NR["fsopen"], b"tmpfs", ctypes.c_uint(1)), "fsopen tmpfs")  # CLOEXEC
+def fs_new(fstype: str, options: Sequence[tuple[str, str | None]], attrs: int) -> int:
+    """A new filesystem as a *detached* mount (fsopen, fsconfig, fsmount): an O_PATH fd of its
+    root, in no mount table; the filesystem lives as long as a reference to it does. Options
+    go one at a time (value None: a flag), so their total is not bounded by the one page that
+    is mount(2)'s data string (overlayfs's ``lowerdir+`` adds one lower layer per call)."""
+    fs = check(_syscall(_NR["fsopen"], fstype.encode(), ctypes.c_uint(1)), f"fsopen {fstype}")  # CLOEXEC
     try:
-        for key, value in options.items():
-            check(_syscall(_NR["fsconfig"], ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_STRING),
-                           key.encode(), value.encode(), ctypes.c_int(0)), f"fsconfig {key}={value}")
+        for key, value in options:
+            check(_syscall(_NR["fsconfig"], ctypes.c_int(fs),
+                           ctypes.c_uint(FSCONFIG_SET_FLAG if value is None else FSCONFIG_SET_STRING),
+                           key.encode(), None if value is None else value.encode(), ctypes.c_int(0)),
+                  f"fsconfig {key}" + ("" if value is None else f"={value}"))
         check(_syscall(_NR["fsconfig"], ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_CMD_CREATE),
-                       None, None, ctypes.c_int(0)), "fsconfig create")
+                       None, None, ctypes.c_int(0)), f"fsconfig create {fstype}")
         return check(_syscall(_NR["fsmount"], ctypes.c_int(fs), ctypes.c_uint(1),  # CLOEXEC
                               ctypes.c_uint(attrs)), "fsmount")
     finally:
         os.close(fs)
+
+
+def move_mount_to(fd: int, target: str) -> None:
+    """Attach the detached mount ``fd`` (``fs_new``) at ``target``."""
+    check(_syscall(_NR["move_mount"], ctypes.c_int(fd), b"", ctypes.c_int(-100),  # AT_FDCWD
+                   os.fsencode(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount {target}")
 
 
 def open_tree_clone(fd: int) -> int:
