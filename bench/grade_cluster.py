@@ -4,8 +4,9 @@ LocalCluster on this machine (--scheduler local:2): the per-submission overhead 
     PYTHONPATH=. .venv/bin/python bench/grade_cluster.py [N]   (default 200)
 
 The cluster's cost is its start (scheduler + 2 worker processes + the admission trials of
-sandbox.cluster) plus, per submission, one task round trip and one pytest run per submission
-(the local pool runs one pytest per shard for all its submissions). See docs/grading.md for the
+sandbox.grading.cluster) plus, per submission, one task round trip and one pytest run per
+submission (the local pool runs one pytest per shard for all its submissions). See
+docs/grading-cluster.md for the
 expected scaling to 10 000 submissions over 20 hosts.
 """
 

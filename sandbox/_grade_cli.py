@@ -94,7 +94,7 @@ def _check(a: argparse.Namespace) -> list[tuple[str, str]]:
             raise ValueError(f"{opt} {v:g}: must be a positive number of seconds")
     Limits.parse(memory=a.memory, wall_time=a.wall_time)  # ConfigError: "--memory: ..."
     if a.scheduler is not None:
-        from sandbox._grade_cluster import check
+        from sandbox.grading.cluster import check
 
         check(a.scheduler)
     if a.image is not None:  # an unknown image: ConfigError, one line, before any box
@@ -238,9 +238,9 @@ def _grade(a: argparse.Namespace, subs: list[tuple[str, str]]) -> int:
             sink = _Sink(journal, keys, rows, prog)
             with prog:
                 if todo and a.scheduler is not None:
-                    from sandbox import _grade_cluster
+                    from sandbox.grading import cluster
 
-                    why = _grade_cluster.run(todo, a, tmp, sink)
+                    why = cluster.run(todo, a, tmp, sink)
                 elif todo:
                     why = runner.run(todo, a, tmp, sink)
         except KeyboardInterrupt:

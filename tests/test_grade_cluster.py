@@ -1,5 +1,5 @@
-"""`sandbox grade --scheduler`: a real Dask LocalCluster (worker processes, the sandbox.cluster
-preload) grading the sample course to exactly the local pool's scores; a worker SIGKILLed mid-run
+"""`sandbox grade --scheduler`: a real Dask LocalCluster (worker processes, the
+sandbox.grading.cluster preload) grading the sample course to exactly the local pool's scores; a worker SIGKILLed mid-run
 loses nothing and doubles nothing; a submission whose workers keep dying is reported, not retried
 for ever; a worker on a host that cannot make boxes (a seccomp filter denying user namespaces)
 refuses to join, naming the cause."""
@@ -150,7 +150,7 @@ def test_worker_that_cannot_make_boxes_refuses_to_join(tmp_path, nanny):
     try:
         (tmp_path / "deny.py").write_text(DENY_USERNS)
         cmd = [sys.executable, str(tmp_path / "deny.py"), sys.executable, f"{BIN}/dask", "worker",
-               f"tcp://127.0.0.1:{port}", "--preload", "sandbox.cluster", "--no-dashboard"]
+               f"tcp://127.0.0.1:{port}", "--preload", "sandbox.grading.cluster", "--no-dashboard"]
         w = subprocess.run(cmd + ([] if nanny else ["--no-nanny"]), capture_output=True, text=True,
                            timeout=120)
         assert w.returncode != 0
@@ -166,7 +166,7 @@ def test_worker_that_cannot_make_boxes_refuses_to_join(tmp_path, nanny):
 
 
 def test_admitted_worker_advertises_boxes():
-    from sandbox.cluster import admission
+    from sandbox.grading.cluster import admission
 
     why, res = admission()
     assert why == []

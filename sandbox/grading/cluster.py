@@ -1,23 +1,35 @@
-"""``sandbox grade --scheduler``: one Dask task per submission, graded on a worker's own host.
+"""``sandbox grade --scheduler``: one Dask task per submission, graded on a worker's own host;
+and the workers' admission, ``dask worker --preload sandbox.grading.cluster``.
 
-Each task carries its submission's files (and the teacher's tests, scattered once to every
-worker) as bytes, so no shared filesystem is needed; the worker unpacks them into a temp dir
-and grades the submission with the very runner ``-j N`` uses (``sandbox.grading.runner``: a
-pytest run whose every use of the submission is a box). The worker returns the runner's events
-— plain JSON-able dicts that came as JSON lines from the run's log — and the machine running
-``sandbox grade`` replays them into its own sink: progress, rows and the journal stay there,
-written by one process, so a submission Dask retried is recorded once.
+Each task carries its submission's files (and the teacher's tests, a task of their own) as
+bytes, so no shared filesystem is needed; the worker unpacks them into a temp dir and grades
+the submission with the very runner ``-j N`` uses (``sandbox.grading.runner``: a pytest run
+whose every use of the submission is a box). The worker returns the runner's events — plain
+JSON-able dicts that came as JSON lines from the run's log — and the machine running ``sandbox
+grade`` replays them into its own sink: progress, rows and the journal stay there, written by
+one process, so a submission Dask retried is recorded once.
 
 Dask re-runs a task whose worker died (SIGKILL, a lost host) elsewhere; a task that killed
 ``distributed.scheduler.allowed-failures`` + 1 workers raises ``KilledWorker`` and its row
 says so instead of being retried for ever. Pickled tasks cross between the grader and the
-workers only (trusted hosts, see docs/grading.md); nothing from a box is ever unpickled.
+workers only (trusted hosts, see docs/grading-cluster.md); nothing from a box is ever unpickled.
+
+Admission (``dask_setup``, Dask's preload hook): a worker that cannot make boxes would take
+submissions and fail every one of them (each row blaming the host, not the student), so before
+it joins it runs the doctor's trials (``sandbox.diagnose``) and, when a required one fails,
+exits naming the cause. Logging alone is not enough: Dask logs an exception raised in a preload
+and lets the worker join anyway, so the refusal closes the worker (and its nanny) and ends the
+process with ``EXIT_REFUSED``. An admitted worker advertises ``sandbox=N`` (boxes graded at
+once: its threads) and ``cgroup=1`` where cgroup v2 limits are real; every task asks for
+``sandbox=1``, so a worker started without this preload is never given a submission.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import sys
 import tempfile
 import time
 from types import SimpleNamespace
@@ -25,7 +37,10 @@ from typing import Any
 
 MAX_TREE = 64 * 1024 * 1024  # bytes of files per packed submission (or tests) folder
 ALLOWED_FAILURES = 2  # local:N; a tcp:// scheduler uses its own config
+EXIT_REFUSED = 78  # EX_CONFIG: this host's configuration cannot run boxes
+MODULE = "sandbox.grading.cluster"  # dask worker --preload MODULE; the grading child: -m MODULE
 Packed = list[tuple[str, str, Any]]  # (relative path, "d" | "f" | "l", mode+bytes | target)
+log = logging.getLogger(MODULE)
 
 
 def check(spec: str) -> None:
@@ -122,9 +137,8 @@ def grade_one(name: str, sub: Packed, tests: tuple[str, Packed], opts: dict[str,
     import json
     import pickle
     import subprocess
-    import sys
 
-    p = subprocess.run([sys.executable, "-m", "sandbox._grade_cluster", str(os.getpid())],
+    p = subprocess.run([sys.executable, "-m", MODULE, str(os.getpid())],
                        input=pickle.dumps((name, sub, tests, opts)), capture_output=True, check=False)
     try:
         return dict(json.loads(p.stdout))
@@ -164,7 +178,6 @@ def _child_main(parent: int) -> None:
     import json
     import pickle
     import signal
-    import sys
 
     def stop(*_: Any) -> None:
         raise SystemExit(143)  # unwinds runner.run (its runs killed) and the temp dir
@@ -175,6 +188,40 @@ def _child_main(parent: int) -> None:
         raise SystemExit(143)  # the worker died before the signal was armed
     job = pickle.loads(sys.stdin.buffer.read())  # from our own worker process, not a box
     sys.stdout.write(json.dumps(_child(*job)))
+
+
+def admission() -> tuple[list[str], dict[str, float]]:
+    """The reasons this host cannot make boxes (empty: it can), and the resources it offers."""
+    from sandbox import diagnose
+
+    checks = diagnose()
+    why = [f"{c.name}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "")
+           for c in checks if c.status == "fail"]
+    res: dict[str, float] = {}
+    if any(c.name == "cgroup v2" and c.status == "ok" for c in checks):
+        res["cgroup"] = 1
+    return why, res
+
+
+async def dask_setup(worker: Any) -> None:
+    """Dask's preload hook: runs in the worker process before it registers with the scheduler."""
+    why, res = admission()
+    if why:
+        text = f"{MODULE}: this worker refuses to join: boxes cannot be made here: " + "; ".join(why)
+        log.error("%s", text)
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+        # A nanny would restart a worker that merely died: tell it to close too, then end.
+        try:
+            if getattr(worker, "nanny", None):
+                await worker.close(nanny=True, reason=f"{MODULE}: boxes cannot be made here")
+        finally:
+            os._exit(EXIT_REFUSED)
+    res["sandbox"] = float(worker.state.nthreads)
+    for k, v in res.items():  # before registration: the scheduler learns them when it joins
+        worker.state.total_resources[k] = v
+        worker.state.available_resources[k] = v
+    log.info("%s: admitted; resources %s", MODULE, res)
 
 
 def _same(x: Any) -> Any:
@@ -191,7 +238,7 @@ def _client(spec: str, tmp: str) -> tuple[Any, Any]:
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                           "temporary-directory": tmp}):
         cluster = LocalCluster(n_workers=int(spec[6:]), threads_per_worker=1, processes=True,
-                               dashboard_address=None, preload=["sandbox.cluster"],
+                               dashboard_address=None, preload=[MODULE],
                                silence_logs=40)
     return Client(cluster), cluster
 
@@ -252,6 +299,4 @@ def _replay(name: str, fut: Any, sink: Any, killed: type, cancelled: type, teach
 
 
 if __name__ == "__main__":
-    import sys
-
     _child_main(int(sys.argv[1]))
