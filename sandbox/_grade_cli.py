@@ -96,7 +96,7 @@ def _check(a: argparse.Namespace) -> list[tuple[str, str]]:
     if a.scheduler is not None:
         from sandbox.grading.cluster import check
 
-        check(a.scheduler)
+        check(a.scheduler, a.image)
     if a.image is not None:  # an unknown image: ConfigError, one line, before any box
         from sandbox import SandboxConfig
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from grade_course import MAIN, SOL, grade_cmd, journal, make_course, rows, summary
 from test_grade import EXPECTED, course, grade  # noqa: F401 - course is a fixture
+from test_grade_image import TESTS as IMAGE_TESTS
+from test_grade_image import store  # noqa: F401 - a fixture
 
 try:
     import distributed  # noqa: F401
@@ -117,6 +119,29 @@ def test_submission_killing_its_workers_is_reported_not_retried_for_ever(tmp_pat
     assert {n: got[n]["score"] for n in ("s0", "s1")} == {"s0": 0, "s1": 1}
     assert 3 <= kills <= 4  # allowed-failures 2: three deaths, then reported
     assert "poison" not in [e["row"]["name"] for e in journal(c)]
+
+
+def test_image_reaches_local_workers(tmp_path, store, no_leftovers):  # noqa: F811
+    """local:N's workers share this host's image store: their boxes have the image as root."""
+    c = make_course(tmp_path / "c", {"test_img.py": IMAGE_TESTS}, {
+        "good": {"main.sh": "read x\necho got $x\n"}, "bad": {"main.sh": "echo nope\n"}})
+    r = subprocess.run(grade_cmd(c, "--image", store, "--scheduler", "local:2"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert {n: s[:4] for n, s in summary(c).items()} == {"good": (3.0, 3.0, 3, 3), "bad": (2.0, 3.0, 2, 3)}
+
+
+def test_image_with_a_remote_scheduler_is_refused(tmp_path, store):  # noqa: F811
+    """A remote worker's store is not this host's: refused before anything, not graded wrong."""
+    c = _slow_course(tmp_path / "c", 1)
+    for env in ({}, {"SANDBOX_SCHEDULER": "tcp://127.0.0.1:1"}):
+        extra = () if env else ("--scheduler", "tcp://127.0.0.1:1")
+        r = subprocess.run(grade_cmd(c, "--image", store, *extra), capture_output=True, text=True,
+                           timeout=60, env={**os.environ, **env})
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert f"--image {store} cannot be combined with --scheduler tcp://127.0.0.1:1" in r.stderr
+        assert not (c / "results.json").exists()
 
 
 def test_bad_scheduler_is_a_usage_error(tmp_path):

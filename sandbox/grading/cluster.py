@@ -43,14 +43,20 @@ Packed = list[tuple[str, str, Any]]  # (relative path, "d" | "f" | "l", mode+byt
 log = logging.getLogger(MODULE)
 
 
-def check(spec: str) -> None:
-    """``--scheduler``'s value and ``distributed`` itself, before anything is graded."""
+def check(spec: str, image: str | None = None) -> None:
+    """``--scheduler``'s value (with ``--image``) and ``distributed`` itself, before anything is
+    graded. ``--image`` goes with ``local:N`` only: its workers are on this host and read its
+    image store; a remote worker has its own store (or none), so its boxes would silently have
+    another root than the one the journal keys the results by."""
     if spec.startswith("local:"):
         n = spec.removeprefix("local:")
         if not n.isdigit() or int(n) < 1:
             raise ValueError(f"--scheduler {spec}: local:N needs a number of workers N >= 1")
     elif not spec.startswith(("tcp://", "tls://")) or ":" not in spec.split("://", 1)[1]:
         raise ValueError(f"--scheduler {spec}: expected local:N or tcp://HOST:PORT (or tls://HOST:PORT)")
+    elif image is not None:
+        raise ValueError(f"--image {image} cannot be combined with --scheduler {spec} yet: images "
+                         "are in this host's store, not on the workers' hosts (use local:N or no --image)")
     try:
         import distributed  # noqa: F401
     except ImportError:
@@ -252,7 +258,7 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
 
     from sandbox.grading import runner
 
-    opts = {k: getattr(a, k) for k in ("call_timeout", "memory", "wall_time", "timeout")}
+    opts = {k: getattr(a, k) for k in ("call_timeout", "memory", "wall_time", "timeout", "image")}
     deadline = None if a.run_timeout is None else time.monotonic() + a.run_timeout
     client, cluster = _client(a.scheduler, tmp)
     try:
