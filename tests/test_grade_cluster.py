@@ -144,6 +144,79 @@ def test_image_with_a_remote_scheduler_is_refused(tmp_path, store):  # noqa: F81
         assert not (c / "results.json").exists()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dask_env(root: Path) -> dict[str, str]:
+    """Dask's scratch space (the scheduler's lock files too) under ``root``, not in $TMPDIR."""
+    return {**os.environ, "DASK_TEMPORARY_DIRECTORY": str(root / "dask")}
+
+
+def _dask(port: int, root: Path, workers: int) -> list[subprocess.Popen[bytes]]:
+    """A real `dask scheduler` on ``port`` and ``workers`` admitted `dask worker` processes."""
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": _dask_env(root)}
+    procs = [subprocess.Popen([f"{BIN}/dask", "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--no-dashboard"], **quiet)]
+    for i in range(workers):
+        procs.append(subprocess.Popen(
+            [f"{BIN}/dask", "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--preload",
+             "sandbox.grading.cluster", "--no-dashboard", "--local-directory", str(root / f"w{i}")],
+            **quiet))
+    return procs
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(procs):  # workers first: a worker outliving its scheduler waits for it
+        if p.poll() is None:
+            p.terminate()
+        p.wait(60)
+
+
+def test_scheduler_crash_is_recovered_with_resume(tmp_path, no_leftovers):
+    """SIGKILL the scheduler mid-run: the grader ends (exit 1, no traceback), its rows name the
+    lost scheduler, and `--resume` against a new one grades only the rest: every submission
+    recorded once, the local pool's exact scores."""
+    c = _slow_course(tmp_path / "c", 6)
+    r = subprocess.run(grade_cmd(c, "-j", "2"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    local = summary(c)
+    os.unlink(c / "results.json")
+    os.unlink(c / "results.json.journal")
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    procs = _dask(port, tmp_path, 2)
+    try:
+        p = subprocess.Popen(grade_cmd(c, "--scheduler", addr), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            if (c / "results.json.journal").exists() and journal(c):
+                break  # a first submission is durable: the rest are queued or running
+            time.sleep(0.05)
+        procs[0].kill()
+        procs[0].wait(30)
+        out, err = p.communicate(timeout=120)
+        before = [e["row"]["name"] for e in journal(c)]
+        assert p.returncode == 1 and "Traceback" not in err, err
+        lost = {n for n, row in rows(c).items() if row["error"] is not None}
+        assert lost and lost.isdisjoint(before) and len(lost) + len(before) == 6, err
+        assert all(f"the connection to the scheduler {addr} was lost" in rows(c)[n]["error"]
+                   and "--resume" in rows(c)[n]["error"] for n in lost)
+        _stop(procs)
+        procs = _dask(port, tmp_path, 2)  # the scheduler is back (new workers: the old left)
+        r = subprocess.run(grade_cmd(c, "--scheduler", addr, "--resume"), capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    finally:
+        _stop(procs)
+    assert summary(c) == local
+    names = [e["row"]["name"] for e in journal(c)]
+    assert names[: len(before)] == before and sorted(names) == sorted(local)  # each once
+
+
 def test_bad_scheduler_is_a_usage_error(tmp_path):
     c = _slow_course(tmp_path / "c", 1)
     for bad in ("local:0", "local:x", "ftp://h:1", "tcp://nohost"):
@@ -171,13 +244,14 @@ def test_worker_that_cannot_make_boxes_refuses_to_join(tmp_path, nanny):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     sched = subprocess.Popen([f"{BIN}/dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                              "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=_dask_env(tmp_path))
     try:
         (tmp_path / "deny.py").write_text(DENY_USERNS)
         cmd = [sys.executable, str(tmp_path / "deny.py"), sys.executable, f"{BIN}/dask", "worker",
                f"tcp://127.0.0.1:{port}", "--preload", "sandbox.grading.cluster", "--no-dashboard"]
         w = subprocess.run(cmd + ([] if nanny else ["--no-nanny"]), capture_output=True, text=True,
-                           timeout=120)
+                           timeout=120, env=_dask_env(tmp_path))
         assert w.returncode != 0
         assert "refuses to join: boxes cannot be made here: user namespaces: trial failed" in w.stderr
         assert "Operation not permitted" in w.stderr

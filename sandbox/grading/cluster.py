@@ -261,6 +261,7 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
     opts = {k: getattr(a, k) for k in ("call_timeout", "memory", "wall_time", "timeout", "image")}
     deadline = None if a.run_timeout is None else time.monotonic() + a.run_timeout
     client, cluster = _client(a.scheduler, tmp)
+    lost = False
     try:
         # The tests as a task of their own (not scattered data): a result lost with its workers
         # is computed again, scattered data would be gone and cancel every submission.
@@ -272,36 +273,57 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             for fut in as_completed(futs, timeout=left):
-                _replay(futs[fut], fut, sink, KilledWorker, FutureCancelledError, runner.TeacherError)
+                if not _replay(futs[fut], fut, sink, KilledWorker, FutureCancelledError,
+                               runner.TeacherError):
+                    lost = True  # Dask cancelled every future: the rest are not graded
+                    return (f"not graded: the connection to the scheduler {a.scheduler} was lost; "
+                            "`sandbox grade --resume` grades it once the scheduler is back")
         except TimeoutError:
             return f"not graded: the run reached --run-timeout {a.run_timeout:g}s"
         return None
     finally:
-        client.close()
+        _close(client, quiet=lost)
         if cluster is not None:
             cluster.close()
 
 
-def _replay(name: str, fut: Any, sink: Any, killed: type, cancelled: type, teacher: type) -> None:
+def _close(client: Any, quiet: bool) -> None:
+    """Close the client; after a lost scheduler, without the traceback Dask logs when its
+    reconnection attempt is cancelled (the rows already say what happened)."""
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        client.close()
+    finally:
+        logger.setLevel(level)
+
+
+def _replay(name: str, fut: Any, sink: Any, killed: type, cancelled: type, teacher: type) -> bool:
+    """Tell ``sink`` how ``fut`` ended; False (nothing told) when the scheduler was lost."""
     try:
         res = fut.result()
     except killed as e:
         sink.started(name)
         sink.finished(name, f"not graded: it was running on every worker that died ({e}); "
                             "not retried again")
-        return
-    except cancelled:
+        return True
+    except cancelled as e:
+        if getattr(e, "reason", None) == "scheduler-connection-lost":
+            return False
         sink.started(name)
         sink.finished(name, "not graded: its task was cancelled")
-        return
+        return True
     except Exception as e:  # the worker's own failure (never a box's: those are rows)
         sink.started(name)
         sink.finished(name, f"not graded: the worker failed: {type(e).__name__}: {e}"[:300])
-        return
+        return True
     if "teacher_error" in res:
         raise teacher({str(k): str(v) for k, v in dict(res["teacher_error"]).items()})
     for ev in res["events"]:
         getattr(sink, ev[0])(*ev[1:])
+    return True
 
 
 if __name__ == "__main__":
