@@ -185,8 +185,16 @@ def _child_main(parent: int) -> None:
     import pickle
     import signal
 
+    stopping: list[bool] = []
+
     def stop(*_: Any) -> None:
-        raise SystemExit(143)  # unwinds runner.run (its runs killed) and the temp dir
+        # The parent-death signal comes once per thread of the dying worker: the kernel
+        # reparents us to its next thread and signals again. Only the first one unwinds
+        # runner.run (its runs killed) and the temp dir; a second SystemExit raised in that
+        # cleanup would abandon it half done.
+        if not stopping:
+            stopping.append(True)
+            raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, stop)
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
