@@ -217,6 +217,34 @@ def test_scheduler_crash_is_recovered_with_resume(tmp_path, no_leftovers):
     assert names[: len(before)] == before and sorted(names) == sorted(local)  # each once
 
 
+def test_only_as_many_submissions_out_as_boxes(tmp_path, no_leftovers):
+    """Dask hands a worker every task it is given, and a dying worker counts against all it
+    held, waiting or not: the grader keeps only as many out as the workers have boxes."""
+    from distributed import Client
+
+    def processing(dask_scheduler):  # in the scheduler (nested: pickled by value)
+        return sum(len(ws.processing) for ws in dask_scheduler.workers.values())
+
+    c = _slow_course(tmp_path / "c", 6)
+    port = _free_port()
+    procs = _dask(port, tmp_path, 2)
+    seen = []
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=30) as cl:
+            cl.wait_for_workers(2, timeout=60)
+            p = subprocess.Popen(grade_cmd(c, "--scheduler", f"tcp://127.0.0.1:{port}"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            while p.poll() is None:
+                seen.append(cl.run_on_scheduler(processing))
+                time.sleep(0.05)
+            out, err = p.communicate(timeout=60)
+    finally:
+        _stop(procs)
+    assert p.returncode == 0, err
+    assert {n: r["score"] for n, r in rows(c).items()} == {f"s{i}": i % 2 for i in range(6)}
+    assert max(seen) == 2, seen  # both workers busy, never more: 6 submissions, 2 boxes
+
+
 def test_bad_scheduler_is_a_usage_error(tmp_path):
     c = _slow_course(tmp_path / "c", 1)
     for bad in ("local:0", "local:x", "ftp://h:1", "tcp://nohost"):

@@ -275,13 +275,16 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
         # is computed again, scattered data would be gone and cancel every submission.
         tests = client.submit(_same, (os.path.basename(os.path.abspath(a.tests)), pack(a.tests)),
                               key="grade-tests", pure=False)
-        futs = {client.submit(grade_one, name, pack(path), tests, opts, key=f"grade-{i}-{name}",
-                              resources={"sandbox": 1}, pure=False): name
-                for i, (name, path) in enumerate(subs)}
+        todo = list(enumerate(subs))[::-1]
+        futs: dict[Any, str] = {}
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done = as_completed(timeout=left)
+        _feed(client, todo, futs, done, tests, opts)
         try:
-            for fut in as_completed(futs, timeout=left):
-                if not _replay(futs[fut], fut, sink, KilledWorker, FutureCancelledError,
+            for fut in done:
+                name = futs.pop(fut)
+                _feed(client, todo, futs, done, tests, opts)
+                if not _replay(name, fut, sink, KilledWorker, FutureCancelledError,
                                runner.TeacherError):
                     lost = True  # Dask cancelled every future: the rest are not graded
                     return (f"not graded: the connection to the scheduler {a.scheduler} was lost; "
@@ -293,6 +296,27 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
         _close(client, quiet=lost)
         if cluster is not None:
             cluster.close()
+
+
+def _feed(client: Any, todo: list[tuple[int, tuple[str, str]]], futs: dict[Any, str],
+          done: Any, tests: Any, opts: dict[str, Any]) -> None:
+    """Submit from ``todo`` until as many submissions are out as the cluster has boxes.
+
+    Dask sends every task it is given to a worker at once (tasks with resources are not held
+    back on the scheduler), and a worker that dies counts against every task it held, running
+    or only waiting: with all submissions out, three worker deaths caused by one submission
+    also mark the innocent ones that were waiting on those workers as killers. Out only as
+    many as there are ``sandbox`` slots, a task waits on a worker only while the cluster is
+    short of one that died. It also keeps the packed files of the rest on this machine, not
+    in the scheduler's memory."""
+    info = client.scheduler_info()["workers"].values()
+    slots = sum(int(w.get("resources", {}).get("sandbox", 0)) for w in info)
+    while todo and len(futs) < max(1, slots):
+        i, (name, path) = todo.pop()
+        fut = client.submit(grade_one, name, pack(path), tests, opts, key=f"grade-{i}-{name}",
+                            resources={"sandbox": 1}, pure=False)
+        futs[fut] = name
+        done.add(fut)
 
 
 def _close(client: Any, quiet: bool) -> None:
