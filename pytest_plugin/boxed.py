@@ -28,13 +28,13 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxrun, boxstate, boxtee, reportcheck
+from pytest_plugin import boxrun, boxstate, boxtee, boxtimeout, reportcheck, sequence
 from pytest_plugin.reportcheck import InvalidReport
 from sandbox import Limits, Result, SandboxConfig, Status
 
 SECTION_MAX = 1 << 20  # captured output kept per section (head and tail), inside the box
 STACK_MAX = 64 * 1024
-MAX_WARNINGS = 100
+MAX_WARNINGS = sequence.MAX_WARNINGS
 ESCAPED = "sandbox: escaped the test: "  # a line in the stack memfd, see _escaped
 CHANNEL: int | None = None  # set inside a box only: where the report hook sends reports
 
@@ -45,18 +45,48 @@ class Outcome:
     result: Result | None = None
     exit_request: tuple[str, int | None] | None = None
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    failed_subtests: int = 0  # counted by pytest's subtests fixture inside the box
 
 
 # ---- inside the box -------------------------------------------------------------------------
 
+class _Sender:
+    """Inside the box, the only reader of the test's reports besides pytest's session (which
+    counts failures for ``-x``, as subtests expect): each report goes to the host as one JSON
+    line the moment it is logged, and the host replays it to everyone else (terminal, junitxml,
+    xdist...). Subtests log their own reports in the middle of a phase, so the reports are taken
+    where pytest logs them. Registered in this clone's plugin manager only: a pytest session
+    the test itself runs (``pytester.runpytest()`` in process) has its own, and its reports stay
+    in it."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        send_report(self.config, report)
+
+
+def _take_reports(item: pytest.Item) -> None:
+    """Make the ``_Sender`` (and the session) the only ``pytest_runtest_logreport`` hooks of
+    this clone. A subset caller in the hook relay's place: every proxy pytest makes later
+    (``item.ihook``, the one the ``subtests`` fixture keeps) is derived from it."""
+    pm = item.config.pluginmanager
+    sender = _Sender(item.config)
+    pm.register(sender, "sandbox-report-sender")
+    others = [impl.plugin for impl in pm.hook.pytest_runtest_logreport.get_hookimpls()
+              if impl.plugin is not sender and impl.plugin is not item.session]
+    pm.hook.pytest_runtest_logreport = pm.subset_hook_caller("pytest_runtest_logreport", others)
+
+
 def send_report(config: Any, rep: pytest.TestReport) -> None:
-    """Called by the plugin's makereport hook inside a box: one report, one JSON line."""
+    """One report, one JSON line."""
     d = config.hook.pytest_report_to_serializable(config=config, report=rep)
     d["sections"] = [(t, _cut(c)) for t, c in d.get("sections", [])]
     d["user_properties"] = [(str(k), v if isinstance(v, reportcheck.SCALAR) else str(v))
                             for k, v in d.get("user_properties", [])]
     _send(d)
-    boxtee.reset()
+    if not sequence.is_subtest(rep):  # the tees hold the phase's output until its own report
+        boxtee.reset()
 
 
 def _send(obj: Any) -> None:
@@ -96,14 +126,21 @@ def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
     for tmpfile_fd, spool in spools.items():  # pytest's capture writes into the spool
         os.dup2(spool, tmpfile_fd)
     _fresh_fixtures(item)
+    _take_reports(item)
     boxtee.install(item.config, tees)
+    boxtimeout.STACK_FD = stack_fd
     faulthandler.enable(file=stack_fd, all_threads=True)
     if wall is not None:  # the stack shortly before the host kills us, for the failure report
         faulthandler.dump_traceback_later(max(wall * 0.5, wall - min(0.25, wall * 0.1)),
                                           file=stack_fd)
+    counts = sequence.failed_subtests_count(item)
+    key = getattr(item, "id", None)
+    before = counts.get(key, 0) if counts is not None else 0
     with warnings.catch_warnings(record=True) as log:  # keeps the filters pytest set up
         try:
-            runtestprotocol(item, log=False, nextitem=None)
+            runtestprotocol(item, log=True, nextitem=None)
+            if counts is not None and counts.get(key, 0) > before:
+                _send({"$failed_subtests": counts[key] - before})
         except pytest.exit.Exception as e:
             _send({"$exit": str(e.msg)[:4096], "returncode": e.returncode})
         except KeyboardInterrupt:
@@ -130,7 +167,8 @@ def _escaped(fd: int, e: BaseException) -> None:
 
 # ---- on the host ----------------------------------------------------------------------------
 
-def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
+def run_item(item: pytest.Item, cfg: SandboxConfig, timeout: float | None = None) -> Outcome:
+    """``timeout``: pytest-timeout's for this test, already the box's wall time if the lower."""
     config = item.config
     share, adopt = boxrun.capture_plan(config)
     # pytest's capture tmpfiles are host files (on /tmp): the box gets a memfd spool in each
@@ -155,15 +193,18 @@ def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
     try:
         if data is None:
             raise InvalidReport(f"more than {reportcheck.MAX_CHANNEL >> 20} MiB")
-        _parse(item, data, out)
+        sequence.parse(item, data, out)
         invalid = None
     except InvalidReport as e:
         out.reports, out.exit_request, out.warnings, invalid = [], None, [], str(e)
+        out.failed_subtests = 0
     if result.status != Status.OK:
         lines = stack_text.splitlines()
         escaped = [x[len(ESCAPED):] for x in lines if x.startswith(ESCAPED)]
-        stack_text = "\n".join(x for x in lines if not x.startswith(ESCAPED))
+        fired = [x[len(boxtimeout.FIRED):] for x in lines if x.startswith(boxtimeout.FIRED)]
+        stack_text = "\n".join(x for x in lines if not x.startswith((ESCAPED, boxtimeout.FIRED)))
         text = "sandbox: " + _reason(result, cfg.limits, escaped[-1] if escaped else "")
+        text = boxtimeout.explain(text, result, cfg.limits, timeout, fired)
         if stack_text.strip():
             text += "\n\nPython stack of the test process (written inside the box):\n" + _trim_stack(stack_text)
         complete(item, out.reports, text, sections=unfinished,
@@ -180,54 +221,21 @@ def run_item(item: pytest.Item, cfg: SandboxConfig) -> Outcome:
     return out
 
 
-def _parse(item: pytest.Item, data: bytes, out: Outcome) -> None:
-    rc = reportcheck
-    ended = False
-    for msg in rc.parse_lines(data):
-        if ended:
-            raise InvalidReport("data after the end of the test")
-        if isinstance(msg, dict) and "$warnings" in msg:
-            rc.obj({"$warnings": rc.list_of(rc.obj({"message": rc.STR, "category": rc.STR,
-                                                     "filename": rc.STR, "lineno": rc.INT}))})(msg, "warnings")
-            out.warnings, ended = msg["$warnings"][:MAX_WARNINGS], True
-            continue
-        if out.exit_request is not None:
-            raise InvalidReport("a report after pytest.exit()")
-        if isinstance(msg, dict) and "$exit" in msg:
-            rc.obj({"$exit": rc.STR, "returncode": rc.maybe(rc.INT)})(msg, "exit")
-            out.exit_request = (msg["$exit"][:4096], msg["returncode"])
-            continue
-        allowed = _next_phases(item, out.reports[-1] if out.reports else None)
-        if not isinstance(msg, dict) or msg.get("when") not in allowed:
-            raise InvalidReport(f"expected a report for {' or '.join(allowed) or 'nothing more'}")
-        d = rc.check_report(msg, item.nodeid, msg["when"])
-        out.reports.append(rc.rebuild(item.config, d))
-
-
-def _next_phases(item: pytest.Item, prev: pytest.TestReport | None) -> tuple[str, ...]:
-    """The phases pytest's runtestprotocol may report next (a failed or skipped setup has no
-    call; --setup-only has none either)."""
-    if prev is None:
-        return ("setup",)
-    if prev.when == "setup":
-        return ("call",) if prev.passed and not item.config.option.setuponly else ("teardown",)
-    return ("teardown",) if prev.when == "call" else ()
-
-
 def complete(item: pytest.Item, reports: list[pytest.TestReport], text: str,
              sections: list[tuple[str, str]] | None = None, outcome: str = "failed",
              first: str = "setup") -> None:
     """Make the phase the test had reached fail (or skip) with ``text``, then fill in the
     remaining phases, so every test ends with a teardown report (JUnit reads properties there).
     Reports arrive right after each phase, so with none the box was still in ``first``."""
-    if reports and reports[-1].when == "teardown":
+    main = sequence.main_reports(reports)  # a subtest's "call" report is not the call phase's
+    if main and main[-1].when == "teardown":
         phase = "teardown"
-        reports.pop()
-    elif not reports:
+        reports.remove(main[-1])
+    elif not main:
         phase = first
     else:
-        phase = "call" if reports[-1].when == "setup" and reports[-1].passed else "teardown"
-    if phase == "call" and not reports:
+        phase = "call" if main[-1].when == "setup" and main[-1].passed else "teardown"
+    if phase == "call" and not main:
         reports.append(synthetic(item, "setup", "passed", ""))
     rep = synthetic(item, phase, outcome, text)
     rep.sections.extend((f"Captured {name} {phase}", content) for name, content in sections or [])

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxed, boxrun, probe
+from pytest_plugin import boxed, boxrun, boxtimeout, probe, sequence
 from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
 from pytest_plugin.summary import record, write_summary
 from sandbox import ENV_ALLOWLIST, ConfigError, Limits, SandboxConfig
@@ -34,7 +34,8 @@ INI_DEFAULTS = {"memory": "512M", "wall_time": "60s", "cpu_time": "60s", "pids":
 PYTEST_ENV = ("CI", "BUILD_NUMBER", "PYTEST_THEME", "PYTEST_THEME_MODE", "PYTEST_VERSION",
               "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 _ROWS = pytest.StashKey[list[Any]]()
-_CONFIGS = pytest.StashKey[dict[tuple[str, bool, str], SandboxConfig]]()
+_CONFIGS = pytest.StashKey[dict[tuple[str, bool, str, float | None], SandboxConfig]]()
+TIMEOUT = pytest.StashKey[float]()  # pytest-timeout's timeout of a boxed test, see below
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -77,14 +78,15 @@ def box_config(item: pytest.Item) -> SandboxConfig:
     validated config (validation stats every mount source; the box plan is cached per config)."""
     marker = item.get_closest_marker("sandboxed")
     needs_tmp = not boxrun.TMP_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
-    key = (repr(marker.kwargs) if marker else "", needs_tmp, os.getcwd())
+    timeout = item.stash.get(TIMEOUT, None)
+    key = (repr(marker.kwargs) if marker else "", needs_tmp, os.getcwd(), timeout)
     cache = item.config.stash.setdefault(_CONFIGS, {})
     if key not in cache:
-        cache[key] = _build_config(item, needs_tmp)
+        cache[key] = _build_config(item, needs_tmp, timeout)
     return cache[key]
 
 
-def _build_config(item: pytest.Item, needs_tmp: bool) -> SandboxConfig:
+def _build_config(item: pytest.Item, needs_tmp: bool, timeout: float | None = None) -> SandboxConfig:
     cfg = item.config
     marker = item.get_closest_marker("sandboxed")
     kw: dict[str, Any] = dict(marker.kwargs) if marker else {}
@@ -108,7 +110,10 @@ def _build_config(item: pytest.Item, needs_tmp: bool) -> SandboxConfig:
     mounts, cwd = boxrun.pytest_mounts(cfg, temp=needs_tmp)
     kw.setdefault("inherit_env", (*ENV_ALLOWLIST, *PYTEST_ENV))
     kw.setdefault("expose_python", "host")  # a clone of pytest: imports from where it did
-    sc = SandboxConfig(limits=Limits.parse(**limits), network="host" if network else "none",
+    lim = Limits.parse(**limits)
+    if timeout is not None and (lim.wall_time is None or timeout < lim.wall_time):
+        lim.wall_time = timeout
+    sc = SandboxConfig(limits=lim, network="host" if network else "none",
                        mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
     return sc.validate()
 
@@ -134,7 +139,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             strict = _flag(item.config, "strict")
             boxed.complete(item, out.reports, reason, outcome="failed" if strict else "skipped")
         else:
-            out = boxed.run_item(item, box_config(item))
+            out = boxed.run_item(item, box_config(item), item.stash.get(TIMEOUT, None))
     except ConfigError as e:
         boxed.complete(item, out.reports, f"sandbox: {e}")
     boxed.teardown_in_parent(item, nextitem, out.reports)
@@ -143,6 +148,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         for rep in out.reports:
             rep.user_properties.extend(props)
     boxed.reemit_warnings(item, out.warnings)
+    sequence.count_failed_subtests(item, out.reports, out.failed_subtests)
     for rep in out.reports:
         item.ihook.pytest_runtest_logreport(report=rep)
     if out.result is not None:
@@ -153,14 +159,27 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return True
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
-    """Inside a box: send each report to the host as soon as it exists (outermost wrapper, so
-    it is the final report, after xfail handling and every other plugin)."""
-    rep = yield
-    if boxed.CHANNEL is not None:
-        boxed.send_report(item.config, rep)
-    return rep
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """For a boxed test, pytest-timeout's timer is not armed on the host (where its
+    ``pytest.fail`` escaped as INTERNALERROR): the timeout becomes the box's wall time
+    (``box_config``). Inside the box, a ``func_only`` timer is pytest-timeout's own, the thread
+    method's marked for the host (``boxtimeout``, which says why)."""
+    if boxed.CHANNEL is not None:  # in the box: func_only, see boxtimeout
+        thread = settings.func_only and settings.method == "thread"
+        return boxtimeout.arm_thread_timer(item, settings) if thread else None
+    if settings.func_only or not _wants_box(item):
+        return None
+    item.stash[TIMEOUT] = float(settings.timeout)
+    return True
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    """Nothing was armed on the host for a test whose timeout is its box's wall time."""
+    if boxed.CHANNEL is None and item.stash.get(TIMEOUT, None) is not None:
+        return True
+    return None
 
 
 def _properties(result: Any) -> list[tuple[str, Any]]:

@@ -26,6 +26,9 @@ PHASES = ("setup", "call", "teardown")
 KNOWN = {"nodeid", "location", "keywords", "outcome", "longrepr", "when", "user_properties",
          "sections", "duration", "start", "stop", "$report_type", "wasxfail"}
 SCALAR = (str, int, float, bool, type(None))
+SUBTEST_TYPE = "SubTestReport"  # pytest's subtests plugin marks its reports so (``_report_type``)
+SUBTEST_KEYS = {"_report_type", "_subtest.context"}
+MAX_SUBTESTS = 10_000  # subtest reports accepted from one test
 
 
 class InvalidReport(ValueError):
@@ -153,11 +156,32 @@ def _extra_ok(key: str, value: Any) -> bool:
             and not (isinstance(value, str) and len(value) > 65536))
 
 
+def _context(v: Any, where: str) -> None:
+    """A subtest's ``msg`` and ``kwargs``: pytest turns every kwarg value into its repr (a str)."""
+    obj({"msg": lambda m, w: isinstance(m, SCALAR) and not (isinstance(m, str) and len(m) > 65536)
+         or _fail(w, "expected a scalar"),
+         "kwargs": lambda k, w: (isinstance(k, dict) and len(k) <= 1000
+                                 and all(isinstance(x, str) and len(x) <= 65536 for x in k.values()))
+         or _fail(w, "expected an object of strings")})(v, where)
+
+
+def is_subtest(d: Any) -> bool:
+    return isinstance(d, dict) and "_report_type" in d
+
+
 def check_report(d: Any, nodeid: str, when: str) -> dict[str, Any]:
-    """Validate one serialized report; returns the dict with unsafe extras dropped."""
+    """Validate one serialized report; returns the dict with unsafe extras dropped. A subtest
+    report (``is_subtest``) has exactly the shape pytest's subtests plugin gives it: a "call"
+    report without ``$report_type``, marked ``_report_type: SubTestReport``, with a context."""
     if not isinstance(d, dict):
         _fail("report", "not an object")
-    missing = (KNOWN - {"wasxfail"}) - set(d)
+    expected = KNOWN - {"wasxfail"}
+    if is_subtest(d):
+        if d["_report_type"] != SUBTEST_TYPE or "$report_type" in d:
+            _fail("_report_type", f"expected {SUBTEST_TYPE!r} (and no $report_type)")
+        _context(d.get("_subtest.context"), "_subtest.context")
+        expected = (expected - {"$report_type"}) | SUBTEST_KEYS
+    missing = expected - set(d)
     if missing:
         _fail("report", f"missing {sorted(missing)}")
     for key, check in FIELDS.items():
@@ -167,7 +191,7 @@ def check_report(d: Any, nodeid: str, when: str) -> dict[str, Any]:
         _fail("nodeid", f"{d['nodeid'][:200]!r} is not this test")
     if d["when"] != when:
         _fail("when", f"expected the {when} phase")
-    return {k: v for k, v in d.items() if k in KNOWN or _extra_ok(k, v)}
+    return {k: v for k, v in d.items() if k in expected or k == "wasxfail" or _extra_ok(k, v)}
 
 
 def _no_constants(name: str) -> float:
@@ -194,13 +218,17 @@ def rebuild(config: Any, d: dict[str, Any]) -> pytest.TestReport:
         rep = config.hook.pytest_report_from_serializable(config=config, data=d)
         if not isinstance(rep, pytest.TestReport):
             _fail("report", "not rebuilt as a TestReport")
+        if is_subtest(d) != (type(rep).__name__ == "SubtestReport"):
+            _fail("report", "not rebuilt as the report type it claims")
+        if is_subtest(d):  # rebuilding repr()s the kwargs' reprs again: i='1' for i=1
+            object.__setattr__(rep.context, "kwargs", dict(d["_subtest.context"]["kwargs"]))
         rep.location = tuple(rep.location)
         if isinstance(rep.longrepr, list):
             rep.longrepr = tuple(rep.longrepr)
         rep.user_properties = [tuple(p) for p in rep.user_properties]
         rep.sections = [tuple(s) for s in rep.sections]
         rep.longreprtext  # noqa: B018 - renders the whole longrepr once
-        rep.head_line  # noqa: B018
+        rep.head_line  # noqa: B018 - a subtest's renders its context
     except InvalidReport:
         raise
     except Exception as e:  # noqa: BLE001 - whatever pytest chokes on is an invalid report

@@ -33,10 +33,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-    from sandbox._box import Box, Usage
+    from sandbox._box import Box
     from sandbox._box_files import Changes, Checkpoint
     from sandbox._box_proc import Process
-    from sandbox._boxlife import BoxError
+    from sandbox._boxlife import BoxError, Usage
     from sandbox._doctor import diagnose
     from sandbox._images import ImageError, ImageStore
     from sandbox._layers import LayerError
@@ -54,7 +54,7 @@ __all__ = ["ENV_ALLOWLIST", "Box", "BoxError", "CallError", "Changes", "Checkpoi
 _LAZY = {"Box": "sandbox._box", "Plan": "sandbox._plan", "Workspace": "sandbox._workspace", "BoxError": "sandbox._boxlife", "diagnose": "sandbox._doctor", "Changes": "sandbox._box_files",
          "Checkpoint": "sandbox._box_files", "Worker": "sandbox._worker_host",
          "WorkerError": "sandbox._worker_host", "CallError": "sandbox._worker_host",
-         "Usage": "sandbox._box", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor",
+         "Usage": "sandbox._boxlife", "Process": "sandbox._box_proc", "Supervisor": "sandbox._supervisor",
          "ImageStore": "sandbox._images", "ImageError": "sandbox._images", "LayerError": "sandbox._layers",
          "Network": "sandbox._network", "NetworkError": "sandbox._network"}
 

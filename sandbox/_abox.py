@@ -125,3 +125,7 @@ class AsyncBox:
     async def connect(self, port: int, timeout: float | None = 10.0) -> socket.socket:
         """``Box.connect``: a blocking socket (``trio.socket.from_stdlib_socket`` makes it trio's)."""
         return await self._call(self._box.connect, port, timeout)
+
+    async def url(self, port: int, scheme: str = "http") -> str:
+        """``Box.url``: ``http://127.0.0.1:N/`` relayed to the box's ``port``."""
+        return await self._call(self._box.url, port, scheme)

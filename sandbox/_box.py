@@ -22,9 +22,8 @@ import time
 from sandbox import _box_init, _fdpass, _statusline, _verdict  # noqa: F401 - _box_init: loaded before the clone (the box has no checkout)
 from sandbox._box_files import GET_MAX, BoxFiles, Changes, Checkpoint
 from sandbox._box_proc import Process, exec_limits
-from sandbox._boxlife import BoxError, BoxLife
+from sandbox._boxlife import BoxError, BoxLife, Usage
 from sandbox._config import ConfigError, SandboxConfig, command_argv, parse_duration
-from sandbox._record import field, record
 from sandbox._result import Result
 
 TYPE_CHECKING = False
@@ -37,21 +36,6 @@ if TYPE_CHECKING:
     from sandbox._network import Network
 
 READY_TIMEOUT = 30.0
-
-
-@record
-class Usage:
-    """The whole box over its life: every process it ever had, init included."""
-
-    cpu_time: float = 0.0
-    peak_memory: int | None = None
-    wall_time: float = 0.0
-    execs: int = 0
-    memory_exceeded: bool = False
-    cpu_exceeded: bool = False  # the box's CPU-time budget was spent: the box was killed
-    enforcement: dict[str, Any] = field(default_factory=dict)
-    fallback_reasons: dict[str, str] = field(default_factory=dict)  # as Result.fallback_reasons
-    egress: dict[str, Any] | None = None  # on a network: its attempts out (as Result.egress)
 
 
 class Box:
@@ -364,10 +348,18 @@ class Box:
 
     def connect(self, port: int, timeout: float | None = 10.0) -> socket.socket:
         """A TCP connection from here to ``port`` of this box on its network (no other way in)."""
+        return self._on_network().connect(self.address or "", port, timeout)
+
+    def url(self, port: int, scheme: str = "http") -> str:
+        """``http://127.0.0.1:N/`` for HTTP clients here: a loopback port of the host relayed
+        to ``connect(port)`` until the network closes (``sandbox._portrelay``)."""
+        return self._on_network().url(self.address or "", port, scheme)
+
+    def _on_network(self) -> Network:
         self._check_open()
         if self.network is None or self.address is None:
             raise BoxError("this box is on no network: Box(config, network=net, name=...)")
-        return self.network.connect(self.address, port, timeout)
+        return self.network
 
     # -------------------------------------------------------------------- files --
     def put(self, path: str, data: bytes | os.PathLike[str], *, mode: int = 0o644) -> None:

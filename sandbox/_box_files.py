@@ -226,6 +226,7 @@ class BoxFiles:
         out: dict[str, tuple] = {}
         truncated = False
         hidden: list[tuple[int, str, str]] = []  # opaque upper dirs over a lower dir
+        lowers_of: dict[str, list[int]] = {}
         places = [("newroot", ""), ("scratch/tmp", "/tmp"), ("scratch/shm", "/dev/shm")]
         places += [(f"scratch/up/{n}", dst) for n, (dst, _src) in self.uppers.items()]
         places += [(IMAGE_UPPER, "")] if f"{IMAGE_UPPER}#0" in self.lower_fds else []
@@ -247,11 +248,12 @@ class BoxFiles:
                     kind = ("dir" if stat.S_ISDIR(st.st_mode) else
                             "link" if stat.S_ISLNK(st.st_mode) else "file")
                     # the host lower, resolved beneath itself: never through a link in it
-                    in_lower = any(_safefs.exists_beneath(lower, sub) for lower in lowers)
+                    in_lower = _shown_by_lowers(lowers, sub)
                     ident = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) if kind != "dir" else 0
                     out[path] = (kind, ident, in_lower)
                     if kind == "dir" and in_lower and _opaque(fd, sub):
                         hidden += [(lower, sub, prefix) for lower in lowers]
+                        lowers_of[prefix] = lowers
             except OSError:  # a tree deeper than a path can name (ENAMETOOLONG), ...
                 truncated = True
             finally:
@@ -264,7 +266,8 @@ class BoxFiles:
                 continue
             try:
                 for name, _st in _safefs.walk_beneath(fd, max_entries=MAX_ENTRIES):
-                    out.setdefault(f"{prefix}/{sub}/{name}", ("whiteout",))
+                    if f"{prefix}/{sub}/{name}" not in out and _shown_by_lowers(lowers_of[prefix], f"{sub}/{name}"):
+                        out[f"{prefix}/{sub}/{name}"] = ("whiteout",)
             except OSError:
                 truncated = True
             finally:
@@ -273,6 +276,53 @@ class BoxFiles:
 
 
 IMAGE_UPPER = "scratch/up/root"  # an image box's root upper (_image_root), over its layers
+
+
+def _shown_by_lowers(lowers: list[int], sub: str) -> bool:
+    """Whether the overlay's lower layers (top first) show ``sub``, resolved as overlayfs does,
+    one component at a time: a layer's whiteout of it or of a parent, a file in place of a
+    parent, or an opaque parent (``user.overlay.opaque=y``) hides every layer below. So a path
+    a higher layer deleted and the box made again is created, not modified. Each name is opened
+    ``O_PATH`` beneath its layer: no link followed."""
+    stack, parts = list(lowers), sub.split("/")
+    opened: list[int] = []
+    try:
+        for depth, name in enumerate(parts):
+            below: list[int] = []
+            for d in stack:
+                try:
+                    h = sc.openat2(d, name, os.O_PATH | os.O_NOFOLLOW, _safefs.RESOLVE)
+                except OSError:
+                    continue
+                opened.append(h)
+                st = os.fstat(h)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 or (
+                        stat.S_ISREG(st.st_mode) and st.st_size == 0 and _xattr(h, X_WHITEOUT)):
+                    break  # a whiteout: gone from here down
+                if depth == len(parts) - 1:
+                    return True
+                if not stat.S_ISDIR(st.st_mode):
+                    break  # a file or link where a parent should be
+                below.append(h)
+                if _xattr(h, X_OPAQUE) == b"y":
+                    break
+            if not below:
+                return False
+            stack = below
+        return False
+    finally:
+        for h in opened:
+            os.close(h)
+
+
+def _xattr(path_fd: int, name: str) -> bytes:
+    try:  # (getxattr refuses an O_PATH fd itself; its /proc/self/fd name works, no link followed)
+        return os.getxattr(f"/proc/self/fd/{path_fd}", name)
+    except OSError:
+        return b""
+
+
+X_WHITEOUT, X_OPAQUE = "user.overlay.whiteout", "user.overlay.opaque"
 
 
 def _opaque(dir_fd: int, sub: str) -> bool:
@@ -284,9 +334,7 @@ def _opaque(dir_fd: int, sub: str) -> bool:
     except OSError:
         return False
     try:
-        return os.getxattr(f"/proc/self/fd/{h}", "user.overlay.opaque") == b"y"
-    except OSError:
-        return False
+        return _xattr(h, X_OPAQUE) == b"y"
     finally:
         os.close(h)
 

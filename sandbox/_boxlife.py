@@ -29,7 +29,7 @@ from sandbox import _spawn, _verdict
 from sandbox import _syscalls as sc
 from sandbox._boxcgroup import cgroup_enforced, cgroup_fallbacks, open_box_cgroup
 from sandbox._plan import prepare
-from sandbox._record import replace
+from sandbox._record import field, record, replace
 from sandbox._result import Result, Status
 
 TYPE_CHECKING = False  # no typing import at run time (CLI start)
@@ -40,6 +40,21 @@ if TYPE_CHECKING:
     from sandbox._config import SandboxConfig
     from sandbox._network import Network
     from sandbox._plan import Prepared, Target
+
+
+@record
+class Usage:
+    """The whole box over its life: every process it ever had, init included."""
+
+    cpu_time: float = 0.0
+    peak_memory: int | None = None
+    wall_time: float = 0.0
+    execs: int = 0
+    memory_exceeded: bool = False
+    cpu_exceeded: bool = False  # the box's CPU-time budget was spent: the box was killed
+    enforcement: dict[str, Any] = field(default_factory=dict)
+    fallback_reasons: dict[str, str] = field(default_factory=dict)  # as Result.fallback_reasons
+    egress: dict[str, Any] | None = None  # on a network: its attempts out (as Result.egress)
 
 
 class BoxError(Exception):

@@ -17,6 +17,7 @@ over a lower one as ``user.overlay.opaque=y`` (with ``userxattr``): those become
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import tarfile
@@ -27,16 +28,21 @@ from sandbox import _syscalls as sc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, BinaryIO
 
 UPPER = "scratch/up/root"
 
 
-def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int, top: str = UPPER) -> None:
+def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int, top: str = UPPER,
+               owner_of: Callable[[str], tuple[int, int]] | None = None) -> None:
     """Tar the tree ``top`` under the fd ``tmpfs`` (a box's upper, or a stored layer's ``fs``
-    for ``sandbox image export``), its whiteouts and opaque markers as OCI entries."""
+    for ``sandbox image export``), its whiteouts and opaque markers as OCI entries, each entry
+    owned by ``owner_of(path)`` (else 0:0: the tree's own owners are the unpacker's), a file's
+    further hard links as tar hard links to its first name."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         pending, count = [""], 0
+        links: dict[tuple[int, int], str] = {}
         while pending:
             rel = pending.pop()
             dfd = _safefs.open_beneath(tmpfs, f"{top}/{rel}".rstrip("/"), directory=True)
@@ -51,7 +57,14 @@ def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int, top: str = UPPER) ->
                     count += 1
                     if count > max_entries:
                         raise _images.ImageError(f"commit: more than {max_entries} entries in the box's writable layer")
-                    _add(tar, dfd, rel, entry.name, pending)
+                    ti, data = _add(tar, dfd, rel, entry.name, pending, links)
+                    if ti is not None:
+                        ti.uid, ti.gid = owner_of(ti.name) if owner_of else (0, 0)
+                        try:
+                            tar.addfile(ti, data)
+                        finally:
+                            if data is not None:
+                                data.f.close()
             finally:
                 os.close(dfd)
 
@@ -62,30 +75,72 @@ def _info(name: str, kind: bytes, mode: int, size: int = 0, mtime: float = 0) ->
     return ti
 
 
-def _add(tar: tarfile.TarFile, dfd: int, rel: str, name: str, pending: list[str]) -> None:
+def _add(tar: tarfile.TarFile, dfd: int, rel: str, name: str, pending: list[str],
+         links: dict[tuple[int, int], str]) -> tuple[tarfile.TarInfo | None, _Bounded | None]:
+    """The entry ``name`` of ``rel`` as a TarInfo and its data (whiteouts written here)."""
     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     path = rel + name
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # overlayfs's whiteout
         tar.addfile(_info(f"{rel}.wh.{name}", tarfile.REGTYPE, 0o644))
     elif stat.S_ISDIR(st.st_mode):
-        tar.addfile(_info(path, tarfile.DIRTYPE, mode, mtime=st.st_mtime))
         pending.append(path + "/")
+        return _info(path, tarfile.DIRTYPE, mode, mtime=st.st_mtime), None
     elif stat.S_ISLNK(st.st_mode):
         ti = _info(path, tarfile.SYMTYPE, 0o777, mtime=st.st_mtime)
         ti.linkname = os.readlink(name, dir_fd=dfd)
-        tar.addfile(ti)
+        return ti, None
     elif stat.S_ISREG(st.st_mode):
         fd = sc.openat2(dfd, name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, _safefs.RESOLVE)
-        with os.fdopen(fd, "rb") as f:
-            fst = os.fstat(f.fileno())
-            if not stat.S_ISREG(fst.st_mode):  # swapped since the stat: skipped
-                return
-            if _whiteout(f.fileno()):  # a stored layer's xattr whiteout (_layers)
-                tar.addfile(_info(f"{rel}.wh.{name}", tarfile.REGTYPE, 0o644))
-                return
-            tar.addfile(_info(path, tarfile.REGTYPE, mode, fst.st_size, fst.st_mtime), _Bounded(f, fst.st_size))
-    # FIFOs, sockets, other devices: not image content (and never opened)
+        f = os.fdopen(fd, "rb")
+        fst = os.fstat(f.fileno())
+        if not stat.S_ISREG(fst.st_mode):  # swapped since the stat: skipped
+            f.close()
+        elif _whiteout(f.fileno()):  # a stored layer's xattr whiteout (_layers)
+            f.close()
+            tar.addfile(_info(f"{rel}.wh.{name}", tarfile.REGTYPE, 0o644))
+        elif fst.st_nlink > 1 and (fst.st_dev, fst.st_ino) in links:  # a further name of a file
+            f.close()
+            ti = _info(path, tarfile.LNKTYPE, mode, mtime=fst.st_mtime)
+            ti.linkname = links[(fst.st_dev, fst.st_ino)]
+            return ti, None
+        else:
+            if fst.st_nlink > 1:
+                links[(fst.st_dev, fst.st_ino)] = path
+            return _info(path, tarfile.REGTYPE, mode, fst.st_size, fst.st_mtime), _Bounded(f, fst.st_size)
+    return None, None  # FIFOs, sockets, other devices: not image content (and never opened)
+
+
+def layer_owners(store: _images.ImageStore, diff_id: str) -> dict[str, tuple[int, int]]:
+    """The layer's entries not owned by 0:0 in its archive (``owners.json``, ``_images``)."""
+    try:
+        with open(os.path.join(os.path.dirname(store.layer_dir(diff_id)), "owners.json"), "rb") as f:
+            return {k: (int(v[0]), int(v[1])) for k, v in json.loads(f.read(64 << 20)).items()}
+    except FileNotFoundError:
+        return {}
+
+
+class _CommitOwners:
+    """For a commit: a path of the image's layers keeps its owner there (the topmost layer
+    that has it: the box's single-id map cannot chown, so a copy-up is still that owner's);
+    a path the box made is the box user's."""
+
+    def __init__(self, store: _images.ImageStore, layers: list[str], box_ids: tuple[int, int]) -> None:
+        self.store, self.top_first, self.box_ids = store, list(reversed(layers)), box_ids
+        self.fds = [os.open(store.layer_dir(d), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in self.top_first]
+        self.owners: dict[int, dict[str, tuple[int, int]]] = {}
+
+    def __call__(self, path: str) -> tuple[int, int]:
+        for i, fd in enumerate(self.fds):
+            if _safefs.exists_beneath(fd, path):
+                if i not in self.owners:
+                    self.owners[i] = layer_owners(self.store, self.top_first[i])
+                return self.owners[i].get(path, (0, 0))
+        return self.box_ids
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
 
 
 def _whiteout(fd: int) -> bool:
@@ -145,8 +200,12 @@ def commit(box: Any, name: str) -> str:
     box._check_open(turn=True)
     store = _images.ImageStore()
     base = store.get(box.config.image)
+    owners = _CommitOwners(store, base["layers"], (box.config.uid, box.config.gid))
     with tempfile.TemporaryFile() as spool:
-        _tar_upper(box._files.tmpfs, spool, store.limits["max_entries"])
+        try:
+            _tar_upper(box._files.tmpfs, spool, store.limits["max_entries"], owner_of=owners)
+        finally:
+            owners.close()
         spool.seek(0)
         h = hashlib.sha256()
         while chunk := spool.read(1 << 20):

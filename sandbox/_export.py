@@ -73,7 +73,9 @@ def export(store: _images.ImageStore, name: str, out: str) -> str:
                                os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
                     with tempfile.TemporaryFile(dir=outdir) as spool:
-                        _commit._tar_upper(root, spool, store.limits["max_entries"], top="fs")
+                        owners = _commit.layer_owners(store, diff_id)
+                        _commit._tar_upper(root, spool, store.limits["max_entries"], top="fs",
+                                           owner_of=lambda p, o=owners: o.get(p, (0, 0)))
                         digest, size = _digest_of(spool)
                         _add_blob(tar, digest, size, spool)
                 finally:

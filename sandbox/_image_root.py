@@ -72,11 +72,17 @@ def plan_layers(cfg: SandboxConfig) -> tuple:
     if not cfg.image:
         return ()
     from sandbox._config import ConfigError
+    from sandbox._image_flatten import lowers
     from sandbox._images import ImageStore
 
-    store, layers = ImageStore(), []
-    for diff_id in reversed(_record(cfg)["layers"]):
-        path = os.path.realpath(store.layer_dir(diff_id))
+    store, layers, chain = ImageStore(), [], list(reversed(_record(cfg)["layers"]))
+    try:
+        layer_dirs = lowers(store, chain)
+    except OSError as e:
+        raise ConfigError(f"image {cfg.image!r}: merging the bottom of its {len(chain)} layers "
+                          f"(this kernel's overlayfs has no lowerdir+): {e}") from None
+    for layer_dir in layer_dirs:
+        path = os.path.realpath(layer_dir)
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError as e:

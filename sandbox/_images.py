@@ -4,6 +4,7 @@
 
     layers/<hex>/fs          the unpacked tree of the layer whose diff_id is sha256:<hex>
     layers/<hex>/layer.json  {"diff_id", "size", "entries"}
+    layers/<hex>/owners.json {path: [uid, gid]} of entries not 0:0 in the archive
     images/<hex of name>.json {"name": "busybox:latest", "id": config digest, "config": {...},
                                "layers": [diff_id, ...] (bottom first)}
     tmp/                     extractions in progress (renamed into layers/ once verified)
@@ -272,7 +273,8 @@ class ImageStore:
                 plain = _layers.HashingReader(src, cap, rel)
                 fd = os.open(os.path.join(work, "fs"), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    size, entries = _layers.extract(plain, fd, **self.limits)
+                    owners: dict[str, tuple[int, int]] = {}
+                    size, entries = _layers.extract(plain, fd, **self.limits, owners=owners)
                 finally:
                     os.close(fd)
                 got = plain.finish()
@@ -283,6 +285,8 @@ class ImageStore:
                 raise ImageError(f"{arch.path}: layer blob {rel!r} has digest sha256:{raw.hash.hexdigest()}")
             with open(os.path.join(work, "layer.json"), "w") as f:
                 json.dump({"diff_id": diff_id, "size": size, "entries": entries}, f)
+            with open(os.path.join(work, "owners.json"), "w") as f:  # (_commit.layer_owners)
+                json.dump(owners, f)
             try:
                 os.rename(work, final)
                 work = ""
@@ -368,6 +372,9 @@ class ImageStore:
                     gone.append(d)
         finally:
             os.close(parent)
+        if gone:
+            from sandbox._image_flatten import remove_unused
+            remove_unused(self, gone)
         return gone
 
 

@@ -15,8 +15,9 @@ must name an earlier regular file of the same layer; no device node or FIFO; mod
 setuid/setgid; no xattr of the archive is written (so no file capability, and no
 ``user.overlay.*`` xattr that would steer the overlay: redirects, metacopy, whiteouts); sparse
 entries are refused; the total of file sizes, the number of entries and the uncompressed
-bytes read are capped. Owners are not kept: every file belongs to whoever unpacks it (an
-unprivileged user can give no other owner; in a box that is the box user).
+bytes read are capped. Owners are not applied: every file belongs to whoever unpacks it (an
+unprivileged user can give no other owner; in a box that is the box user); those other than
+0:0 are returned (``owners``) for the store to keep beside the tree, for export and commit.
 
 OCI whiteouts become overlayfs *xattr* whiteouts (Documentation/filesystems/overlayfs.rst,
 kernel >= 6.7): a ``.wh.NAME`` entry is an empty regular file NAME with ``user.overlay.whiteout``,
@@ -48,6 +49,7 @@ X_OPAQUE = "user.overlay.opaque"
 MAX_BYTES = 8 << 30      # file data of one layer
 MAX_ENTRIES = 500_000    # entries of one layer
 CHUNK = 1 << 20
+MAX_ID = (1 << 32) - 1   # (uid_t's -1 is "no id")
 
 
 class LayerError(ValueError):
@@ -132,6 +134,7 @@ class _Layer:
         self.files: set[str] = set()          # regular files made so far: hard-link targets
         self.dirs: dict[str, int] = {"": 0o755}  # directory → mode, applied at the end
         self.opaque: dict[str, str] = {}      # directory → "y" | "x"
+        self.owners: dict[str, tuple[int, int]] = {}  # entry → its (uid, gid) when not 0:0
 
     def parent(self, name: str, parts: list[str]) -> int:
         """An fd of the entry's parent directory, made (0700) where missing, every component
@@ -185,12 +188,16 @@ class _Layer:
         if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
             raise LayerError(name, f"unsupported entry type {m.type!r}")
         parts = check_name(name)
+        base, rel = (parts[-1], "/".join(parts)) if parts else ("", "")
+        if base != OPAQUE and not base.startswith(WHITEOUT):  # (kept for export; not applied)
+            self.owners.pop(rel, None)
+            if (m.uid or m.gid) and 0 <= m.uid < MAX_ID and 0 <= m.gid < MAX_ID:
+                self.owners[rel] = (m.uid, m.gid)
         if not parts:
             if m.isdir():
                 self.dirs[""] = m.mode & 0o1777
                 return
             raise LayerError(name, "names the layer's root")
-        base, rel = parts[-1], "/".join(parts)
         if m.size and (m.isreg() or m.islnk()):
             self.bytes += m.size
             if self.bytes > self.max_bytes:
@@ -281,10 +288,11 @@ class _Layer:
 
 
 def extract(stream: BinaryIO, root_fd: int, *, max_bytes: int = MAX_BYTES,
-            max_entries: int = MAX_ENTRIES) -> tuple[int, int]:
+            max_entries: int = MAX_ENTRIES, owners: dict[str, tuple[int, int]] | None = None) -> tuple[int, int]:
     """Unpack the uncompressed tar ``stream`` into the empty directory ``root_fd``: returns
     (bytes of file data, entries). Raises ``LayerError`` for the first bad entry; what was
-    written so far stays beneath ``root_fd`` (the caller removes it)."""
+    written so far stays beneath ``root_fd`` (the caller removes it). ``owners`` gets the
+    entries' owners other than 0:0, which the tree cannot hold (files are the unpacker's)."""
     layer = _Layer(root_fd, max_bytes, max_entries)
     try:
         tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - a stream, closed below
@@ -302,6 +310,8 @@ def extract(stream: BinaryIO, root_fd: int, *, max_bytes: int = MAX_BYTES,
     finally:
         tar.close()
     layer.finish()
+    if owners is not None:
+        owners.update(layer.owners)
     return layer.bytes, layer.entries
 
 

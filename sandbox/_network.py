@@ -59,6 +59,7 @@ class Network:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._sockets: list[int] = []
+        self._relays: dict[tuple[str, int], Any] = {}  # (address, port) → its PortRelay (url)
         self.subnet = self.address = ""
 
     def __enter__(self) -> Network:
@@ -99,6 +100,10 @@ class Network:
         """Kill every box still on the network, end the hub (its namespaces go with it)."""
         if self._sock is None:
             return
+        with self._lock:
+            relays, self._relays = list(self._relays.values()), {}
+        for relay in relays:
+            relay.close()
         with self._lock:
             for fd in self._sockets:
                 os.close(fd)
@@ -185,6 +190,27 @@ class Network:
             s.close()
             raise
         return s
+
+
+    def url(self, address: str, port: int, scheme: str = "http") -> str:
+        """``scheme://127.0.0.1:N/``: a loopback port of the host relayed to ``address:port``
+        on this network (``sandbox._portrelay``), open until the network closes."""
+        key = (address, port)
+        with self._lock:
+            relay = self._relays.get(key)
+        if relay is None:
+            from sandbox._portrelay import PortRelay
+
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+                raise ValueError(f"port {port!r} is not valid; use a number from 1 to 65535")
+            if self._sock is None or self.closed:
+                raise NetworkError("this network is closed")
+            relay = PortRelay(lambda: self.connect(address, port))
+            with self._lock:
+                relay, extra = self._relays.setdefault(key, relay), relay
+            if extra is not relay:
+                extra.close()
+        return f"{scheme}://127.0.0.1:{relay.port}/"
 
 
 def shaping(latency: float | str | None, loss: float | str | None) -> dict[str, int | float]:

@@ -143,3 +143,31 @@ def _write(path: str, files: dict[str, bytes], as_tar: bool) -> None:
         os.makedirs(os.path.dirname(os.path.join(path, name)) or path, exist_ok=True)
         with open(os.path.join(path, name), "wb") as f:
             f.write(data)
+
+
+def python_layer(python: str = "/usr/bin/python3") -> bytes:
+    """The host's CPython as an image layer: its binary, the shared libraries it links
+    (``ldd``), and the standard-library files an isolated ``python3 -I -S -c 'import json'``
+    loads (plus ``os.py``, the landmark its prefix search looks for), at their host paths."""
+    import subprocess
+
+    real = os.path.realpath(python)
+    mods = json.loads(subprocess.run(
+        [real, "-I", "-S", "-c", "import json, os, sys; print(json.dumps(sorted({m.__file__ for m in "
+         "list(sys.modules.values()) if getattr(m, '__file__', None)} | {os.__file__})))"],
+        capture_output=True, check=True, text=True).stdout)
+    libs = [w for line in subprocess.run(["ldd", real], capture_output=True, check=True, text=True).stdout.splitlines()
+            for w in line.split() if w.startswith("/")]
+    files = {real: real, **{p: os.path.realpath(p) for p in libs}, **{m: m for m in mods}}
+    es, dirs = [], set()
+    for path in sorted(files):
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                es.append(entry(d, "dir"))
+        with open(files[path], "rb") as f:
+            es.append(entry("/".join(parts), "file", f.read(), mode=0o755))
+    es.append(entry("usr/bin/python3", "symlink", link=os.path.basename(real)))
+    return layer(es)

@@ -49,3 +49,20 @@ def test_box_changes_sees_writes_to_an_image_root(image):
     assert ch.created == ["/mine", "/tmp/t"], ch
     if not ROOT_MODE:  # (as root the image's files are host root's: read-only to the box user)
         assert ch.modified == ["/new"] and ch.deleted == ["/opaque/new"], ch
+
+
+def test_box_changes_calls_a_path_a_layer_hid_and_the_box_made_again_created(image):
+    """The top layer whites out /gone and makes /opaque opaque over the base's /opaque/old: the
+    box sees neither, so writing them makes them (created), it does not change a layer's file.
+    Deleting /opaque/new (the top layer's) is a deletion; the hidden /opaque/old never was."""
+    if ROOT_MODE:
+        pytest.skip("as root the image's files are host root's: the box user cannot remove /opaque/new")
+    with sandbox.Box(sandbox.SandboxConfig(image=image)) as box:
+        r = box.exec(["sh", "-c", "rm -r /opaque; mkdir /opaque"])
+        assert r.status == "OK", r.stderr
+        assert box.changes() == sandbox.Changes(deleted=["/opaque/new"])
+        r = box.exec(["sh", "-c", "echo back > /gone; echo o > /opaque/old"])
+        assert r.status == "OK", r.stderr
+        ch = box.changes()
+    assert ch.created == ["/gone", "/opaque/old"], ch
+    assert ch.modified == [] and ch.deleted == ["/opaque/new"], ch

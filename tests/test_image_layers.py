@@ -1,7 +1,9 @@
 """Images of many layers: mount(2)'s option string is one page (~160 layers named
 ``/oldroot/proc/self/fd/N``), so a box's root of more layers is built with one overlayfs
 ``lowerdir+`` per layer (Linux >= 6.8); past overlayfs's own stack limit (500) the box does not
-start, with a line that says so."""
+start, with a line that says so. On a kernel without ``lowerdir+`` the bottom layers are merged
+into one (``sandbox/_image_flatten.py``): tested here by taking this kernel for one without it,
+so the merged layer is built, mounted and read by a real box."""
 
 from __future__ import annotations
 
@@ -17,11 +19,15 @@ from tests.image_build import base_layer, entry, layer, oci_layout
 
 
 def _many(n: int) -> list[bytes]:
-    """busybox, then ``n - 1`` layers each adding /stack/iNNN; the top one also replaces
-    /stack/i001 (a file of a layer far below) and whites out /stack/i002."""
+    """busybox, then ``n - 1`` layers each adding /stack/iNNN; the 4th also whites out
+    /stack/i003 and makes /opaque (the base's, with /opaque/old) opaque with /opaque/mid; the
+    top one replaces /stack/i001 (a file of a layer far below) and whites out /stack/i002."""
     layers = [base_layer()]
     for i in range(1, n):
         es = [entry("stack", "dir"), entry(f"stack/i{i:03}", "file", f"{i}\n".encode())]
+        if i == 4:  # (far down: in the merged part when the layers are merged)
+            es += [entry("stack/.wh.i003"), entry("opaque", "dir"), entry("opaque/.wh..wh..opq"),
+                   entry("opaque/mid", "file", b"mid\n")]
         if i == n - 1:
             es += [entry("stack/i001", "file", b"top\n"), entry("stack/.wh.i002")]
         layers.append(layer(es))
@@ -45,9 +51,9 @@ def _import(top: str, n: int, ref: str) -> None:
 
 def test_a_box_on_an_image_of_300_layers_sees_every_layer_in_order(store_dir):
     _import(store_dir, 300, "test/many:300")
-    r = sandbox.run_sync(["sh", "-c", "ls /stack | wc -l; cat /stack/i001 /stack/i299; ls /stack/i002"],
+    r = sandbox.run_sync(["sh", "-c", "ls /stack | wc -l; cat /stack/i001 /stack/i299; ls /opaque; ls /stack/i002"],
                          sandbox.SandboxConfig(image="test/many:300"))
-    assert r.stdout.decode().split() == ["298", "top", "299"], (r.status, r.stdout, r.stderr)
+    assert r.stdout.decode().split() == ["297", "top", "299", "mid"], (r.status, r.stdout, r.stderr)
     assert r.status == "RE"  # ls of the whited-out /stack/i002: gone
 
 
@@ -55,3 +61,31 @@ def test_more_layers_than_overlayfs_stacks_is_a_clear_error(store_dir):
     _import(store_dir, 501, "test/many:501")
     r = sandbox.run_sync(["true"], sandbox.SandboxConfig(image="test/many:501"))
     assert r.status == "XX" and "501 layers" in str(r.error) and "at most 500" in str(r.error), r.error
+
+
+def _lowers_in_box(image: str) -> int:
+    r = sandbox.run_sync(["cat", "/proc/self/mountinfo"], sandbox.SandboxConfig(image=image))
+    root = [ln for ln in r.stdout.decode().splitlines() if ln.split()[4] == "/"]
+    assert r.status == "OK" and len(root) == 1, (r.status, r.stdout, r.stderr)
+    opts = root[0].split(" - ", 1)[1].split()[2].split(",")
+    return sum(o.startswith("lowerdir+=") for o in opts) or next(
+        o.count(":") + 1 for o in opts if o.startswith("lowerdir="))
+
+
+def test_without_lowerdir_plus_the_bottom_layers_are_merged_into_one(store_dir, monkeypatch):
+    from sandbox import _image_flatten
+
+    monkeypatch.setattr(_image_flatten, "lowerdir_plus", lambda: False)
+    _import(store_dir, 300, "test/many:300")
+    store = sandbox.ImageStore()
+    flats = lambda: sorted(n for n in os.listdir(os.path.join(store.root, "layers")) if n.startswith("flat-"))  # noqa: E731
+    for _ in range(2):  # the second box reuses the merged layer
+        r = sandbox.run_sync(["sh", "-c", "ls /stack | wc -l; cat /stack/i001 /stack/i005 /stack/i299; "
+                              "ls /bin/busybox /etc/os-release /opaque; ls /stack/i003 || ls /stack/i002"],
+                             sandbox.SandboxConfig(image="test/many:300"))
+        assert r.stdout.decode().split() == ["297", "top", "5", "299", "/bin/busybox", "/etc/os-release",
+                                             "/opaque:", "mid"], (r.status, r.stdout, r.stderr)
+        assert r.status == "RE"  # the whiteouts of /stack/i003 (merged) and /stack/i002 (above)
+        assert len(flats()) == 1
+    assert _lowers_in_box("test/many:300") == _image_flatten.MAX_LOWERS
+    assert store.remove("test/many:300") and flats() == []

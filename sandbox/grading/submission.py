@@ -35,6 +35,10 @@ from sandbox import (
 )
 from sandbox.grading.interact import Interaction, run_interactive
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sandbox.grading.serve import Server
+
 BOX_DIR = "/submission"
 SEVERITY = {s: i for i, s in enumerate(["OK", "CE", "RE", "SG", "OL", "ML", "TO", "XX"])}
 PER_EXEC = ("wall_time", "cpu_time", "output_limit")  # what a run() may set for itself
@@ -133,6 +137,7 @@ class Submission:
         self.raised: list[str] = []  # type names of the student's exceptions that failed the test
         self.outputs: list[dict[str, Any]] = []  # what run()'s programs printed (bounded)
         self.compiled = True  # False: this test's build failed (its worst verdict is CE)
+        self._servers: list[Server] = []
 
     @property
     def path(self) -> str:
@@ -157,15 +162,18 @@ class Submission:
         if held is None:
             # Box-wide: memory, pids, tmpfs. Per test: the wall time (deadlines) and the CPU
             # time (each fork of the worker starts its RLIMIT_CPU anew).
-            box_limits = {k: v for k, v in self.limits.items() if k not in PER_EXEC}
-            held = _Held(SandboxConfig(limits=Limits.parse(**box_limits), cwd=BOX_DIR, image=self.image,
-                                       mounts=[MountSpec("overlay", BOX_DIR, self._path)]))
+            held = _Held(self._config())
         _held[self._path] = held
         held.users += 1
         self._held = held
         self._since = held.box.checkpoint()
         held.box.cpu_budget(self._lim.cpu_time)  # this test's, for all the box's processes
         return held
+
+    def _config(self) -> SandboxConfig:
+        box_limits = {k: v for k, v in self.limits.items() if k not in PER_EXEC}
+        return SandboxConfig(limits=Limits.parse(**box_limits), cwd=BOX_DIR, image=self.image,
+                             mounts=[MountSpec("overlay", BOX_DIR, self._path)])
 
     def _worker(self) -> Worker:
         held = self._box()
@@ -265,6 +273,27 @@ class Submission:
                                  "stderr": _tail(res.submission.stderr, res.submission.stderr_truncated)})
         return res
 
+    def serve(self, argv: Sequence[str], *, port: int, ready_timeout: float = 10.0, **limits: Any) -> Server:
+        """Start the student's server ``argv`` in a box and network of its own (the submission's
+        files as submitted, at /submission) and wait until it accepts on ``port``: a ``Server``
+        with ``url`` (``http://127.0.0.1:N/``), ``connect()`` and ``stop()``, stopped when the
+        test ends. Its crash counts in the verdict; see ``sandbox.grading.serve``."""
+        from sandbox.grading.serve import Server, ServerError  # (only a server test pays for it)
+
+        bad = sorted(set(limits) - set(PER_EXEC))
+        if bad:
+            raise TypeError(f"serve(): {', '.join(bad)} cannot be set per program; valid: {', '.join(PER_EXEC)}")
+        self.touched = True
+        lim = {k: getattr(self._lim, k) for k in PER_EXEC if getattr(self._lim, k) is not None}
+        try:
+            server = Server(self._config(), argv, port, ready_timeout, {**lim, **limits})
+        except ServerError as e:
+            if e.result is not None:
+                self.results.append(e.result)
+            raise SubmissionError(f"submission {self.name}: {e}", "ServerError") from None
+        self._servers.append(server)
+        return server
+
     def changes(self) -> Changes:
         """Files this test created/modified/deleted in /submission so far (relative paths)."""
         ch = Changes()
@@ -279,6 +308,11 @@ class Submission:
         return ch
 
     def close(self) -> None:
+        for server in self._servers:
+            ended = server.stop()
+            if ended is not None:
+                self.results.append(ended)
+        self._servers.clear()
         held, self._held = self._held, None
         if held is not None:
             held.users -= 1

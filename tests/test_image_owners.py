@@ -1,0 +1,76 @@
+"""What an image's layers keep that the store's trees cannot: owners other than 0:0 (an
+unprivileged unpacker owns every file it makes, so they are recorded beside the tree at import)
+and hard links. ``sandbox image export`` and ``Box.commit`` write them back: the archive's
+owners, a copied-up file its layer's owner, a file the box made the box user's, and a file's
+further names as tar hard links (not copies)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+import sandbox
+from sandbox._config import DEFAULT_GID, DEFAULT_UID
+from tests.conftest import ROOT_MODE
+from tests.image_build import base_layer, entry, layer, oci_layout
+
+
+def _owned(name: str, kind: str, uid: int, data: bytes = b"", link: str = "") -> tuple[tarfile.TarInfo, bytes]:
+    ti, d = entry(name, kind, data, link=link)
+    ti.uid = ti.gid = uid
+    return ti, d
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    os.chmod(tmp_path, 0o711)  # root mode: init is another uid and must walk to the store
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "store"))
+    top = layer([entry("home", "dir"), _owned("home/app", "dir", 1234), _owned("home/app/data", "file", 1234, b"d\n"),
+                 entry("tool", "file", b"#!\n"), entry("tool2", "hardlink", link="tool")])
+    st = sandbox.ImageStore()
+    st.import_archive(oci_layout(str(tmp_path / "oci"), [base_layer(), top], Env=["PATH=/bin"]))
+    return st
+
+
+def _layers_of(archive: str) -> list[dict[str, tarfile.TarInfo]]:
+    """The exported archive's layers, each as name → member (parsed only, nothing unpacked)."""
+    with tarfile.open(archive) as t:
+        blob = lambda digest: t.extractfile(f"blobs/sha256/{digest[7:]}").read()  # noqa: E731
+        index = json.loads(t.extractfile("index.json").read())
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        out = []
+        for desc in manifest["layers"]:
+            with tarfile.open(fileobj=io.BytesIO(blob(desc["digest"]))) as lt:
+                out.append({m.name: m for m in lt})
+        return out
+
+
+def test_export_keeps_the_archives_owners_and_hard_links(store, tmp_path):
+    store.export("test/busybox:1", str(tmp_path / "out.tar"))
+    top = _layers_of(str(tmp_path / "out.tar"))[1]
+    assert (top["home/app"].uid, top["home/app"].gid) == (1234, 1234)
+    assert (top["home/app/data"].uid, top["home/app/data"].gid) == (1234, 1234)
+    assert top["home"].uid == top["tool"].uid == 0
+    assert top["tool2"].islnk() and top["tool2"].linkname == "tool", top["tool2"].type
+    assert store.import_archive(str(tmp_path / "out.tar"), "test/again:1") == ["test/again:1"]
+    store.export("test/again:1", str(tmp_path / "again.tar"))
+    again = _layers_of(str(tmp_path / "again.tar"))[1]
+    assert again["home/app/data"].uid == 1234 and again["tool2"].islnk()
+
+
+def test_commit_gives_made_files_the_box_user_and_keeps_a_copied_up_files_owner(store, tmp_path):
+    if ROOT_MODE:
+        pytest.skip("as root the image's files are host root's: the box user cannot write /home/app/data")
+    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
+        r = box.exec(["sh", "-c", "echo more >> /home/app/data; echo m > /mine; ln /mine /mine2"])
+        assert r.status == "OK", r.stderr
+        box.commit("test/made:1")
+    store.export("test/made:1", str(tmp_path / "made.tar"))
+    top = _layers_of(str(tmp_path / "made.tar"))[2]
+    assert (top["home/app/data"].uid, top["home/app/data"].gid) == (1234, 1234)
+    assert (top["mine"].uid, top["mine"].gid) == (DEFAULT_UID, DEFAULT_GID)
+    assert top["mine2"].islnk() and top["mine2"].linkname == "mine"
