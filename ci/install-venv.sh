@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-/usr/bin/python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev,cluster]'
 # setuptools is only a build dependency (pip builds in an isolated environment); left in the
 # venv, its distutils-precedence.pth runs on every Python start (~0.7 ms of the CLI's).
 .venv/bin/pip uninstall -q -y setuptools >/dev/null 2>&1 || true

@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--file-name", metavar="NAME", help="a single-file submission's name in its box, "
                    "e.g. solution.py for the tests' import_module('solution') (default: its own)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--scheduler", default=os.environ.get("SANDBOX_SCHEDULER") or None,
+                   metavar="local:N|tcp://HOST:PORT",
+                   help="grade over a Dask cluster, one task per submission (instead of -j; "
+                        "default: $SANDBOX_SCHEDULER, else the local pool)")
     return p
 
 
@@ -91,6 +95,10 @@ def _check(a: argparse.Namespace) -> list[tuple[str, str]]:
         if v is not None and not v > 0:
             raise ValueError(f"{opt} {v:g}: must be a positive number of seconds")
     Limits.parse(memory=a.memory, wall_time=a.wall_time)  # ConfigError: "--memory: ..."
+    if a.scheduler is not None:
+        from sandbox.grading.cluster import check
+
+        check(a.scheduler, a.image)
     if a.image is not None:  # an unknown image: ConfigError, one line, before any box
         from sandbox import SandboxConfig
 
@@ -235,7 +243,11 @@ def _grade(a: argparse.Namespace, subs: list[tuple[str, str]]) -> int:
             prog = Progress(len(subs), len(rows), enabled=not a.no_progress)
             sink = _Sink(journal, keys, rows, prog)
             with prog:
-                if todo:
+                if todo and a.scheduler is not None:
+                    from sandbox.grading import cluster
+
+                    why = cluster.run(todo, a, tmp, sink)
+                elif todo:
                     why = runner.run(todo, a, tmp, sink)
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the results are written, whatever comes
