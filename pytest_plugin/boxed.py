@@ -269,8 +269,8 @@ def teardown_in_parent(item: pytest.Item, nextitem: pytest.Item | None,
     (pytest would have done it in this test's teardown). A failure there fails our teardown."""
     from _pytest.runner import CallInfo
 
-    if not item.session._setupstate.stack:
-        return
+    if not item.session._setupstate.stack or not reports:  # none: pytest.exit() before the
+        return  # first report; the session is ending, and its own finish tears everything down
     capman = item.config.pluginmanager.getplugin("capturemanager")
     if capman is not None:
         capman.resume_global_capture()

@@ -1,0 +1,116 @@
+"""The host's replay of a box's reports, attacked from inside real boxes (run as the
+unprivileged user): a report sequence that passes validation must not crash the host's
+terminal or JUnit writer, ``pytest.exit()`` before the first report must stop the session
+cleanly, and a channel of tiny JSON values must not cost the host many times its size."""
+
+from __future__ import annotations
+
+import pytest
+from test_plugin_subtests import SUB
+from test_plugin_trust import FORGE
+
+pytest_plugins = ["pytester", "test_plugin_support"]
+
+
+def test_exit_before_the_first_report_stops_the_session(run):
+    """pytest.exit() in a fixture's setup: no report at all, and an earlier unboxed test left
+    the module set up on the host (the replay then tears it down with no report to attach to)."""
+    src = """
+        import pytest
+
+        def test_plain_first():
+            pass
+
+        @pytest.fixture
+        def stop():
+            pytest.exit("stopping in setup", returncode=3)
+
+        @pytest.mark.sandboxed
+        def test_exits(stop):
+            pass
+
+        def test_never_runs():
+            pass
+        """
+    r = run(src, "-rA")
+    assert "INTERNALERROR" not in r.stdout.str() and "Traceback" not in r.stderr.str()
+    assert r.ret == 3
+    r.stdout.fnmatch_lines(["*Exit: stopping in setup*"])
+    assert "test_never_runs" not in r.stdout.str()
+
+
+SKIPS = {
+    "main_none": 'report("setup", "skipped") + report("teardown")',
+    "main_text": 'report("setup", "skipped", longrepr="why") + report("teardown")',
+    "sub_none": 'report("setup") + sub("skipped") + report("call") + report("teardown")',
+    "sub_traceback": 'report("setup") + sub("skipped", longrepr=TB) + report("call") + report("teardown")',
+}
+TB = {"reprcrash": None, "sections": [], "chain": None,
+      "reprtraceback": {"reprentries": [], "extraline": None, "style": "long"}}
+
+
+@pytest.mark.parametrize("args", [("-rA",), ("-v", "-rs", "--junitxml=out.xml")])
+def test_a_skip_without_its_location_is_invalid(run, args):
+    """pytest's terminal summary and JUnit writer assert that a skip's longrepr is (path,
+    lineno, reason): anything else crashed the host at the end of the run."""
+    cases = "\n".join(f"        {k!r}: lambda: {v}," for k, v in SKIPS.items())
+    r = run(FORGE + SUB + f'''
+    NODE = "test_it.py::test_x"
+    TB = {TB!r}
+
+    @pytest.mark.sandboxed
+    @pytest.mark.parametrize("kind", {sorted(SKIPS)!r})
+    def test_x(kind, request):
+        global NODE
+        NODE = request.node.nodeid
+        forge({{
+{cases}
+        }}[kind]())
+    ''', *args)
+    assert "INTERNALERROR" not in r.stdout.str() and "Traceback" not in r.stderr.str()
+    r.assert_outcomes(failed=len(SKIPS))
+    for kind in SKIPS:
+        r.stdout.fnmatch_lines([f"*test_x[[]{kind}[]]*", "*sandbox: test process sent an invalid report (*)*"])
+
+
+def test_a_skip_made_by_pytest_is_accepted(run):
+    """The shapes pytest itself makes for skips and xfails, in a box, pass the stricter check."""
+    src = """
+        import pytest
+
+        @pytest.mark.skip(reason="marked")
+        def test_marked():
+            pass
+
+        def test_inline():
+            pytest.skip("inline")
+
+        @pytest.mark.xfail(reason="known")
+        def test_xfail():
+            assert 0
+
+        def test_sub(subtests):
+            with subtests.test("s"):
+                pytest.skip("in a subtest")
+            with subtests.test("x"):
+                pytest.xfail("xfail in a subtest")
+        """
+    plain = run(src, "-v", "-rA")
+    r = run(src, "-v", "-rA", "--sandbox-all", "--junitxml=out.xml")
+    assert "invalid report" not in r.stdout.str() and "INTERNALERROR" not in r.stdout.str()
+    assert r.parseoutcomes() == plain.parseoutcomes() == {"passed": 1, "skipped": 3, "xfailed": 2}
+    r.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_it.py:*: marked", "SKIPPED [[]1[]] test_it.py:*: inline"])
+
+
+def test_many_tiny_values_are_refused_before_parsing(run):
+    """``[{},{},...]`` is 3 bytes a value on the channel and some 60 in the host's memory: the
+    host counts the values before parsing and refuses a channel with too many."""
+    r = run(FORGE + '''
+    NODE = "test_it.py::test_x"
+
+    @pytest.mark.sandboxed
+    def test_x():
+        forge(report("setup") + b'{"$warnings": [' + b'{},' * (8 << 20) + b'{}]}\\n')
+    ''', "-rf")
+    assert "INTERNALERROR" not in r.stdout.str()
+    r.stdout.fnmatch_lines(["*sandbox: test process sent an invalid report (more than * JSON values)*"])
