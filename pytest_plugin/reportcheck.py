@@ -191,6 +191,9 @@ def check_report(d: Any, nodeid: str, when: str) -> dict[str, Any]:
         _fail("nodeid", f"{d['nodeid'][:200]!r} is not this test")
     if d["when"] != when:
         _fail("when", f"expected the {when} phase")
+    if d["outcome"] == "skipped" and "wasxfail" not in d and not isinstance(d["longrepr"], list):
+        # pytest's skip summary and JUnit writer assert this shape: anything else crashed the host
+        _fail("longrepr", "a skip's is [path, lineno, reason]")
     return {k: v for k, v in d.items() if k in expected or k == "wasxfail" or _extra_ok(k, v)}
 
 
