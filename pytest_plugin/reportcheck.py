@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import keyword
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 MAX_CHANNEL = 32 * 1024 * 1024  # bytes read from the box's report channel, at most
 MAX_ITEMS = 100_000  # entries in any one list (traceback lines, sections, keywords)
+MAX_VALUES = 2_000_000  # JSON values and keys on the channel, at most (see _values)
 STYLES = ("long", "short", "line", "no", "native", "value", "auto")
 PHASES = ("setup", "call", "teardown")
 KNOWN = {"nodeid", "location", "keywords", "outcome", "longrepr", "when", "user_properties",
@@ -201,10 +203,36 @@ def _no_constants(name: str) -> float:
     raise InvalidReport(f"{name} is not valid in a report")
 
 
+# one match: a run of strings and other non-structural bytes (possessive: no backtracking), then
+# the structural byte that ends it (an unpaired quote, or the end of the data)
+_VALUE = re.compile(rb'(?:[^,:\[{\n"]++|"[^"]*+")*+(?:[,:\[{\n"]|\Z)')
+
+
+def _values(data: bytes) -> int:
+    """An upper bound on the values and keys the channel's JSON would parse into, counted
+    before parsing (up to just over MAX_VALUES): ``[{},{},...]`` is 3 bytes a value on the
+    channel but some 60 bytes of Python objects, so the size cap alone let 32 MiB of channel
+    cost the host most of a GiB. Every value or key follows a ``,``, ``:``, ``[``, ``{`` or
+    (a line's first) a newline. The raw count of those bytes also counts the ones inside
+    strings; a channel over the limit is counted again outside its strings (escaped
+    backslashes and quotes removed first: in JSON that parses, the quotes left delimit its
+    strings). Linear in the data, in C but for one step per value counted."""
+    n = sum(data.count(b) for b in (b",", b":", b"[", b"{", b"\n")) + 1
+    if n <= MAX_VALUES:
+        return n
+    n = 0
+    for n, _ in enumerate(_VALUE.finditer(data.replace(b"\\\\", b"").replace(b'\\"', b"")), 1):
+        if n > MAX_VALUES:
+            break
+    return n
+
+
 def parse_lines(data: bytes) -> list[Any]:
     """The channel holds one JSON value per line; parse them (no NaN/Infinity)."""
     if len(data) > MAX_CHANNEL:
         raise InvalidReport(f"more than {MAX_CHANNEL >> 20} MiB")
+    if _values(data) > MAX_VALUES:
+        raise InvalidReport(f"more than {MAX_VALUES} JSON values")
     out = []
     for line in data.split(b"\n"):
         if line.strip():

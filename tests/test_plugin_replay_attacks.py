@@ -114,3 +114,20 @@ def test_many_tiny_values_are_refused_before_parsing(run):
     ''', "-rf")
     assert "INTERNALERROR" not in r.stdout.str()
     r.stdout.fnmatch_lines(["*sandbox: test process sent an invalid report (more than * JSON values)*"])
+
+
+def test_commas_inside_strings_are_not_values(run):
+    """Output full of commas (in the call and the teardown report's sections, 4 Mi of them)
+    is over the raw count but not a value each: counted again without its strings, it passes."""
+    r = run('''
+    import sys
+    import pytest
+
+    @pytest.mark.sandboxed
+    def test_csv():
+        print("," * (1 << 20))
+        sys.stderr.write("," * (1 << 20))
+        assert 1 == 2
+    ''', "-rf")
+    assert "invalid report" not in r.stdout.str()
+    r.stdout.fnmatch_lines(["FAILED test_it.py::test_csv - assert 1 == 2"])
