@@ -171,8 +171,10 @@ def is_subtest(d: Any) -> bool:
     return isinstance(d, dict) and "_report_type" in d
 
 
-def check_report(d: Any, nodeid: str, when: str) -> dict[str, Any]:
-    """Validate one serialized report; returns the dict with unsafe extras dropped. A subtest
+def check_report(d: Any, nodeid: str, location: tuple[str, int | None, str], when: str) -> dict[str, Any]:
+    """Validate one serialized report of the test at ``nodeid`` and ``location`` (the failure
+    header, ``-v``'s line and JUnit's file and line are the location's, so a box could name
+    another test there); returns the dict with unsafe extras dropped. A subtest
     report (``is_subtest``) has exactly the shape pytest's subtests plugin gives it: a "call"
     report without ``$report_type``, marked ``_report_type: SubTestReport``, with a context."""
     if not isinstance(d, dict):
@@ -191,6 +193,8 @@ def check_report(d: Any, nodeid: str, when: str) -> dict[str, Any]:
             check(d[key], key)
     if d["nodeid"] != nodeid:
         _fail("nodeid", f"{d['nodeid'][:200]!r} is not this test")
+    if d["location"] != list(location):
+        _fail("location", f"{str(d['location'])[:200]} is not this test's")
     if d["when"] != when:
         _fail("when", f"expected the {when} phase")
     if d["outcome"] == "skipped" and "wasxfail" not in d and not isinstance(d["longrepr"], list):

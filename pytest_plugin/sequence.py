@@ -3,7 +3,7 @@
 A test's protocol makes a setup report, a call report if setup passed, and a teardown report.
 Subtests (pytest's ``subtests`` fixture, ``unittest.TestCase.subTest``) add "call" reports of
 their own while a phase runs; they are accepted only as pytest's subtests plugin makes them
-(``reportcheck.check_report``), for this test's nodeid, before its teardown report, and at most
+(``reportcheck.check_report``), for this test's nodeid and location, before its teardown report, and at most
 ``MAX_SUBTESTS`` of them. Anything else is an ``InvalidReport``.
 """
 
@@ -63,11 +63,11 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
             subtests += 1
             if subtests > rc.MAX_SUBTESTS:
                 raise InvalidReport(f"more than {rc.MAX_SUBTESTS} subtest reports")
-            d = rc.check_report(msg, item.nodeid, "call")
+            d = rc.check_report(msg, item.nodeid, item.location, "call")
         elif not isinstance(msg, dict) or msg.get("when") not in allowed:
             raise InvalidReport(f"expected a report for {' or '.join(allowed) or 'nothing more'}")
         else:
-            d = rc.check_report(msg, item.nodeid, msg["when"])
+            d = rc.check_report(msg, item.nodeid, item.location, msg["when"])
         out.reports.append(rc.rebuild(item.config, d))
 
 

@@ -73,6 +73,22 @@ def test_a_skip_without_its_location_is_invalid(run, args):
         r.stdout.fnmatch_lines([f"*test_x[[]{kind}[]]*", "*sandbox: test process sent an invalid report (*)*"])
 
 
+def test_a_report_naming_another_tests_location_is_invalid(run):
+    """The failure header (``____ test_other ____``), ``-v``'s line and JUnit's file and line
+    come from the report's location: it must be this test's own."""
+    r = run(FORGE + """
+    NODE = "test_it.py::test_x"
+
+    @pytest.mark.sandboxed
+    def test_x():
+        forge(report("setup") + report("call", "failed", longrepr="boom",
+                                       location=["test_it.py", 1, "test_other"]) + report("teardown"))
+    """, "-rf")
+    r.assert_outcomes(failed=1)
+    r.stdout.fnmatch_lines(["_* test_x _*", "*sandbox: test process sent an invalid report (location: *)"])
+    assert not [x for x in r.stdout.lines if x.startswith("_") and "test_other" in x]
+
+
 def test_a_skip_made_by_pytest_is_accepted(run):
     """The shapes pytest itself makes for skips and xfails, in a box, pass the stricter check."""
     src = """
