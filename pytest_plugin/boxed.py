@@ -201,10 +201,10 @@ def run_item(item: pytest.Item, cfg: SandboxConfig, timeout: float | None = None
     if result.status != Status.OK:
         lines = stack_text.splitlines()
         escaped = [x[len(ESCAPED):] for x in lines if x.startswith(ESCAPED)]
-        fired = [x[len(boxtimeout.FIRED):] for x in lines if x.startswith(boxtimeout.FIRED)]
+        fired = boxtimeout.FIRED in lines
         stack_text = "\n".join(x for x in lines if not x.startswith((ESCAPED, boxtimeout.FIRED)))
         text = "sandbox: " + _reason(result, cfg.limits, escaped[-1] if escaped else "")
-        text = boxtimeout.explain(text, result, cfg.limits, timeout, fired)
+        text = boxtimeout.explain(item, text, result, cfg.limits, timeout, fired)
         if stack_text.strip():
             text += "\n\nPython stack of the test process (written inside the box):\n" + _trim_stack(stack_text)
         complete(item, out.reports, text, sections=unfinished,
