@@ -28,13 +28,12 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxrun, boxstate, boxtee, boxtimeout, reportcheck, sequence
+from pytest_plugin import boxrun, boxstate, boxtee, boxtimeout, boxwarnings, reportcheck, sequence
 from pytest_plugin.reportcheck import InvalidReport
 from sandbox import Limits, Result, SandboxConfig, Status
 
 SECTION_MAX = 1 << 20  # captured output kept per section (head and tail), inside the box
 STACK_MAX = 64 * 1024
-MAX_WARNINGS = sequence.MAX_WARNINGS
 ESCAPED = "sandbox: escaped the test: "  # a line in the stack memfd, see _escaped
 CHANNEL: int | None = None  # set inside a box only: where the report hook sends reports
 
@@ -150,9 +149,7 @@ def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
             raise
     faulthandler.cancel_dump_traceback_later()
     if log:
-        _send({"$warnings": [{"message": str(w.message)[:4096], "category": w.category.__name__,
-                              "filename": str(w.filename), "lineno": int(w.lineno or 0)}
-                             for w in log[:MAX_WARNINGS]]})
+        _send(boxwarnings.to_json(log))
 
 
 def _escaped(fd: int, e: BaseException) -> None:
@@ -287,22 +284,6 @@ def teardown_in_parent(item: pytest.Item, nextitem: pytest.Item | None,
         rep.user_properties = list(last.user_properties)
         reports[-1] = last = rep
     last.sections.extend((f"Captured {n} teardown", t) for n, t in captured)
-
-
-def reemit_warnings(item: pytest.Item, found: list[dict[str, Any]]) -> None:
-    """Warnings the test raised inside the box, shown in pytest's warnings summary."""
-    import builtins
-
-    for w in found:
-        cat = getattr(builtins, w["category"], None)
-        if not (isinstance(cat, type) and issubclass(cat, Warning)):
-            cat = getattr(pytest, w["category"], None)
-        if not (isinstance(cat, type) and issubclass(cat, Warning)):
-            cat, w["message"] = UserWarning, f"{w['category']}: {w['message']}"
-        try:
-            warnings.warn_explicit(w["message"], cat, w["filename"], w["lineno"])
-        except Warning:  # an "error" filter: inside the box it would already have failed the test
-            pass
 
 
 def _reason(result: Result, lim: Limits, escaped: str = "") -> str:

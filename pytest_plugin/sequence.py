@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
+from pytest_plugin import boxwarnings
 from pytest_plugin import reportcheck as rc
 from pytest_plugin.reportcheck import InvalidReport
-
-MAX_WARNINGS = 100
 
 
 def is_subtest(rep: Any) -> bool:
@@ -36,9 +35,8 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
         if ended:
             raise InvalidReport("data after the end of the test")
         if isinstance(msg, dict) and "$warnings" in msg:
-            rc.obj({"$warnings": rc.list_of(rc.obj({"message": rc.STR, "category": rc.STR,
-                                                     "filename": rc.STR, "lineno": rc.INT}))})(msg, "warnings")
-            out.warnings, ended = msg["$warnings"][:MAX_WARNINGS], True
+            boxwarnings.CHECK(msg, "warnings")
+            out.warnings, ended = msg["$warnings"][:boxwarnings.MAX_WARNINGS], True
             continue
         if out.exit_request is not None:
             raise InvalidReport("a report after pytest.exit()")

@@ -147,3 +147,28 @@ def test_commas_inside_strings_are_not_values(run):
     ''', "-rf")
     assert "invalid report" not in r.stdout.str()
     r.stdout.fnmatch_lines(["FAILED test_it.py::test_csv - assert 1 == 2"])
+
+
+def test_a_warning_cannot_make_the_host_read_its_files(run, tmp_path_factory):
+    """The host's warnings summary shows a warning's source line: read on the host, from the
+    file the box named, that was any file the host user can read (a secret the box cannot see
+    printed into the CI log; /dev/zero or a FIFO: the host reading forever)."""
+    secret = tmp_path_factory.mktemp("hostonly") / "secret.txt"
+    secret.write_text("the host's secret\n")
+    r = run(FORGE + f'''
+    NODE = "test_it.py::test_x"
+    SECRET = {str(secret)!r}
+
+    @pytest.mark.sandboxed
+    def test_x(request):
+        assert not os.path.exists(SECRET)  # not in the box
+        warning = {{"message": "look", "category": "UserWarning", "filename": SECRET, "lineno": 1,
+                   "line": "the box's line"}}
+        more = [dict(warning, lineno=n, line="") for n in (2, 0, -1, 2 ** 31, 2 ** 70)]
+        forge(report("setup") + report("call") + report("teardown")
+              + json.dumps({{"$warnings": [warning, *more]}}).encode() + b"\\n")
+    ''', "-rA")
+    assert "INTERNALERROR" not in r.stdout.str()
+    assert "the host's secret" not in r.stdout.str()
+    r.assert_outcomes(passed=1, warnings=6)
+    r.stdout.fnmatch_lines(["*secret.txt:1: UserWarning: look", "    the box's line"])
