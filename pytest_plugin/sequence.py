@@ -31,6 +31,7 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
     """Fill ``out`` (a ``boxed.Outcome``) from the channel's bytes, or raise InvalidReport."""
     ended = False
     subtests = 0
+    last: pytest.TestReport | None = None  # the last phase report (not a subtest's)
     for msg in rc.parse_lines(data):
         if ended:
             raise InvalidReport("data after the end of the test")
@@ -53,8 +54,7 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
             rc.obj({"$exit": rc.STR, "returncode": rc.maybe(rc.INT)})(msg, "exit")
             out.exit_request = (msg["$exit"][:4096], msg["returncode"])
             continue
-        main = main_reports(out.reports)
-        allowed = next_phases(item, main[-1] if main else None)
+        allowed = next_phases(item, last)
         if rc.is_subtest(msg):
             if not allowed:
                 raise InvalidReport("a subtest report after the test's teardown")
@@ -67,6 +67,7 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
         else:
             d = rc.check_report(msg, item.nodeid, item.location, msg["when"])
         out.reports.append(rc.rebuild(item.config, d))
+        last = last if rc.is_subtest(d) else out.reports[-1]
 
 
 def next_phases(item: pytest.Item, prev: pytest.TestReport | None) -> tuple[str, ...]:

@@ -172,3 +172,17 @@ def test_a_warning_cannot_make_the_host_read_its_files(run, tmp_path_factory):
     assert "the host's secret" not in r.stdout.str()
     r.assert_outcomes(passed=1, warnings=6)
     r.stdout.fnmatch_lines(["*secret.txt:1: UserWarning: look", "    the box's line"])
+
+
+def test_ten_thousand_subtest_reports_cost_the_host_linear_time(run):
+    """The replay found the test's last phase report again for every report it read: 10 000
+    subtest reports (the most a box may send) cost the host some 12 s of that search alone."""
+    r = run(FORGE + SUB + '''
+    NODE = "test_it.py::test_x"
+
+    @pytest.mark.sandboxed
+    def test_x():
+        forge(report("setup") + sub() * 10000 + report("call") + report("teardown"))
+    ''', "-q")
+    r.assert_outcomes(passed=1)
+    assert r.duration < 8, r.duration
