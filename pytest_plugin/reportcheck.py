@@ -197,9 +197,11 @@ def check_report(d: Any, nodeid: str, location: tuple[str, int | None, str], whe
         _fail("location", f"{str(d['location'])[:200]} is not this test's")
     if d["when"] != when:
         _fail("when", f"expected the {when} phase")
+    # pytest's skip summary and JUnit writer assert these shapes: anything else crashed the host
     if d["outcome"] == "skipped" and "wasxfail" not in d and not isinstance(d["longrepr"], list):
-        # pytest's skip summary and JUnit writer assert this shape: anything else crashed the host
         _fail("longrepr", "a skip's is [path, lineno, reason]")
+    if d["outcome"] == "failed" and d["longrepr"] is None:
+        _fail("longrepr", "a failure has one")
     return {k: v for k, v in d.items() if k in expected or k == "wasxfail" or _extra_ok(k, v)}
 
 

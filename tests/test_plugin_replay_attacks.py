@@ -39,27 +39,31 @@ def test_exit_before_the_first_report_stops_the_session(run):
     assert "test_never_runs" not in r.stdout.str()
 
 
-SKIPS = {
+SHAPES = {
     "main_none": 'report("setup", "skipped") + report("teardown")',
     "main_text": 'report("setup", "skipped", longrepr="why") + report("teardown")',
     "sub_none": 'report("setup") + sub("skipped") + report("call") + report("teardown")',
     "sub_traceback": 'report("setup") + sub("skipped", longrepr=TB) + report("call") + report("teardown")',
+    "failed_none": 'report("setup") + report("call", "failed") + report("teardown")',
+    "error_none": 'report("setup", "failed") + report("teardown")',
+    "sub_failed_none": 'report("setup") + sub("failed", longrepr=None) + report("call") + report("teardown")',
 }
 TB = {"reprcrash": None, "sections": [], "chain": None,
       "reprtraceback": {"reprentries": [], "extraline": None, "style": "long"}}
 
 
 @pytest.mark.parametrize("args", [("-rA",), ("-v", "-rs", "--junitxml=out.xml")])
-def test_a_skip_without_its_location_is_invalid(run, args):
+def test_a_skip_without_its_location_or_a_failure_without_its_text_is_invalid(run, args):
     """pytest's terminal summary and JUnit writer assert that a skip's longrepr is (path,
-    lineno, reason): anything else crashed the host at the end of the run."""
-    cases = "\n".join(f"        {k!r}: lambda: {v}," for k, v in SKIPS.items())
+    lineno, reason) and that a failure has one: anything else crashed the host at the end of
+    the run."""
+    cases = "\n".join(f"        {k!r}: lambda: {v}," for k, v in SHAPES.items())
     r = run(FORGE + SUB + f'''
     NODE = "test_it.py::test_x"
     TB = {TB!r}
 
     @pytest.mark.sandboxed
-    @pytest.mark.parametrize("kind", {sorted(SKIPS)!r})
+    @pytest.mark.parametrize("kind", {sorted(SHAPES)!r})
     def test_x(kind, request):
         global NODE
         NODE = request.node.nodeid
@@ -68,8 +72,8 @@ def test_a_skip_without_its_location_is_invalid(run, args):
         }}[kind]())
     ''', *args)
     assert "INTERNALERROR" not in r.stdout.str() and "Traceback" not in r.stderr.str()
-    r.assert_outcomes(failed=len(SKIPS))
-    for kind in SKIPS:
+    r.assert_outcomes(failed=len(SHAPES))
+    for kind in SHAPES:
         r.stdout.fnmatch_lines([f"*test_x[[]{kind}[]]*", "*sandbox: test process sent an invalid report (*)*"])
 
 

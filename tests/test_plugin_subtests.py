@@ -164,7 +164,7 @@ def test_an_inprocess_pytester_session_keeps_its_reports(run, monkeypatch):
 SUB = '''
     def sub(outcome="passed", **extra):
         d = {"nodeid": NODE, "location": list(here().location), "keywords": {}, "outcome": outcome,
-             "longrepr": None, "when": "call", "user_properties": [], "sections": [],
+             "longrepr": "boom" if outcome == "failed" else None, "when": "call", "user_properties": [], "sections": [],
              "duration": 0.1, "start": 1.0, "stop": 1.1, "_report_type": "SubTestReport",
              "_subtest.context": {"msg": "m", "kwargs": {"i": "1"}}}
         d.update(extra)
