@@ -190,3 +190,24 @@ def test_ten_thousand_subtest_reports_cost_the_host_linear_time(run):
     ''', "-q")
     r.assert_outcomes(passed=1)
     assert r.duration < 8, r.duration
+
+
+def test_a_boxed_warnings_summary_is_plain_pytests(run):
+    """The box reads each warning's source line itself: the summary is the one plain pytest
+    prints (the file, the line number, the category, the message and the source line)."""
+    src = """
+        import warnings
+
+        def test_warns():
+            warnings.warn("careful now", DeprecationWarning)
+            warnings.warn_explicit("made up", UserWarning, "nowhere.py", 7)
+        """
+    plain = run(src)
+    boxed = run(src, "--sandbox-all")
+
+    def summary(r: pytest.RunResult) -> list[str]:
+        lines = r.stdout.lines
+        start = lines.index(next(x for x in lines if "warnings summary" in x))
+        return lines[start:next(i for i, x in enumerate(lines) if x.startswith("-- Docs"))]
+    assert summary(boxed) == summary(plain)
+    assert '    warnings.warn("careful now", DeprecationWarning)' in summary(boxed)
