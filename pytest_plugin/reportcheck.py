@@ -167,7 +167,8 @@ def _context(v: Any, where: str) -> None:
          or _fail(w, "expected an object of strings")})(v, where)
 
 
-def is_subtest(d: Any) -> bool:
+def claims_subtest(d: Any) -> bool:
+    """A serialized report that says it is a subtest's (``check_report`` holds it to that)."""
     return isinstance(d, dict) and "_report_type" in d
 
 
@@ -175,12 +176,12 @@ def check_report(d: Any, nodeid: str, location: tuple[str, int | None, str], whe
     """Validate one serialized report of the test at ``nodeid`` and ``location`` (the failure
     header, ``-v``'s line and JUnit's file and line are the location's, so a box could name
     another test there); returns the dict with unsafe extras dropped. A subtest
-    report (``is_subtest``) has exactly the shape pytest's subtests plugin gives it: a "call"
+    report (``claims_subtest``) has exactly the shape pytest's subtests plugin gives it: a "call"
     report without ``$report_type``, marked ``_report_type: SubTestReport``, with a context."""
     if not isinstance(d, dict):
         _fail("report", "not an object")
     expected = KNOWN - {"wasxfail"}
-    if is_subtest(d):
+    if claims_subtest(d):
         if d["_report_type"] != SUBTEST_TYPE or "$report_type" in d:
             _fail("_report_type", f"expected {SUBTEST_TYPE!r} (and no $report_type)")
         _context(d.get("_subtest.context"), "_subtest.context")
@@ -255,9 +256,9 @@ def rebuild(config: Any, d: dict[str, Any]) -> pytest.TestReport:
         rep = config.hook.pytest_report_from_serializable(config=config, data=d)
         if not isinstance(rep, pytest.TestReport):
             _fail("report", "not rebuilt as a TestReport")
-        if is_subtest(d) != (type(rep).__name__ == "SubtestReport"):
+        if claims_subtest(d) != (type(rep).__name__ == "SubtestReport"):
             _fail("report", "not rebuilt as the report type it claims")
-        if is_subtest(d):  # rebuilding repr()s the kwargs' reprs again: i='1' for i=1
+        if claims_subtest(d):  # rebuilding repr()s the kwargs' reprs again: i='1' for i=1
             object.__setattr__(rep.context, "kwargs", dict(d["_subtest.context"]["kwargs"]))
         rep.location = tuple(rep.location)
         if isinstance(rep.longrepr, list):

@@ -55,7 +55,7 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
             out.exit_request = (msg["$exit"][:4096], msg["returncode"])
             continue
         allowed = next_phases(item, last)
-        if rc.is_subtest(msg):
+        if rc.claims_subtest(msg):
             if not allowed:
                 raise InvalidReport("a subtest report after the test's teardown")
             subtests += 1
@@ -67,7 +67,7 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
         else:
             d = rc.check_report(msg, item.nodeid, item.location, msg["when"])
         out.reports.append(rc.rebuild(item.config, d))
-        last = last if rc.is_subtest(d) else out.reports[-1]
+        last = last if rc.claims_subtest(d) else out.reports[-1]
 
 
 def next_phases(item: pytest.Item, prev: pytest.TestReport | None) -> tuple[str, ...]:
