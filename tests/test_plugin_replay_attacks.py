@@ -169,12 +169,13 @@ def test_a_warning_cannot_make_the_host_read_its_files(run, tmp_path_factory):
         warning = {{"message": "look", "category": "UserWarning", "filename": SECRET, "lineno": 1,
                    "line": "the box's line"}}
         more = [dict(warning, lineno=n, line="") for n in (2, 0, -1, 2 ** 31, 2 ** 70)]
+        more += [dict(warning, filename=f, line="x\\u2028y\\n") for f in ("", "a\\x00b", "../../etc/passwd")]
         forge(report("setup") + report("call") + report("teardown")
               + json.dumps({{"$warnings": [warning, *more]}}).encode() + b"\\n")
     ''', "-rA")
     assert "INTERNALERROR" not in r.stdout.str()
-    assert "the host's secret" not in r.stdout.str()
-    r.assert_outcomes(passed=1, warnings=6)
+    assert "the host's secret" not in r.stdout.str() and "root:" not in r.stdout.str()
+    r.assert_outcomes(passed=1, warnings=9)
     r.stdout.fnmatch_lines(["*secret.txt:1: UserWarning: look", "    the box's line"])
 
 
