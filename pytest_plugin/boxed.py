@@ -28,13 +28,12 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxrun, boxstate, boxtee, boxtimeout, reportcheck, sequence
+from pytest_plugin import boxrun, boxstate, boxtee, boxtimeout, boxwarnings, reportcheck, sequence
 from pytest_plugin.reportcheck import InvalidReport
 from sandbox import Limits, Result, SandboxConfig, Status
 
 SECTION_MAX = 1 << 20  # captured output kept per section (head and tail), inside the box
 STACK_MAX = 64 * 1024
-MAX_WARNINGS = sequence.MAX_WARNINGS
 ESCAPED = "sandbox: escaped the test: "  # a line in the stack memfd, see _escaped
 CHANNEL: int | None = None  # set inside a box only: where the report hook sends reports
 
@@ -150,9 +149,7 @@ def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
             raise
     faulthandler.cancel_dump_traceback_later()
     if log:
-        _send({"$warnings": [{"message": str(w.message)[:4096], "category": w.category.__name__,
-                              "filename": str(w.filename), "lineno": int(w.lineno or 0)}
-                             for w in log[:MAX_WARNINGS]]})
+        _send(boxwarnings.to_json(log))
 
 
 def _escaped(fd: int, e: BaseException) -> None:
@@ -201,10 +198,10 @@ def run_item(item: pytest.Item, cfg: SandboxConfig, timeout: float | None = None
     if result.status != Status.OK:
         lines = stack_text.splitlines()
         escaped = [x[len(ESCAPED):] for x in lines if x.startswith(ESCAPED)]
-        fired = [x[len(boxtimeout.FIRED):] for x in lines if x.startswith(boxtimeout.FIRED)]
+        fired = boxtimeout.FIRED in lines
         stack_text = "\n".join(x for x in lines if not x.startswith((ESCAPED, boxtimeout.FIRED)))
         text = "sandbox: " + _reason(result, cfg.limits, escaped[-1] if escaped else "")
-        text = boxtimeout.explain(text, result, cfg.limits, timeout, fired)
+        text = boxtimeout.explain(item, text, result, cfg.limits, timeout, fired)
         if stack_text.strip():
             text += "\n\nPython stack of the test process (written inside the box):\n" + _trim_stack(stack_text)
         complete(item, out.reports, text, sections=unfinished,
@@ -269,8 +266,8 @@ def teardown_in_parent(item: pytest.Item, nextitem: pytest.Item | None,
     (pytest would have done it in this test's teardown). A failure there fails our teardown."""
     from _pytest.runner import CallInfo
 
-    if not item.session._setupstate.stack:
-        return
+    if not item.session._setupstate.stack or not reports:  # none: pytest.exit() before the
+        return  # first report; the session is ending, and its own finish tears everything down
     capman = item.config.pluginmanager.getplugin("capturemanager")
     if capman is not None:
         capman.resume_global_capture()
@@ -287,22 +284,6 @@ def teardown_in_parent(item: pytest.Item, nextitem: pytest.Item | None,
         rep.user_properties = list(last.user_properties)
         reports[-1] = last = rep
     last.sections.extend((f"Captured {n} teardown", t) for n, t in captured)
-
-
-def reemit_warnings(item: pytest.Item, found: list[dict[str, Any]]) -> None:
-    """Warnings the test raised inside the box, shown in pytest's warnings summary."""
-    import builtins
-
-    for w in found:
-        cat = getattr(builtins, w["category"], None)
-        if not (isinstance(cat, type) and issubclass(cat, Warning)):
-            cat = getattr(pytest, w["category"], None)
-        if not (isinstance(cat, type) and issubclass(cat, Warning)):
-            cat, w["message"] = UserWarning, f"{w['category']}: {w['message']}"
-        try:
-            warnings.warn_explicit(w["message"], cat, w["filename"], w["lineno"])
-        except Warning:  # an "error" filter: inside the box it would already have failed the test
-            pass
 
 
 def _reason(result: Result, lim: Limits, escaped: str = "") -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxed, boxrun, boxtimeout, probe, sequence
+from pytest_plugin import boxed, boxrun, boxtimeout, boxwarnings, probe, sequence
 from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
 from pytest_plugin.summary import record, write_summary
 from sandbox import ENV_ALLOWLIST, ConfigError, Limits, SandboxConfig
@@ -147,7 +147,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         props = _properties(out.result)
         for rep in out.reports:
             rep.user_properties.extend(props)
-    boxed.reemit_warnings(item, out.warnings)
+    boxwarnings.reemit(out.warnings)
     sequence.count_failed_subtests(item, out.reports, out.failed_subtests)
     for rep in out.reports:
         item.ihook.pytest_runtest_logreport(report=rep)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import keyword
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 MAX_CHANNEL = 32 * 1024 * 1024  # bytes read from the box's report channel, at most
 MAX_ITEMS = 100_000  # entries in any one list (traceback lines, sections, keywords)
+MAX_VALUES = 2_000_000  # JSON values and keys on the channel, at most (see _values)
 STYLES = ("long", "short", "line", "no", "native", "value", "auto")
 PHASES = ("setup", "call", "teardown")
 KNOWN = {"nodeid", "location", "keywords", "outcome", "longrepr", "when", "user_properties",
@@ -165,18 +167,21 @@ def _context(v: Any, where: str) -> None:
          or _fail(w, "expected an object of strings")})(v, where)
 
 
-def is_subtest(d: Any) -> bool:
+def claims_subtest(d: Any) -> bool:
+    """A serialized report that says it is a subtest's (``check_report`` holds it to that)."""
     return isinstance(d, dict) and "_report_type" in d
 
 
-def check_report(d: Any, nodeid: str, when: str) -> dict[str, Any]:
-    """Validate one serialized report; returns the dict with unsafe extras dropped. A subtest
-    report (``is_subtest``) has exactly the shape pytest's subtests plugin gives it: a "call"
+def check_report(d: Any, nodeid: str, location: tuple[str, int | None, str], when: str) -> dict[str, Any]:
+    """Validate one serialized report of the test at ``nodeid`` and ``location`` (the failure
+    header, ``-v``'s line and JUnit's file and line are the location's, so a box could name
+    another test there); returns the dict with unsafe extras dropped. A subtest
+    report (``claims_subtest``) has exactly the shape pytest's subtests plugin gives it: a "call"
     report without ``$report_type``, marked ``_report_type: SubTestReport``, with a context."""
     if not isinstance(d, dict):
         _fail("report", "not an object")
     expected = KNOWN - {"wasxfail"}
-    if is_subtest(d):
+    if claims_subtest(d):
         if d["_report_type"] != SUBTEST_TYPE or "$report_type" in d:
             _fail("_report_type", f"expected {SUBTEST_TYPE!r} (and no $report_type)")
         _context(d.get("_subtest.context"), "_subtest.context")
@@ -189,8 +194,15 @@ def check_report(d: Any, nodeid: str, when: str) -> dict[str, Any]:
             check(d[key], key)
     if d["nodeid"] != nodeid:
         _fail("nodeid", f"{d['nodeid'][:200]!r} is not this test")
+    if d["location"] != list(location):
+        _fail("location", f"{str(d['location'])[:200]} is not this test's")
     if d["when"] != when:
         _fail("when", f"expected the {when} phase")
+    # pytest's skip summary and JUnit writer assert these shapes: anything else crashed the host
+    if d["outcome"] == "skipped" and "wasxfail" not in d and not isinstance(d["longrepr"], list):
+        _fail("longrepr", "a skip's is [path, lineno, reason]")
+    if d["outcome"] == "failed" and d["longrepr"] is None:
+        _fail("longrepr", "a failure has one")
     return {k: v for k, v in d.items() if k in expected or k == "wasxfail" or _extra_ok(k, v)}
 
 
@@ -198,10 +210,36 @@ def _no_constants(name: str) -> float:
     raise InvalidReport(f"{name} is not valid in a report")
 
 
+# one match: a run of strings and other non-structural bytes (possessive: no backtracking), then
+# the structural byte that ends it (an unpaired quote, or the end of the data)
+_VALUE = re.compile(rb'(?:[^,:\[{\n"]++|"[^"]*+")*+(?:[,:\[{\n"]|\Z)')
+
+
+def _values(data: bytes) -> int:
+    """An upper bound on the values and keys the channel's JSON would parse into, counted
+    before parsing (up to just over MAX_VALUES): ``[{},{},...]`` is 3 bytes a value on the
+    channel but some 60 bytes of Python objects, so the size cap alone let 32 MiB of channel
+    cost the host most of a GiB. Every value or key follows a ``,``, ``:``, ``[``, ``{`` or
+    (a line's first) a newline. The raw count of those bytes also counts the ones inside
+    strings; a channel over the limit is counted again outside its strings (escaped
+    backslashes and quotes removed first: in JSON that parses, the quotes left delimit its
+    strings). Linear in the data, in C but for one step per value counted."""
+    n = sum(data.count(b) for b in (b",", b":", b"[", b"{", b"\n")) + 1
+    if n <= MAX_VALUES:
+        return n
+    n = 0
+    for n, _ in enumerate(_VALUE.finditer(data.replace(b"\\\\", b"").replace(b'\\"', b"")), 1):
+        if n > MAX_VALUES:
+            break
+    return n
+
+
 def parse_lines(data: bytes) -> list[Any]:
     """The channel holds one JSON value per line; parse them (no NaN/Infinity)."""
     if len(data) > MAX_CHANNEL:
         raise InvalidReport(f"more than {MAX_CHANNEL >> 20} MiB")
+    if _values(data) > MAX_VALUES:
+        raise InvalidReport(f"more than {MAX_VALUES} JSON values")
     out = []
     for line in data.split(b"\n"):
         if line.strip():
@@ -218,9 +256,9 @@ def rebuild(config: Any, d: dict[str, Any]) -> pytest.TestReport:
         rep = config.hook.pytest_report_from_serializable(config=config, data=d)
         if not isinstance(rep, pytest.TestReport):
             _fail("report", "not rebuilt as a TestReport")
-        if is_subtest(d) != (type(rep).__name__ == "SubtestReport"):
+        if claims_subtest(d) != (type(rep).__name__ == "SubtestReport"):
             _fail("report", "not rebuilt as the report type it claims")
-        if is_subtest(d):  # rebuilding repr()s the kwargs' reprs again: i='1' for i=1
+        if claims_subtest(d):  # rebuilding repr()s the kwargs' reprs again: i='1' for i=1
             object.__setattr__(rep.context, "kwargs", dict(d["_subtest.context"]["kwargs"]))
         rep.location = tuple(rep.location)
         if isinstance(rep.longrepr, list):

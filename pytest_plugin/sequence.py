@@ -3,7 +3,7 @@
 A test's protocol makes a setup report, a call report if setup passed, and a teardown report.
 Subtests (pytest's ``subtests`` fixture, ``unittest.TestCase.subTest``) add "call" reports of
 their own while a phase runs; they are accepted only as pytest's subtests plugin makes them
-(``reportcheck.check_report``), for this test's nodeid, before its teardown report, and at most
+(``reportcheck.check_report``), for this test's nodeid and location, before its teardown report, and at most
 ``MAX_SUBTESTS`` of them. Anything else is an ``InvalidReport``.
 """
 
@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
+from pytest_plugin import boxwarnings
 from pytest_plugin import reportcheck as rc
 from pytest_plugin.reportcheck import InvalidReport
-
-MAX_WARNINGS = 100
 
 
 def is_subtest(rep: Any) -> bool:
@@ -32,13 +31,13 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
     """Fill ``out`` (a ``boxed.Outcome``) from the channel's bytes, or raise InvalidReport."""
     ended = False
     subtests = 0
+    last: pytest.TestReport | None = None  # the last phase report (not a subtest's)
     for msg in rc.parse_lines(data):
         if ended:
             raise InvalidReport("data after the end of the test")
         if isinstance(msg, dict) and "$warnings" in msg:
-            rc.obj({"$warnings": rc.list_of(rc.obj({"message": rc.STR, "category": rc.STR,
-                                                     "filename": rc.STR, "lineno": rc.INT}))})(msg, "warnings")
-            out.warnings, ended = msg["$warnings"][:MAX_WARNINGS], True
+            boxwarnings.CHECK(msg, "warnings")
+            out.warnings, ended = msg["$warnings"][:boxwarnings.MAX_WARNINGS], True
             continue
         if out.exit_request is not None:
             raise InvalidReport("a report after pytest.exit()")
@@ -55,20 +54,20 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
             rc.obj({"$exit": rc.STR, "returncode": rc.maybe(rc.INT)})(msg, "exit")
             out.exit_request = (msg["$exit"][:4096], msg["returncode"])
             continue
-        main = main_reports(out.reports)
-        allowed = next_phases(item, main[-1] if main else None)
-        if rc.is_subtest(msg):
+        allowed = next_phases(item, last)
+        if rc.claims_subtest(msg):
             if not allowed:
                 raise InvalidReport("a subtest report after the test's teardown")
             subtests += 1
             if subtests > rc.MAX_SUBTESTS:
                 raise InvalidReport(f"more than {rc.MAX_SUBTESTS} subtest reports")
-            d = rc.check_report(msg, item.nodeid, "call")
+            d = rc.check_report(msg, item.nodeid, item.location, "call")
         elif not isinstance(msg, dict) or msg.get("when") not in allowed:
             raise InvalidReport(f"expected a report for {' or '.join(allowed) or 'nothing more'}")
         else:
-            d = rc.check_report(msg, item.nodeid, msg["when"])
+            d = rc.check_report(msg, item.nodeid, item.location, msg["when"])
         out.reports.append(rc.rebuild(item.config, d))
+        last = last if rc.claims_subtest(d) else out.reports[-1]
 
 
 def next_phases(item: pytest.Item, prev: pytest.TestReport | None) -> tuple[str, ...]:

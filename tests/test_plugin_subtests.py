@@ -163,8 +163,8 @@ def test_an_inprocess_pytester_session_keeps_its_reports(run, monkeypatch):
 
 SUB = '''
     def sub(outcome="passed", **extra):
-        d = {"nodeid": NODE, "location": ["test_it.py", 1, "x"], "keywords": {}, "outcome": outcome,
-             "longrepr": None, "when": "call", "user_properties": [], "sections": [],
+        d = {"nodeid": NODE, "location": list(here().location), "keywords": {}, "outcome": outcome,
+             "longrepr": "boom" if outcome == "failed" else None, "when": "call", "user_properties": [], "sections": [],
              "duration": 0.1, "start": 1.0, "stop": 1.1, "_report_type": "SubTestReport",
              "_subtest.context": {"msg": "m", "kwargs": {"i": "1"}}}
         d.update(extra)
@@ -179,6 +179,7 @@ FORGERIES = {
     "unknown_type": 'report("setup") + sub(_report_type="Other") + report("call") + report("teardown")',
     "both_types": 'report("setup") + sub(**{"$report_type": "TestReport"}) + report("call") + report("teardown")',
     "other_test": 'report("setup") + sub(nodeid="test_it.py::other") + report("call") + report("teardown")',
+    "other_location": 'report("setup") + sub(location=["test_it.py", 1, "test_other"]) + report("call") + report("teardown")',
     "setup_phase": 'report("setup") + sub(when="setup") + report("call") + report("teardown")',
     "bad_kwargs": 'report("setup") + sub(**{"_subtest.context": {"msg": "m", "kwargs": {"i": [1]}}}) + report("call") + report("teardown")',
     "no_context": 'report("setup") + sub(**{"_subtest.context": None}) + report("call") + report("teardown")',

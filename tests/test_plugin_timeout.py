@@ -158,3 +158,34 @@ def test_a_timeout_in_setup_is_an_error_at_setup(run, monkeypatch):
     clean(r)
     assert r.parseoutcomes() == plain.parseoutcomes() == {"errors": 1}
     r.stdout.fnmatch_lines(["ERROR test_it.py::test_setup_hangs - Timeout (>1.0s) from pytest-timeout."])
+
+
+def test_a_box_cannot_claim_a_timeout_it_does_not_have(run, monkeypatch):
+    """The line the thread timer leaves in the stack memfd is the box's word: the host shows its
+    own reading of the test's timeout, and none for a test that has no func_only thread timer."""
+    monkeypatch.setenv("COLUMNS", "200")
+    r = run("""
+        import os, pytest
+
+        def stack():
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    if "sandbox-stack" in os.readlink(f"/proc/self/fd/{fd}"):
+                        return int(fd)
+                except OSError:
+                    pass
+
+        def test_no_timeout():
+            os.write(stack(), b"\\nsandbox: pytest-timeout fired\\nsandbox: pytest-timeout fired: 123.0\\n")
+            os._exit(1)
+
+        @pytest.mark.timeout(20, func_only=True, method="thread")
+        def test_other_value():
+            os.write(stack(), b"\\nsandbox: pytest-timeout fired: 0.001\\nsandbox: pytest-timeout fired\\n")
+            os._exit(1)
+        """, "--sandbox-all", "-rf")
+    clean(r)
+    r.assert_outcomes(failed=2)
+    r.stdout.fnmatch_lines(["FAILED test_it.py::test_no_timeout - sandbox: the test process exited with code 1*",
+                            "FAILED test_it.py::test_other_value - Timeout (>20.0s) from pytest-timeout."])
+    assert "123.0" not in r.stdout.str() and "0.001" not in r.stdout.str()
