@@ -155,8 +155,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         record(item.config.stash[_ROWS], item.nodeid, out.result, out.reports)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     if out.exit_request is not None:
-        pytest.exit(*out.exit_request)
+        reason, code = out.exit_request
+        pytest.exit(reason, _exit_code(item.session, code))
     return True
+
+
+def _exit_code(session: pytest.Session, code: int | None) -> int | None:
+    """A box's ``pytest.exit(returncode=...)`` stops the session as pytest would, but a box
+    (hostile) cannot make a run with failed tests look green: 0 then becomes 1 (tests failed),
+    and a code that is not one byte (256 reads as 0 to a shell) becomes 2 (interrupted)."""
+    if code is None:
+        return None
+    if not 0 <= code <= 255:
+        code = 2
+    return 1 if code == 0 and session.testsfailed else code
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

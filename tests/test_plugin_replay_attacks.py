@@ -39,6 +39,26 @@ def test_exit_before_the_first_report_stops_the_session(run):
     assert "test_never_runs" not in r.stdout.str()
 
 
+@pytest.mark.parametrize(("code", "failed_first", "want"), [(0, True, 1), (256, False, 2), (0, False, 0), (5, True, 5)])
+def test_a_box_cannot_make_a_run_with_failures_exit_0(run, code, failed_first, want):
+    """``pytest.exit(returncode=0)`` (or 256, which a shell reads as 0) from a box after a
+    failed test: the session stops, but its status says tests failed; without a failure, or
+    with another code, the box's code stands as in plain pytest."""
+    src = f"""
+        import pytest
+
+        def test_fails_first():
+            assert {not failed_first}
+
+        @pytest.mark.sandboxed
+        def test_exits():
+            pytest.exit("all good, honest", returncode={code})
+        """
+    r = run(src, "-rA")
+    assert r.ret == want, (r.ret, r.stdout.str()[-2000:])
+    assert "INTERNALERROR" not in r.stdout.str()
+
+
 SHAPES = {
     "main_none": 'report("setup", "skipped") + report("teardown")',
     "main_text": 'report("setup", "skipped", longrepr="why") + report("teardown")',
