@@ -156,19 +156,22 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     if out.exit_request is not None:
         reason, code = out.exit_request
-        pytest.exit(reason, _exit_code(item.session, code))
+        pytest.exit(reason, _exit_code(item.session, code, nextitem is not None))
     return True
 
 
-def _exit_code(session: pytest.Session, code: int | None) -> int | None:
+def _exit_code(session: pytest.Session, code: int | None, tests_left: bool) -> int | None:
     """A box's ``pytest.exit(returncode=...)`` stops the session as pytest would, but a box
-    (hostile) cannot make a run with failed tests look green: 0 then becomes 1 (tests failed),
-    and a code that is not one byte (256 reads as 0 to a shell) becomes 2 (interrupted)."""
+    (hostile) cannot make the run look green when it was not: 0 becomes 1 after a failed test
+    and 2 (interrupted) when tests were left unrun; a code that is not one byte (256 reads as
+    0 to a shell) becomes 2."""
     if code is None:
         return None
     if not 0 <= code <= 255:
         code = 2
-    return 1 if code == 0 and session.testsfailed else code
+    if code == 0 and session.testsfailed:
+        return 1
+    return 2 if code == 0 and tests_left else code
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

@@ -39,11 +39,14 @@ def test_exit_before_the_first_report_stops_the_session(run):
     assert "test_never_runs" not in r.stdout.str()
 
 
-@pytest.mark.parametrize(("code", "failed_first", "want"), [(0, True, 1), (256, False, 2), (0, False, 0), (5, True, 5)])
-def test_a_box_cannot_make_a_run_with_failures_exit_0(run, code, failed_first, want):
+@pytest.mark.parametrize(("code", "failed_first", "later", "want"),
+                         [(0, True, False, 1), (256, False, False, 2), (0, False, True, 2),
+                          (0, False, False, 0), (5, True, True, 5)])
+def test_a_box_cannot_make_a_run_with_failures_exit_0(run, code, failed_first, later, want):
     """``pytest.exit(returncode=0)`` (or 256, which a shell reads as 0) from a box after a
-    failed test: the session stops, but its status says tests failed; without a failure, or
-    with another code, the box's code stands as in plain pytest."""
+    failed test, or with tests left to run: the session stops, but its status says tests
+    failed (1) or the run was interrupted (2); as the last test with nothing failed, or with
+    another code, the box's code stands as in plain pytest."""
     src = f"""
         import pytest
 
@@ -53,7 +56,10 @@ def test_a_box_cannot_make_a_run_with_failures_exit_0(run, code, failed_first, w
         @pytest.mark.sandboxed
         def test_exits():
             pytest.exit("all good, honest", returncode={code})
-        """
+        """ + ("""
+        def test_would_fail():
+            assert False
+        """ if later else "")
     r = run(src, "-rA")
     assert r.ret == want, (r.ret, r.stdout.str()[-2000:])
     assert "INTERNALERROR" not in r.stdout.str()
