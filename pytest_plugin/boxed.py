@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxrun, boxstate, boxtee, reportcheck
+from pytest_plugin import boxcov, boxrun, boxstate, boxtee, reportcheck
 from pytest_plugin.reportcheck import InvalidReport
 from sandbox import Limits, Result, SandboxConfig, Status
 
@@ -102,6 +102,7 @@ def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
         faulthandler.dump_traceback_later(max(wall * 0.5, wall - min(0.25, wall * 0.1)),
                                           file=stack_fd)
     with warnings.catch_warnings(record=True) as log:  # keeps the filters pytest set up
+        cov = boxcov.start()  # coverage measured here goes to the host's (boxcov says how)
         try:
             runtestprotocol(item, log=False, nextitem=None)
         except pytest.exit.Exception as e:
@@ -111,6 +112,7 @@ def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
         except BaseException as e:  # out of pytest's own machinery (a plugin's hook): exit 1
             _escaped(stack_fd, e)
             raise
+        boxcov.finish(cov, _send)
     faulthandler.cancel_dump_traceback_later()
     if log:
         _send({"$warnings": [{"message": str(w.message)[:4096], "category": w.category.__name__,
@@ -186,6 +188,9 @@ def _parse(item: pytest.Item, data: bytes, out: Outcome) -> None:
     for msg in rc.parse_lines(data):
         if ended:
             raise InvalidReport("data after the end of the test")
+        if isinstance(msg, dict) and boxcov.KEY in msg:
+            boxcov.receive(item.config, msg)
+            continue
         if isinstance(msg, dict) and "$warnings" in msg:
             rc.obj({"$warnings": rc.list_of(rc.obj({"message": rc.STR, "category": rc.STR,
                                                      "filename": rc.STR, "lineno": rc.INT}))})(msg, "warnings")
