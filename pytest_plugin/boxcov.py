@@ -6,8 +6,8 @@ the box: ``pytest --cov=pkg --sandbox-all`` used to report 25 % for code its tes
 
 In the box (``start``/``finish``, called by ``boxed._child`` around the test's protocol): the
 collector's pending data (the host's, collected before the clone) is dropped and the collector
-is pointed at a fresh in-memory ``CoverageData(no_disk=True)``, so nothing in the box ever
-touches a data file (the host's SQLite descriptor is closed in the box, and coverage, noticing
+is pointed at a fresh ``Recorder`` (plain dicts behind the four calls the collector makes on
+its ``CoverageData``), so nothing in the box ever touches a data file (the host's SQLite descriptor is closed in the box, and coverage, noticing
 the new pid, would start a file in the project's overlay, where it vanishes). After the test
 the collector is flushed and what it holds (per context: lines or arcs per file, file
 tracers, the source packages first imported in the box) goes to the host as one JSON line on
@@ -17,8 +17,10 @@ On the host (``receive``): the message is validated strictly (shape, sizes, inte
 numbers), and only files the box could have run are kept: absolute, normalized paths under the
 project, the Python prefixes, the system directories or ``sys.path``. (Coverage's reports read
 the files they name: a box must not make the host's HTML report quote a host file the box
-could not see.) It is added to an in-memory ``CoverageData`` with coverage's public API and
-merged into the host's data with ``CoverageData.update`` when the test loop ends, before
+could not see.) It is gathered in a host-side ``Recorder``, turned into an in-memory
+``CoverageData`` with coverage's public API (``set_context``, ``add_lines``/``add_arcs``,
+``add_file_tracers``) and merged into the host's data with ``CoverageData.update`` when the
+test loop ends, before
 pytest-cov stops, saves, combines and reports (our ``pytest_runtestloop`` wrapper is
 innermost); under xdist each worker merges its boxes' data before pytest-cov sends it on.
 
@@ -31,10 +33,9 @@ change, boxed tests run as before and their coverage is missing, with a warning.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import pytest
@@ -47,7 +48,7 @@ MAX_FILES = 100_000
 MAX_CONTEXTS = 10_000
 MAX_NAME = 4096
 LINE_MAX = 1 << 31
-_ACC = pytest.StashKey[list[Any]]()  # [the host's Coverage, our in-memory CoverageData]
+_ACC = pytest.StashKey[list[Any]]()  # [the host's Coverage, a Recorder of the boxes' data]
 
 
 class InvalidCoverage(InvalidReport):
@@ -55,20 +56,72 @@ class InvalidCoverage(InvalidReport):
     box that sent an invalid report does)."""
 
 
+class Recorder:
+    """Stands in for a ``CoverageData``: the four calls coverage's collector makes on it
+    (``set_context``, ``add_lines``, ``add_arcs``, ``add_file_tracers``), kept in dicts. In the
+    box it receives the collector's flushes; on the host it gathers every box's data until the
+    merge. (An in-memory SQLite ``CoverageData`` per box cost several ms per test.)"""
+
+    def __init__(self, context: str | None = None) -> None:
+        self.context = context
+        self.arcs: bool | None = None  # None: nothing measured yet
+        self.data: dict[str, dict[str, set[Any]]] = {}  # context -> file -> lines or arcs
+        self.tracers: dict[str, str] = {}
+
+    def set_context(self, context: str | None) -> str | None:
+        old, self.context = self.context, context
+        return old
+
+    def add_lines(self, line_data: Mapping[str, Collection[int]]) -> None:
+        self._add(line_data, False)
+
+    def add_arcs(self, arc_data: Mapping[str, Collection[tuple[int, int]]]) -> None:
+        self._add(arc_data, True)
+
+    def add_file_tracers(self, file_tracers: Mapping[str, str]) -> None:
+        self.tracers.update(file_tracers)
+
+    def _add(self, data: Mapping[str, Collection[Any]], arcs: bool) -> None:
+        if not data:
+            return
+        if self.arcs is not None and self.arcs != arcs:
+            raise InvalidCoverage("coverage: line and branch data mixed")
+        self.arcs = arcs
+        per_file = self.data.setdefault(self.context or "", {})
+        for f, got in data.items():
+            per_file.setdefault(f, set()).update(got)
+
+    def to_json(self) -> dict[str, Any]:
+        """{"arcs": bool, "contexts": [[name, {file: sorted lines or [from, to] arcs}]],
+        "tracers": {file: plugin}}"""
+        return {"arcs": bool(self.arcs), "tracers": self.tracers,
+                "contexts": [[ctx, {f: sorted(got) for f, got in per_file.items() if got}]
+                             for ctx, per_file in self.data.items()]}
+
+    def to_coverage_data(self) -> Any:
+        from coverage import CoverageData
+
+        out = CoverageData(no_disk=True)
+        for ctx, per_file in self.data.items():
+            out.set_context(ctx)
+            out.add_arcs(per_file) if self.arcs else out.add_lines(per_file)
+        if self.tracers:
+            out.add_file_tracers(self.tracers)
+        return out
+
+
 # ---- inside the box -------------------------------------------------------------------------
 
-State = tuple[Any, Any, Any, list[str]]  # (Coverage, its collector, our data, unmatched pkgs)
+State = tuple[Any, Any, Recorder, list[str]]  # (Coverage, its collector, ours, unmatched pkgs)
 
 
 def start() -> State | None:
-    """Redirect the running coverage's collector to fresh in-memory data; returns what
-    ``finish`` needs, or None when coverage is not measuring in this process."""
+    """Point the running coverage's collector at a fresh ``Recorder``; returns what ``finish``
+    needs, or None when coverage is not measuring in this process."""
     cov_mod = sys.modules.get("coverage")
     if cov_mod is None:
         return None
     try:
-        from coverage.sqldata import CoverageData
-
         cov = cov_mod.Coverage.current()
         collector = getattr(cov, "_collector", None)
         if collector is None:
@@ -76,11 +129,9 @@ def start() -> State | None:
         old = collector.covdata
         context = old.set_context(None)  # returns the previous one (coverage >= 7.16)
         old.set_context(context)
-        collector.covdata = CoverageData(no_disk=True)
+        collector.covdata = Recorder()
         collector.flush_data()  # the host's pending lines, into a throwaway
-        fresh = CoverageData(no_disk=True)
-        fresh.set_context(context)
-        collector.covdata = fresh
+        collector.covdata = fresh = Recorder(context)
         unmatched = list(getattr(getattr(cov, "_inorout", None), "source_pkgs_unmatched", []))
         return cov, collector, fresh, unmatched
     except Exception as e:  # noqa: BLE001 - a coverage we do not know: the test runs anyway
@@ -96,33 +147,12 @@ def finish(state: State | None, send: Callable[[Any], None]) -> None:
     try:
         collector.flush_data()
         still = set(getattr(getattr(cov, "_inorout", None), "source_pkgs_unmatched", []))
-        msg = serialize(data)
+        msg = data.to_json()
         msg["pkgs"] = [p for p in unmatched_before if p not in still]
     except Exception as e:  # noqa: BLE001
         _warn(f"cannot read the coverage measured inside the box ({type(e).__name__}: {e})")
         return
     send({KEY: msg})
-
-
-def serialize(data: Any) -> dict[str, Any]:
-    """A CoverageData as plain JSON: {"arcs": bool, "contexts": [[name, {file: lines or
-    arcs}]], "tracers": {file: plugin}}."""
-    arcs = data.has_arcs()
-    contexts = sorted(data.measured_contexts())
-    files = sorted(data.measured_files())
-    out: list[list[Any]] = []
-    for ctx in contexts:
-        if len(contexts) > 1:
-            data.set_query_contexts(["^" + re.escape(ctx) + r"\Z"])
-        per_file: dict[str, Any] = {}
-        for f in files:
-            got = data.arcs(f) if arcs else data.lines(f)
-            if got:
-                per_file[f] = sorted(got)
-        out.append([ctx, per_file])
-    data.set_query_contexts(None)
-    tracers = {f: t for f in files if (t := data.file_tracer(f))}
-    return {"arcs": arcs, "contexts": out, "tracers": tracers}
 
 
 # ---- on the host ----------------------------------------------------------------------------
@@ -160,14 +190,10 @@ def receive(config: pytest.Config, msg: Any) -> None:
     if cov is None:
         return  # nothing measures on the host (it stopped): nobody to hand the data to
     acc = _accumulator(config, cov)
-    try:
-        for ctx, per_file in checked:
-            if per_file:
-                acc.set_context(ctx)
-                acc.add_arcs(per_file) if arcs else acc.add_lines(per_file)
-        acc.add_file_tracers({f: t for f, t in tracers.items() if _may_name(f, roots)})
-    except Exception as e:  # noqa: BLE001 - coverage's DataError: lines vs arcs, tracer clash
-        raise InvalidCoverage(f"coverage: {type(e).__name__}: {str(e)[:200]}") from None
+    for ctx, per_file in checked:
+        acc.set_context(ctx)
+        acc.add_arcs(per_file) if arcs else acc.add_lines(per_file)
+    acc.add_file_tracers({f: t for f, t in tracers.items() if _may_name(f, roots)})
     unmatched = getattr(getattr(cov, "_inorout", None), "source_pkgs_unmatched", None)
     for p in pkgs:  # imported first in a box: not "never imported" (coverage's warning)
         if isinstance(unmatched, list) and p in unmatched:
@@ -209,12 +235,11 @@ def _may_name(f: str, roots: tuple[str, ...]) -> bool:
     return os.path.isabs(f) and os.path.normpath(f) == f and f.startswith(roots)
 
 
-def _accumulator(config: pytest.Config, cov: Any) -> Any:
+def _accumulator(config: pytest.Config, cov: Any) -> Recorder:
     held = config.stash.get(_ACC, None)
     if held is None or held[0] is not cov:
-        from coverage.sqldata import CoverageData
-
-        held = config.stash[_ACC] = [cov, CoverageData(no_disk=True)]
+        merge(config)  # a new Coverage on the host: the old one gets what it measured
+        held = config.stash[_ACC] = [cov, Recorder()]
     return held[1]
 
 
@@ -238,7 +263,7 @@ def merge(config: pytest.Config) -> None:
         target = getattr(cov, "_data", None)
         if target is None:
             target = cov.get_data()
-        target.update(acc)
+        target.update(acc.to_coverage_data())
     except Exception as e:  # noqa: BLE001
         _warn(f"the coverage measured inside boxes could not be merged ({type(e).__name__}: {e})")
 
