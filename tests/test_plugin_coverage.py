@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import textwrap
 from typing import Any
 
@@ -104,6 +105,20 @@ def test_a_package_imported_only_in_boxes_is_not_never_imported(project):
     r.assert_outcomes(passed=3)
     assert "never imported" not in r.stdout.str() + r.stderr.str()
     assert boxed == plain and boxed["totals"]["percent_covered"] == 100.0
+
+
+def test_coverage_run_without_pytest_cov(project):
+    # `coverage run -m pytest`: the Coverage the boxes hand their data to is coverage's own
+    def total(*args: str) -> str:
+        r = project.run(sys.executable, "-m", "coverage", "run", "--branch", "--source=covpkg",
+                        "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:pytest_isolate",
+                        "-p", "no:cov", *args)
+        assert r.ret == 0, r.stdout.str()
+        r = project.run(sys.executable, "-m", "coverage", "report")
+        return r.stdout.lines[-1]
+    plain, boxed = total().split(), total("--sandbox-all").split()
+    assert plain[0] == "TOTAL" and plain[-1] == "100%"
+    assert boxed == plain
 
 
 def test_boxed_coverage_under_xdist(project):
