@@ -41,13 +41,13 @@ from typing import Any
 import pytest
 
 from pytest_plugin.reportcheck import InvalidReport
-from sandbox._pyprefix import DEFAULT_EXPOSED
 
 KEY = "$coverage"
 MAX_FILES = 100_000
 MAX_CONTEXTS = 10_000
 MAX_NAME = 4096
 LINE_MAX = 1 << 31
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # a box's root has them
 _ACC = pytest.StashKey[list[Any]]()  # [the host's Coverage, a Recorder of the boxes' data]
 
 
@@ -224,7 +224,7 @@ def _roots(config: pytest.Config) -> tuple[str, ...]:
     ``sys.path``, the system directories (each with a trailing slash)."""
     roots = config.stash.get(_ROOTS, None)
     if roots is None:
-        paths = [str(config.rootpath), *DEFAULT_EXPOSED, sys.prefix, sys.base_prefix,
+        paths = [str(config.rootpath), *SYSTEM_DIRS, sys.prefix, sys.base_prefix,
                  sys.exec_prefix, sys.base_exec_prefix, *sys.path]
         roots = config.stash[_ROOTS] = tuple(
             p.rstrip("/") + "/" for p in paths if p and os.path.isabs(p) and p != "/")
