@@ -28,7 +28,16 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxrun, boxstate, boxtee, boxtimeout, boxwarnings, reportcheck, sequence
+from pytest_plugin import (
+    boxcov,
+    boxrun,
+    boxstate,
+    boxtee,
+    boxtimeout,
+    boxwarnings,
+    reportcheck,
+    sequence,
+)
 from pytest_plugin.reportcheck import InvalidReport
 from sandbox import Limits, Result, SandboxConfig, Status
 
@@ -136,6 +145,7 @@ def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
     key = getattr(item, "id", None)
     before = counts.get(key, 0) if counts is not None else 0
     with warnings.catch_warnings(record=True) as log:  # keeps the filters pytest set up
+        cov = boxcov.start()  # coverage measured here goes to the host's (boxcov says how)
         try:
             runtestprotocol(item, log=True, nextitem=None)
             if counts is not None and counts.get(key, 0) > before:
@@ -147,6 +157,7 @@ def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
         except BaseException as e:  # out of pytest's own machinery (a plugin's hook): exit 1
             _escaped(stack_fd, e)
             raise
+        boxcov.finish(cov, _send)
     faulthandler.cancel_dump_traceback_later()
     if log:
         _send(boxwarnings.to_json(log))

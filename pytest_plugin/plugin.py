@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxed, boxrun, boxtimeout, boxwarnings, probe, sequence
+from pytest_plugin import boxcov, boxed, boxrun, boxtimeout, boxwarnings, probe, sequence
 from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
 from pytest_plugin.summary import record, write_summary
 from sandbox import ENV_ALLOWLIST, ConfigError, Limits, SandboxConfig
@@ -66,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "nofile=, fsize=, network=False, ...): run this test (fixtures included) inside a fresh "
         "rootless sandbox; other keywords are SandboxConfig fields")
     config.stash[_ROWS] = []
+    config.pluginmanager.register(boxcov, "sandbox-coverage")  # merges boxes' coverage data
 
 
 def _flag(config: pytest.Config, name: str) -> bool:

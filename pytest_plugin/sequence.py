@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxwarnings
+from pytest_plugin import boxcov, boxwarnings
 from pytest_plugin import reportcheck as rc
 from pytest_plugin.reportcheck import InvalidReport
 
@@ -35,6 +35,9 @@ def parse(item: pytest.Item, data: bytes, out: Any) -> None:
     for msg in rc.parse_lines(data):
         if ended:
             raise InvalidReport("data after the end of the test")
+        if isinstance(msg, dict) and boxcov.KEY in msg:  # (sent last but for the warnings)
+            boxcov.receive(item.config, msg)
+            continue
         if isinstance(msg, dict) and "$warnings" in msg:
             boxwarnings.CHECK(msg, "warnings")
             out.warnings, ended = msg["$warnings"][:boxwarnings.MAX_WARNINGS], True
