@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 
 from sandbox import _images, _layers, _safefs
+from sandbox._box_files import showing_layer
 from sandbox import _syscalls as sc
 
 TYPE_CHECKING = False
@@ -121,8 +122,8 @@ def layer_owners(store: _images.ImageStore, diff_id: str) -> dict[str, tuple[int
 
 
 class _CommitOwners:
-    """For a commit: a path of the image's layers keeps its owner there (the topmost layer
-    that has it: the box's single-id map cannot chown, so a copy-up is still that owner's);
+    """For a commit: a path of the image's layers keeps its owner there (the layer the overlay
+    shows it from: the box's single-id map cannot chown, so a copy-up is still that owner's);
     a path the box made is the box user's."""
 
     def __init__(self, store: _images.ImageStore, layers: list[str], box_ids: tuple[int, int]) -> None:
@@ -131,12 +132,12 @@ class _CommitOwners:
         self.owners: dict[int, dict[str, tuple[int, int]]] = {}
 
     def __call__(self, path: str) -> tuple[int, int]:
-        for i, fd in enumerate(self.fds):
-            if _safefs.exists_beneath(fd, path):
-                if i not in self.owners:
-                    self.owners[i] = layer_owners(self.store, self.top_first[i])
-                return self.owners[i].get(path, (0, 0))
-        return self.box_ids
+        i = showing_layer(self.fds, path)  # (not one a higher layer deleted: the box made it anew)
+        if i is None:
+            return self.box_ids
+        if i not in self.owners:
+            self.owners[i] = layer_owners(self.store, self.top_first[i])
+        return self.owners[i].get(path, (0, 0))
 
     def close(self) -> None:
         for fd in self.fds:

@@ -74,3 +74,28 @@ def test_commit_gives_made_files_the_box_user_and_keeps_a_copied_up_files_owner(
     assert (top["home/app/data"].uid, top["home/app/data"].gid) == (1234, 1234)
     assert (top["mine"].uid, top["mine"].gid) == (DEFAULT_UID, DEFAULT_GID)
     assert top["mine2"].islnk() and top["mine2"].linkname == "mine"
+
+
+@pytest.mark.parametrize("hide", ["whiteout", "opaque"])
+def test_commit_a_file_made_again_over_a_deleted_one_is_the_box_users(tmp_path, monkeypatch, hide):
+    """overlayfs's rule: a higher layer's whiteout of a path, or an opaque parent, hides the
+    lower layers' entry; the box making that path again makes a new file (the box user's), not
+    a copy-up of the hidden one (whose owner was 1234)."""
+    if ROOT_MODE:
+        pytest.skip("as root the image's directories are host root's: the box user cannot write /home/app")
+    os.chmod(tmp_path, 0o711)
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "store"))
+    owned = layer([entry("home", "dir"), entry("home/app", "dir", mode=0o777),
+                   _owned("home/app/data", "file", 1234, b"d\n")])
+    deleting = layer([entry("home", "dir"), entry("home/app", "dir", mode=0o777),
+                      *([entry("home/app/.wh.data", "file")] if hide == "whiteout" else
+                        [entry("home/app/.wh..wh..opq", "file"), entry("home/app/other", "file")])])
+    st = sandbox.ImageStore()
+    st.import_archive(oci_layout(str(tmp_path / "oci"), [base_layer(), owned, deleting], Env=["PATH=/bin"]))
+    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
+        r = box.exec(["sh", "-c", "test ! -e /home/app/data && echo new > /home/app/data"])
+        assert r.status == "OK", r.stderr
+        box.commit("test/again:1")
+    st.export("test/again:1", str(tmp_path / "again.tar"))
+    top = _layers_of(str(tmp_path / "again.tar"))[3]
+    assert (top["home/app/data"].uid, top["home/app/data"].gid) == (DEFAULT_UID, DEFAULT_GID)
