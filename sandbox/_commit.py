@@ -24,8 +24,8 @@ import tarfile
 import tempfile
 
 from sandbox import _images, _layers, _safefs
-from sandbox._box_files import showing_layer
 from sandbox import _syscalls as sc
+from sandbox._box_files import showing_layer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
