@@ -113,12 +113,17 @@ def _add(tar: tarfile.TarFile, dfd: int, rel: str, name: str, pending: list[str]
 
 
 def layer_owners(store: _images.ImageStore, diff_id: str) -> dict[str, tuple[int, int]]:
-    """The layer's entries not owned by 0:0 in its archive (``owners.json``, ``_images``)."""
+    """The layer's entries not owned by 0:0 in its archive (``owners.json``, ``_images``).
+    Read whole: the store wrote it, as large as the import's caps let the layer be (a layer of
+    many files COPY --chown'ed has tens of MiB of it)."""
+    path = os.path.join(os.path.dirname(store.layer_dir(diff_id)), "owners.json")
     try:
-        with open(os.path.join(os.path.dirname(store.layer_dir(diff_id)), "owners.json"), "rb") as f:
-            return {k: (int(v[0]), int(v[1])) for k, v in json.loads(f.read(64 << 20)).items()}
+        with open(path, "rb") as f:
+            return {k: (int(v[0]), int(v[1])) for k, v in json.load(f).items()}
     except FileNotFoundError:
         return {}
+    except (ValueError, TypeError, IndexError, AttributeError) as e:
+        raise _images.ImageError(f"{path}: damaged ({e}); remove the image and import it again") from None
 
 
 class _CommitOwners:

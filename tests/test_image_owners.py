@@ -99,3 +99,23 @@ def test_commit_a_file_made_again_over_a_deleted_one_is_the_box_users(tmp_path, 
     st.export("test/again:1", str(tmp_path / "again.tar"))
     top = _layers_of(str(tmp_path / "again.tar"))[3]
     assert (top["home/app/data"].uid, top["home/app/data"].gid) == (DEFAULT_UID, DEFAULT_GID)
+
+
+def test_export_of_a_layer_with_more_owners_than_64_mib_of_json(tmp_path, monkeypatch):
+    """A layer of many files owned by a user (an application tree COPY --chown'ed) has an
+    owners.json of tens of MiB: export reads it whole, not cut at a fixed size (a truncated
+    JSON was a JSONDecodeError traceback)."""
+    os.chmod(tmp_path, 0o711)
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "store"))
+    deep = "/".join(["d" * 240] * 16)  # 3.9 KB of directories, below PATH_MAX
+    count = 18_000  # 18 000 names of ~3.9 KB: ~70 MiB of owners
+    ents = [_owned("/".join(deep.split("/")[:i + 1]), "dir", 1000) for i in range(16)]
+    ents += [_owned(f"{deep}/f{i:05}", "file", 1000) for i in range(count)]
+    st = sandbox.ImageStore()
+    st.import_archive(oci_layout(str(tmp_path / "oci"), [base_layer(), layer(ents)], gz=False))
+    st.export("test/busybox:1", str(tmp_path / "out.tar"))
+    with tarfile.open(tmp_path / "out.tar") as t:
+        index = json.loads(t.extractfile("index.json").read())
+    assert index["manifests"]
+    top = _layers_of(str(tmp_path / "out.tar"))[1]
+    assert len(top) == 16 + count and top[f"{deep}/f{count - 1:05}"].uid == 1000
