@@ -192,6 +192,15 @@ class Network:
         return s
 
 
+    def close_relays(self, address: str) -> None:
+        """Close the ``url`` relays to ``address`` (its box closed: the network may give the
+        address to a later box, which an old URL must not reach)."""
+        with self._lock:
+            gone = [k for k in self._relays if k[0] == address]
+            relays = [self._relays.pop(k) for k in gone]
+        for relay in relays:
+            relay.close()
+
     def url(self, address: str, port: int, scheme: str = "http") -> str:
         """``scheme://127.0.0.1:N/``: a loopback port of the host relayed to ``address:port``
         on this network (``sandbox._portrelay``), open until the network closes."""

@@ -82,3 +82,21 @@ def test_url_needs_a_network_and_a_valid_port() -> None:
     with sandbox.Network() as net, sandbox.Box(CFG, network=net, name="b") as b, \
             pytest.raises(ValueError, match="port 70000 is not valid"):
         b.url(70000)
+
+
+def test_a_closed_boxs_url_closes_with_it_not_left_for_the_next_box_at_its_address() -> None:
+    """The network outlives its boxes and gives a freed address to a later box: a URL of a
+    closed box must not stay open (a listener and thread per URL for the network's life) and
+    reach whatever box is given that address next."""
+    with sandbox.Network() as net:
+        with sandbox.Box(CFG, network=net, name="gone") as box:
+            _serve(box, 8000)
+            url = box.url(8000)
+            assert _get(url) == 200
+        port = int(url.rsplit(":", 1)[1].rstrip("/"))
+        assert not _relay_threads()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        with sandbox.Box(CFG, network=net, name="next") as nxt:  # the relay is made again
+            _serve(nxt, 8000)
+            assert _get(nxt.url(8000)) == 200
