@@ -224,6 +224,7 @@ class Network:
 
 RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 MAX_RATE = ((1 << 32) - 1) * 8  # tbf holds the rate as 32-bit bytes per second
+MAX_LATENCY = 60  # seconds of netem delay, well inside its 32-bit ticks
 
 
 def shaping(latency: float | str | None = None, loss: float | str | None = None,
@@ -236,6 +237,8 @@ def shaping(latency: float | str | None = None, loss: float | str | None = None,
     if latency is not None:
         secs = parse_duration(latency, "latency")
         assert secs is not None
+        if secs > MAX_LATENCY:  # (netem holds it as 32-bit ticks: ~274 s)
+            raise ConfigError(f"latency {latency!r} is not valid; at most {MAX_LATENCY}s (e.g. 50ms)")
         out["delay"] = round(secs * 1e6)
     if loss is not None:
         text = str(loss).strip().removesuffix("%")
@@ -251,7 +254,7 @@ def shaping(latency: float | str | None = None, loss: float | str | None = None,
         unit = next((u for u in ("kbit", "mbit", "gbit", "bit") if text.endswith(u)), "")
         try:
             bits = round(float(text.removesuffix(unit)) * RATE_UNITS[unit]) if unit else 0
-        except ValueError:
+        except (ValueError, OverflowError):  # (not a number; nan; inf)
             bits = 0
         if not 8 <= bits <= MAX_RATE:
             raise ConfigError(f"rate {rate!r} is not valid; give bits per second with tc's units "
