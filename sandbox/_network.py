@@ -26,7 +26,7 @@ import sys
 import threading
 
 from sandbox import _fdpass
-from sandbox._boxlife import BoxError
+from sandbox._boxlife import BoxError, xx_result
 from sandbox._spawn import BoxProcess
 
 TYPE_CHECKING = False
@@ -166,7 +166,8 @@ class Network:
             err = reply.get("errno")
             if err:
                 raise OSError(err, reply.get("error", "the hub could not start the box"))
-            raise BoxError(f"network: {reply.get('error', 'the hub could not start the box')}")
+            r = xx_result("network", str(reply.get("error", "the hub could not start the box")))
+            raise BoxError(r.error or "network", r)  # (the box's XX verdict: run_direct's result)
         return BoxProcess(int(reply["pid"]), got[0]), str(reply["address"]), ours
 
     def connect(self, address: str, port: int, timeout: float | None = 10.0) -> socket.socket:
