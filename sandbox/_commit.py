@@ -36,10 +36,10 @@ UPPER = "scratch/up/root"
 
 
 def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int, top: str = UPPER,
-               owner_of: Callable[[str], tuple[int, int]] | None = None) -> None:
+               owner_of: Callable[[str, bool], tuple[int, int]] | None = None) -> None:
     """Tar the tree ``top`` under the fd ``tmpfs`` (a box's upper, or a stored layer's ``fs``
     for ``sandbox image export``), its whiteouts and opaque markers as OCI entries, each entry
-    owned by ``owner_of(path)`` (else 0:0: the tree's own owners are the unpacker's), a file's
+    owned by ``owner_of(path, opaque)`` (else 0:0: the tree's own owners are the unpacker's), a file's
     further hard links as tar hard links to its first name."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         pending, count = [""], 0
@@ -60,7 +60,8 @@ def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int, top: str = UPPER,
                         raise _images.ImageError(f"commit: more than {max_entries} entries in the box's writable layer")
                     ti, data = _add(tar, dfd, rel, entry.name, pending, links)
                     if ti is not None:
-                        ti.uid, ti.gid = owner_of(ti.name) if owner_of else (0, 0)
+                        anew = ti.isdir() and _opaque(dfd, entry.name)  # (removed and made again)
+                        ti.uid, ti.gid = owner_of(ti.name, anew) if owner_of else (0, 0)
                         try:
                             tar.addfile(ti, data)
                         finally:
@@ -136,9 +137,9 @@ class _CommitOwners:
         self.fds = [os.open(store.layer_dir(d), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in self.top_first]
         self.owners: dict[int, dict[str, tuple[int, int]]] = {}
 
-    def __call__(self, path: str) -> tuple[int, int]:
-        i = showing_layer(self.fds, path)  # (not one a higher layer deleted: the box made it anew)
-        if i is None:
+    def __call__(self, path: str, opaque: bool = False) -> tuple[int, int]:
+        i = None if opaque else showing_layer(self.fds, path)  # (not one a higher layer deleted,
+        if i is None:                                          # nor an opaque dir: made anew)
             return self.box_ids
         if i not in self.owners:
             self.owners[i] = layer_owners(self.store, self.top_first[i])
@@ -147,6 +148,21 @@ class _CommitOwners:
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
+
+
+def _opaque(dfd: int, name: str) -> bool:
+    """Whether the directory ``name`` of ``dfd`` is overlayfs-opaque (opened ``O_PATH``, no link
+    followed: getxattr refuses an O_PATH fd, its /proc/self/fd name does not)."""
+    try:
+        h = sc.openat2(dfd, name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, _safefs.RESOLVE)
+    except OSError:
+        return False
+    try:
+        return os.getxattr(f"/proc/self/fd/{h}", "user.overlay.opaque") == b"y"
+    except OSError:
+        return False
+    finally:
+        os.close(h)
 
 
 def _whiteout(fd: int) -> bool:

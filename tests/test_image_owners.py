@@ -119,3 +119,22 @@ def test_export_of_a_layer_with_more_owners_than_64_mib_of_json(tmp_path, monkey
     assert index["manifests"]
     top = _layers_of(str(tmp_path / "out.tar"))[1]
     assert len(top) == 16 + count and top[f"{deep}/f{count - 1:05}"].uid == 1000
+
+
+def test_commit_a_directory_removed_and_made_again_is_the_box_users(store, tmp_path):
+    """``rm -r`` of an image's directory and ``mkdir`` again: the upper's directory is opaque
+    (overlayfs's mark of one made anew), the box user's, not a copy-up of the 1234 one."""
+    if ROOT_MODE:
+        pytest.skip("as root the image's files are host root's: the box user cannot remove /home/app")
+    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
+        r = box.exec(["sh", "-c", "rm -r /home/app && mkdir /home/app && echo n > /home/app/new"])
+        assert r.status == "OK", r.stderr
+        box.commit("test/made:1")
+    store.export("test/made:1", str(tmp_path / "made.tar"))
+    top = _layers_of(str(tmp_path / "made.tar"))[2]
+    assert "home/app/.wh..wh..opq" in top, sorted(top)
+    assert (top["home/app"].uid, top["home/app"].gid) == (DEFAULT_UID, DEFAULT_GID)
+    assert top["home/app/new"].uid == DEFAULT_UID
+    assert store.import_archive(str(tmp_path / "made.tar"), "test/back:1")  # (the export's own owners)
+    store.export("test/back:1", str(tmp_path / "back.tar"))
+    assert _layers_of(str(tmp_path / "back.tar"))[2]["home/app"].uid == DEFAULT_UID
