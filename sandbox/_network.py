@@ -225,6 +225,7 @@ class Network:
 
 RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 MAX_RATE = ((1 << 32) - 1) * 8  # tbf holds the rate as 32-bit bytes per second
+MIN_RATE = 1000  # bits per second: below ~94 the bucket's buffer (its burst in ticks) overflows u32
 MAX_LATENCY = 60  # seconds of netem delay, well inside its 32-bit ticks
 
 
@@ -257,9 +258,9 @@ def shaping(latency: float | str | None = None, loss: float | str | None = None,
             bits = round(float(text.removesuffix(unit)) * RATE_UNITS[unit]) if unit else 0
         except (ValueError, OverflowError):  # (not a number; nan; inf)
             bits = 0
-        if not 8 <= bits <= MAX_RATE:
+        if not MIN_RATE <= bits <= MAX_RATE:
             raise ConfigError(f"rate {rate!r} is not valid; give bits per second with tc's units "
-                              "from 8bit to 34gbit, e.g. 500kbit, 1mbit, 1gbit")
+                              "from 1kbit to 34gbit, e.g. 500kbit, 1mbit, 1gbit")
         out["rate"] = bits
     return out
 
