@@ -139,6 +139,8 @@ class Box:
             self._cpu_spent = True
         for p in list(self._procs.values()):
             p._box_gone()
+        if self.network is not None and self.address:
+            self.network.close_relays(self.address)  # (its url()s: the address may be reused)
         self._sock.close()
         if getattr(self, "_files", None) is not None:
             self._files.close()
@@ -352,7 +354,7 @@ class Box:
 
     def url(self, port: int, scheme: str = "http") -> str:
         """``http://127.0.0.1:N/`` for HTTP clients here: a loopback port of the host relayed
-        to ``connect(port)`` until the network closes (``sandbox._portrelay``)."""
+        to ``connect(port)`` until the box or its network closes (``sandbox._portrelay``)."""
         return self._on_network().url(self.address or "", port, scheme)
 
     def _on_network(self) -> Network:

@@ -279,17 +279,23 @@ IMAGE_UPPER = "scratch/up/root"  # an image box's root upper (_image_root), over
 
 
 def _shown_by_lowers(lowers: list[int], sub: str) -> bool:
-    """Whether the overlay's lower layers (top first) show ``sub``, resolved as overlayfs does,
-    one component at a time: a layer's whiteout of it or of a parent, a file in place of a
-    parent, or an opaque parent (``user.overlay.opaque=y``) hides every layer below. So a path
-    a higher layer deleted and the box made again is created, not modified. Each name is opened
-    ``O_PATH`` beneath its layer: no link followed."""
-    stack, parts = list(lowers), sub.split("/")
+    """Whether the overlay's lower layers (top first) show ``sub`` (``showing_layer``)."""
+    return showing_layer(lowers, sub) is not None
+
+
+def showing_layer(lowers: list[int], sub: str) -> int | None:
+    """The index in ``lowers`` (top first) of the layer whose ``sub`` the overlay shows, or
+    None; resolved as overlayfs does, one component at a time: a layer's whiteout of it or of a
+    parent, a file in place of a parent, or an opaque parent (``user.overlay.opaque=y``) hides
+    every layer below. So a path a higher layer deleted and the box made again is created, not
+    modified (and not a copy-up: ``_commit``). Each name is opened ``O_PATH`` beneath its
+    layer: no link followed."""
+    stack, parts = list(enumerate(lowers)), sub.split("/")
     opened: list[int] = []
     try:
         for depth, name in enumerate(parts):
-            below: list[int] = []
-            for d in stack:
+            below: list[tuple[int, int]] = []
+            for i, d in stack:
                 try:
                     h = sc.openat2(d, name, os.O_PATH | os.O_NOFOLLOW, _safefs.RESOLVE)
                 except OSError:
@@ -300,16 +306,16 @@ def _shown_by_lowers(lowers: list[int], sub: str) -> bool:
                         stat.S_ISREG(st.st_mode) and st.st_size == 0 and _xattr(h, X_WHITEOUT)):
                     break  # a whiteout: gone from here down
                 if depth == len(parts) - 1:
-                    return True
+                    return i
                 if not stat.S_ISDIR(st.st_mode):
                     break  # a file or link where a parent should be
-                below.append(h)
+                below.append((i, h))
                 if _xattr(h, X_OPAQUE) == b"y":
                     break
             if not below:
-                return False
+                return None
             stack = below
-        return False
+        return None
     finally:
         for h in opened:
             os.close(h)

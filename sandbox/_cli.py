@@ -88,7 +88,7 @@ RUN_GROUPS: tuple[tuple[str, tuple[_Opt, ...]], ...] = (
         _Opt("--allow-host", "list", "NAME:PORT", help="egress to NAME:PORT only, through a "
              "forwarder; every other attempt is refused and counted (repeatable; default: none)"),
         _Opt("--rate", metavar="RATE", help="shape the box's link to RATE (tc units: 500kbit, 1mbit; "
-             "needs --allow-host; default: unshaped)"),
+             "the box gets a network of its own; default: unshaped)"),
         _Opt("--latency", metavar="TIME", help="delay on the box's link (netem; default none)"),
         _Opt("--loss", metavar="PCT", help="packet loss on the box's link (netem; default none)"),
         _Opt("--add-host", "list", "NAME:IP", help="an /etc/hosts line in the box (docker's "

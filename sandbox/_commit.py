@@ -25,6 +25,7 @@ import tempfile
 
 from sandbox import _images, _layers, _safefs
 from sandbox import _syscalls as sc
+from sandbox._box_files import showing_layer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,10 +36,10 @@ UPPER = "scratch/up/root"
 
 
 def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int, top: str = UPPER,
-               owner_of: Callable[[str], tuple[int, int]] | None = None) -> None:
+               owner_of: Callable[[str, bool], tuple[int, int]] | None = None) -> None:
     """Tar the tree ``top`` under the fd ``tmpfs`` (a box's upper, or a stored layer's ``fs``
     for ``sandbox image export``), its whiteouts and opaque markers as OCI entries, each entry
-    owned by ``owner_of(path)`` (else 0:0: the tree's own owners are the unpacker's), a file's
+    owned by ``owner_of(path, opaque)`` (else 0:0: the tree's own owners are the unpacker's), a file's
     further hard links as tar hard links to its first name."""
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         pending, count = [""], 0
@@ -59,7 +60,8 @@ def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int, top: str = UPPER,
                         raise _images.ImageError(f"commit: more than {max_entries} entries in the box's writable layer")
                     ti, data = _add(tar, dfd, rel, entry.name, pending, links)
                     if ti is not None:
-                        ti.uid, ti.gid = owner_of(ti.name) if owner_of else (0, 0)
+                        anew = ti.isdir() and _opaque(dfd, entry.name)  # (removed and made again)
+                        ti.uid, ti.gid = owner_of(ti.name, anew) if owner_of else (0, 0)
                         try:
                             tar.addfile(ti, data)
                         finally:
@@ -112,17 +114,22 @@ def _add(tar: tarfile.TarFile, dfd: int, rel: str, name: str, pending: list[str]
 
 
 def layer_owners(store: _images.ImageStore, diff_id: str) -> dict[str, tuple[int, int]]:
-    """The layer's entries not owned by 0:0 in its archive (``owners.json``, ``_images``)."""
+    """The layer's entries not owned by 0:0 in its archive (``owners.json``, ``_images``).
+    Read whole: the store wrote it, as large as the import's caps let the layer be (a layer of
+    many files COPY --chown'ed has tens of MiB of it)."""
+    path = os.path.join(os.path.dirname(store.layer_dir(diff_id)), "owners.json")
     try:
-        with open(os.path.join(os.path.dirname(store.layer_dir(diff_id)), "owners.json"), "rb") as f:
-            return {k: (int(v[0]), int(v[1])) for k, v in json.loads(f.read(64 << 20)).items()}
+        with open(path, "rb") as f:
+            return {k: (int(v[0]), int(v[1])) for k, v in json.load(f).items()}
     except FileNotFoundError:
         return {}
+    except (ValueError, TypeError, IndexError, AttributeError) as e:
+        raise _images.ImageError(f"{path}: damaged ({e}); remove the image and import it again") from None
 
 
 class _CommitOwners:
-    """For a commit: a path of the image's layers keeps its owner there (the topmost layer
-    that has it: the box's single-id map cannot chown, so a copy-up is still that owner's);
+    """For a commit: a path of the image's layers keeps its owner there (the layer the overlay
+    shows it from: the box's single-id map cannot chown, so a copy-up is still that owner's);
     a path the box made is the box user's."""
 
     def __init__(self, store: _images.ImageStore, layers: list[str], box_ids: tuple[int, int]) -> None:
@@ -130,17 +137,32 @@ class _CommitOwners:
         self.fds = [os.open(store.layer_dir(d), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in self.top_first]
         self.owners: dict[int, dict[str, tuple[int, int]]] = {}
 
-    def __call__(self, path: str) -> tuple[int, int]:
-        for i, fd in enumerate(self.fds):
-            if _safefs.exists_beneath(fd, path):
-                if i not in self.owners:
-                    self.owners[i] = layer_owners(self.store, self.top_first[i])
-                return self.owners[i].get(path, (0, 0))
-        return self.box_ids
+    def __call__(self, path: str, opaque: bool = False) -> tuple[int, int]:
+        i = None if opaque else showing_layer(self.fds, path)  # (not one a higher layer deleted,
+        if i is None:                                          # nor an opaque dir: made anew)
+            return self.box_ids
+        if i not in self.owners:
+            self.owners[i] = layer_owners(self.store, self.top_first[i])
+        return self.owners[i].get(path, (0, 0))
 
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
+
+
+def _opaque(dfd: int, name: str) -> bool:
+    """Whether the directory ``name`` of ``dfd`` is overlayfs-opaque (opened ``O_PATH``, no link
+    followed: getxattr refuses an O_PATH fd, its /proc/self/fd name does not)."""
+    try:
+        h = sc.openat2(dfd, name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, _safefs.RESOLVE)
+    except OSError:
+        return False
+    try:
+        return os.getxattr(f"/proc/self/fd/{h}", "user.overlay.opaque") == b"y"
+    except OSError:
+        return False
+    finally:
+        os.close(h)
 
 
 def _whiteout(fd: int) -> bool:

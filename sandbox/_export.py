@@ -75,7 +75,7 @@ def export(store: _images.ImageStore, name: str, out: str) -> str:
                     with tempfile.TemporaryFile(dir=outdir) as spool:
                         owners = _commit.layer_owners(store, diff_id)
                         _commit._tar_upper(root, spool, store.limits["max_entries"], top="fs",
-                                           owner_of=lambda p, o=owners: o.get(p, (0, 0)))
+                                           owner_of=lambda p, _opaque, o=owners: o.get(p, (0, 0)))
                         digest, size = _digest_of(spool)
                         _add_blob(tar, digest, size, spool)
                 finally:

@@ -69,7 +69,8 @@ def _flattened(store: ImageStore, chain: list[str]) -> str:
         try:
             bottom_first = [store.layer_dir(d) for d in reversed(chain)]
             os.mkdir(os.path.join(work, "fs"), 0o700)
-            _materialize(_merge(bottom_first), bottom_first, os.path.join(work, "fs"))
+            counts = [store.layer(d)["entries"] for d in reversed(chain)]  # (as imported)
+            _materialize(_merge(bottom_first, counts), bottom_first, os.path.join(work, "fs"))
             with open(os.path.join(work, "flat.json"), "w") as f:
                 json.dump({"layers": chain}, f)
             try:
@@ -83,9 +84,11 @@ def _flattened(store: ImageStore, chain: list[str]) -> str:
     return os.path.join(final, "fs")
 
 
-def _merge(layer_dirs: list[str]) -> dict[str, Any]:
+def _merge(layer_dirs: list[str], counts: list[int]) -> dict[str, Any]:
     """The merged view of ``layer_dirs`` (bottom first): a tree of ``{"layer": index, "rel":
-    its path in that layer, "mode", "kids": {name: node}}``."""
+    its path in that layer, "mode", "kids": {name: node}}``. ``counts``: each layer's entries
+    (``layer.json``), the walk's bound: a store made with a higher ``max_layer_entries`` than
+    the default holds larger layers, which a default bound would cut short, silently."""
     root: dict[str, Any] = {"layer": 0, "rel": "", "mode": 0o40755, "kids": {}}
     for i, d in enumerate(layer_dirs):
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -93,7 +96,7 @@ def _merge(layer_dirs: list[str]) -> dict[str, Any]:
             if _xattr(fd, "", _layers.X_OPAQUE) == b"y":
                 root["kids"] = {}
             root["mode"] = os.fstat(fd).st_mode
-            for rel, st in _safefs.walk_beneath(fd, max_entries=_layers.MAX_ENTRIES + 1):
+            for rel, st in _safefs.walk_beneath(fd, max_entries=counts[i] + 1):
                 *dirs, name = rel.split("/")
                 parent = root
                 for part in dirs:  # (a layer lists a directory before its entries)

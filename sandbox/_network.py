@@ -26,7 +26,7 @@ import sys
 import threading
 
 from sandbox import _fdpass
-from sandbox._boxlife import BoxError
+from sandbox._boxlife import BoxError, xx_result
 from sandbox._spawn import BoxProcess
 
 TYPE_CHECKING = False
@@ -166,7 +166,8 @@ class Network:
             err = reply.get("errno")
             if err:
                 raise OSError(err, reply.get("error", "the hub could not start the box"))
-            raise BoxError(f"network: {reply.get('error', 'the hub could not start the box')}")
+            r = xx_result("network", str(reply.get("error", "the hub could not start the box")))
+            raise BoxError(r.error or "network", r)  # (the box's XX verdict: run_direct's result)
         return BoxProcess(int(reply["pid"]), got[0]), str(reply["address"]), ours
 
     def connect(self, address: str, port: int, timeout: float | None = 10.0) -> socket.socket:
@@ -192,6 +193,15 @@ class Network:
         return s
 
 
+    def close_relays(self, address: str) -> None:
+        """Close the ``url`` relays to ``address`` (its box closed: the network may give the
+        address to a later box, which an old URL must not reach)."""
+        with self._lock:
+            gone = [k for k in self._relays if k[0] == address]
+            relays = [self._relays.pop(k) for k in gone]
+        for relay in relays:
+            relay.close()
+
     def url(self, address: str, port: int, scheme: str = "http") -> str:
         """``scheme://127.0.0.1:N/``: a loopback port of the host relayed to ``address:port``
         on this network (``sandbox._portrelay``), open until the network closes."""
@@ -215,6 +225,8 @@ class Network:
 
 RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 MAX_RATE = ((1 << 32) - 1) * 8  # tbf holds the rate as 32-bit bytes per second
+MIN_RATE = 1000  # bits per second: below ~94 the bucket's buffer (its burst in ticks) overflows u32
+MAX_LATENCY = 60  # seconds of netem delay, well inside its 32-bit ticks
 
 
 def shaping(latency: float | str | None = None, loss: float | str | None = None,
@@ -227,6 +239,8 @@ def shaping(latency: float | str | None = None, loss: float | str | None = None,
     if latency is not None:
         secs = parse_duration(latency, "latency")
         assert secs is not None
+        if secs > MAX_LATENCY:  # (netem holds it as 32-bit ticks: ~274 s)
+            raise ConfigError(f"latency {latency!r} is not valid; at most {MAX_LATENCY}s (e.g. 50ms)")
         out["delay"] = round(secs * 1e6)
     if loss is not None:
         text = str(loss).strip().removesuffix("%")
@@ -242,11 +256,11 @@ def shaping(latency: float | str | None = None, loss: float | str | None = None,
         unit = next((u for u in ("kbit", "mbit", "gbit", "bit") if text.endswith(u)), "")
         try:
             bits = round(float(text.removesuffix(unit)) * RATE_UNITS[unit]) if unit else 0
-        except ValueError:
+        except (ValueError, OverflowError):  # (not a number; nan; inf)
             bits = 0
-        if not 8 <= bits <= MAX_RATE:
+        if not MIN_RATE <= bits <= MAX_RATE:
             raise ConfigError(f"rate {rate!r} is not valid; give bits per second with tc's units "
-                              "from 8bit to 34gbit, e.g. 500kbit, 1mbit, 1gbit")
+                              "from 1kbit to 34gbit, e.g. 500kbit, 1mbit, 1gbit")
         out["rate"] = bits
     return out
 

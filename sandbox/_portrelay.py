@@ -17,6 +17,7 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 MAX_CONNECTIONS = 64  # relayed at once per URL; more wait in the listener's backlog
 CHUNK = 65536
+ACCEPT_RETRY = 0.05  # seconds between accepts that failed (out of fds: not a busy loop)
 
 
 class PortRelay:
@@ -51,9 +53,13 @@ class PortRelay:
             self._slots.acquire()
             try:
                 conn, _peer = self._listener.accept()
-            except OSError:  # close(): the listener was shut down
+            except OSError:
                 self._slots.release()
-                return
+                with self._lock:
+                    if self._closed:  # close(): the listener was shut down
+                        return
+                time.sleep(ACCEPT_RETRY)  # EMFILE, ECONNABORTED...: the listener is still good
+                continue
             self._thread("pipe", self._pipe, conn)
 
     def _track(self, s: socket.socket) -> bool:
@@ -75,7 +81,10 @@ class PortRelay:
             if not self._track(box):
                 return
             box.settimeout(None)
-            _copy_both_ways(client, box)
+            try:
+                _copy_both_ways(client, box)
+            except OSError:  # no fd for the selector (EMFILE): the client sees the close
+                pass
         finally:
             for s in (client, box):
                 if s is not None:

@@ -89,3 +89,20 @@ def test_without_lowerdir_plus_the_bottom_layers_are_merged_into_one(store_dir, 
         assert len(flats()) == 1
     assert _lowers_in_box("test/many:300") == _image_flatten.MAX_LOWERS
     assert store.remove("test/many:300") and flats() == []
+
+
+def test_the_merged_layer_has_every_entry_of_a_layer_the_store_let_be_large(store_dir, monkeypatch):
+    """A store made with a higher ``max_layer_entries`` holds layers past the default cap; the
+    merge must take all of such a layer (it was bounded at its import), not stop at the default
+    cap and give the box a tree with entries silently missing. (The default cap is lowered here
+    to 50, for a layer of 200 entries, instead of building one of 500 000.)"""
+    from sandbox import _image_flatten, _layers
+
+    monkeypatch.setattr(_image_flatten, "lowerdir_plus", lambda: False)
+    layers = _many(130)
+    layers.insert(1, layer([entry("many", "dir"), *(entry(f"many/f{i:03}", "file") for i in range(200))]))
+    sandbox.ImageStore(max_layer_entries=1000).import_archive(
+        oci_layout(os.path.join(store_dir, "oci"), layers, ref="test/big:131", gz=False, Env=["PATH=/bin"]))
+    monkeypatch.setattr(_layers, "MAX_ENTRIES", 50)
+    r = sandbox.run_sync(["sh", "-c", "ls /many | wc -l; ls /bin/busybox"], sandbox.SandboxConfig(image="test/big:131"))
+    assert r.stdout.decode().split() == ["200", "/bin/busybox"], (r.status, r.stdout, r.stderr)

@@ -74,3 +74,67 @@ def test_commit_gives_made_files_the_box_user_and_keeps_a_copied_up_files_owner(
     assert (top["home/app/data"].uid, top["home/app/data"].gid) == (1234, 1234)
     assert (top["mine"].uid, top["mine"].gid) == (DEFAULT_UID, DEFAULT_GID)
     assert top["mine2"].islnk() and top["mine2"].linkname == "mine"
+
+
+@pytest.mark.parametrize("hide", ["whiteout", "opaque"])
+def test_commit_a_file_made_again_over_a_deleted_one_is_the_box_users(tmp_path, monkeypatch, hide):
+    """overlayfs's rule: a higher layer's whiteout of a path, or an opaque parent, hides the
+    lower layers' entry; the box making that path again makes a new file (the box user's), not
+    a copy-up of the hidden one (whose owner was 1234)."""
+    if ROOT_MODE:
+        pytest.skip("as root the image's directories are host root's: the box user cannot write /home/app")
+    os.chmod(tmp_path, 0o711)
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "store"))
+    owned = layer([entry("home", "dir"), entry("home/app", "dir", mode=0o777),
+                   _owned("home/app/data", "file", 1234, b"d\n")])
+    deleting = layer([entry("home", "dir"), entry("home/app", "dir", mode=0o777),
+                      *([entry("home/app/.wh.data", "file")] if hide == "whiteout" else
+                        [entry("home/app/.wh..wh..opq", "file"), entry("home/app/other", "file")])])
+    st = sandbox.ImageStore()
+    st.import_archive(oci_layout(str(tmp_path / "oci"), [base_layer(), owned, deleting], Env=["PATH=/bin"]))
+    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
+        r = box.exec(["sh", "-c", "test ! -e /home/app/data && echo new > /home/app/data"])
+        assert r.status == "OK", r.stderr
+        box.commit("test/again:1")
+    st.export("test/again:1", str(tmp_path / "again.tar"))
+    top = _layers_of(str(tmp_path / "again.tar"))[3]
+    assert (top["home/app/data"].uid, top["home/app/data"].gid) == (DEFAULT_UID, DEFAULT_GID)
+
+
+def test_export_of_a_layer_with_more_owners_than_64_mib_of_json(tmp_path, monkeypatch):
+    """A layer of many files owned by a user (an application tree COPY --chown'ed) has an
+    owners.json of tens of MiB: export reads it whole, not cut at a fixed size (a truncated
+    JSON was a JSONDecodeError traceback)."""
+    os.chmod(tmp_path, 0o711)
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "store"))
+    deep = "/".join(["d" * 240] * 16)  # 3.9 KB of directories, below PATH_MAX
+    count = 18_000  # 18 000 names of ~3.9 KB: ~70 MiB of owners
+    ents = [_owned("/".join(deep.split("/")[:i + 1]), "dir", 1000) for i in range(16)]
+    ents += [_owned(f"{deep}/f{i:05}", "file", 1000) for i in range(count)]
+    st = sandbox.ImageStore()
+    st.import_archive(oci_layout(str(tmp_path / "oci"), [base_layer(), layer(ents)], gz=False))
+    st.export("test/busybox:1", str(tmp_path / "out.tar"))
+    with tarfile.open(tmp_path / "out.tar") as t:
+        index = json.loads(t.extractfile("index.json").read())
+    assert index["manifests"]
+    top = _layers_of(str(tmp_path / "out.tar"))[1]
+    assert len(top) == 16 + count and top[f"{deep}/f{count - 1:05}"].uid == 1000
+
+
+def test_commit_a_directory_removed_and_made_again_is_the_box_users(store, tmp_path):
+    """``rm -r`` of an image's directory and ``mkdir`` again: the upper's directory is opaque
+    (overlayfs's mark of one made anew), the box user's, not a copy-up of the 1234 one."""
+    if ROOT_MODE:
+        pytest.skip("as root the image's files are host root's: the box user cannot remove /home/app")
+    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
+        r = box.exec(["sh", "-c", "rm -r /home/app && mkdir /home/app && echo n > /home/app/new"])
+        assert r.status == "OK", r.stderr
+        box.commit("test/made:1")
+    store.export("test/made:1", str(tmp_path / "made.tar"))
+    top = _layers_of(str(tmp_path / "made.tar"))[2]
+    assert "home/app/.wh..wh..opq" in top, sorted(top)
+    assert (top["home/app"].uid, top["home/app"].gid) == (DEFAULT_UID, DEFAULT_GID)
+    assert top["home/app/new"].uid == DEFAULT_UID
+    assert store.import_archive(str(tmp_path / "made.tar"), "test/back:1")  # (the export's own owners)
+    store.export("test/back:1", str(tmp_path / "back.tar"))
+    assert _layers_of(str(tmp_path / "back.tar"))[2]["home/app"].uid == DEFAULT_UID

@@ -330,3 +330,14 @@ def test_the_cli_reports_refused_attempts_and_checks_allow_host(remote) -> None:
     for bad, why in (("nope", "is not valid"), ("127.0.0.1:80", "the box's own loopback")):
         out = subprocess.run([*exe, "run", "--allow-host", bad, "--", "true"], capture_output=True, text=True)
         assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_box_the_hub_cannot_start_is_an_xx_verdict_not_an_assertion() -> None:
+    """A refusal by the hub with no errno (here: more allowed names than the subnet has
+    addresses) is the box's XX verdict naming it, for run_sync as for the CLI."""
+    many = tuple(f"h{i}.invalid:80" for i in range(260))
+    r = sandbox.run_sync(["true"], sandbox.SandboxConfig(allow_hosts=many))
+    assert r.status == "XX" and "network is full" in (r.error or ""), (r.status, r.error)
+    cli = [sys.executable, "-m", "sandbox._cli", "run", *(a for h in many for a in ("--allow-host", h)), "--", "true"]
+    p = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in p.stderr and "network is full" in p.stderr, p.stderr

@@ -62,10 +62,20 @@ def test_a_rate_holds_both_directions() -> None:
     assert fast_in < into / 2 and fast_out < out / 2, (fast_in, fast_out)
 
 
-@pytest.mark.parametrize("bad", ["fast", "10", "1mbps", "0bit", "100gbit", "-1kbit"])
+@pytest.mark.parametrize("bad", ["fast", "10", "1mbps", "0bit", "8bit", "999bit", "100gbit", "-1kbit", "infkbit", "1e400bit", "nanmbit"])
 def test_a_bad_rate_is_one_clear_error(bad: str) -> None:
     with pytest.raises(sandbox.ConfigError, match=f"rate '{bad}' is not valid; give bits per second"):
         sandbox.Network(rate=bad)
+
+
+@pytest.mark.parametrize("latency", ["61s", "275s", "4000s"])
+def test_a_latency_netem_cannot_hold_is_one_clear_error(latency: str) -> None:
+    """netem holds the delay as 32-bit ticks (~274 s): a longer one was a struct error in the
+    hub, seen as an AssertionError traceback by ``sandbox run``."""
+    with pytest.raises(sandbox.ConfigError, match=f"latency '{latency}' is not valid; at most 60s"):
+        sandbox.Network(latency=latency)
+    with pytest.raises(sandbox.ConfigError, match=f"latency '{latency}' is not valid; at most 60s"):
+        sandbox.SandboxConfig(link={"latency": latency}).validate()
 
 
 def test_a_box_s_own_link_and_the_cli(tmp_path) -> None:
@@ -95,3 +105,10 @@ def test_a_box_s_own_link_and_the_cli(tmp_path) -> None:
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "rate 'fast' is not valid" in r.stderr, r.stderr
     with pytest.raises(sandbox.ConfigError, match="link 'jitter' is not a shaping"):
         sandbox.SandboxConfig(link={"jitter": "1ms"}).validate()
+
+
+def test_the_slowest_rate_allowed_makes_a_network() -> None:
+    """1kbit, the least rate accepted, is a tbf the kernel takes (below ~94bit the bucket's
+    buffer, a 3200-byte burst in ticks, overflowed: an 8bit network failed with a struct error)."""
+    with sandbox.Network(rate="1kbit") as net, sandbox.Box(CFG, network=net, name="b") as b:
+        assert b.exec(["true"]).status == "OK"
