@@ -60,6 +60,7 @@ class Network:
         self._lock = threading.Lock()
         self._sockets: list[int] = []
         self._relays: dict[tuple[str, int], Any] = {}  # (address, port) → its PortRelay (url)
+        self._closing = False  # (under the lock: no relay is added once close took them)
         self.subnet = self.address = ""
 
     def __enter__(self) -> Network:
@@ -101,7 +102,7 @@ class Network:
         if self._sock is None:
             return
         with self._lock:
-            relays, self._relays = list(self._relays.values()), {}
+            relays, self._relays, self._closing = list(self._relays.values()), {}, True
         for relay in relays:
             relay.close()
         with self._lock:
@@ -217,9 +218,12 @@ class Network:
                 raise NetworkError("this network is closed")
             relay = PortRelay(lambda: self.connect(address, port))
             with self._lock:
-                relay, extra = self._relays.setdefault(key, relay), relay
-            if extra is not relay:
+                closing = self._closing
+                relay, extra = (relay, relay) if closing else (self._relays.setdefault(key, relay), relay)
+            if closing or extra is not relay:
                 extra.close()
+            if closing:
+                raise NetworkError("this network is closed")
         return f"{scheme}://127.0.0.1:{relay.port}/"
 
 

@@ -52,8 +52,7 @@ STAT_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_
 # A tmpfs inode costs ~1 KiB of kernel slab that size= does not count and only a memory cgroup
 # bounds (a million empty files: ~1 GiB), so a tmpfs gets one per TMPFS_INODE_BYTES of its size,
 # at least TMPFS_MIN_INODES: the default 256M holds 32768 files; more need a larger size.
-TMPFS_INODE_BYTES = 8 * 1024
-TMPFS_MIN_INODES = 4096
+TMPFS_INODE_BYTES, TMPFS_MIN_INODES = 8 * 1024, 4096
 
 Op = tuple  # ("overlay"|"ro-bind"|"bind", src, dst, is_dir[, upper_to, (uid, gid)]) | ("symlink", dst, text)
 #            | ("tmpfs", dst, size) | ("bind-fd", fd, dst, readonly) | ("etc-view", dst)

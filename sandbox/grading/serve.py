@@ -82,16 +82,20 @@ class Server:
         """End the server and its box and network; its verdict if it had ended on its own
         (None when it was still serving: being stopped is not the student's fault)."""
         crashed = None
-        proc = getattr(self, "_proc", None)
-        if proc is not None and self.result is None:
-            crashed = proc.poll()
-            if crashed is None:
-                proc.kill()
-                self.result = proc.wait(10)
-            else:
-                self.result = crashed
-        box = getattr(self, "_box", None)
-        if box is not None:
-            box.close()
-        self._net.close()
+        try:
+            proc = getattr(self, "_proc", None)
+            if proc is not None and self.result is None:
+                crashed = proc.poll()
+                if crashed is None:
+                    proc.kill()
+                    self.result = proc.wait(10)
+                else:
+                    self.result = crashed
+        finally:  # the box and the network (its hub process) go whatever happened above
+            box = getattr(self, "_box", None)
+            try:
+                if box is not None:
+                    box.close()
+            finally:
+                self._net.close()
         return crashed
