@@ -331,7 +331,8 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
     payload["pid"] = pid
     for sig in payload["early"]:
         forward(sig, None)
-    spawner, fork = sc.own_peak_rss(), callable(prep.target)  # fork: its growth is the figure
+    fork = callable(prep.target)  # fork: its growth past our RSS at the fork is the figure
+    spawner = sc.own_peak_rss(now=fork)
     status = peak = 0
     while True:
         try:

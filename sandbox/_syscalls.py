@@ -235,14 +235,17 @@ def reap_ended() -> Iterator[tuple[int, int, float, int]]:
         yield pid, status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
 
 
-def own_peak_rss() -> int:
-    """Our max RSS in bytes. A process we start carries it in its own: a vfork'd child's exec
-    records the borrowed memory's high-water mark (exec_mmap), a forked one starts from a copy
-    of our page tables. init is a clone of its caller (pytest: 100+ MiB), so a program's
-    ``ru_maxrss`` at or below this figure says nothing of the program (see ``program_peak``)."""
+def own_peak_rss(now: bool = False) -> int:
+    """Our max RSS in bytes (``now``: our RSS now). A process we start carries it in its own: a
+    vfork'd child's exec records the borrowed memory's high-water mark (exec_mmap); a forked one's
+    starts at our RSS *now* (dup_mm), not our own high-water mark. init is a clone of its caller
+    (pytest: 100+ MiB), so a ``ru_maxrss`` at or below this says nothing of the program."""
     import resource  # loaded already: os.wait4 builds its rusage with it
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if not now:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/statm", "rb") as f:  # (the box's /proc is mounted when a payload runs)
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE")
 
 
 def program_peak(max_rss: int, spawner_peak: int, grown: bool = False) -> int:
