@@ -331,8 +331,8 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
     payload["pid"] = pid
     for sig in payload["early"]:
         forward(sig, None)
-    fork = callable(prep.target)  # fork: its growth past our RSS at the fork is the figure
-    spawner = sc.own_peak_rss(now=fork)
+    fork = callable(prep.target)  # fork: its growth past its RSS at the fork is the figure
+    spawner = sc.own_peak_rss(forked=pid if fork else 0)
     status = peak = 0
     while True:
         try:

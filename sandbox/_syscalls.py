@@ -235,17 +235,17 @@ def reap_ended() -> Iterator[tuple[int, int, float, int]]:
         yield pid, status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
 
 
-def own_peak_rss(now: bool = False) -> int:
-    """Our max RSS in bytes (``now``: our RSS now). A process we start carries it in its own: a
-    vfork'd child's exec records the borrowed memory's high-water mark (exec_mmap); a forked one's
-    starts at our RSS *now* (dup_mm), not our own high-water mark. init is a clone of its caller
-    (pytest: 100+ MiB), so a ``ru_maxrss`` at or below this says nothing of the program."""
+def own_peak_rss(forked: int = 0) -> int:
+    """Our max RSS (a vfork'd child's exec records it: exec_mmap), or a ``forked`` child's RSS just
+    after the fork, where its high-water mark starts (dup_mm: file pages are not copied), ours if
+    it is a zombie already. A ``ru_maxrss`` at or below this says nothing of the program."""
     import resource  # loaded already: os.wait4 builds its rusage with it
 
-    if not now:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with open("/proc/self/statm", "rb") as f:  # (the box's /proc is mounted when a payload runs)
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE")
+    for who in [str(forked), "self"] if forked else []:  # (the box's /proc: a payload runs)
+        with open(f"/proc/{who}/statm", "rb") as f:
+            if rss := int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE"):
+                return rss
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def program_peak(max_rss: int, spawner_peak: int, grown: bool = False) -> int:

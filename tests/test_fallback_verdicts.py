@@ -100,13 +100,14 @@ for fn in (lambda: 1, grows):
 @needs_fallback
 def test_a_forked_function_is_judged_by_what_it_grew_not_its_callers_image(no_leftovers):
     """A ``@sandboxed`` test is a fork of its caller: its RSS includes the caller's image, which
-    its RLIMIT_AS does not count. A failing test that allocated nothing is RE, not ML; one that
-    grew near the limit is ML, with the growth as its peak."""
+    its RLIMIT_AS does not count. A failing test that allocated nothing is RE, not ML, its peak
+    the few MiB of code pages it faulted in again; one that grew near the limit is ML, with the
+    growth as its peak."""
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     out = subprocess.run([sys.executable, "-c", CALLABLE_UNDER_A_BIG_CALLER], check=True,
                          capture_output=True, text=True, env=env).stdout.splitlines()
     (plain, how, peak), (grew, how2, peak2) = (line.split() for line in out[:2])
-    assert (plain, how, how2, peak) == ("RE", "rlimit", "rlimit", "0"), out
+    assert (plain, how, how2) == ("RE", "rlimit", "rlimit") and int(peak) < (16 << 20), out
     assert grew == "ML" and (100 << 20) <= int(peak2) < (200 << 20), out
 
 
