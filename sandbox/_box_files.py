@@ -303,14 +303,14 @@ def showing_layer(lowers: list[int], sub: str) -> int | None:
                 opened.append(h)
                 st = os.fstat(h)
                 if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 or (
-                        stat.S_ISREG(st.st_mode) and st.st_size == 0 and _xattr(h, X_WHITEOUT)):
+                        stat.S_ISREG(st.st_mode) and st.st_size == 0 and _safefs.xattr_of(h, X_WHITEOUT)):
                     break  # a whiteout: gone from here down
                 if depth == len(parts) - 1:
                     return i
                 if not stat.S_ISDIR(st.st_mode):
                     break  # a file or link where a parent should be
                 below.append((i, h))
-                if _xattr(h, X_OPAQUE) == b"y":
+                if _safefs.xattr_of(h, X_OPAQUE) == b"y":
                     break
             if not below:
                 return None
@@ -321,28 +321,14 @@ def showing_layer(lowers: list[int], sub: str) -> int | None:
             os.close(h)
 
 
-def _xattr(path_fd: int, name: str) -> bytes:
-    try:  # (getxattr refuses an O_PATH fd itself; its /proc/self/fd name works, no link followed)
-        return os.getxattr(f"/proc/self/fd/{path_fd}", name)
-    except OSError:
-        return b""
-
-
 X_WHITEOUT, X_OPAQUE = "user.overlay.whiteout", "user.overlay.opaque"
 
 
 def _opaque(dir_fd: int, sub: str) -> bool:
     """Whether overlayfs marked ``sub`` (a directory of an upper) opaque: it was removed and
     made again, so nothing of the lower shows through it (``user.overlay.opaque``: the box's
-    overlays are mounted with userxattr). Read through an O_PATH handle: no link followed."""
-    try:
-        h = sc.openat2(dir_fd, sub, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, _safefs.RESOLVE)
-    except OSError:
-        return False
-    try:
-        return _xattr(h, X_OPAQUE) == b"y"
-    finally:
-        os.close(h)
+    overlays are mounted with userxattr)."""
+    return _safefs.xattr_beneath(dir_fd, sub, X_OPAQUE, directory=True) == b"y"
 
 
 def _upper_targets(ops: list) -> dict[int, tuple[str, str]]:

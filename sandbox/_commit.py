@@ -60,7 +60,8 @@ def _tar_upper(tmpfs: int, out: BinaryIO, max_entries: int, top: str = UPPER,
                         raise _images.ImageError(f"commit: more than {max_entries} entries in the box's writable layer")
                     ti, data = _add(tar, dfd, rel, entry.name, pending, links)
                     if ti is not None:
-                        anew = ti.isdir() and _opaque(dfd, entry.name)  # (removed and made again)
+                        anew = ti.isdir() and _safefs.xattr_beneath(  # removed and made again
+                            dfd, entry.name, _layers.X_OPAQUE, directory=True) == b"y"
                         ti.uid, ti.gid = owner_of(ti.name, anew) if owner_of else (0, 0)
                         try:
                             tar.addfile(ti, data)
@@ -148,21 +149,6 @@ class _CommitOwners:
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
-
-
-def _opaque(dfd: int, name: str) -> bool:
-    """Whether the directory ``name`` of ``dfd`` is overlayfs-opaque (opened ``O_PATH``, no link
-    followed: getxattr refuses an O_PATH fd, its /proc/self/fd name does not)."""
-    try:
-        h = sc.openat2(dfd, name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, _safefs.RESOLVE)
-    except OSError:
-        return False
-    try:
-        return os.getxattr(f"/proc/self/fd/{h}", "user.overlay.opaque") == b"y"
-    except OSError:
-        return False
-    finally:
-        os.close(h)
 
 
 def _whiteout(fd: int) -> bool:

@@ -93,7 +93,7 @@ def _merge(layer_dirs: list[str], counts: list[int]) -> dict[str, Any]:
     for i, d in enumerate(layer_dirs):
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if _xattr(fd, "", _layers.X_OPAQUE) == b"y":
+            if _safefs.xattr_beneath(fd, "", _layers.X_OPAQUE) == b"y":
                 root["kids"] = {}
             root["mode"] = os.fstat(fd).st_mode
             for rel, st in _safefs.walk_beneath(fd, max_entries=counts[i] + 1):
@@ -101,13 +101,13 @@ def _merge(layer_dirs: list[str], counts: list[int]) -> dict[str, Any]:
                 parent = root
                 for part in dirs:  # (a layer lists a directory before its entries)
                     parent = parent["kids"][part]
-                if stat.S_ISREG(st.st_mode) and st.st_size == 0 and _xattr(fd, rel, _layers.X_WHITEOUT):
+                if stat.S_ISREG(st.st_mode) and st.st_size == 0 and _safefs.xattr_beneath(fd, rel, _layers.X_WHITEOUT):
                     parent["kids"].pop(name, None)
                     continue
                 old = parent["kids"].get(name)
                 node = {"layer": i, "rel": rel, "mode": st.st_mode, "kids": {}}
                 if stat.S_ISDIR(st.st_mode) and old and stat.S_ISDIR(old["mode"]) \
-                        and _xattr(fd, rel, _layers.X_OPAQUE) != b"y":
+                        and _safefs.xattr_beneath(fd, rel, _layers.X_OPAQUE) != b"y":
                     node["kids"] = old["kids"]  # the earlier layers' entries show through
                 parent["kids"][name] = node
         finally:
@@ -152,19 +152,6 @@ def _fill(node: dict[str, Any], out: int, layer_fds: list[int]) -> None:
                 os.link(base, name, src_dir_fd=pfd, dst_dir_fd=out, follow_symlinks=False)
         finally:
             os.close(pfd)
-
-
-def _xattr(root_fd: int, rel: str, name: str) -> bytes:
-    try:
-        h = sc.openat2(root_fd, rel or ".", os.O_PATH | os.O_NOFOLLOW, _safefs.RESOLVE)
-    except OSError:
-        return b""
-    try:  # (getxattr refuses an O_PATH fd; its /proc/self/fd name works, no link followed)
-        return os.getxattr(f"/proc/self/fd/{h}", name)
-    except OSError:
-        return b""
-    finally:
-        os.close(h)
 
 
 def remove_unused(store: ImageStore, gone: list[str]) -> None:

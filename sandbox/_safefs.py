@@ -108,6 +108,29 @@ def exists_beneath(root_fd: int, relpath: str) -> bool:
     return True
 
 
+def xattr_of(path_fd: int, name: str) -> bytes:
+    """The xattr ``name`` of what the ``O_PATH`` fd ``path_fd`` names, b"" if none (getxattr
+    refuses an O_PATH fd itself; its /proc/self/fd name works, and no link is followed)."""
+    try:
+        return os.getxattr(f"/proc/self/fd/{path_fd}", name)
+    except OSError:
+        return b""
+
+
+def xattr_beneath(root_fd: int, relpath: str, name: str, *, directory: bool = False) -> bytes:
+    """The xattr ``name`` of ``root_fd/relpath`` (b"" if none, or if it is no directory when
+    ``directory``), opened ``O_PATH`` beneath ``root_fd``, no link followed."""
+    flags = os.O_PATH | os.O_NOFOLLOW | (os.O_DIRECTORY if directory else 0)
+    try:
+        h = sc.openat2(root_fd, relpath.lstrip("/") or ".", flags, RESOLVE)
+    except OSError:
+        return b""
+    try:
+        return xattr_of(h, name)
+    finally:
+        os.close(h)
+
+
 def box_writable_dir(prefix: str) -> tuple[str, str]:
     """(dir to remove afterwards, an empty dir the box's own user may write into).
 
