@@ -62,15 +62,22 @@ def test_export_keeps_the_archives_owners_and_hard_links(store, tmp_path):
     assert again["home/app/data"].uid == 1234 and again["tool2"].islnk()
 
 
+def _commit_and_export(store: sandbox.ImageStore, out: str, script: str) -> dict[str, tarfile.TarInfo]:
+    """Run ``script`` in a box on test/busybox:1, commit it as test/made:1 and export that to
+    ``out``: the members of its top layer (the committed one)."""
+    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
+        r = box.exec(["sh", "-c", script])
+        assert r.status == "OK", r.stderr
+        box.commit("test/made:1")
+    store.export("test/made:1", out)
+    return _layers_of(out)[-1]
+
+
 def test_commit_gives_made_files_the_box_user_and_keeps_a_copied_up_files_owner(store, tmp_path):
     if ROOT_MODE:
         pytest.skip("as root the image's files are host root's: the box user cannot write /home/app/data")
-    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
-        r = box.exec(["sh", "-c", "echo more >> /home/app/data; echo m > /mine; ln /mine /mine2"])
-        assert r.status == "OK", r.stderr
-        box.commit("test/made:1")
-    store.export("test/made:1", str(tmp_path / "made.tar"))
-    top = _layers_of(str(tmp_path / "made.tar"))[2]
+    top = _commit_and_export(store, str(tmp_path / "made.tar"),
+                             "echo more >> /home/app/data; echo m > /mine; ln /mine /mine2")
     assert (top["home/app/data"].uid, top["home/app/data"].gid) == (1234, 1234)
     assert (top["mine"].uid, top["mine"].gid) == (DEFAULT_UID, DEFAULT_GID)
     assert top["mine2"].islnk() and top["mine2"].linkname == "mine"
@@ -92,12 +99,8 @@ def test_commit_a_file_made_again_over_a_deleted_one_is_the_box_users(tmp_path, 
                         [entry("home/app/.wh..wh..opq", "file"), entry("home/app/other", "file")])])
     st = sandbox.ImageStore()
     st.import_archive(oci_layout(str(tmp_path / "oci"), [base_layer(), owned, deleting], Env=["PATH=/bin"]))
-    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
-        r = box.exec(["sh", "-c", "test ! -e /home/app/data && echo new > /home/app/data"])
-        assert r.status == "OK", r.stderr
-        box.commit("test/again:1")
-    st.export("test/again:1", str(tmp_path / "again.tar"))
-    top = _layers_of(str(tmp_path / "again.tar"))[3]
+    top = _commit_and_export(st, str(tmp_path / "again.tar"),
+                             "test ! -e /home/app/data && echo new > /home/app/data")
     assert (top["home/app/data"].uid, top["home/app/data"].gid) == (DEFAULT_UID, DEFAULT_GID)
 
 
@@ -126,12 +129,8 @@ def test_commit_a_directory_removed_and_made_again_is_the_box_users(store, tmp_p
     (overlayfs's mark of one made anew), the box user's, not a copy-up of the 1234 one."""
     if ROOT_MODE:
         pytest.skip("as root the image's files are host root's: the box user cannot remove /home/app")
-    with sandbox.Box(sandbox.SandboxConfig(image="test/busybox:1")) as box:
-        r = box.exec(["sh", "-c", "rm -r /home/app && mkdir /home/app && echo n > /home/app/new"])
-        assert r.status == "OK", r.stderr
-        box.commit("test/made:1")
-    store.export("test/made:1", str(tmp_path / "made.tar"))
-    top = _layers_of(str(tmp_path / "made.tar"))[2]
+    top = _commit_and_export(store, str(tmp_path / "made.tar"),
+                             "rm -r /home/app && mkdir /home/app && echo n > /home/app/new")
     assert "home/app/.wh..wh..opq" in top, sorted(top)
     assert (top["home/app"].uid, top["home/app"].gid) == (DEFAULT_UID, DEFAULT_GID)
     assert top["home/app/new"].uid == DEFAULT_UID

@@ -6,7 +6,7 @@ cleanly, and a channel of tiny JSON values must not cost the host many times its
 from __future__ import annotations
 
 import pytest
-from test_plugin_subtests import SUB
+from test_plugin_subtests import SUB, forging
 from test_plugin_trust import FORGE
 
 pytest_plugins = ["pytester", "test_plugin_support"]
@@ -83,20 +83,7 @@ def test_a_skip_without_its_location_or_a_failure_without_its_text_is_invalid(ru
     """pytest's terminal summary and JUnit writer assert that a skip's longrepr is (path,
     lineno, reason) and that a failure has one: anything else crashed the host at the end of
     the run."""
-    cases = "\n".join(f"        {k!r}: lambda: {v}," for k, v in SHAPES.items())
-    r = run(FORGE + SUB + f'''
-    NODE = "test_it.py::test_x"
-    TB = {TB!r}
-
-    @pytest.mark.sandboxed
-    @pytest.mark.parametrize("kind", {sorted(SHAPES)!r})
-    def test_x(kind, request):
-        global NODE
-        NODE = request.node.nodeid
-        forge({{
-{cases}
-        }}[kind]())
-    ''', *args)
+    r = run(forging(SHAPES, f"    TB = {TB!r}\n"), *args)
     assert "INTERNALERROR" not in r.stdout.str() and "Traceback" not in r.stderr.str()
     r.assert_outcomes(failed=len(SHAPES))
     for kind in SHAPES:

@@ -193,20 +193,26 @@ FORGERIES = {
 }
 
 
-def test_forged_subtest_reports_are_invalid(run):
-    cases = "\n".join(f"        {k!r}: lambda: {v}," for k, v in FORGERIES.items())
-    r = run(FORGE + SUB + f'''
+def forging(cases: dict[str, str], preamble: str = "") -> str:
+    """A test file whose boxed ``test_x[KIND]`` forges ``cases[KIND]`` (an expression over
+    FORGE's and SUB's helpers) on its channel; ``preamble``: more of the file's own lines."""
+    table = "\n".join(f"        {k!r}: lambda: {v}," for k, v in cases.items())
+    return FORGE + SUB + f'''
     NODE = "test_it.py::test_x"
-
+{preamble}
     @pytest.mark.sandboxed
-    @pytest.mark.parametrize("kind", {sorted(FORGERIES)!r})
+    @pytest.mark.parametrize("kind", {sorted(cases)!r})
     def test_x(kind, request):
         global NODE
         NODE = request.node.nodeid
         forge({{
-{cases}
+{table}
         }}[kind]())
-    ''', "-rf")
+    '''
+
+
+def test_forged_subtest_reports_are_invalid(run):
+    r = run(forging(FORGERIES), "-rf")
     assert "INTERNALERROR" not in r.stdout.str() and "Traceback" not in r.stderr.str()
     r.assert_outcomes(failed=len(FORGERIES))
     for kind in FORGERIES:
