@@ -120,8 +120,8 @@ def run_sync(target: Sequence[str] | Callable[[], int], config: SandboxConfig | 
     from sandbox._direct import run_direct
 
     if (_thread._count() > 0 and plan is None and not forward_signals and not tty and not callable(target) and not isinstance(stdin, int)
-            and on_output is None and not pass_fds and not (config or SandboxConfig()).holds_fds()
-            and not (config or SandboxConfig()).allow_hosts and not (config or SandboxConfig()).link):  # (the direct runner's hub)
+            and on_output is None and not pass_fds and not (cfg := config or SandboxConfig()).holds_fds()
+            and not cfg.allow_hosts and not cfg.link):  # (egress, shaping: the direct runner's hub)
         import trio
 
         return trio.run(lambda: run(target, config, stdin=stdin))

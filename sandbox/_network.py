@@ -173,8 +173,7 @@ class Network:
 
     def connect(self, address: str, port: int, timeout: float | None = 10.0) -> socket.socket:
         """A TCP connection from the trusted side to ``address:port`` on this network."""
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise ValueError(f"port {port!r} is not valid; use a number from 1 to 65535")
+        _check_port(port)
         with self._lock:
             fd = self._sockets.pop() if self._sockets else -1
         if fd < 0:  # a few at a time: each request is a round trip to the hub
@@ -212,19 +211,22 @@ class Network:
         if relay is None:
             from sandbox._portrelay import PortRelay
 
-            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-                raise ValueError(f"port {port!r} is not valid; use a number from 1 to 65535")
+            _check_port(port)
             if self._sock is None or self.closed:
                 raise NetworkError("this network is closed")
-            relay = PortRelay(lambda: self.connect(address, port))
-            with self._lock:
-                closing = self._closing
-                relay, extra = (relay, relay) if closing else (self._relays.setdefault(key, relay), relay)
-            if closing or extra is not relay:
-                extra.close()
-            if closing:
+            new = PortRelay(lambda: self.connect(address, port))
+            with self._lock:  # (another thread's relay for the key wins; none once close began)
+                relay = None if self._closing else self._relays.setdefault(key, new)
+            if relay is not new:
+                new.close()
+            if relay is None:
                 raise NetworkError("this network is closed")
         return f"{scheme}://127.0.0.1:{relay.port}/"
+
+
+def _check_port(port: object) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ValueError(f"port {port!r} is not valid; use a number from 1 to 65535")
 
 
 RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
