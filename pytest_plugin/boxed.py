@@ -31,6 +31,7 @@ import pytest
 from pytest_plugin import (
     boxcov,
     boxrun,
+    boxstack,
     boxstate,
     boxtee,
     boxtimeout,
@@ -121,11 +122,10 @@ def _fresh_fixtures(item: pytest.Item) -> None:
             fixturedef._finalizers.clear()
 
 
-def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
-           adopt: list[tuple[int, int]], spools: dict[int, int], stack_fd: int,
-           wall: float | None, ch: int) -> None:
-    from _pytest.runner import runtestprotocol
-
+def enter(items: list[pytest.Item], host: boxstate.HostState, tees: dict[str, int],
+          adopt: list[tuple[int, int]], spools: dict[int, int], stack_fd: int, ch: int) -> None:
+    """Make this clone the test process plain pytest would have been for ``items`` (one test,
+    or the tests a module or session box runs in turn, ``boxscope``)."""
     boxstate.restore(host)  # signals, gc: as the test would have had them unboxed
     global CHANNEL
     CHANNEL = ch
@@ -133,34 +133,53 @@ def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
         os.dup2(std, saved)
     for tmpfile_fd, spool in spools.items():  # pytest's capture writes into the spool
         os.dup2(spool, tmpfile_fd)
-    _fresh_fixtures(item)
-    _take_reports(item)
-    boxtee.install(item.config, tees)
+    for item in items:
+        _fresh_fixtures(item)
+    _take_reports(items[0])
+    boxtee.install(items[0].config, tees)
     boxtimeout.STACK_FD = stack_fd
     faulthandler.enable(file=stack_fd, all_threads=True)
-    if wall is not None:  # the stack shortly before the host kills us, for the failure report
-        faulthandler.dump_traceback_later(max(wall * 0.5, wall - min(0.25, wall * 0.1)),
-                                          file=stack_fd)
+
+
+def run_test(item: pytest.Item, nextitem: pytest.Item | None, stack_fd: int) -> bool:
+    """pytest's own protocol for ``item``, its reports sent as they are made; False when the
+    session is to stop (``pytest.exit()``, KeyboardInterrupt)."""
+    from _pytest.runner import runtestprotocol
+
     counts = sequence.failed_subtests_count(item)
     key = getattr(item, "id", None)
     before = counts.get(key, 0) if counts is not None else 0
+    go_on = True
     with warnings.catch_warnings(record=True) as log:  # keeps the filters pytest set up
         cov = boxcov.start()  # coverage measured here goes to the host's (boxcov says how)
         try:
-            runtestprotocol(item, log=True, nextitem=None)
+            runtestprotocol(item, log=True, nextitem=nextitem)
             if counts is not None and counts.get(key, 0) > before:
                 _send({"$failed_subtests": counts[key] - before})
         except pytest.exit.Exception as e:
             _send({"$exit": str(e.msg)[:4096], "returncode": e.returncode})
+            go_on = False
         except KeyboardInterrupt:
             _send({"$exit": f"KeyboardInterrupt in {item.nodeid}", "returncode": 2})
+            go_on = False
         except BaseException as e:  # out of pytest's own machinery (a plugin's hook): exit 1
             _escaped(stack_fd, e)
             raise
         boxcov.finish(cov, _send)
-    faulthandler.cancel_dump_traceback_later()
     if log:
         _send(boxwarnings.to_json(log))
+    return go_on
+
+
+def _child(item: pytest.Item, host: boxstate.HostState, tees: dict[str, int],
+           adopt: list[tuple[int, int]], spools: dict[int, int], stack_fd: int,
+           wall: float | None, ch: int) -> None:
+    enter([item], host, tees, adopt, spools, stack_fd, ch)
+    if wall is not None:  # the stack shortly before the host kills us, for the failure report
+        faulthandler.dump_traceback_later(max(wall * 0.5, wall - min(0.25, wall * 0.1)),
+                                          file=stack_fd)
+    run_test(item, None, stack_fd)
+    faulthandler.cancel_dump_traceback_later()
 
 
 def _escaped(fd: int, e: BaseException) -> None:
@@ -196,7 +215,16 @@ def run_item(item: pytest.Item, cfg: SandboxConfig, timeout: float | None = None
     finally:
         for fd in (*spools.values(), stack, *tees.values()):
             os.close(fd)
-    unfinished = _drain_capture(config) + teed
+    return judge(item, cfg, timeout, result, data, stack_text, drain_capture(config) + teed)
+
+
+def judge(item: pytest.Item, cfg: SandboxConfig, timeout: float | None, result: Result | None,
+          data: bytes | None, stack_text: str, unfinished: list[tuple[str, str]],
+          reason: str | None = None) -> Outcome:
+    """The test's outcome from what its box sent (``data``) and the kernel's verdict
+    (``result``; None: a box that lives on and said the test is done, ``boxscope``).
+    ``reason``: the failure's first line when the box's own account of its end says more than
+    the verdict (a module box's watchdog ended one test)."""
     out = Outcome([], result)
     try:
         if data is None:
@@ -206,15 +234,15 @@ def run_item(item: pytest.Item, cfg: SandboxConfig, timeout: float | None = None
     except InvalidReport as e:
         out.reports, out.exit_request, out.warnings, invalid = [], None, [], str(e)
         out.failed_subtests = 0
-    if result.status != Status.OK:
+    if result is not None and result.status != Status.OK:
         lines = stack_text.splitlines()
         escaped = [x[len(ESCAPED):] for x in lines if x.startswith(ESCAPED)]
         fired = boxtimeout.FIRED in lines
         stack_text = "\n".join(x for x in lines if not x.startswith((ESCAPED, boxtimeout.FIRED)))
-        text = "sandbox: " + _reason(result, cfg.limits, escaped[-1] if escaped else "")
+        text = reason or "sandbox: " + _reason(result, cfg.limits, escaped[-1] if escaped else "")
         text = boxtimeout.explain(item, text, result, cfg.limits, timeout, fired)
         if stack_text.strip():
-            text += "\n\nPython stack of the test process (written inside the box):\n" + _trim_stack(stack_text)
+            text += "\n\nPython stack of the test process (written inside the box):\n" + boxstack.trim(stack_text)
         complete(item, out.reports, text, sections=unfinished,
                  first="call" if invalid else "setup")
     elif out.exit_request is not None and invalid is None:
@@ -224,7 +252,7 @@ def run_item(item: pytest.Item, cfg: SandboxConfig, timeout: float | None = None
         out.reports = [] if invalid else out.reports
         complete(item, out.reports, f"sandbox: test process sent an invalid report ({why})",
                  first="call")
-    else:
+    elif result is not None:
         _explain_memory_error(out.reports, cfg.limits, result)
     return out
 
@@ -261,7 +289,7 @@ def synthetic(item: pytest.Item, when: str, outcome: str, text: str) -> pytest.T
                              outcome, longrepr, when, sections=[], user_properties=[])  # type: ignore[arg-type]
 
 
-def _drain_capture(config: Any) -> list[tuple[str, str]]:
+def drain_capture(config: Any) -> list[tuple[str, str]]:
     """What the box wrote into pytest's capture files in a phase it never finished; reading
     also empties them, so it cannot show up as the next test's output."""
     capman = config.pluginmanager.getplugin("capturemanager")
@@ -286,7 +314,7 @@ def teardown_in_parent(item: pytest.Item, nextitem: pytest.Item | None,
         call = CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem),
                                   when="teardown", reraise=(pytest.exit.Exception, KeyboardInterrupt))
     finally:
-        captured = _drain_capture(item.config) if capman is not None else []
+        captured = drain_capture(item.config) if capman is not None else []
         if capman is not None:
             capman.suspend_global_capture(in_=False)
     last = reports[-1]
@@ -316,7 +344,7 @@ def _reason(result: Result, lim: Limits, escaped: str = "") -> str:
             why = boxstate.memory_refusal(escaped)
             if why and lim.memory and result.enforcement.get("memory") == "rlimit":
                 return f"memory limit {_fmt(lim.memory)} exceeded ({why}; outside the test's own code)"
-            return f"the test process failed outside the test: {_printable(escaped[:300])}"
+            return f"the test process failed outside the test: {boxstack.printable(escaped[:300])}"
         return f"the test process exited with code {result.exit_code} (os._exit() inside the test?)"
     return result.reason or str(result.status)
 
@@ -328,41 +356,6 @@ def _fmt(n: int | None) -> str:
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift}{unit}"
     return f"{n}B"
-
-
-def _package_dirs() -> tuple[str, ...]:
-    import _pytest
-    import pluggy
-
-    import sandbox
-
-    return (*(f'"{os.path.dirname(m.__file__ or "")}/' for m in (_pytest, pluggy, sandbox)),
-            f'"{os.path.dirname(__file__)}/', "<frozen runpy>")
-
-
-MACHINERY = _package_dirs()
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() or c == "\t" else "?" for c in text)
-
-
-def _trim_stack(text: str) -> str:
-    """faulthandler's dump, without pytest's, pluggy's and the sandbox's own frames below the
-    test (they are the same for every test); control characters are replaced."""
-    out: list[str] = []
-    skipping = False
-    for line in text.splitlines():
-        if line.startswith("  File "):
-            if not skipping and any(m in line for m in MACHINERY):
-                skipping = True
-                out.append("  ... (pytest and sandbox frames)")
-            if skipping:
-                continue
-        else:
-            skipping = False
-        out.append(_printable(line))
-    return "\n".join(out)
 
 
 def _explain_memory_error(reports: list[pytest.TestReport], lim: Limits, result: Result) -> None:

@@ -21,18 +21,24 @@ from typing import Any
 
 import pytest
 
-from pytest_plugin import boxcov, boxed, boxrun, boxtimeout, boxwarnings, probe, sequence
+from pytest_plugin import boxcov, boxed, boxrun, boxscope, boxtimeout, boxwarnings, probe, sequence
 from pytest_plugin.fixture import LIMIT_KEYS, SandboxFixture
 from pytest_plugin.summary import record, write_summary
 from sandbox import ENV_ALLOWLIST, ConfigError, Limits, SandboxConfig
 
 INI_DEFAULTS = {"memory": "512M", "wall_time": "60s", "cpu_time": "60s", "pids": "256"}
+# What a Python program the test starts (``sys.executable``) imports and how it runs, as plain
+# pytest's subprocesses would: a src layout on PYTHONPATH (click's import test ran the venv's
+# click without it). Host paths, not secrets; entries outside the box's mounts do not exist there.
+PYTHON_ENV = ("PYTHONPATH", "PYTHONSAFEPATH", "PYTHONHASHSEED", "PYTHONWARNINGS",
+              "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8", "PYTHONIOENCODING", "PYTHONDEVMODE")
 # Variables pytest and pytest-xdist themselves read while a test runs, so a boxed test reports
 # exactly as it would outside: CI/BUILD_NUMBER switch off assertion-diff truncation, the xdist
 # ones name the worker (tests use them for per-worker resources). None of them carries secrets;
 # everything else stays out of the box unless the marker's ``inherit_env``/``env`` adds it.
 PYTEST_ENV = ("CI", "BUILD_NUMBER", "PYTEST_THEME", "PYTEST_THEME_MODE", "PYTEST_VERSION",
-              "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+              "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID",
+              *PYTHON_ENV)
 _ROWS = pytest.StashKey[list[Any]]()
 _CONFIGS = pytest.StashKey[dict[tuple[str, bool, str, float | None], SandboxConfig]]()
 TIMEOUT = pytest.StashKey[float]()  # pytest-timeout's timeout of a boxed test, see below
@@ -48,6 +54,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--sandbox-network", action="store_true", default=None,
                 help="give sandboxed tests the host network (default: none, only lo)")
     g.addoption("--sandbox-no-summary", action="store_true", help="no sandbox table at the end")
+    g.addoption("--sandbox-scope", choices=boxscope.SCOPES, default=None,
+                help="one box per test (default), per module, or per session (xdist: per worker); "
+                     "tests of a module or session box share its fixtures, state and limits "
+                     "(ini: sandbox_scope; marker: scope=)")
+    parser.addini("sandbox_scope", "one box per test, module or session", default="test")
     parser.addini("sandbox_all", "sandbox every test (like --sandbox-all)", type="bool", default=False)
     parser.addini("sandbox_strict", "fail instead of skip without sandboxes", type="bool", default=False)
     parser.addini("sandbox_network", "host network in sandboxed tests", type="bool", default=False)
@@ -66,6 +77,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "nofile=, fsize=, network=False, ...): run this test (fixtures included) inside a fresh "
         "rootless sandbox; other keywords are SandboxConfig fields")
     config.stash[_ROWS] = []
+    if config.getini("sandbox_scope") not in boxscope.SCOPES:
+        raise pytest.UsageError(f"sandbox_scope = {config.getini('sandbox_scope')!r} is not valid; "
+                                f"use {', '.join(boxscope.SCOPES)}")
     config.pluginmanager.register(boxcov, "sandbox-coverage")  # merges boxes' coverage data
 
 
@@ -74,12 +88,25 @@ def _flag(config: pytest.Config, name: str) -> bool:
     return bool(opt) if opt is not None else bool(config.getini(f"sandbox_{name}"))
 
 
-def box_config(item: pytest.Item) -> SandboxConfig:
-    """Defaults < ini < command line < marker kwargs. Tests with the same marker share one
-    validated config (validation stats every mount source; the box plan is cached per config)."""
+def scope_of(item: pytest.Item) -> str:
+    """Marker keyword > command line > ini."""
     marker = item.get_closest_marker("sandboxed")
-    needs_tmp = not boxrun.TMP_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
-    timeout = item.stash.get(TIMEOUT, None)
+    scope = marker.kwargs.get("scope") if marker is not None else None
+    scope = scope or item.config.getoption("sandbox_scope") or item.config.getini("sandbox_scope")
+    if scope not in boxscope.SCOPES:
+        raise ConfigError(f"@pytest.mark.sandboxed(scope={scope!r}) is not valid; use "
+                          f"{', '.join(boxscope.SCOPES)}")
+    return str(scope)
+
+
+def box_config(item: pytest.Item, grouped: bool = False) -> SandboxConfig:
+    """Defaults < ini < command line < marker kwargs. Tests with the same marker share one
+    validated config (validation stats every mount source; the box plan is cached per config).
+    ``grouped``: the per-test config of a module or session box (its tests may use temporary
+    directories; pytest-timeout's timeout is watched per test in the box)."""
+    marker = item.get_closest_marker("sandboxed")
+    needs_tmp = grouped or not boxrun.TMP_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+    timeout = None if grouped else item.stash.get(TIMEOUT, None)
     key = (repr(marker.kwargs) if marker else "", needs_tmp, os.getcwd(), timeout)
     cache = item.config.stash.setdefault(_CONFIGS, {})
     if key not in cache:
@@ -87,10 +114,13 @@ def box_config(item: pytest.Item) -> SandboxConfig:
     return cache[key]
 
 
-def _build_config(item: pytest.Item, needs_tmp: bool, timeout: float | None = None) -> SandboxConfig:
+def _build_config(item: pytest.Item, needs_tmp: bool, timeout: float | None = None,
+                  tests: int = 1) -> SandboxConfig:
+    """``tests``: a module or session box's config, whose time limits are that many tests'."""
     cfg = item.config
     marker = item.get_closest_marker("sandboxed")
     kw: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    kw.pop("scope", None)
     limits: dict[str, Any] = {}
     for key in LIMIT_KEYS:
         v = cfg.getoption(f"sandbox_{key}") or cfg.getini(f"sandbox_{key}") or None
@@ -114,6 +144,9 @@ def _build_config(item: pytest.Item, needs_tmp: bool, timeout: float | None = No
     lim = Limits.parse(**limits)
     if timeout is not None and (lim.wall_time is None or timeout < lim.wall_time):
         lim.wall_time = timeout
+    if tests > 1:
+        lim.wall_time = None if lim.wall_time is None else lim.wall_time * tests
+        lim.cpu_time = None if lim.cpu_time is None else lim.cpu_time * tests
     sc = SandboxConfig(limits=lim, network="host" if network else "none",
                        mounts=[*mounts, *kw.pop("mounts", [])], cwd=kw.pop("cwd", cwd), **kw)
     return sc.validate()
@@ -131,6 +164,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return None
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     out = boxed.Outcome([])
+    scope = "test"
     try:
         if "sandbox" in getattr(item, "fixturenames", ()):
             raise ConfigError("a @sandboxed test cannot use the `sandbox` fixture (boxes do not "
@@ -139,12 +173,17 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         if reason is not None:
             strict = _flag(item.config, "strict")
             boxed.complete(item, out.reports, reason, outcome="failed" if strict else "skipped")
-        else:
+        elif (scope := scope_of(item)) == "test":
             out = boxed.run_item(item, box_config(item), item.stash.get(TIMEOUT, None))
+        else:
+            out = boxscope.run_item(item, scope, box_config(item, grouped=True),
+                                    lambda n: _build_config(item, True, None, n),
+                                    _continues(item, nextitem, scope), nextitem,
+                                    item.stash.get(TIMEOUT, None))
     except ConfigError as e:
         boxed.complete(item, out.reports, f"sandbox: {e}")
     boxed.teardown_in_parent(item, nextitem, out.reports)
-    if out.result is not None:
+    if out.result is not None and scope == "test":
         props = _properties(out.result)
         for rep in out.reports:
             rep.user_properties.extend(props)
@@ -152,13 +191,23 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     sequence.count_failed_subtests(item, out.reports, out.failed_subtests)
     for rep in out.reports:
         item.ihook.pytest_runtest_logreport(report=rep)
-    if out.result is not None:
-        record(item.config.stash[_ROWS], item.nodeid, out.result, out.reports)
+    if out.result is not None or scope != "test":
+        record(item.config.stash[_ROWS], item.nodeid, out.result, out.reports, scope != "test")
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     if out.exit_request is not None:
         reason, code = out.exit_request
         pytest.exit(reason, _exit_code(item.session, code, nextitem is not None))
     return True
+
+
+def _continues(item: pytest.Item, nextitem: pytest.Item | None, scope: str) -> bool:
+    """Whether ``nextitem`` runs in the same module or session box as ``item``."""
+    if nextitem is None or not _wants_box(nextitem) or "sandbox" in getattr(nextitem, "fixturenames", ()):
+        return False
+    try:
+        return boxscope.group_key(nextitem, scope_of(nextitem)) == boxscope.group_key(item, scope)
+    except ConfigError:
+        return False
 
 
 def _exit_code(session: pytest.Session, code: int | None, tests_left: bool) -> int | None:
@@ -212,6 +261,12 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxFixture]:
     fx = SandboxFixture(request.config)
     yield fx
     fx.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # a box still waiting for a test the session will not run; after Ctrl-C it may be inside
+    # a test: the process's end (or the box's own wall time) ends it, not a wait here
+    boxscope.close(session.config, 1.0 if exitstatus == pytest.ExitCode.INTERRUPTED else 10.0)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

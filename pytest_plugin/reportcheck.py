@@ -265,7 +265,8 @@ def rebuild(config: Any, d: dict[str, Any]) -> pytest.TestReport:
             rep.longrepr = tuple(rep.longrepr)
         rep.user_properties = [tuple(p) for p in rep.user_properties]
         rep.sections = [tuple(s) for s in rep.sections]
-        rep.longreprtext  # noqa: B018 - renders the whole longrepr once
+        if rep.longrepr is not None:
+            rep.longreprtext  # noqa: B018 - renders the whole longrepr once
         rep.head_line  # noqa: B018 - a subtest's renders its context
     except InvalidReport:
         raise

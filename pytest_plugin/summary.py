@@ -14,7 +14,7 @@ class SummaryRow:
     outcome: str
     status: str
     wall: float
-    cpu: float
+    cpu: float | None  # None: a test of a module or session box (its CPU time is the box's)
     peak: int | None
 
 
@@ -30,7 +30,15 @@ def outcome_of(reports: list[Any]) -> str:
     return "passed"
 
 
-def record(rows: list[SummaryRow], nodeid: str, result: Any, reports: list[Any]) -> None:
+def record(rows: list[SummaryRow], nodeid: str, result: Any, reports: list[Any],
+           shared: bool = False) -> None:
+    """``shared``: the test ran in a module or session box, whose verdict (``result``, or None
+    while the box lives on) covers its other tests too: the row has the test's own duration
+    and no CPU time or peak of its own."""
+    if shared:
+        rows.append(SummaryRow(nodeid, outcome_of(reports), str(result.status) if result else "OK",
+                               sum(r.duration for r in reports), None, None))
+        return
     rows.append(SummaryRow(nodeid, outcome_of(reports), str(result.status), result.wall_time,
                            result.cpu_time, result.peak_memory))
 
@@ -56,5 +64,6 @@ def write_summary(tr: Any, rows: list[SummaryRow], verbose: bool = False) -> Non
     tr.write_line(f"{'test':<{width}}  {'outcome':<8} status     wall      cpu     peak")
     for r in shown:
         name = r.nodeid if len(r.nodeid) <= width else "…" + r.nodeid[-(width - 1):]
+        cpu = "       -" if r.cpu is None else f"{r.cpu:7.3f}s"
         tr.write_line(f"{name:<{width}}  {r.outcome:<8} {r.status:<6} {r.wall:7.3f}s "
-                      f"{r.cpu:7.3f}s {_mib(r.peak):>8}")
+                      f"{cpu} {_mib(r.peak):>8}")

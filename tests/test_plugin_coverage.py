@@ -129,8 +129,10 @@ def test_boxed_coverage_under_xdist(project):
     assert boxed == plain
 
 
-def test_per_test_contexts_come_back(project):
-    # one box, two contexts with data: its setup (the fixture) and its call
+@pytest.mark.parametrize("scope", ["test", "module"])
+def test_per_test_contexts_come_back(project, scope):
+    # one box, two contexts with data: its setup (the fixture) and its call; a module box
+    # sends each test's data after that test
     (project.path / ".coveragerc").write_text("[json]\nshow_contexts = true\n")
     project.makepyfile(test_ctx=textwrap.dedent("""
         import pytest
@@ -144,7 +146,8 @@ def test_per_test_contexts_come_back(project):
             assert covpkg.sign(doubled) == "pos"
         """))
     _, plain = covrun(project, "--cov-context=test", name="plain.json")
-    r, boxed = covrun(project, "--cov-context=test", "--sandbox-all", name="boxed.json")
+    r, boxed = covrun(project, "--cov-context=test", "--sandbox-all", "--sandbox-scope", scope,
+                      name="boxed.json")
     r.assert_outcomes(passed=4)
     ctx = boxed["files"]["covpkg/__init__.py"]["contexts"]
     assert ctx["3"] == ["test_ctx.py::test_ctx|setup", "test_it.py::test_double|run"]  # double

@@ -94,6 +94,27 @@ def test_the_active_venvs_scripts_are_on_path(run, pytester, monkeypatch):
     r.assert_outcomes(passed=1)
 
 
+def test_a_python_subprocess_imports_from_pythonpath_as_unboxed(run, pytester, monkeypatch):
+    # a src layout on PYTHONPATH: the subprocess a test starts must import the project's
+    # module, not another copy (click's own import test ran the venv's click)
+    (pytester.path / "src").mkdir()
+    (pytester.path / "src" / "onpath.py").write_text("WHERE = 'src'\n")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path / "src"))
+    monkeypatch.setenv("PYTHONHASHSEED", "7")
+    monkeypatch.setenv("SANDBOX_TEST_SECRET", "hunter2")
+    src = """
+        import os, subprocess, sys
+
+        def test_subprocess_imports():
+            out = subprocess.run([sys.executable, "-c", "import onpath, os; print(onpath.WHERE, "
+                                  "os.environ['PYTHONHASHSEED'], os.environ.get('SANDBOX_TEST_SECRET'))"],
+                                 capture_output=True, text=True)
+            assert out.stdout.split() == ["src", "7", "None"], out.stderr
+        """
+    assert run(src.replace('"None"', '"hunter2"'), "-p", "no:sandbox").ret == 0
+    run(src, "--sandbox-all").assert_outcomes(passed=1)
+
+
 def test_localhost_resolves_with_ai_addrconfig_and_servers_bind(run):
     r = run("""
         import asyncio, socket

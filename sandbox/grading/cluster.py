@@ -276,14 +276,20 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
         tests = client.submit(_same, (os.path.basename(os.path.abspath(a.tests)), pack(a.tests)),
                               key="grade-tests", pure=False)
         todo = list(enumerate(subs))[::-1]
-        futs: dict[Any, str] = {}
+        futs: dict[Any, tuple[int, tuple[str, str]]] = {}
+        suspects: list[tuple[int, tuple[str, str]]] = []
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         done = as_completed(timeout=left)
-        _feed(client, todo, futs, done, tests, opts)
+        _feed(client, todo, futs, done, tests, opts, suspects)
         try:
             for fut in done:
-                name = futs.pop(fut)
-                _feed(client, todo, futs, done, tests, opts)
+                entry = futs.pop(fut)
+                name = entry[1][0]
+                if _killed(fut, KilledWorker) and entry[0] >= 0:
+                    suspects.append((-1 - entry[0], entry[1]))  # once more, alone (_feed)
+                    _feed(client, todo, futs, done, tests, opts, suspects)
+                    continue
+                _feed(client, todo, futs, done, tests, opts, suspects)
                 if not _replay(name, fut, sink, KilledWorker, FutureCancelledError,
                                runner.TeacherError):
                     lost = True  # Dask cancelled every future: the rest are not graded
@@ -298,8 +304,9 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
             cluster.close()
 
 
-def _feed(client: Any, todo: list[tuple[int, tuple[str, str]]], futs: dict[Any, str],
-          done: Any, tests: Any, opts: dict[str, Any]) -> None:
+def _feed(client: Any, todo: list[tuple[int, tuple[str, str]]],
+          futs: dict[Any, tuple[int, tuple[str, str]]], done: Any, tests: Any,
+          opts: dict[str, Any], suspects: list[tuple[int, tuple[str, str]]]) -> None:
     """Submit from ``todo`` until as many submissions are out as the cluster has boxes.
 
     Dask sends every task it is given to a worker at once (tasks with resources are not held
@@ -308,15 +315,33 @@ def _feed(client: Any, todo: list[tuple[int, tuple[str, str]]], futs: dict[Any, 
     also mark the innocent ones that were waiting on those workers as killers. Out only as
     many as there are ``sandbox`` slots, a task waits on a worker only while the cluster is
     short of one that died. It also keeps the packed files of the rest on this machine, not
-    in the scheduler's memory."""
+    in the scheduler's memory.
+
+    That still leaves a submission that only waited on workers that died (the cluster was
+    short of one) marked with the killer. So a submission Dask gave up on (``suspects``,
+    numbered ``-1 - i``) is graded once more, alone: nothing else is out until it is done, so
+    its verdict is its own (a killer kills again and is reported; an innocent one is graded)."""
+    if suspects:
+        if not futs:
+            i, (name, path) = suspects.pop()
+            fut = client.submit(grade_one, name, pack(path), tests, opts,
+                                key=f"grade-{-1 - i}-{name}-alone", resources={"sandbox": 1},
+                                pure=False)
+            futs[fut] = (i, (name, path))
+            done.add(fut)
+        return
     info = client.scheduler_info()["workers"].values()
     slots = sum(int(w.get("resources", {}).get("sandbox", 0)) for w in info)
     while todo and len(futs) < max(1, slots):
         i, (name, path) = todo.pop()
         fut = client.submit(grade_one, name, pack(path), tests, opts, key=f"grade-{i}-{name}",
                             resources={"sandbox": 1}, pure=False)
-        futs[fut] = name
+        futs[fut] = (i, (name, path))
         done.add(fut)
+
+
+def _killed(fut: Any, killed: type) -> bool:
+    return fut.status == "error" and isinstance(fut.exception(), killed)
 
 
 def _close(client: Any, quiet: bool) -> None:
@@ -338,8 +363,8 @@ def _replay(name: str, fut: Any, sink: Any, killed: type, cancelled: type, teach
         res = fut.result()
     except killed as e:
         sink.started(name)
-        sink.finished(name, f"not graded: it was running on every worker that died ({e}); "
-                            "not retried again")
+        sink.finished(name, f"not graded: it was running on every worker that died ({e}), "
+                            "also when graded alone; not retried again")
         return True
     except cancelled as e:
         if getattr(e, "reason", None) == "scheduler-connection-lost":

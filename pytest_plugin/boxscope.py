@@ -1,0 +1,271 @@
+"""Module and session scope (``--sandbox-scope``): one box runs a module's, or the session's,
+sandboxed tests in turn, so their module- and session-scoped fixtures are set up once per box.
+
+Host protection is the same as one box per test: the box is a fresh clone of pytest, in its
+own namespaces, with its limits, and what it sends is checked report by report (``boxed.judge``).
+What changes is what the tests share: the box's memory, files and processes, and the state one
+test leaves for the next, as in a plain pytest run of that module.
+
+How one box serves many tests while the host runs pytest's loop item by item: the host does
+not know which test comes after the next (under xdist the scheduler decides as it goes), but
+pytest hands every test its ``nextitem``. So the box is a loop inside a clone that waits on a
+command pipe: "run test K, then tear down for test N (or for none)". It answers on an ack pipe
+once the test's reports are in the channel memfd (the host reads them then: the progress line
+appears as each test ends). When the next test belongs to another group (or there is none), the
+box tears everything down and ends. The clone is made from a thread of ours while the main
+thread waits in ``poll`` (holding no lock), because ``sandbox.run_sync`` blocks until the box ends.
+
+Wall time is watched per test inside the box (faulthandler's timer, a C thread: it fires even
+while a test holds the GIL, writes the stack and ends the box); the box's own limits, which the
+kernel and the supervisor enforce, are that per-test budget times the tests it may run. A test
+the watchdog ends, or the kernel stops, fails with that reason; the tests after it run in a new box.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import select
+import threading
+from collections.abc import Callable
+from functools import partial
+
+import pytest
+
+import sandbox
+from pytest_plugin import boxed, boxrun, boxstate, boxtee, boxtimeout, reportcheck
+from sandbox import Result, SandboxConfig, Status
+
+SCOPES = ("test", "module", "session")
+_OPEN = pytest.StashKey["ScopeBox | None"]()
+_INDEX = pytest.StashKey[dict[int, int]]()
+_PER_FILE = pytest.StashKey[dict[str, list[pytest.Item]]]()
+JOIN_TIMEOUT = 10.0  # for a box told to end (its own wall time bounds it in any case)
+
+
+def group_key(item: pytest.Item, scope: str) -> tuple[str, str, str, str]:
+    """Tests with equal keys may share a box: same scope, module (for module scope), marker
+    keywords (the same config) and working directory."""
+    marker = item.get_closest_marker("sandboxed")
+    return (scope, _file(item) if scope == "module" else "", repr(marker.kwargs) if marker else "",
+            os.getcwd())
+
+
+def _file(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def group_items(item: pytest.Item, scope: str) -> list[pytest.Item]:
+    """The tests a box opened at ``item`` may run, at most: its module's, or all."""
+    if scope == "session":
+        return item.session.items
+    per_file = item.config.stash.get(_PER_FILE, None)
+    if per_file is None:
+        per_file = item.config.stash[_PER_FILE] = {}
+        for i in item.session.items:
+            per_file.setdefault(_file(i), []).append(i)
+    return per_file.get(_file(item), [item])
+
+
+# ---- inside the box -------------------------------------------------------------------------
+
+def _serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.HostState,
+           tees: dict[str, int], adopt: list[tuple[int, int]], spools: dict[int, int], stack: int,
+           ch: int, cmd_r: int, ack_w: int) -> int:
+    """``items``: the session's, as the host numbers them; ``group``: those this box may run."""
+    boxed.enter(group, host, tees, adopt, spools, stack, ch)
+    session = items[0].session
+    while (line := _read_line(cmd_r)) is not None:
+        k, nk, seconds = line.split()
+        item, nextitem = items[int(k)], items[int(nk)] if int(nk) >= 0 else None
+        for fd in (ch, stack):  # this test's reports and stack only
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        if float(seconds) > 0:
+            faulthandler.dump_traceback_later(float(seconds), exit=True, file=stack)
+        go_on = boxed.run_test(item, nextitem, stack)
+        faulthandler.cancel_dump_traceback_later()
+        os.write(ack_w, f"{k}\n".encode())
+        if nextitem is None or not go_on or session.shouldfail or session.shouldstop:
+            return 0
+    try:  # the host ended the session early (-x, pytest.exit, Ctrl-C): tear down, quietly
+        session._setupstate.teardown_exact(None)
+    except Exception:  # noqa: BLE001 - nobody is left to report it to
+        pass
+    return 0
+
+
+def _read_line(fd: int) -> str | None:
+    """One command from the host (a short line), or None at EOF."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            return None
+        buf += chunk
+    return buf.decode()
+
+
+# ---- on the host ----------------------------------------------------------------------------
+
+class ScopeBox:
+    """A live box of one group, run by ``sandbox.run_sync`` in a thread of ours."""
+
+    def __init__(self, item: pytest.Item, key: tuple[str, ...], cfg: SandboxConfig,
+                 group: list[pytest.Item], total: SandboxConfig) -> None:
+        self.key, self.cfg, self.first = key, cfg, True
+        share, adopt = boxrun.capture_plan(item.config)
+        self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
+        self.stack, self.channel = boxrun.memfd("sandbox-stack"), boxrun.memfd("sandbox-channel")
+        self.tees = boxtee.make(item.config)
+        cmd_r, self.cmd_w = os.pipe2(os.O_CLOEXEC)
+        self.ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
+        self.done_r, done_w = os.pipe2(os.O_CLOEXEC)
+        self.result: Result | None = None
+        self.error: BaseException | None = None
+        body = partial(_serve, item.session.items, group, boxstate.capture(), self.tees, adopt,
+                       self.spools, self.stack, self.channel, cmd_r, ack_w)
+        fds = [self.channel, cmd_r, ack_w, *self.spools.values(), self.stack, *self.tees.values()]
+
+        def run() -> None:
+            try:
+                self.result = sandbox.run_sync(body, total, pass_fds=fds,
+                                               on_output=boxrun.echo_output)
+            except BaseException as e:  # noqa: BLE001 - the test that asked fails with it
+                self.error = e
+            finally:
+                for fd in (cmd_r, ack_w):
+                    os.close(fd)
+                os.write(done_w, b"x")
+                os.close(done_w)
+
+        self.thread = threading.Thread(target=run, name="sandbox-scope-box", daemon=True)
+        self.thread.start()
+
+    def send(self, k: int, nk: int, seconds: float) -> None:
+        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f}\n".encode())
+
+    def wait_ack(self, k: int) -> bool | None:
+        """True: the box finished test ``k``; None: it answered something else; False: the box
+        ended first."""
+        poller = select.poll()
+        poller.register(self.ack_r, select.POLLIN)
+        poller.register(self.done_r, select.POLLIN)
+        buf = b""
+        while True:
+            ready = dict(poller.poll())
+            if self.ack_r in ready:
+                chunk = os.read(self.ack_r, 64)
+                if not chunk:  # our copy of the box's end is closed once the box ended
+                    return False
+                buf += chunk
+                if b"\n" in buf or len(buf) > 32:
+                    return True if buf == f"{k}\n".encode() else None
+            elif self.done_r in ready:
+                return False
+
+    def end(self, timeout: float = JOIN_TIMEOUT) -> Result | None:
+        """Let the box end (it ends by itself after its group's last test, or at EOF on its
+        command pipe) and close our ends."""
+        if self.cmd_w >= 0:
+            os.close(self.cmd_w)
+            self.cmd_w = -1
+        self.thread.join(timeout)
+        return self.result
+
+    def release(self) -> None:
+        """Close our fds once the box is gone (a box that did not end in time is left to its
+        daemon thread and its own wall time, with them)."""
+        if not self.thread.is_alive():
+            for fd in (self.ack_r, self.done_r, self.channel, self.stack,
+                       *self.spools.values(), *self.tees.values()):
+                os.close(fd)
+
+
+def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
+             total: Callable[[int], SandboxConfig], next_continues: bool,
+             nextitem: pytest.Item | None, timeout: float | None) -> boxed.Outcome:
+    """One test of a module or session box; opens the box at the group's first test and ends
+    it at its last (or when it died: the tests after run in a new one)."""
+    config = item.config
+    index = config.stash.get(_INDEX, None)
+    if index is None or id(item) not in index:
+        index = config.stash[_INDEX] = {id(i): n for n, i in enumerate(item.session.items)}
+    key = group_key(item, scope)
+    box = config.stash.get(_OPEN, None)
+    if box is not None and box.key != key:  # the previous test said it was not the last
+        close(config)
+        box = None
+    wall = cfg.limits.wall_time
+    seconds = min(x for x in (wall, timeout, float("inf")) if x is not None)
+    nk = index.get(id(nextitem), -1) if next_continues and nextitem is not None else -1
+    for attempt in (0, 1):
+        if box is None:
+            group = group_items(item, scope)
+            box = ScopeBox(item, key, cfg, group, total(len(group)))
+            config.stash[_OPEN] = box
+        fresh, box.first = box.first, False
+        box.send(index[id(item)], nk, 0 if seconds == float("inf") else seconds)
+        acked = box.wait_ack(index[id(item)])
+        if acked is True:
+            out = boxed.judge(item, cfg, timeout, None, boxrun.read_memfd(box.channel, reportcheck.MAX_CHANNEL), "", [])
+            if nk < 0 or out.exit_request is not None:
+                _end_after(item, config, out)
+            return out
+        data = boxrun.read_memfd(box.channel, reportcheck.MAX_CHANNEL)
+        config.stash[_OPEN] = None
+        result = box.end()
+        if not fresh and attempt == 0 and acked is False and data == b"" and box.error is None:
+            box.release()
+            box = None  # it ended between two tests (the one before stopped it): a new box
+            continue
+        try:
+            return _died(item, box, cfg, timeout, result, data, seconds, scope, acked)
+        finally:
+            box.release()
+    raise AssertionError("unreachable")
+
+
+def _end_after(item: pytest.Item, config: pytest.Config, out: boxed.Outcome) -> None:
+    """The group's last test: the box ends by itself; its verdict is this test's row."""
+    box = config.stash[_OPEN]
+    config.stash[_OPEN] = None
+    if box is None:
+        return
+    out.result = result = box.end()
+    box.release()
+    if result is not None and result.status != Status.OK:
+        boxed.complete(item, out.reports, f"sandbox: the box of this test's {box.key[0]} ended "
+                       f"badly after it: {result.reason or result.status}")
+
+
+def _died(item: pytest.Item, box: ScopeBox, cfg: SandboxConfig, timeout: float | None,
+          result: Result | None, data: bytes | None, seconds: float, scope: str,
+          acked: bool | None) -> boxed.Outcome:
+    if box.error is not None or result is None or acked is None:
+        out = boxed.Outcome([], result)
+        boxed.complete(item, out.reports, "sandbox: test process sent an invalid report (not this "
+                       "test's acknowledgement)" if acked is None and result is not None else
+                       f"sandbox: could not run the {scope} box: {box.error}")
+        return out
+    stack_text = os.pread(box.stack, boxed.STACK_MAX, 0).decode("utf-8", "replace")
+    for tmpfile_fd, spool in box.spools.items():
+        boxrun.unspool(spool, tmpfile_fd, cfg.limits.output_limit)
+    unfinished = boxed.drain_capture(item.config) + boxtee.sections(box.tees)
+    reason = None
+    if result.status == Status.RE and result.exit_code == 1 and stack_text.startswith("Timeout ("):
+        reason = (f"sandbox: wall time {seconds:g}s exceeded (this test's; the {scope} box ended "
+                  "with it, the tests after it run in a new one)")
+        if timeout is not None and timeout <= seconds:
+            reason = f"{boxtimeout.MESSAGE % timeout}\n{reason}"
+    return boxed.judge(item, cfg, timeout, result, data, stack_text, unfinished, reason)
+
+
+def close(config: pytest.Config, timeout: float = JOIN_TIMEOUT) -> None:
+    """The session ends with a box still waiting for a test (``-x``, ``pytest.exit``, Ctrl-C):
+    EOF on its command pipe, and it tears down and ends."""
+    box = config.stash.get(_OPEN, None)
+    config.stash[_OPEN] = None
+    if box is not None:
+        box.end(timeout)
+        box.release()
