@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""pytest overhead: N trivial tests unsandboxed vs `--sandbox-all` vs pytest-isolate (fork per
-test), measured in one run. Goal: ours <= 1.5x pytest-isolate's wall time.
+"""pytest overhead: N trivial tests unsandboxed vs `--sandbox-all` (a box per test, and one box
+for the module: ``--sandbox-scope module``) vs pytest-isolate (fork per test), measured in one
+run. Goal: ours <= 1.5x pytest-isolate's wall time.
 
     python bench/pytest_overhead.py [--n 500] [--repeat 3] [--venv /tmp/sandbox-bench-venv]
 
@@ -76,15 +77,20 @@ def main() -> None:
         configs = {"plain": ["-p", "no:pytest_isolate"],
                    "ours": ["-p", "pytest_plugin.plugin", "--sandbox-all", "--sandbox-no-summary",
                             "-p", "no:pytest_isolate"],
+                   "module": ["-p", "pytest_plugin.plugin", "--sandbox-all", "--sandbox-no-summary",
+                              "--sandbox-scope", "module", "-p", "no:pytest_isolate"],
                    "isolate": ["--isolate"]}
         times: dict[str, list[float]] = {k: [] for k in configs}
         for _ in range(a.repeat):
             for name, args in configs.items():
                 times[name].append(timed(args, root))
-    plain, ours, isolate = (statistics.median(times[k]) for k in ("plain", "ours", "isolate"))
+    plain, ours, module, isolate = (statistics.median(times[k])
+                                    for k in ("plain", "ours", "module", "isolate"))
     print(f"{a.n} trivial tests, median wall time of {a.repeat} runs:")
     print(f"  unsandboxed           {plain:6.2f} s")
     print(f"  ours (--sandbox-all)  {ours:6.2f} s   ({(ours - plain) / a.n * 1000:.2f} ms per test)")
+    print(f"  ours, one module box  {module:6.2f} s   ({(module - plain) / a.n * 1000:.2f} ms per test;"
+          " --sandbox-scope module)")
     print(f"  pytest-isolate        {isolate:6.2f} s   ({(isolate - plain) / a.n * 1000:.2f} ms per test)")
     print(f"  ratio ours / pytest-isolate: {ours / isolate:.2f}x (goal <= 1.5x)")
 
