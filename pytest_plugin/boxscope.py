@@ -143,7 +143,10 @@ class ScopeBox:
         self.thread.start()
 
     def send(self, k: int, nk: int, seconds: float) -> None:
-        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f}\n".encode())
+        try:
+            boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f}\n".encode())
+        except BrokenPipeError:  # it ended between two tests: wait_ack says so
+            pass
 
     def wait_ack(self, k: int) -> bool | None:
         """True: the box finished test ``k``; None: it answered something else; False: the box
