@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import secrets
 import select
 import threading
 from collections.abc import Callable
@@ -76,7 +77,7 @@ def _serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.Ho
     boxed.enter(group, host, tees, adopt, spools, stack, ch)
     session = items[0].session
     while (line := _read_line(cmd_r)) is not None:
-        k, nk, seconds = line.split()
+        k, nk, seconds, nonce = line.split()
         item, nextitem = items[int(k)], items[int(nk)] if int(nk) >= 0 else None
         for fd in (ch, stack):  # this test's reports and stack only
             os.ftruncate(fd, 0)
@@ -85,7 +86,7 @@ def _serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.Ho
             faulthandler.dump_traceback_later(float(seconds), exit=True, file=stack)
         go_on = boxed.run_test(item, nextitem, stack)
         faulthandler.cancel_dump_traceback_later()
-        os.write(ack_w, f"{k}\n".encode())
+        os.write(ack_w, f"{k} {nonce}\n".encode())
         if nextitem is None or not go_on or session.shouldfail or session.shouldstop:
             return 0
     try:  # the host ended the session early (-x, pytest.exit, Ctrl-C): tear down, quietly
@@ -113,7 +114,7 @@ class ScopeBox:
 
     def __init__(self, item: pytest.Item, key: tuple[str, ...], cfg: SandboxConfig,
                  group: list[pytest.Item], total: SandboxConfig) -> None:
-        self.key, self.cfg, self.first = key, cfg, True
+        self.key, self.cfg, self.first, self.nonce = key, cfg, True, ""
         share, adopt = boxrun.capture_plan(item.config)
         self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
         self.stack, self.channel = boxrun.memfd("sandbox-stack"), boxrun.memfd("sandbox-channel")
@@ -143,7 +144,11 @@ class ScopeBox:
         self.thread.start()
 
     def send(self, k: int, nk: int, seconds: float) -> None:
-        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f}\n".encode())
+        """The command carries a fresh nonce the box's ack must echo: a test that writes a
+        test number to the pipes it finds cannot end its own turn early (the real ack, arriving
+        later, would otherwise fail the next test)."""
+        self.nonce = secrets.token_hex(8)
+        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f} {self.nonce}\n".encode())
 
     def wait_ack(self, k: int) -> bool | None:
         """True: the box finished test ``k``; None: it answered something else; False: the box
@@ -159,8 +164,8 @@ class ScopeBox:
                 if not chunk:  # our copy of the box's end is closed once the box ended
                     return False
                 buf += chunk
-                if b"\n" in buf or len(buf) > 32:
-                    return True if buf == f"{k}\n".encode() else None
+                if b"\n" in buf or len(buf) > 64:
+                    return True if buf == f"{k} {self.nonce}\n".encode() else None
             elif self.done_r in ready:
                 return False
 

@@ -147,3 +147,34 @@ def test_module_scope_under_xdist(run):
     r = run(WATCHED, "--sandbox-all", "--sandbox-scope", "module", "-n", "2", "--dist", "loadfile",
             "--sandbox-wall-time", "1s")
     assert outcomes(r) == {"passed": 4, "failed": 2}
+
+
+FORGER = """
+    import os, stat, time
+
+    def test_first():
+        pass
+
+    def test_forges_its_ack():  # answers for itself on every pipe it finds, then runs on
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode) and fd > 2:
+                    os.write(fd, b"1\\n")
+            except OSError:
+                pass
+        time.sleep(0.5)
+
+    def test_innocent():
+        pass
+
+    def test_last():
+        pass
+    """
+
+
+def test_a_forged_acknowledgement_fails_the_forger_not_the_next_test(run, monkeypatch, no_leftovers):
+    monkeypatch.setenv("COLUMNS", "250")
+    r = run(FORGER, "--sandbox-all", "--sandbox-scope", "module", "-rA")
+    assert outcomes(r) == {"passed": 3, "errors": 1}
+    r.stdout.fnmatch_lines(["ERROR test_it.py::test_forges_its_ack - sandbox: test process sent an "
+                            "invalid report (not this test's acknowledgement)"])
