@@ -41,6 +41,7 @@ SCOPES = ("test", "module", "session")
 _OPEN = pytest.StashKey["ScopeBox | None"]()
 _INDEX = pytest.StashKey[dict[int, int]]()
 _PER_FILE = pytest.StashKey[dict[str, list[pytest.Item]]]()
+_STALE = pytest.StashKey[list["ScopeBox"]]()  # boxes still ending after a test they failed
 JOIN_TIMEOUT = 10.0  # for a box told to end (its own wall time bounds it in any case)
 
 
@@ -114,7 +115,7 @@ class ScopeBox:
 
     def __init__(self, item: pytest.Item, key: tuple[str, ...], cfg: SandboxConfig,
                  group: list[pytest.Item], total: SandboxConfig) -> None:
-        self.key, self.cfg, self.first, self.nonce = key, cfg, True, ""
+        self.key, self.cfg, self.first, self.nonce, self.stale = key, cfg, True, "", False
         share, adopt = boxrun.capture_plan(item.config)
         self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
         self.stack, self.channel = boxrun.memfd("sandbox-stack"), boxrun.memfd("sandbox-channel")
@@ -169,19 +170,22 @@ class ScopeBox:
             elif self.done_r in ready:
                 return False
 
-    def end(self, timeout: float = JOIN_TIMEOUT) -> Result | None:
+    def end(self, timeout: float | None = None) -> Result | None:
         """Let the box end (it ends by itself after its group's last test, or at EOF on its
         command pipe) and close our ends."""
         if self.cmd_w >= 0:
             os.close(self.cmd_w)
             self.cmd_w = -1
-        self.thread.join(timeout)
+        self.thread.join(JOIN_TIMEOUT if timeout is None else timeout)
         return self.result
 
     def release(self) -> None:
         """Close our fds once the box is gone (a box that did not end in time is left to its
-        daemon thread and its own wall time, with them)."""
-        if not self.thread.is_alive():
+        daemon thread and its own wall time, with them, until ``close`` at the session's end)."""
+        if self.thread.is_alive():
+            self.stale = True
+        else:
+            self.stale = False
             for fd in (self.ack_r, self.done_r, self.channel, self.stack,
                        *self.spools.values(), *self.tees.values()):
                 os.close(fd)
@@ -228,6 +232,8 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             return _died(item, box, cfg, timeout, result, data, seconds, scope, acked)
         finally:
             box.release()
+            if box.stale:
+                config.stash.setdefault(_STALE, []).append(box)
     raise AssertionError("unreachable")
 
 
@@ -250,7 +256,7 @@ def _died(item: pytest.Item, box: ScopeBox, cfg: SandboxConfig, timeout: float |
     if box.error is not None or result is None or acked is None:
         out = boxed.Outcome([], result)
         boxed.complete(item, out.reports, "sandbox: test process sent an invalid report (not this "
-                       "test's acknowledgement)" if acked is None and result is not None else
+                       "test's acknowledgement)" if acked is None else
                        f"sandbox: could not run the {scope} box: {box.error}")
         return out
     stack_text = os.pread(box.stack, boxed.STACK_MAX, 0).decode("utf-8", "replace")
@@ -266,11 +272,13 @@ def _died(item: pytest.Item, box: ScopeBox, cfg: SandboxConfig, timeout: float |
     return boxed.judge(item, cfg, timeout, result, data, stack_text, unfinished, reason)
 
 
-def close(config: pytest.Config, timeout: float = JOIN_TIMEOUT) -> None:
+def close(config: pytest.Config, timeout: float | None = None) -> None:
     """The session ends with a box still waiting for a test (``-x``, ``pytest.exit``, Ctrl-C):
-    EOF on its command pipe, and it tears down and ends."""
+    EOF on its command pipe, and it tears down and ends. Boxes that outlived the wait after a
+    test they failed (a garbled ack, the test still running) get that wait once more."""
     box = config.stash.get(_OPEN, None)
     config.stash[_OPEN] = None
-    if box is not None:
-        box.end(timeout)
-        box.release()
+    for b in ([box] if box is not None else []) + config.stash.get(_STALE, []):
+        b.end(timeout)
+        b.release()
+    config.stash[_STALE] = []

@@ -9,6 +9,8 @@ import threading
 
 import pytest
 
+from pytest_plugin import boxscope
+
 pytest_plugins = ["pytester", "test_plugin_support"]
 
 SHARED = """
@@ -164,6 +166,15 @@ FORGER = """
                 pass
         time.sleep(0.5)
 
+    def test_garbles_its_ack():  # and outlives the host's wait for its box to end
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode) and fd > 2:
+                    os.write(fd, b"x" * 100)
+            except OSError:
+                pass
+        time.sleep(3)
+
     def test_innocent():
         pass
 
@@ -174,7 +185,10 @@ FORGER = """
 
 def test_a_forged_acknowledgement_fails_the_forger_not_the_next_test(run, monkeypatch, no_leftovers):
     monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr(boxscope, "JOIN_TIMEOUT", 1.0)
     r = run(FORGER, "--sandbox-all", "--sandbox-scope", "module", "-rA")
-    assert outcomes(r) == {"passed": 3, "errors": 1}
+    assert outcomes(r) == {"passed": 3, "errors": 2}
     r.stdout.fnmatch_lines(["ERROR test_it.py::test_forges_its_ack - sandbox: test process sent an "
+                            "invalid report (not this test's acknowledgement)",
+                            "ERROR test_it.py::test_garbles_its_ack - sandbox: test process sent an "
                             "invalid report (not this test's acknowledgement)"])
