@@ -116,6 +116,7 @@ class ScopeBox:
     def __init__(self, item: pytest.Item, key: tuple[str, ...], cfg: SandboxConfig,
                  group: list[pytest.Item], total: SandboxConfig) -> None:
         self.key, self.cfg, self.first, self.nonce, self.stale = key, cfg, True, "", False
+        self.tests, self.wall = len(group), total.limits.wall_time
         share, adopt = boxrun.capture_plan(item.config)
         self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
         self.stack, self.channel = boxrun.memfd("sandbox-stack"), boxrun.memfd("sandbox-channel")
@@ -269,6 +270,9 @@ def _died(item: pytest.Item, box: ScopeBox, cfg: SandboxConfig, timeout: float |
                   "with it, the tests after it run in a new one)")
         if timeout is not None and timeout <= seconds:
             reason = f"{boxtimeout.MESSAGE % timeout}\n{reason}"
+    elif result.status == Status.TO and (result.reason or "").startswith("wall time") and box.wall:
+        reason = (f"sandbox: the {scope} box's wall time {box.wall:g}s exceeded ({seconds:g}s per "
+                  f"test × {box.tests} tests; the test's own watchdog did not end it)")
     return boxed.judge(item, cfg, timeout, result, data, stack_text, unfinished, reason)
 
 

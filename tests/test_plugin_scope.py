@@ -192,3 +192,25 @@ def test_a_forged_acknowledgement_fails_the_forger_not_the_next_test(run, monkey
                             "invalid report (not this test's acknowledgement)",
                             "ERROR test_it.py::test_garbles_its_ack - sandbox: test process sent an "
                             "invalid report (not this test's acknowledgement)"])
+
+
+def test_a_test_that_stops_its_watchdog_is_ended_by_the_boxs_wall_time_and_told_so(run, monkeypatch,
+                                                                                  no_leftovers):
+    monkeypatch.setenv("COLUMNS", "250")
+    src = """
+        import faulthandler, time
+
+        def test_first():
+            pass
+
+        def test_unwatched():
+            faulthandler.cancel_dump_traceback_later()
+            time.sleep(30)
+
+        def test_after():
+            pass
+        """
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "1s", "-rf")
+    assert outcomes(r) == {"passed": 2, "failed": 1}
+    r.stdout.fnmatch_lines(["FAILED test_it.py::test_unwatched - sandbox: the module box's wall time "
+                            "3s exceeded (1s per test × 3 tests; the test's own watchdog did not end it)"])
