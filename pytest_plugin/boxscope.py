@@ -215,8 +215,13 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             box = ScopeBox(item, key, cfg, group, total(len(group)))
             config.stash[_OPEN] = box
         fresh, box.first = box.first, False
-        box.send(index[id(item)], nk, 0 if seconds == float("inf") else seconds)
-        acked = box.wait_ack(index[id(item)])
+        os.ftruncate(box.channel, 0)  # from here on, what the box sends is this test's
+        try:
+            box.send(index[id(item)], nk, 0 if seconds == float("inf") else seconds)
+        except BrokenPipeError:  # it ended between two tests (it closed its command pipe)
+            acked: bool | None = False
+        else:
+            acked = box.wait_ack(index[id(item)])
         if acked is True:
             out = boxed.judge(item, cfg, timeout, None, boxrun.read_memfd(box.channel, reportcheck.MAX_CHANNEL), "", [])
             if nk < 0 or out.exit_request is not None:

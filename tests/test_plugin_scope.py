@@ -214,3 +214,36 @@ def test_a_test_that_stops_its_watchdog_is_ended_by_the_boxs_wall_time_and_told_
     assert outcomes(r) == {"passed": 2, "failed": 1}
     r.stdout.fnmatch_lines(["FAILED test_it.py::test_unwatched - sandbox: the module box's wall time "
                             "3s exceeded (1s per test × 3 tests; the test's own watchdog did not end it)"])
+
+
+def test_a_box_that_closed_its_command_pipe_ends_and_the_next_test_runs_in_a_new_one(pytester, run,
+                                                                                     no_leftovers):
+    pytester.makeconftest("""
+        import time
+
+        def pytest_runtest_logreport(report):  # the box has ended before the host sends more
+            if report.when == "teardown" and "closes" in report.nodeid:
+                time.sleep(1)
+        """)
+    src = """
+        import fcntl, os, stat
+
+        STATE = []
+
+        def test_closes_its_command_pipe():
+            STATE.append(1)
+            for fd in map(int, os.listdir("/proc/self/fd")):
+                try:
+                    if (fd > 2 and stat.S_ISFIFO(os.fstat(fd).st_mode)
+                            and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY):
+                        os.close(fd)
+                except OSError:
+                    pass
+
+        def test_next():
+            assert STATE == []  # a new box
+
+        def test_last():
+            pass
+        """
+    assert outcomes(run(src, "--sandbox-all", "--sandbox-scope", "module")) == {"passed": 3}
