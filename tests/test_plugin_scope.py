@@ -186,12 +186,14 @@ FORGER = """
 def test_a_forged_acknowledgement_fails_the_forger_not_the_next_test(run, monkeypatch, no_leftovers):
     monkeypatch.setenv("COLUMNS", "250")
     monkeypatch.setattr(boxscope, "JOIN_TIMEOUT", 1.0)
+    threads = threading.active_count()
     r = run(FORGER, "--sandbox-all", "--sandbox-scope", "module", "-rA")
     assert outcomes(r) == {"passed": 3, "errors": 2}
     r.stdout.fnmatch_lines(["ERROR test_it.py::test_forges_its_ack - sandbox: test process sent an "
                             "invalid report (not this test's acknowledgement)",
                             "ERROR test_it.py::test_garbles_its_ack - sandbox: test process sent an "
                             "invalid report (not this test's acknowledgement)"])
+    assert threading.active_count() == threads  # the garbler's box too, at the session's end
 
 
 def test_a_test_that_stops_its_watchdog_is_ended_by_the_boxs_wall_time_and_told_so(run, monkeypatch,
