@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import secrets
 import select
 import threading
 from collections.abc import Callable
@@ -40,6 +41,7 @@ SCOPES = ("test", "module", "session")
 _OPEN = pytest.StashKey["ScopeBox | None"]()
 _INDEX = pytest.StashKey[dict[int, int]]()
 _PER_FILE = pytest.StashKey[dict[str, list[pytest.Item]]]()
+_STALE = pytest.StashKey[list["ScopeBox"]]()  # boxes still ending after a test they failed
 JOIN_TIMEOUT = 10.0  # for a box told to end (its own wall time bounds it in any case)
 
 
@@ -76,7 +78,7 @@ def _serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.Ho
     boxed.enter(group, host, tees, adopt, spools, stack, ch)
     session = items[0].session
     while (line := _read_line(cmd_r)) is not None:
-        k, nk, seconds = line.split()
+        k, nk, seconds, nonce = line.split()
         item, nextitem = items[int(k)], items[int(nk)] if int(nk) >= 0 else None
         for fd in (ch, stack):  # this test's reports and stack only
             os.ftruncate(fd, 0)
@@ -85,7 +87,7 @@ def _serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.Ho
             faulthandler.dump_traceback_later(float(seconds), exit=True, file=stack)
         go_on = boxed.run_test(item, nextitem, stack)
         faulthandler.cancel_dump_traceback_later()
-        os.write(ack_w, f"{k}\n".encode())
+        os.write(ack_w, f"{k} {nonce}\n".encode())
         if nextitem is None or not go_on or session.shouldfail or session.shouldstop:
             return 0
     try:  # the host ended the session early (-x, pytest.exit, Ctrl-C): tear down, quietly
@@ -113,7 +115,8 @@ class ScopeBox:
 
     def __init__(self, item: pytest.Item, key: tuple[str, ...], cfg: SandboxConfig,
                  group: list[pytest.Item], total: SandboxConfig) -> None:
-        self.key, self.cfg, self.first = key, cfg, True
+        self.key, self.cfg, self.first, self.nonce, self.stale = key, cfg, True, "", False
+        self.tests, self.wall = len(group), total.limits.wall_time
         share, adopt = boxrun.capture_plan(item.config)
         self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
         self.stack, self.channel = boxrun.memfd("sandbox-stack"), boxrun.memfd("sandbox-channel")
@@ -143,10 +146,11 @@ class ScopeBox:
         self.thread.start()
 
     def send(self, k: int, nk: int, seconds: float) -> None:
-        try:
-            boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f}\n".encode())
-        except BrokenPipeError:  # it ended between two tests: wait_ack says so
-            pass
+        """The command carries a fresh nonce the box's ack must echo: a test that writes a
+        test number to the pipes it finds cannot end its own turn early (the real ack, arriving
+        later, would otherwise fail the next test)."""
+        self.nonce = secrets.token_hex(8)
+        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f} {self.nonce}\n".encode())
 
     def wait_ack(self, k: int) -> bool | None:
         """True: the box finished test ``k``; None: it answered something else; False: the box
@@ -162,24 +166,27 @@ class ScopeBox:
                 if not chunk:  # our copy of the box's end is closed once the box ended
                     return False
                 buf += chunk
-                if b"\n" in buf or len(buf) > 32:
-                    return True if buf == f"{k}\n".encode() else None
+                if b"\n" in buf or len(buf) > 64:
+                    return True if buf == f"{k} {self.nonce}\n".encode() else None
             elif self.done_r in ready:
                 return False
 
-    def end(self, timeout: float = JOIN_TIMEOUT) -> Result | None:
+    def end(self, timeout: float | None = None) -> Result | None:
         """Let the box end (it ends by itself after its group's last test, or at EOF on its
         command pipe) and close our ends."""
         if self.cmd_w >= 0:
             os.close(self.cmd_w)
             self.cmd_w = -1
-        self.thread.join(timeout)
+        self.thread.join(JOIN_TIMEOUT if timeout is None else timeout)
         return self.result
 
     def release(self) -> None:
         """Close our fds once the box is gone (a box that did not end in time is left to its
-        daemon thread and its own wall time, with them)."""
-        if not self.thread.is_alive():
+        daemon thread and its own wall time, with them, until ``close`` at the session's end)."""
+        if self.thread.is_alive():
+            self.stale = True
+        else:
+            self.stale = False
             for fd in (self.ack_r, self.done_r, self.channel, self.stack,
                        *self.spools.values(), *self.tees.values()):
                 os.close(fd)
@@ -208,8 +215,13 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             box = ScopeBox(item, key, cfg, group, total(len(group)))
             config.stash[_OPEN] = box
         fresh, box.first = box.first, False
-        box.send(index[id(item)], nk, 0 if seconds == float("inf") else seconds)
-        acked = box.wait_ack(index[id(item)])
+        os.ftruncate(box.channel, 0)  # from here on, what the box sends is this test's
+        try:
+            box.send(index[id(item)], nk, 0 if seconds == float("inf") else seconds)
+        except BrokenPipeError:  # it ended between two tests (it closed its command pipe)
+            acked: bool | None = False
+        else:
+            acked = box.wait_ack(index[id(item)])
         if acked is True:
             out = boxed.judge(item, cfg, timeout, None, boxrun.read_memfd(box.channel, reportcheck.MAX_CHANNEL), "", [])
             if nk < 0 or out.exit_request is not None:
@@ -226,6 +238,8 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             return _died(item, box, cfg, timeout, result, data, seconds, scope, acked)
         finally:
             box.release()
+            if box.stale:
+                config.stash.setdefault(_STALE, []).append(box)
     raise AssertionError("unreachable")
 
 
@@ -248,7 +262,7 @@ def _died(item: pytest.Item, box: ScopeBox, cfg: SandboxConfig, timeout: float |
     if box.error is not None or result is None or acked is None:
         out = boxed.Outcome([], result)
         boxed.complete(item, out.reports, "sandbox: test process sent an invalid report (not this "
-                       "test's acknowledgement)" if acked is None and result is not None else
+                       "test's acknowledgement)" if acked is None else
                        f"sandbox: could not run the {scope} box: {box.error}")
         return out
     stack_text = os.pread(box.stack, boxed.STACK_MAX, 0).decode("utf-8", "replace")
@@ -261,14 +275,19 @@ def _died(item: pytest.Item, box: ScopeBox, cfg: SandboxConfig, timeout: float |
                   "with it, the tests after it run in a new one)")
         if timeout is not None and timeout <= seconds:
             reason = f"{boxtimeout.MESSAGE % timeout}\n{reason}"
+    elif result.status == Status.TO and (result.reason or "").startswith("wall time") and box.wall:
+        reason = (f"sandbox: the {scope} box's wall time {box.wall:g}s exceeded ({seconds:g}s per "
+                  f"test × {box.tests} tests; the test's own watchdog did not end it)")
     return boxed.judge(item, cfg, timeout, result, data, stack_text, unfinished, reason)
 
 
-def close(config: pytest.Config, timeout: float = JOIN_TIMEOUT) -> None:
+def close(config: pytest.Config, timeout: float | None = None) -> None:
     """The session ends with a box still waiting for a test (``-x``, ``pytest.exit``, Ctrl-C):
-    EOF on its command pipe, and it tears down and ends."""
+    EOF on its command pipe, and it tears down and ends. Boxes that outlived the wait after a
+    test they failed (a garbled ack, the test still running) get that wait once more."""
     box = config.stash.get(_OPEN, None)
     config.stash[_OPEN] = None
-    if box is not None:
-        box.end(timeout)
-        box.release()
+    for b in ([box] if box is not None else []) + config.stash.get(_STALE, []):
+        b.end(timeout)
+        b.release()
+    config.stash[_STALE] = []

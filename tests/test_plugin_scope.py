@@ -9,6 +9,8 @@ import threading
 
 import pytest
 
+from pytest_plugin import boxscope
+
 pytest_plugins = ["pytester", "test_plugin_support"]
 
 SHARED = """
@@ -147,3 +149,103 @@ def test_module_scope_under_xdist(run):
     r = run(WATCHED, "--sandbox-all", "--sandbox-scope", "module", "-n", "2", "--dist", "loadfile",
             "--sandbox-wall-time", "1s")
     assert outcomes(r) == {"passed": 4, "failed": 2}
+
+
+FORGER = """
+    import os, stat, time
+
+    def test_first():
+        pass
+
+    def test_forges_its_ack():  # answers for itself on every pipe it finds, then runs on
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode) and fd > 2:
+                    os.write(fd, b"1\\n")
+            except OSError:
+                pass
+        time.sleep(0.5)
+
+    def test_garbles_its_ack():  # and outlives the host's wait for its box to end
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode) and fd > 2:
+                    os.write(fd, b"x" * 100)
+            except OSError:
+                pass
+        time.sleep(3)
+
+    def test_innocent():
+        pass
+
+    def test_last():
+        pass
+    """
+
+
+def test_a_forged_acknowledgement_fails_the_forger_not_the_next_test(run, monkeypatch, no_leftovers):
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr(boxscope, "JOIN_TIMEOUT", 1.0)
+    threads = threading.active_count()
+    r = run(FORGER, "--sandbox-all", "--sandbox-scope", "module", "-rA")
+    assert outcomes(r) == {"passed": 3, "errors": 2}
+    r.stdout.fnmatch_lines(["ERROR test_it.py::test_forges_its_ack - sandbox: test process sent an "
+                            "invalid report (not this test's acknowledgement)",
+                            "ERROR test_it.py::test_garbles_its_ack - sandbox: test process sent an "
+                            "invalid report (not this test's acknowledgement)"])
+    assert threading.active_count() == threads  # the garbler's box too, at the session's end
+
+
+def test_a_test_that_stops_its_watchdog_is_ended_by_the_boxs_wall_time_and_told_so(run, monkeypatch,
+                                                                                  no_leftovers):
+    monkeypatch.setenv("COLUMNS", "250")
+    src = """
+        import faulthandler, time
+
+        def test_first():
+            pass
+
+        def test_unwatched():
+            faulthandler.cancel_dump_traceback_later()
+            time.sleep(30)
+
+        def test_after():
+            pass
+        """
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "1s", "-rf")
+    assert outcomes(r) == {"passed": 2, "failed": 1}
+    r.stdout.fnmatch_lines(["FAILED test_it.py::test_unwatched - sandbox: the module box's wall time "
+                            "3s exceeded (1s per test × 3 tests; the test's own watchdog did not end it)"])
+
+
+def test_a_box_that_closed_its_command_pipe_ends_and_the_next_test_runs_in_a_new_one(pytester, run,
+                                                                                     no_leftovers):
+    pytester.makeconftest("""
+        import time
+
+        def pytest_runtest_logreport(report):  # the box has ended before the host sends more
+            if report.when == "teardown" and "closes" in report.nodeid:
+                time.sleep(1)
+        """)
+    src = """
+        import fcntl, os, stat
+
+        STATE = []
+
+        def test_closes_its_command_pipe():
+            STATE.append(1)
+            for fd in map(int, os.listdir("/proc/self/fd")):
+                try:
+                    if (fd > 2 and stat.S_ISFIFO(os.fstat(fd).st_mode)
+                            and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY):
+                        os.close(fd)
+                except OSError:
+                    pass
+
+        def test_next():
+            assert STATE == []  # a new box
+
+        def test_last():
+            pass
+        """
+    assert outcomes(run(src, "--sandbox-all", "--sandbox-scope", "module")) == {"passed": 3}
