@@ -113,9 +113,9 @@ def _read_line(fd: int) -> str | None:
 class ScopeBox:
     """A live box of one group, run by ``sandbox.run_sync`` in a thread of ours."""
 
-    def __init__(self, item: pytest.Item, key: tuple[str, ...], cfg: SandboxConfig,
-                 group: list[pytest.Item], total: SandboxConfig) -> None:
-        self.key, self.cfg, self.first, self.nonce, self.stale = key, cfg, True, "", False
+    def __init__(self, item: pytest.Item, key: tuple[str, ...], group: list[pytest.Item],
+                 total: SandboxConfig) -> None:
+        self.key, self.first, self.nonce = key, True, ""
         self.tests, self.wall = len(group), total.limits.wall_time
         share, adopt = boxrun.capture_plan(item.config)
         self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
@@ -183,10 +183,7 @@ class ScopeBox:
     def release(self) -> None:
         """Close our fds once the box is gone (a box that did not end in time is left to its
         daemon thread and its own wall time, with them, until ``close`` at the session's end)."""
-        if self.thread.is_alive():
-            self.stale = True
-        else:
-            self.stale = False
+        if not self.thread.is_alive():
             for fd in (self.ack_r, self.done_r, self.channel, self.stack,
                        *self.spools.values(), *self.tees.values()):
                 os.close(fd)
@@ -208,26 +205,27 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
         box = None
     wall = cfg.limits.wall_time
     seconds = min(x for x in (wall, timeout, float("inf")) if x is not None)
+    k = index[id(item)]
     nk = index.get(id(nextitem), -1) if next_continues and nextitem is not None else -1
     for attempt in (0, 1):
         if box is None:
             group = group_items(item, scope)
-            box = ScopeBox(item, key, cfg, group, total(len(group)))
+            box = ScopeBox(item, key, group, total(len(group)))
             config.stash[_OPEN] = box
         fresh, box.first = box.first, False
         os.ftruncate(box.channel, 0)  # from here on, what the box sends is this test's
         try:
-            box.send(index[id(item)], nk, 0 if seconds == float("inf") else seconds)
+            box.send(k, nk, 0 if seconds == float("inf") else seconds)
         except BrokenPipeError:  # it ended between two tests (it closed its command pipe)
             acked: bool | None = False
         else:
-            acked = box.wait_ack(index[id(item)])
+            acked = box.wait_ack(k)
+        data = boxrun.read_memfd(box.channel, reportcheck.MAX_CHANNEL)
         if acked is True:
-            out = boxed.judge(item, cfg, timeout, None, boxrun.read_memfd(box.channel, reportcheck.MAX_CHANNEL), "", [])
+            out = boxed.judge(item, cfg, timeout, None, data, "", [])
             if nk < 0 or out.exit_request is not None:
                 _end_after(item, config, out)
             return out
-        data = boxrun.read_memfd(box.channel, reportcheck.MAX_CHANNEL)
         config.stash[_OPEN] = None
         result = box.end()
         if not fresh and attempt == 0 and acked is False and data == b"" and box.error is None:
@@ -238,7 +236,7 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             return _died(item, box, cfg, timeout, result, data, seconds, scope, acked)
         finally:
             box.release()
-            if box.stale:
+            if box.thread.is_alive():  # its fds are closed in ``close``
                 config.stash.setdefault(_STALE, []).append(box)
     raise AssertionError("unreachable")
 

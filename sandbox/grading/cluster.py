@@ -276,20 +276,21 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
         tests = client.submit(_same, (os.path.basename(os.path.abspath(a.tests)), pack(a.tests)),
                               key="grade-tests", pure=False)
         todo = list(enumerate(subs))[::-1]
-        futs: dict[Any, tuple[int, tuple[str, str]]] = {}
+        futs: dict[Any, tuple[int, tuple[str, str], bool]] = {}  # -> (i, sub, graded alone)
         suspects: list[tuple[int, tuple[str, str]]] = []
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         done = as_completed(timeout=left)
         _feed(client, todo, futs, done, tests, opts, suspects)
         try:
             for fut in done:
-                entry = futs.pop(fut)
-                name = entry[1][0]
-                if _killed(fut, KilledWorker) and entry[0] >= 0:
-                    suspects.append((-1 - entry[0], entry[1]))  # once more, alone (_feed)
-                    _feed(client, todo, futs, done, tests, opts, suspects)
-                    continue
+                i, sub, alone = futs.pop(fut)
+                suspect = not alone and _killed(fut, KilledWorker)
+                if suspect:
+                    suspects.append((i, sub))  # once more, alone (_feed)
                 _feed(client, todo, futs, done, tests, opts, suspects)
+                if suspect:
+                    continue
+                name = sub[0]
                 if not _replay(name, fut, sink, KilledWorker, FutureCancelledError,
                                runner.TeacherError):
                     lost = True  # Dask cancelled every future: the rest are not graded
@@ -305,7 +306,7 @@ def run(subs: list[tuple[str, str]], a: Any, tmp: str, sink: Any) -> str | None:
 
 
 def _feed(client: Any, todo: list[tuple[int, tuple[str, str]]],
-          futs: dict[Any, tuple[int, tuple[str, str]]], done: Any, tests: Any,
+          futs: dict[Any, tuple[int, tuple[str, str], bool]], done: Any, tests: Any,
           opts: dict[str, Any], suspects: list[tuple[int, tuple[str, str]]]) -> None:
     """Submit from ``todo`` until as many submissions are out as the cluster has boxes.
 
@@ -318,26 +319,24 @@ def _feed(client: Any, todo: list[tuple[int, tuple[str, str]]],
     in the scheduler's memory.
 
     That still leaves a submission that only waited on workers that died (the cluster was
-    short of one) marked with the killer. So a submission Dask gave up on (``suspects``,
-    numbered ``-1 - i``) is graded once more, alone: nothing else is out until it is done, so
-    its verdict is its own (a killer kills again and is reported; an innocent one is graded)."""
+    short of one) marked with the killer. So a submission Dask gave up on (``suspects``) is
+    graded once more, alone: nothing else is out until it is done, so its verdict is its own
+    (a killer kills again and is reported; an innocent one is graded)."""
+    def submit(i: int, sub: tuple[str, str], alone: bool) -> None:
+        name, path = sub
+        fut = client.submit(grade_one, name, pack(path), tests, opts, resources={"sandbox": 1},
+                            key=f"grade-{i}-{name}" + ("-alone" if alone else ""), pure=False)
+        futs[fut] = (i, sub, alone)
+        done.add(fut)
+
     if suspects:
         if not futs:
-            i, (name, path) = suspects.pop()
-            fut = client.submit(grade_one, name, pack(path), tests, opts,
-                                key=f"grade-{-1 - i}-{name}-alone", resources={"sandbox": 1},
-                                pure=False)
-            futs[fut] = (i, (name, path))
-            done.add(fut)
+            submit(*suspects.pop(), alone=True)
         return
     info = client.scheduler_info()["workers"].values()
     slots = sum(int(w.get("resources", {}).get("sandbox", 0)) for w in info)
     while todo and len(futs) < max(1, slots):
-        i, (name, path) = todo.pop()
-        fut = client.submit(grade_one, name, pack(path), tests, opts, key=f"grade-{i}-{name}",
-                            resources={"sandbox": 1}, pure=False)
-        futs[fut] = (i, (name, path))
-        done.add(fut)
+        submit(*todo.pop(), alone=False)
 
 
 def _killed(fut: Any, killed: type) -> bool:
