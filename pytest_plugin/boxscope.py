@@ -15,8 +15,15 @@ appears as each test ends). When the next test belongs to another group (or ther
 box tears everything down and ends. The clone is made from a thread of ours while the main
 thread waits in ``poll`` (holding no lock), because ``sandbox.run_sync`` blocks until the box ends.
 
+The box runs one test ahead: once test K's reports are read, the host sends the command for
+K's ``nextitem`` (with that item's own ``nextitem``, which pytest's default loop takes from
+``session.items``) before it checks and replays K's, so the two run at once. The host sends it
+only where nothing can tell (``may_run_ahead``), and runs a test anew in a new box if pytest
+then asks for something else.
+
 Wall time is watched per test inside the box (faulthandler's timer, a C thread: it fires even
-while a test holds the GIL, writes the stack and ends the box); the box's own limits, which the
+while a test holds the GIL, writes the stack and ends the box; one timer serves a run of tests,
+``_Watchdog``, so a test is ended between T and 1.25 T); the box's own limits, which the
 kernel and the supervisor enforce, are that per-test budget times the tests it may run. A test
 the watchdog ends, or the kernel stops, fails with that reason; the tests after it run in a new box.
 """
@@ -28,6 +35,7 @@ import os
 import secrets
 import select
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -77,24 +85,62 @@ def _serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.Ho
     """``items``: the session's, as the host numbers them; ``group``: those this box may run."""
     boxed.enter(group, host, tees, adopt, spools, stack, ch)
     session = items[0].session
-    while (line := _read_line(cmd_r)) is not None:
+    watchdog = _Watchdog(stack)
+    while (line := watchdog.next_command(cmd_r)) is not None:
         k, nk, seconds, nonce = line.split()
         item, nextitem = items[int(k)], items[int(nk)] if int(nk) >= 0 else None
         for fd in (ch, stack):  # this test's reports and stack only
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
-        if float(seconds) > 0:
-            faulthandler.dump_traceback_later(float(seconds), exit=True, file=stack)
+        watchdog.start(float(seconds))
         go_on = boxed.run_test(item, nextitem, stack)
-        faulthandler.cancel_dump_traceback_later()
         os.write(ack_w, f"{k} {nonce}\n".encode())
         if nextitem is None or not go_on or session.shouldfail or session.shouldstop:
             return 0
+    watchdog.cancel()  # (the teardown below was never a test's to time)
     try:  # the host ended the session early (-x, pytest.exit, Ctrl-C): tear down, quietly
         session._setupstate.teardown_exact(None)
     except Exception:  # noqa: BLE001 - nobody is left to report it to
         pass
     return 0
+
+
+class _Watchdog:
+    """Each test's wall time, ended by faulthandler's timer (a C thread, so it fires even while
+    the test holds the GIL), without a timer per test: arming one starts a thread and
+    cancelling it joins that thread, a handoff between threads per test that cost more than
+    many tests take. One timer serves every test that starts within a quarter of the per-test
+    time ``T`` of its arming: it fires ``1.25 T`` after the arming, so at least ``T`` and at
+    most ``1.25 T`` after a test's start. It is cancelled only when the box would sit idle
+    past it, waiting for the host's next command."""
+
+    SLACK = 0.25
+
+    def __init__(self, stack: int) -> None:
+        self.stack, self.per, self.fires = stack, 0.0, 0.0  # fires: monotonic time, 0 = off
+
+    def start(self, seconds: float) -> None:
+        """A test starts that may run ``seconds`` (0: no limit)."""
+        now = time.monotonic()
+        if seconds <= 0:
+            self.cancel()
+        elif seconds != self.per or self.fires < now + seconds:
+            faulthandler.dump_traceback_later(seconds * (1 + self.SLACK), exit=True, file=self.stack)
+            self.per, self.fires = seconds, now + seconds * (1 + self.SLACK)
+
+    def next_command(self, fd: int) -> str | None:
+        """The host's next command; the timer is cancelled first if none comes before it
+        would fire (with half the slack to spare for the next ``start``)."""
+        if self.fires:
+            left = self.fires - time.monotonic() - self.per * self.SLACK / 2
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self.cancel()
+        return _read_line(fd)
+
+    def cancel(self) -> None:
+        if self.fires:
+            faulthandler.cancel_dump_traceback_later()
+            self.fires = 0.0
 
 
 def _read_line(fd: int) -> str | None:
@@ -116,6 +162,7 @@ class ScopeBox:
     def __init__(self, item: pytest.Item, key: tuple[str, ...], group: list[pytest.Item],
                  total: SandboxConfig) -> None:
         self.key, self.first, self.nonce = key, True, ""
+        self.ahead: tuple[int, int, float] | None = None  # the command sent ahead (K, N, seconds)
         self.tests, self.wall = len(group), total.limits.wall_time
         share, adopt = boxrun.capture_plan(item.config)
         self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
@@ -190,38 +237,40 @@ class ScopeBox:
 
 
 def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
-             total: Callable[[int], SandboxConfig], next_continues: bool,
+             total: Callable[[int], SandboxConfig],
+             continues: Callable[[pytest.Item, pytest.Item | None], bool],
              nextitem: pytest.Item | None, timeout: float | None) -> boxed.Outcome:
     """One test of a module or session box; opens the box at the group's first test and ends
-    it at its last (or when it died: the tests after run in a new one)."""
+    it at its last (or when it died: the tests after run in a new one). ``continues(a, b)``:
+    whether test ``b`` runs in ``a``'s box after it."""
     config = item.config
     index = config.stash.get(_INDEX, None)
     if index is None or id(item) not in index:
         index = config.stash[_INDEX] = {id(i): n for n, i in enumerate(item.session.items)}
     key = group_key(item, scope)
     box = config.stash.get(_OPEN, None)
-    if box is not None and box.key != key:  # the previous test said it was not the last
-        close(config)
-        box = None
     wall = cfg.limits.wall_time
     seconds = min(x for x in (wall, timeout, float("inf")) if x is not None)
+    seconds = 0 if seconds == float("inf") else seconds
     k = index[id(item)]
-    nk = index.get(id(nextitem), -1) if next_continues and nextitem is not None else -1
+    nk = index.get(id(nextitem), -1) if nextitem is not None and continues(item, nextitem) else -1
+    if box is not None and (box.key != key or box.ahead not in (None, (k, nk, seconds))):
+        close(config)  # the previous test said it was not the last, or the box ran ahead wrong
+        box = None
     for attempt in (0, 1):
         if box is None:
             group = group_items(item, scope)
             box = ScopeBox(item, key, group, total(len(group)))
             config.stash[_OPEN] = box
         fresh, box.first = box.first, False
-        os.ftruncate(box.channel, 0)  # from here on, what the box sends is this test's
-        try:
-            box.send(k, nk, 0 if seconds == float("inf") else seconds)
-        except BrokenPipeError:  # it ended between two tests (it closed its command pipe)
-            acked: bool | None = False
+        if box.ahead is not None:  # sent while the host replayed the test before
+            box.ahead, acked = None, box.wait_ack(k)
         else:
-            acked = box.wait_ack(k)
+            acked = _run(box, k, nk, seconds)
         data = boxrun.read_memfd(box.channel, reportcheck.MAX_CHANNEL)
         if acked is True:
+            if nk >= 0 and may_run_ahead(item, nextitem):
+                _run_ahead(box, nextitem, nk, seconds, index, continues)
             out = boxed.judge(item, cfg, timeout, None, data, "", [])
             if nk < 0 or out.exit_request is not None:
                 _end_after(item, config, out)
@@ -239,6 +288,53 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             if box.thread.is_alive():  # its fds are closed in ``close``
                 config.stash.setdefault(_STALE, []).append(box)
     raise AssertionError("unreachable")
+
+
+def _run(box: ScopeBox, k: int, nk: int, seconds: float) -> bool | None:
+    """Test ``k`` in ``box`` (then its teardown for ``nk``), to its ack (``wait_ack``)."""
+    os.ftruncate(box.channel, 0)  # from here on, what the box sends is this test's
+    try:
+        box.send(k, nk, seconds)
+    except BrokenPipeError:  # it ended between two tests (it closed its command pipe)
+        return False
+    return box.wait_ack(k)
+
+
+def _run_ahead(box: ScopeBox, nextitem: pytest.Item, nk: int, seconds: float,
+               index: dict[int, int], continues: Callable[[pytest.Item, pytest.Item | None], bool]) -> None:
+    """Send ``nextitem``'s command now, with the item pytest's default loop runs after it."""
+    items = nextitem.session.items
+    after = items[nk + 1] if nk + 1 < len(items) else None
+    nnk = index[id(after)] if after is not None and continues(nextitem, after) else -1
+    os.ftruncate(box.channel, 0)
+    try:
+        box.send(nk, nnk, seconds)
+    except BrokenPipeError:  # the box ended after this test (pytest.exit, a shouldstop)
+        return
+    box.ahead = (nk, nnk, seconds)
+
+
+def may_run_ahead(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether running ``nextitem`` while the host replays ``item`` changes nothing anyone can
+    see. Not when pytest may stop after ``item`` (``-x``, ``--sw``: the box would have run a
+    test plain pytest does not); not when a plugin runs the tests in its own loop (xdist's
+    scheduler picks each ``nextitem`` as it goes: the box's teardown would be for a test that
+    does not come next); not when the box's output reaches the terminal (``-s``, tee-sys) or the host has set
+    up unsandboxed tests (their teardown here reads the capture files the box writes to); and
+    not when either test has its own pytest-timeout (the command carries the watchdog's time)."""
+    config = item.config
+    capman = config.pluginmanager.getplugin("capturemanager")
+    return (nextitem is not None and not config.option.maxfail and not config.getoption("stepwise", False)
+            and _pytests_own_loop(config) and not item.session._setupstate.stack
+            and getattr(capman, "_method", None) in ("fd", "sys")
+            and item.get_closest_marker("timeout") is None and nextitem.get_closest_marker("timeout") is None)
+
+
+def _pytests_own_loop(config: pytest.Config) -> bool:
+    """Whether the tests run in pytest's ``pytest_runtestloop`` (in ``session.items`` order,
+    each with the next as its ``nextitem``), wrapped or not."""
+    return all(impl.plugin_name == "main" or impl.hookwrapper or impl.wrapper
+               for impl in config.hook.pytest_runtestloop.get_hookimpls())
 
 
 def _end_after(item: pytest.Item, config: pytest.Config, out: boxed.Outcome) -> None:
@@ -285,7 +381,8 @@ def close(config: pytest.Config, timeout: float | None = None) -> None:
     test they failed (a garbled ack, the test still running) get that wait once more."""
     box = config.stash.get(_OPEN, None)
     config.stash[_OPEN] = None
-    for b in ([box] if box is not None else []) + config.stash.get(_STALE, []):
+    boxes = ([box] if box is not None else []) + config.stash.get(_STALE, [])
+    for b in boxes:
         b.end(timeout)
         b.release()
-    config.stash[_STALE] = []
+    config.stash[_STALE] = [b for b in boxes if b.thread.is_alive()]

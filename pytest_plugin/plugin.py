@@ -178,7 +178,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         else:
             out = boxscope.run_item(item, scope, box_config(item, grouped=True),
                                     lambda n: _build_config(item, True, None, n),
-                                    _continues(item, nextitem, scope), nextitem,
+                                    lambda a, b: _continues(a, b, scope), nextitem,
                                     item.stash.get(TIMEOUT, None))
     except ConfigError as e:
         boxed.complete(item, out.reports, f"sandbox: {e}")

@@ -249,3 +249,129 @@ def test_a_box_that_closed_its_command_pipe_ends_and_the_next_test_runs_in_a_new
             pass
         """
     assert outcomes(run(src, "--sandbox-all", "--sandbox-scope", "module")) == {"passed": 3}
+
+
+HOST_SLOW = """
+    import time
+    from pytest_plugin import boxed
+
+    def pytest_runtest_logreport(report):
+        if boxed.CHANNEL is None and report.when == "call":  # on the host only: the box idles
+            time.sleep(1.6)
+    """
+
+
+def test_a_box_waiting_for_the_host_is_not_ended_by_the_last_tests_watchdog(pytester, run):
+    """The watchdog's timer outlives a test (one serves many); a box that waits longer than it
+    would fire for the host's next command must not die of it between tests."""
+    pytester.makeconftest(HOST_SLOW)
+    src = """
+        RAN = []
+
+        def test_a():
+            RAN.append("a")
+
+        def test_b():
+            RAN.append("b")
+
+        def test_c():
+            assert RAN == ["a", "b"]  # the same box
+        """
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "1s", "-rf")
+    assert outcomes(r) == {"passed": 3}
+
+
+def test_a_test_holding_the_gil_is_ended_at_its_wall_time(run, monkeypatch, no_leftovers):
+    """The watchdog is a C thread: a test stuck in one long C call (here the regular expression
+    engine, which never releases the GIL) is still ended at its own wall time."""
+    monkeypatch.setenv("COLUMNS", "250")
+    src = """
+        import re
+
+        def test_backtracks():
+            re.match(r"(a+)+$", "a" * 64 + "b")
+
+        def test_after():
+            pass
+        """
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "1s", "-rf")
+    assert outcomes(r) == {"passed": 1, "failed": 1}
+    r.stdout.fnmatch_lines(["FAILED test_it.py::test_backtracks - sandbox: wall time 1s exceeded "
+                            "(this test's; the module box ended with it*"])
+
+
+AHEAD = """
+    import time
+    from pytest_plugin import boxed
+
+    REPLAYED = {}
+
+    def pytest_runtest_logreport(report):
+        if boxed.CHANNEL is not None or report.when != "call":
+            return
+        if report.nodeid.endswith("test_a"):  # the host replays test_a's report slowly
+            time.sleep(0.5)
+            REPLAYED["a"] = time.monotonic()
+        elif report.nodeid.endswith("test_b"):
+            started = dict(report.user_properties)["started"]
+            print("\\nAHEAD" if started < REPLAYED["a"] else "\\nIN TURN")
+    """
+
+
+def test_the_box_runs_the_next_test_while_the_host_replays_one(pytester, run):
+    """test_b starts in the box before the host is done with test_a's reports; not where pytest
+    may stop after test_a (``-x``: plain pytest would not have run test_b)."""
+    pytester.makeconftest(AHEAD)
+    src = ("import time\n\ndef test_a():\n    pass\n\n"
+           "def test_b(record_property):\n    record_property('started', time.monotonic())\n")
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "-s")
+    assert outcomes(r) == {"passed": 2}
+    assert "IN TURN" in r.stdout.str()  # -s: the box's output goes to the terminal as it runs
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module")
+    assert outcomes(r) == {"passed": 2} and "AHEAD" in r.stdout.str()
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "-x")
+    assert outcomes(r) == {"passed": 2} and "IN TURN" in r.stdout.str()
+
+
+def test_tests_run_in_a_plugins_own_loop_are_not_run_ahead(pytester, run, monkeypatch):
+    """A plugin that runs the tests in its own order: the box does not guess what comes next
+    (outcomes as plain pytest's). Should it run ahead anyway, the test it ran is not the one
+    pytest asks for, and that one runs again, in a new box (without what the tests before it
+    left: test_a sees a fresh module)."""
+    pytester.makeconftest("""
+        def pytest_runtestloop(session):
+            items = session.items[::-1]
+            for i, item in enumerate(items):
+                nextitem = items[i + 1] if i + 1 < len(items) else None
+                item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+            return True
+        """)
+    src = """
+        import pytest
+
+        RAN = []
+
+        class TestX:
+            def test_a(self):
+                assert RAN == ["c", "b", "Y torn down"]  # after test_b, as its nextitem said
+
+        @pytest.fixture(scope="class")
+        def y():
+            yield
+            RAN.append("Y torn down")
+
+        @pytest.mark.usefixtures("y")
+        class TestY:
+            def test_b(self):
+                RAN.append("b")
+
+            def test_c(self):
+                RAN.append("c")
+        """
+    plain = run(src, "-p", "no:sandbox")
+    module = run(src, "--sandbox-all", "--sandbox-scope", "module", "-rA")
+    assert outcomes(plain) == outcomes(module) == {"passed": 3}
+    monkeypatch.setattr(boxscope, "_pytests_own_loop", lambda config: True)
+    guessed = run(src, "--sandbox-all", "--sandbox-scope", "module", "-rf")
+    assert outcomes(guessed) == {"passed": 2, "failed": 1}
+    guessed.stdout.fnmatch_lines(["FAILED test_it.py::TestX::test_a - AssertionError: assert [] == *"])
