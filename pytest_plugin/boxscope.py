@@ -19,37 +19,38 @@ The box runs one test ahead: once test K's reports are read, the host sends the 
 K's ``nextitem`` (with that item's own ``nextitem``, which pytest's default loop takes from
 ``session.items``) before it checks and replays K's, so the two run at once. The host sends it
 only where nothing can tell (``may_run_ahead``), and runs a test anew in a new box if pytest
-then asks for something else.
+then asks for something else. In the same way the next group's box is started while this
+group's last test runs (``_start_next``): its clone overlaps that test on another CPU.
 
 Wall time is watched per test inside the box (faulthandler's timer, a C thread: it fires even
 while a test holds the GIL, writes the stack and ends the box; one timer serves a run of tests,
-``_Watchdog``, so a test is ended between T and 1.25 T); the box's own limits, which the
+``boxserve.Watchdog``, so a test is ended between T and 1.25 T); the box's own limits, which the
 kernel and the supervisor enforce, are that per-test budget times the tests it may run. A test
 the watchdog ends, or the kernel stops, fails with that reason; the tests after it run in a new box.
 """
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import secrets
 import select
 import threading
-import time
 from collections.abc import Callable
 from functools import partial
 
 import pytest
 
 import sandbox
-from pytest_plugin import boxed, boxrun, boxstate, boxtee, boxtimeout, reportcheck
+from pytest_plugin import boxed, boxrun, boxserve, boxstate, boxtee, boxtimeout, reportcheck
 from sandbox import Result, SandboxConfig, Status
 
 SCOPES = ("test", "module", "session")
 _OPEN = pytest.StashKey["ScopeBox | None"]()
 _INDEX = pytest.StashKey[dict[int, int]]()
 _PER_FILE = pytest.StashKey[dict[str, list[pytest.Item]]]()
+_NEXT = pytest.StashKey["ScopeBox | None"]()  # started for the next group, not yet used
 _STALE = pytest.StashKey[list["ScopeBox"]]()  # boxes still ending after a test they failed
+NextBox = tuple[str, Callable[[int], SandboxConfig]]  # a box's scope, and its limits for N tests
 JOIN_TIMEOUT = 10.0  # for a box told to end (its own wall time bounds it in any case)
 
 
@@ -77,83 +78,6 @@ def group_items(item: pytest.Item, scope: str) -> list[pytest.Item]:
     return per_file.get(_file(item), [item])
 
 
-# ---- inside the box -------------------------------------------------------------------------
-
-def _serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.HostState,
-           tees: dict[str, int], adopt: list[tuple[int, int]], spools: dict[int, int], stack: int,
-           ch: int, cmd_r: int, ack_w: int) -> int:
-    """``items``: the session's, as the host numbers them; ``group``: those this box may run."""
-    boxed.enter(group, host, tees, adopt, spools, stack, ch)
-    session = items[0].session
-    watchdog = _Watchdog(stack)
-    while (line := watchdog.next_command(cmd_r)) is not None:
-        k, nk, seconds, nonce = line.split()
-        item, nextitem = items[int(k)], items[int(nk)] if int(nk) >= 0 else None
-        for fd in (ch, stack):  # this test's reports and stack only
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-        watchdog.start(float(seconds))
-        go_on = boxed.run_test(item, nextitem, stack)
-        os.write(ack_w, f"{k} {nonce}\n".encode())
-        if nextitem is None or not go_on or session.shouldfail or session.shouldstop:
-            return 0
-    watchdog.cancel()  # (the teardown below was never a test's to time)
-    try:  # the host ended the session early (-x, pytest.exit, Ctrl-C): tear down, quietly
-        session._setupstate.teardown_exact(None)
-    except Exception:  # noqa: BLE001 - nobody is left to report it to
-        pass
-    return 0
-
-
-class _Watchdog:
-    """Each test's wall time, ended by faulthandler's timer (a C thread, so it fires even while
-    the test holds the GIL), without a timer per test: arming one starts a thread and
-    cancelling it joins that thread, a handoff between threads per test that cost more than
-    many tests take. One timer serves every test that starts within a quarter of the per-test
-    time ``T`` of its arming: it fires ``1.25 T`` after the arming, so at least ``T`` and at
-    most ``1.25 T`` after a test's start. It is cancelled only when the box would sit idle
-    past it, waiting for the host's next command."""
-
-    SLACK = 0.25
-
-    def __init__(self, stack: int) -> None:
-        self.stack, self.per, self.fires = stack, 0.0, 0.0  # fires: monotonic time, 0 = off
-
-    def start(self, seconds: float) -> None:
-        """A test starts that may run ``seconds`` (0: no limit)."""
-        now = time.monotonic()
-        if seconds <= 0:
-            self.cancel()
-        elif seconds != self.per or self.fires < now + seconds:
-            faulthandler.dump_traceback_later(seconds * (1 + self.SLACK), exit=True, file=self.stack)
-            self.per, self.fires = seconds, now + seconds * (1 + self.SLACK)
-
-    def next_command(self, fd: int) -> str | None:
-        """The host's next command; the timer is cancelled first if none comes before it
-        would fire (with half the slack to spare for the next ``start``)."""
-        if self.fires:
-            left = self.fires - time.monotonic() - self.per * self.SLACK / 2
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                self.cancel()
-        return _read_line(fd)
-
-    def cancel(self) -> None:
-        if self.fires:
-            faulthandler.cancel_dump_traceback_later()
-            self.fires = 0.0
-
-
-def _read_line(fd: int) -> str | None:
-    """One command from the host (a short line), or None at EOF."""
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = os.read(fd, 1)
-        if not chunk:
-            return None
-        buf += chunk
-    return buf.decode()
-
-
 # ---- on the host ----------------------------------------------------------------------------
 
 class ScopeBox:
@@ -163,6 +87,7 @@ class ScopeBox:
                  total: SandboxConfig) -> None:
         self.key, self.first, self.nonce = key, True, ""
         self.ahead: tuple[int, int, float] | None = None  # the command sent ahead (K, N, seconds)
+        self.refused = False  # a command met a closed pipe: the box never read it
         self.tests, self.wall = len(group), total.limits.wall_time
         share, adopt = boxrun.capture_plan(item.config)
         self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
@@ -173,7 +98,7 @@ class ScopeBox:
         self.done_r, done_w = os.pipe2(os.O_CLOEXEC)
         self.result: Result | None = None
         self.error: BaseException | None = None
-        body = partial(_serve, item.session.items, group, boxstate.capture(), self.tees, adopt,
+        body = partial(boxserve.serve, item.session.items, group, boxstate.capture(), self.tees, adopt,
                        self.spools, self.stack, self.channel, cmd_r, ack_w)
         fds = [self.channel, cmd_r, ack_w, *self.spools.values(), self.stack, *self.tees.values()]
 
@@ -239,10 +164,11 @@ class ScopeBox:
 def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
              total: Callable[[int], SandboxConfig],
              continues: Callable[[pytest.Item, pytest.Item | None], bool],
-             nextitem: pytest.Item | None, timeout: float | None) -> boxed.Outcome:
+             nextitem: pytest.Item | None, timeout: float | None,
+             next_box: Callable[[], NextBox | None]) -> boxed.Outcome:
     """One test of a module or session box; opens the box at the group's first test and ends
     it at its last (or when it died: the tests after run in a new one). ``continues(a, b)``:
-    whether test ``b`` runs in ``a``'s box after it."""
+    whether test ``b`` runs in ``a``'s box after it; ``next_box()``: the box ``nextitem`` opens."""
     config = item.config
     index = config.stash.get(_INDEX, None)
     if index is None or id(item) not in index:
@@ -257,12 +183,16 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
     if box is not None and (box.key != key or box.ahead not in (None, (k, nk, seconds))):
         close(config)  # the previous test said it was not the last, or the box ran ahead wrong
         box = None
+    if box is None:
+        box = config.stash[_OPEN] = _started(config, key)
     for attempt in (0, 1):
         if box is None:
             group = group_items(item, scope)
             box = ScopeBox(item, key, group, total(len(group)))
             config.stash[_OPEN] = box
         fresh, box.first = box.first, False
+        if nk < 0 and nextitem is not None:
+            _start_next(item, nextitem, next_box)
         if box.ahead is not None:  # sent while the host replayed the test before
             box.ahead, acked = None, box.wait_ack(k)
         else:
@@ -277,7 +207,8 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             return out
         config.stash[_OPEN] = None
         result = box.end()
-        if not fresh and attempt == 0 and acked is False and data == b"" and box.error is None:
+        if (not fresh and attempt == 0 and acked is False and data == b"" and box.error is None
+                and (box.refused or (result is not None and result.status == Status.OK))):
             box.release()
             box = None  # it ended between two tests (the one before stopped it): a new box
             continue
@@ -290,12 +221,43 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
     raise AssertionError("unreachable")
 
 
+def _start_next(item: pytest.Item, nextitem: pytest.Item, next_box: Callable[[], NextBox | None]) -> None:
+    """The group's last test: the box ``nextitem`` opens is started now, so its start overlaps
+    this test. Only where nothing else runs in between (pytest's own loop, nothing of the
+    host's set up): the box is a clone of the host as it is now."""
+    config = item.config
+    if config.stash.get(_NEXT, None) is None and _pytests_own_loop(config) and not item.session._setupstate.stack:
+        spec = next_box()
+        if spec is not None:
+            scope, total = spec
+            group = group_items(nextitem, scope)
+            config.stash[_NEXT] = ScopeBox(nextitem, group_key(nextitem, scope), group, total(len(group)))
+
+
+def _started(config: pytest.Config, key: tuple[str, ...]) -> ScopeBox | None:
+    """The box started for this test during the one before, if it is this test's group's."""
+    box = config.stash.get(_NEXT, None)
+    config.stash[_NEXT] = None
+    if box is not None and box.key != key:
+        _end_unused(config, box)
+        return None
+    return box
+
+
+def _end_unused(config: pytest.Config, box: ScopeBox, timeout: float | None = None) -> None:
+    box.end(timeout)
+    box.release()
+    if box.thread.is_alive():
+        config.stash.setdefault(_STALE, []).append(box)
+
+
 def _run(box: ScopeBox, k: int, nk: int, seconds: float) -> bool | None:
     """Test ``k`` in ``box`` (then its teardown for ``nk``), to its ack (``wait_ack``)."""
     os.ftruncate(box.channel, 0)  # from here on, what the box sends is this test's
     try:
         box.send(k, nk, seconds)
     except BrokenPipeError:  # it ended between two tests (it closed its command pipe)
+        box.refused = True
         return False
     return box.wait_ack(k)
 
@@ -379,10 +341,9 @@ def close(config: pytest.Config, timeout: float | None = None) -> None:
     """The session ends with a box still waiting for a test (``-x``, ``pytest.exit``, Ctrl-C):
     EOF on its command pipe, and it tears down and ends. Boxes that outlived the wait after a
     test they failed (a garbled ack, the test still running) get that wait once more."""
-    box = config.stash.get(_OPEN, None)
-    config.stash[_OPEN] = None
-    boxes = ([box] if box is not None else []) + config.stash.get(_STALE, [])
+    boxes = [b for b in (config.stash.get(_OPEN, None), config.stash.get(_NEXT, None)) if b is not None]
+    config.stash[_OPEN] = config.stash[_NEXT] = None
+    boxes += config.stash.get(_STALE, [])
+    config.stash[_STALE] = []
     for b in boxes:
-        b.end(timeout)
-        b.release()
-    config.stash[_STALE] = [b for b in boxes if b.thread.is_alive()]
+        _end_unused(config, b, timeout)

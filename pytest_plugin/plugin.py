@@ -179,7 +179,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             out = boxscope.run_item(item, scope, box_config(item, grouped=True),
                                     lambda n: _build_config(item, True, None, n),
                                     lambda a, b: _continues(a, b, scope), nextitem,
-                                    item.stash.get(TIMEOUT, None))
+                                    item.stash.get(TIMEOUT, None), lambda: _next_box(nextitem))
     except ConfigError as e:
         boxed.complete(item, out.reports, f"sandbox: {e}")
     boxed.teardown_in_parent(item, nextitem, out.reports)
@@ -208,6 +208,23 @@ def _continues(item: pytest.Item, nextitem: pytest.Item | None, scope: str) -> b
         return boxscope.group_key(nextitem, scope_of(nextitem)) == boxscope.group_key(item, scope)
     except ConfigError:
         return False
+
+
+def _next_box(item: pytest.Item | None) -> boxscope.NextBox | None:
+    """The scope and limits of the module or session box ``item`` opens (None: it opens none,
+    or its marker is bad and it will fail on its own), to start that box early."""
+    if (item is None or not _wants_box(item) or "sandbox" in getattr(item, "fixturenames", ())
+            or probe.unavailable(item.config) is not None):
+        return None
+    try:
+        scope = scope_of(item)
+        if scope == "test":
+            return None
+        box_config(item, grouped=True)
+        _build_config(item, True, None, 1)
+    except ConfigError:
+        return None
+    return scope, lambda n: _build_config(item, True, None, n)
 
 
 def _exit_code(session: pytest.Session, code: int | None, tests_left: bool) -> int | None:

@@ -5,6 +5,7 @@ each boxed run next to a plain pytest run of the same files."""
 
 from __future__ import annotations
 
+import textwrap
 import threading
 
 import pytest
@@ -140,6 +141,44 @@ def test_stopping_early_ends_the_waiting_box(run, no_leftovers):
     r = run(src.replace("assert False", "pytest.exit('enough')"), "--sandbox-all",
             "--sandbox-scope", "module")
     assert "enough" in r.stdout.str() and r.ret == pytest.ExitCode.INTERRUPTED
+
+
+def test_the_next_modules_box_starts_while_the_last_test_before_it_runs(pytester, run, monkeypatch,
+                                                                        no_leftovers):
+    """The box of module B is started while module A's box runs A's last test (the clone
+    overlaps that test); B's tests still see a fresh module. Stopped after A (``-x``), B's
+    box, never used, is ended with nothing left; a test that runs elsewhere (its own box)
+    does not get it."""
+    opened: list[tuple[str, bool]] = []
+    real_init = boxscope.ScopeBox.__init__
+
+    def init(self, item, *a):
+        opened.append((item.name, item.config.stash.get(boxscope._OPEN, None) is not None))
+        real_init(self, item, *a)
+
+    monkeypatch.setattr(boxscope.ScopeBox, "__init__", init)
+    module_a = "STATE = []\ndef test_a1():\n    STATE.append(1)\ndef test_a2():\n    assert STATE == [1]\n"
+    pytester.makepyfile(test_a=module_a)
+    src = """
+        import test_a
+
+        def test_b1():
+            assert test_a.STATE == []  # a fresh clone, not module A's box
+        """
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module")
+    assert outcomes(r) == {"passed": 3}
+    assert opened == [("test_a1", False), ("test_b1", True)]
+    opened.clear()
+    pytester.makepyfile(test_a="def test_a1():\n    pass\ndef test_a2():\n    assert False\n")
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "-x")
+    assert outcomes(r) == {"passed": 1, "failed": 1}
+    assert opened == [("test_a1", False), ("test_b1", True)]
+    opened.clear()
+    pytester.makepyfile(test_a=module_a)
+    own_box = src.replace("def test_b1():", "@pytest.mark.sandboxed(scope='test')\n        def test_b1():")
+    r = run("import pytest\n" + textwrap.dedent(own_box), "--sandbox-all", "--sandbox-scope", "module")
+    assert outcomes(r) == {"passed": 3}
+    assert opened == [("test_a1", False)]
 
 
 def test_module_scope_under_xdist(run):
@@ -279,6 +318,34 @@ def test_a_box_waiting_for_the_host_is_not_ended_by_the_last_tests_watchdog(pyte
         """
     r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "1s", "-rf")
     assert outcomes(r) == {"passed": 3}
+
+
+def test_a_test_ended_in_its_setup_runs_once(run, monkeypatch):
+    """A box killed while a test sets up has sent no report for it, as a box that ended by
+    itself between two tests has not: only the latter is a reason to run the test in a new box
+    (a hanging test run twice doubles its wait and repeats what it did)."""
+    src = """
+        import time
+        import pytest
+
+        @pytest.fixture
+        def hangs():
+            time.sleep(30)
+
+        def test_first():
+            pass
+
+        def test_hang(hangs):
+            pass
+        """
+    opened = []
+    real_init = boxscope.ScopeBox.__init__
+    monkeypatch.setattr(boxscope.ScopeBox, "__init__",
+                        lambda self, *a: (opened.append(a[0].name), real_init(self, *a))[1])
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "1s", "-rE")
+    assert outcomes(r) == {"passed": 1, "errors": 1}
+    assert opened == ["test_first"]  # and not a second box for test_hang
+    r.stdout.fnmatch_lines(["ERROR test_it.py::test_hang - sandbox: wall time 1s exceeded (this test's*"])
 
 
 def test_a_test_holding_the_gil_is_ended_at_its_wall_time(run, monkeypatch, no_leftovers):
