@@ -44,12 +44,14 @@ PODMAN_WORK = "import solution\n" + "".join(
     f"assert solution.add({i}, 1) == {i + 1}\n" for i in range(5))
 
 
-def podman_setup(store: str) -> tuple[list[str] | None, str]:
-    """→ (podman command prefix, "") or (None, why podman is not measured). ``store``: an empty
-    directory for the storage (``--root``/``--runroot``)."""
+def podman_setup(store: str, drivers: tuple[str, ...] = ("overlay", "vfs")) -> tuple[list[str] | None, str]:
+    """→ (podman command prefix, its storage driver) or (None, why podman is not measured).
+    ``store``: an empty directory for the storage (``--root``/``--runroot``); ``drivers``: tried
+    in turn."""
     if shutil.which("podman") is None:
         return None, "podman not installed (apt-get install podman runc)"
-    for driver in ("overlay", "vfs"):
+    why = "no storage driver tried"
+    for driver in drivers:
         base = ["podman", "--root", f"{store}/{driver}", "--runroot", f"{store}/{driver}-run",
                 "--storage-driver", driver]
         cmd, why = _podman_try(base)
@@ -111,6 +113,8 @@ def podman_cleanup(base: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subs", type=int, default=50)
+    ap.add_argument("--podman-driver", choices=("overlay", "vfs"), default=None,
+                    help="podman's storage driver (default: overlay where it works, else vfs)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -141,7 +145,8 @@ def main() -> None:
             list(pool.map(bwrap_submission, sorted((root / "subs").iterdir())))
         peer = time.perf_counter() - t
 
-        podman, why = podman_setup(str(root / "podman"))
+        podman, why = podman_setup(str(root / "podman"),
+                                   (a.podman_driver,) if a.podman_driver else ("overlay", "vfs"))
         pod = None
         if podman is not None:
             def podman_submission(s: Path) -> None:
