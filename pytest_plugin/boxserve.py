@@ -8,6 +8,7 @@ import faulthandler
 import os
 import select
 import time
+from typing import Any
 
 import pytest
 
@@ -47,12 +48,25 @@ class Watchdog:
     many tests take. One timer serves every test that starts within a quarter of the per-test
     time ``T`` of its arming: it fires ``1.25 T`` after the arming, so at least ``T`` and at
     most ``1.25 T`` after a test's start. It is cancelled only when the box would sit idle
-    past it, waiting for the host's next command."""
+    past it, waiting for the host's next command. faulthandler has one timer: a test that arms
+    or cancels it (``faulthandler.dump_traceback_later``...) has replaced ours, so the next
+    test arms it anew (the module's functions are wrapped to tell us)."""
 
     SLACK = 0.25
 
     def __init__(self, stack: int) -> None:
         self.stack, self.per, self.fires = stack, 0.0, 0.0  # fires: monotonic time, 0 = off
+        self._later, self._cancel = faulthandler.dump_traceback_later, faulthandler.cancel_dump_traceback_later
+
+        def later(*args: Any, **kwargs: Any) -> None:
+            self.fires = 0.0
+            self._later(*args, **kwargs)
+
+        def cancel() -> None:
+            self.fires = 0.0
+            self._cancel()
+
+        faulthandler.dump_traceback_later, faulthandler.cancel_dump_traceback_later = later, cancel
 
     def start(self, seconds: float) -> None:
         """A test starts that may run ``seconds`` (0: no limit)."""
@@ -60,7 +74,7 @@ class Watchdog:
         if seconds <= 0:
             self.cancel()
         elif seconds != self.per or self.fires < now + seconds:
-            faulthandler.dump_traceback_later(seconds * (1 + self.SLACK), exit=True, file=self.stack)
+            self._later(seconds * (1 + self.SLACK), exit=True, file=self.stack)
             self.per, self.fires = seconds, now + seconds * (1 + self.SLACK)
 
     def next_command(self, fd: int) -> str | None:
@@ -79,7 +93,7 @@ class Watchdog:
 
     def cancel(self) -> None:
         if self.fires:
-            faulthandler.cancel_dump_traceback_later()
+            self._cancel()
             self.fires = 0.0
 
 

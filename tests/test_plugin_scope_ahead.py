@@ -23,3 +23,25 @@ def test_a_box_started_early_still_has_its_tests_wall_time(pytester, run):
     r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "2s", "-rf")
     assert outcomes(r) == {"passed": 2}
 
+
+def test_a_test_using_faulthandlers_timer_leaves_the_next_one_watched(run, monkeypatch):
+    """A test that arms and cancels faulthandler's timer itself (the one the watchdog uses):
+    the next test is still ended at its own wall time, not after the box's (10 tests' worth)."""
+    monkeypatch.setenv("COLUMNS", "250")
+    src = """
+        import faulthandler, time, pytest
+
+        def test_uses_faulthandler():
+            faulthandler.dump_traceback_later(100)
+            faulthandler.cancel_dump_traceback_later()
+
+        def test_hangs():
+            time.sleep(60)
+
+        @pytest.mark.parametrize("i", range(8))
+        def test_more(i):
+            pass
+        """
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "1s", "-rf")
+    assert outcomes(r) == {"passed": 9, "failed": 1}
+    r.stdout.fnmatch_lines(["FAILED test_it.py::test_hangs - sandbox: wall time 1s exceeded (this test's*"])
