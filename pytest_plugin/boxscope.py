@@ -88,7 +88,7 @@ class ScopeBox:
                  total: SandboxConfig, wait: float = 0.0) -> None:
         """``wait``: the box is started early and may wait that long for its first test (its wall
         clock runs meanwhile): its wall time is that much longer, and unused after ``deadline``."""
-        self.key, self.first, self.nonce = key, True, ""
+        self.key, self.first, self.nonce, self.session = key, True, "", item.session
         self.deadline = time.monotonic() + wait if wait and total.limits.wall_time else None
         self.ahead: tuple[int, int, float] | None = None  # the command sent ahead (K, N, seconds)
         self.refused = False  # a command met a closed pipe: the box never read it
@@ -128,7 +128,8 @@ class ScopeBox:
         test number to the pipes it finds cannot end its own turn early (the real ack, arriving
         later, would otherwise fail the next test)."""
         self.nonce = secrets.token_hex(8)
-        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f} {self.nonce}\n".encode())
+        failed = self.session.testsfailed  # what a box started early has not seen counted
+        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f} {failed} {self.nonce}\n".encode())
 
     def wait_ack(self, k: int) -> bool | None:
         """True: the box finished test ``k``; None: it answered something else; False: the box
@@ -214,7 +215,7 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
         config.stash[_OPEN] = None
         result = box.end()
         if (not fresh and attempt == 0 and acked is False and data == b"" and box.error is None
-                and (box.refused or (result is not None and result.status == Status.OK))):
+                and (box.refused or _ended_between_tests(box, result))):
             box.release()
             box = None  # it ended between two tests (the one before stopped it): a new box
             continue
@@ -225,6 +226,12 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             if box.thread.is_alive():  # its fds are closed in ``close``
                 config.stash.setdefault(_STALE, []).append(box)
     raise AssertionError("unreachable")
+
+
+def _ended_between_tests(box: ScopeBox, result: Result | None) -> bool:
+    """Whether the box ended by itself after a test (not in the one it was asked for next)."""
+    return (result is not None and result.status == Status.OK
+            and os.pread(box.stack, boxed.STACK_MAX, 0).endswith(boxserve.ENDED))
 
 
 def _start_next(item: pytest.Item, nextitem: pytest.Item, next_box: Callable[[], NextBox | None],

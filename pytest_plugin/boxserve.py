@@ -14,6 +14,8 @@ import pytest
 
 from pytest_plugin import boxed, boxstate
 
+ENDED = b"\nsandbox: the box ended between two tests\n"  # in its stack memfd, last
+
 
 def serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.HostState,
           tees: dict[str, int], adopt: list[tuple[int, int]], spools: dict[int, int], stack: int,
@@ -22,9 +24,12 @@ def serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.Hos
     boxed.enter(group, host, tees, adopt, spools, stack, ch)
     session = items[0].session
     watchdog = Watchdog(stack)
+    first = True
     while (line := watchdog.next_command(cmd_r)) is not None:
-        k, nk, seconds, nonce = line.split()
+        k, nk, seconds, failed, nonce = line.split()
         item, nextitem = items[int(k)], items[int(nk)] if int(nk) >= 0 else None
+        if first:  # a box started early is a clone from before the host replayed the last test
+            session.testsfailed, first = int(failed), False
         for fd in (ch, stack):  # this test's reports and stack only
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
@@ -32,11 +37,15 @@ def serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.Hos
         go_on = boxed.run_test(item, nextitem, stack)
         os.write(ack_w, f"{k} {nonce}\n".encode())
         if nextitem is None or not go_on or session.shouldfail or session.shouldstop:
-            return 0
+            break
     watchdog.cancel()  # (the teardown below was never a test's to time)
-    try:  # the host ended the session early (-x, pytest.exit, Ctrl-C): tear down, quietly
-        session._setupstate.teardown_exact(None)
+    try:  # what is still set up (the session ends early: -x, pytest.exit, Ctrl-C), as pytest's
+        session._setupstate.teardown_exact(None)  # own session end does, quietly
     except Exception:  # noqa: BLE001 - nobody is left to report it to
+        pass
+    try:  # for the host: no test of its is unfinished here (a test that os._exit(0)s is)
+        os.write(stack, ENDED)
+    except OSError:
         pass
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_plugin import boxscope
+
 pytest_plugins = ["pytester", "test_plugin_support"]
 
 
@@ -45,3 +47,73 @@ def test_a_test_using_faulthandlers_timer_leaves_the_next_one_watched(run, monke
     r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "1s", "-rf")
     assert outcomes(r) == {"passed": 9, "failed": 1}
     r.stdout.fnmatch_lines(["FAILED test_it.py::test_hangs - sandbox: wall time 1s exceeded (this test's*"])
+
+
+def test_a_test_that_ends_its_box_cleanly_in_its_setup_runs_once(run, monkeypatch):
+    """``os._exit(0)`` in a fixture: the box ended with status OK but inside that test, not
+    between two tests, so the test is not run again in a new box (what it did would repeat)."""
+    src = """
+        import os, pytest
+
+        @pytest.fixture
+        def exits():
+            os._exit(0)
+
+        def test_first():
+            pass
+
+        def test_exits(exits):
+            pass
+
+        def test_last():
+            pass
+        """
+    opened = []
+    real_init = boxscope.ScopeBox.__init__
+    monkeypatch.setattr(boxscope.ScopeBox, "__init__",
+                        lambda self, *a: (opened.append(a[0].name), real_init(self, *a))[1])
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "-rf")
+    assert outcomes(r) == {"passed": 2, "failed": 1}
+    assert opened == ["test_first", "test_last"]  # and not a second box for test_exits
+    r.stdout.fnmatch_lines(["sandbox: test process sent an invalid report (the test process ended "
+                            "without finishing the test)"])
+
+
+def test_pytest_exit_in_a_module_box_tears_its_fixtures_down_as_plain_pytest(pytester, run):
+    out = pytester.mkdir("out")
+    out.chmod(0o777)
+    src = f"""
+        import pytest
+        from sandbox import MountSpec
+
+        pytestmark = pytest.mark.sandboxed(mounts=[MountSpec("bind", {str(out)!r}, {str(out)!r})])
+
+        @pytest.fixture(scope="module")
+        def mod():
+            yield
+            open({str(out / "torn-down")!r}, "a").write("x")
+
+        def test_a(mod):
+            pass
+
+        def test_b(mod):
+            pytest.exit("enough")
+
+        def test_c(mod):
+            pass
+        """
+    plain = run(src, "-p", "no:sandbox")
+    assert (out / "torn-down").read_text() == "x" and plain.ret == pytest.ExitCode.INTERRUPTED
+    (out / "torn-down").unlink()
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module")
+    assert r.ret == pytest.ExitCode.INTERRUPTED and "enough" in r.stdout.str()
+    assert (out / "torn-down").read_text() == "x"
+
+
+def test_a_box_started_early_counts_the_failure_of_the_test_before_it(pytester, run):
+    """The next module's box is a clone from while the last test before it ran: the host's
+    count of failed tests, which the last one may have raised, is the box's from its first test."""
+    pytester.makepyfile(test_a="def test_a1():\n    assert 0\n")
+    src = "def test_b1(request):\n    assert request.session.testsfailed == 1\n"
+    assert outcomes(run(src, "-p", "no:sandbox")) == {"passed": 1, "failed": 1}
+    assert outcomes(run(src, "--sandbox-all", "--sandbox-scope", "module")) == {"passed": 1, "failed": 1}
