@@ -117,3 +117,14 @@ def test_a_box_started_early_counts_the_failure_of_the_test_before_it(pytester, 
     src = "def test_b1(request):\n    assert request.session.testsfailed == 1\n"
     assert outcomes(run(src, "-p", "no:sandbox")) == {"passed": 1, "failed": 1}
     assert outcomes(run(src, "--sandbox-all", "--sandbox-scope", "module")) == {"passed": 1, "failed": 1}
+
+
+@pytest.mark.parametrize("scope", ["test", "module"])
+def test_pytests_faulthandler_timeout_does_not_hang_the_box(pytester, run, scope):
+    """pytest arms faulthandler's timer around each test (``faulthandler_timeout``); a box
+    cloned meanwhile inherits a timer whose thread it does not have, and arming its own there
+    waited for that thread forever (every test ran to its wall time)."""
+    pytester.makeini("[pytest]\nfaulthandler_timeout = 30\n")
+    src = "def test_a():\n    pass\n\ndef test_b():\n    pass\n"
+    r = run(src, "--sandbox-all", "--sandbox-scope", scope, "--sandbox-wall-time", "3s")
+    assert outcomes(r) == {"passed": 2}
