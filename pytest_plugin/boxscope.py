@@ -242,13 +242,23 @@ def _start_next(item: pytest.Item, nextitem: pytest.Item, next_box: Callable[[],
     waits: it gets this test's time on top (at most ``1.25 seconds``, its watchdog's, and a
     second for the host's replay), and is not used if the wait was longer."""
     config = item.config
-    if config.stash.get(_NEXT, None) is None and _pytests_own_loop(config) and not item.session._setupstate.stack:
+    if (config.stash.get(_NEXT, None) is None and _pytests_own_loop(config) and not item.session._setupstate.stack
+            and not faulthandler_timeout(config)):  # (its clone may come after the next arming)
         spec = next_box()
         if spec is not None:
             scope, total = spec
             group = group_items(nextitem, scope)
             wait = seconds * (1 + boxserve.Watchdog.SLACK) + 1.0
             config.stash[_NEXT] = ScopeBox(nextitem, group_key(nextitem, scope), group, total(len(group)), wait)
+
+
+def faulthandler_timeout(config: pytest.Config) -> float:
+    """pytest's ``faulthandler_timeout``: a timer it arms around each test, which a clone made
+    while it is armed can never re-arm (``plugin.pytest_runtest_protocol`` cancels it first)."""
+    try:
+        return float(config.getini("faulthandler_timeout") or 0)
+    except ValueError:  # -p no:faulthandler
+        return 0.0
 
 
 def _started(config: pytest.Config, key: tuple[str, ...]) -> ScopeBox | None:

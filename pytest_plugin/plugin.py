@@ -163,7 +163,7 @@ def _wants_box(item: pytest.Item) -> bool:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
     if not _wants_box(item):
         return None
-    if _faulthandler_timeout(item.config) > 0:
+    if boxscope.faulthandler_timeout(item.config) > 0:
         # pytest's timer for this test (its faulthandler plugin wraps this hook): a box is a
         # clone, without the timer's thread, and arming its own (the wall time's) would wait
         # for that thread forever. The box's wall time watches the test instead.
@@ -204,13 +204,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         reason, code = out.exit_request
         pytest.exit(reason, _exit_code(item.session, code, nextitem is not None))
     return True
-
-
-def _faulthandler_timeout(config: pytest.Config) -> float:
-    try:
-        return float(config.getini("faulthandler_timeout") or 0)
-    except ValueError:  # -p no:faulthandler
-        return 0.0
 
 
 def _continues(item: pytest.Item, nextitem: pytest.Item | None, scope: str) -> bool:
