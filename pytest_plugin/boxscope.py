@@ -35,6 +35,7 @@ import os
 import secrets
 import select
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -84,11 +85,16 @@ class ScopeBox:
     """A live box of one group, run by ``sandbox.run_sync`` in a thread of ours."""
 
     def __init__(self, item: pytest.Item, key: tuple[str, ...], group: list[pytest.Item],
-                 total: SandboxConfig) -> None:
-        self.key, self.first, self.nonce = key, True, ""
+                 total: SandboxConfig, wait: float = 0.0) -> None:
+        """``wait``: the box is started early and may wait that long for its first test (its wall
+        clock runs meanwhile): its wall time is that much longer, and unused after ``deadline``."""
+        self.key, self.first, self.nonce, self.session = key, True, "", item.session
+        self.deadline = time.monotonic() + wait if wait and total.limits.wall_time else None
         self.ahead: tuple[int, int, float] | None = None  # the command sent ahead (K, N, seconds)
         self.refused = False  # a command met a closed pipe: the box never read it
         self.tests, self.wall = len(group), total.limits.wall_time
+        if self.deadline is not None and total.limits.wall_time is not None:
+            total.limits.wall_time += wait
         share, adopt = boxrun.capture_plan(item.config)
         self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
         self.stack, self.channel = boxrun.memfd("sandbox-stack"), boxrun.memfd("sandbox-channel")
@@ -122,7 +128,8 @@ class ScopeBox:
         test number to the pipes it finds cannot end its own turn early (the real ack, arriving
         later, would otherwise fail the next test)."""
         self.nonce = secrets.token_hex(8)
-        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f} {self.nonce}\n".encode())
+        failed = self.session.testsfailed  # what a box started early has not seen counted
+        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f} {failed} {self.nonce}\n".encode())
 
     def wait_ack(self, k: int) -> bool | None:
         """True: the box finished test ``k``; None: it answered something else; False: the box
@@ -192,7 +199,7 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             config.stash[_OPEN] = box
         fresh, box.first = box.first, False
         if nk < 0 and nextitem is not None:
-            _start_next(item, nextitem, next_box)
+            _start_next(item, nextitem, next_box, seconds)
         if box.ahead is not None:  # sent while the host replayed the test before
             box.ahead, acked = None, box.wait_ack(k)
         else:
@@ -208,7 +215,7 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
         config.stash[_OPEN] = None
         result = box.end()
         if (not fresh and attempt == 0 and acked is False and data == b"" and box.error is None
-                and (box.refused or (result is not None and result.status == Status.OK))):
+                and (box.refused or _ended_between_tests(box, result))):
             box.release()
             box = None  # it ended between two tests (the one before stopped it): a new box
             continue
@@ -221,25 +228,45 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
     raise AssertionError("unreachable")
 
 
-def _start_next(item: pytest.Item, nextitem: pytest.Item, next_box: Callable[[], NextBox | None]) -> None:
+def _ended_between_tests(box: ScopeBox, result: Result | None) -> bool:
+    """Whether the box ended by itself after a test (not in the one it was asked for next)."""
+    return (result is not None and result.status == Status.OK
+            and os.pread(box.stack, boxed.STACK_MAX, 0).endswith(boxserve.ENDED))
+
+
+def _start_next(item: pytest.Item, nextitem: pytest.Item, next_box: Callable[[], NextBox | None],
+                seconds: float) -> None:
     """The group's last test: the box ``nextitem`` opens is started now, so its start overlaps
     this test. Only where nothing else runs in between (pytest's own loop, nothing of the
-    host's set up): the box is a clone of the host as it is now."""
+    host's set up): the box is a clone of the host as it is now. Its wall clock runs while it
+    waits: it gets this test's time on top (at most ``1.25 seconds``, its watchdog's, and a
+    second for the host's replay), and is not used if the wait was longer."""
     config = item.config
-    if config.stash.get(_NEXT, None) is None and _pytests_own_loop(config) and not item.session._setupstate.stack:
+    if (config.stash.get(_NEXT, None) is None and _pytests_own_loop(config) and not item.session._setupstate.stack
+            and not faulthandler_timeout(config)):  # (its clone may come after the next arming)
         spec = next_box()
         if spec is not None:
             scope, total = spec
             group = group_items(nextitem, scope)
-            config.stash[_NEXT] = ScopeBox(nextitem, group_key(nextitem, scope), group, total(len(group)))
+            wait = seconds * (1 + boxserve.Watchdog.SLACK) + 1.0
+            config.stash[_NEXT] = ScopeBox(nextitem, group_key(nextitem, scope), group, total(len(group)), wait)
+
+
+def faulthandler_timeout(config: pytest.Config) -> float:
+    """pytest's ``faulthandler_timeout``: a timer it arms around each test, which a clone made
+    while it is armed can never re-arm (``plugin.pytest_runtest_protocol`` cancels it first)."""
+    try:
+        return float(config.getini("faulthandler_timeout") or 0)
+    except ValueError:  # -p no:faulthandler
+        return 0.0
 
 
 def _started(config: pytest.Config, key: tuple[str, ...]) -> ScopeBox | None:
     """The box started for this test during the one before, if it is this test's group's."""
     box = config.stash.get(_NEXT, None)
     config.stash[_NEXT] = None
-    if box is not None and box.key != key:
-        _end_unused(config, box)
+    if box is not None and (box.key != key or (box.deadline is not None and time.monotonic() > box.deadline)):
+        _end_unused(config, box)  # (one that waited too long has less than its tests' time left)
         return None
     return box
 

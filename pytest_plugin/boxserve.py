@@ -8,10 +8,13 @@ import faulthandler
 import os
 import select
 import time
+from typing import Any
 
 import pytest
 
 from pytest_plugin import boxed, boxstate
+
+ENDED = b"\nsandbox: the box ended between two tests\n"  # in its stack memfd, last
 
 
 def serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.HostState,
@@ -21,9 +24,12 @@ def serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.Hos
     boxed.enter(group, host, tees, adopt, spools, stack, ch)
     session = items[0].session
     watchdog = Watchdog(stack)
+    first = True
     while (line := watchdog.next_command(cmd_r)) is not None:
-        k, nk, seconds, nonce = line.split()
+        k, nk, seconds, failed, nonce = line.split()
         item, nextitem = items[int(k)], items[int(nk)] if int(nk) >= 0 else None
+        if first:  # a box started early is a clone from before the host replayed the last test
+            session.testsfailed, first = int(failed), False
         for fd in (ch, stack):  # this test's reports and stack only
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
@@ -31,11 +37,15 @@ def serve(items: list[pytest.Item], group: list[pytest.Item], host: boxstate.Hos
         go_on = boxed.run_test(item, nextitem, stack)
         os.write(ack_w, f"{k} {nonce}\n".encode())
         if nextitem is None or not go_on or session.shouldfail or session.shouldstop:
-            return 0
+            break
     watchdog.cancel()  # (the teardown below was never a test's to time)
-    try:  # the host ended the session early (-x, pytest.exit, Ctrl-C): tear down, quietly
-        session._setupstate.teardown_exact(None)
+    try:  # what is still set up (the session ends early: -x, pytest.exit, Ctrl-C), as pytest's
+        session._setupstate.teardown_exact(None)  # own session end does, quietly
     except Exception:  # noqa: BLE001 - nobody is left to report it to
+        pass
+    try:  # for the host: no test of its is unfinished here (a test that os._exit(0)s is)
+        os.write(stack, ENDED)
+    except OSError:
         pass
     return 0
 
@@ -47,12 +57,25 @@ class Watchdog:
     many tests take. One timer serves every test that starts within a quarter of the per-test
     time ``T`` of its arming: it fires ``1.25 T`` after the arming, so at least ``T`` and at
     most ``1.25 T`` after a test's start. It is cancelled only when the box would sit idle
-    past it, waiting for the host's next command."""
+    past it, waiting for the host's next command. faulthandler has one timer: a test that arms
+    or cancels it (``faulthandler.dump_traceback_later``...) has replaced ours, so the next
+    test arms it anew (the module's functions are wrapped to tell us)."""
 
     SLACK = 0.25
 
     def __init__(self, stack: int) -> None:
         self.stack, self.per, self.fires = stack, 0.0, 0.0  # fires: monotonic time, 0 = off
+        self._later, self._cancel = faulthandler.dump_traceback_later, faulthandler.cancel_dump_traceback_later
+
+        def later(*args: Any, **kwargs: Any) -> None:
+            self.fires = 0.0
+            self._later(*args, **kwargs)
+
+        def cancel() -> None:
+            self.fires = 0.0
+            self._cancel()
+
+        faulthandler.dump_traceback_later, faulthandler.cancel_dump_traceback_later = later, cancel
 
     def start(self, seconds: float) -> None:
         """A test starts that may run ``seconds`` (0: no limit)."""
@@ -60,7 +83,7 @@ class Watchdog:
         if seconds <= 0:
             self.cancel()
         elif seconds != self.per or self.fires < now + seconds:
-            faulthandler.dump_traceback_later(seconds * (1 + self.SLACK), exit=True, file=self.stack)
+            self._later(seconds * (1 + self.SLACK), exit=True, file=self.stack)
             self.per, self.fires = seconds, now + seconds * (1 + self.SLACK)
 
     def next_command(self, fd: int) -> str | None:
@@ -79,7 +102,7 @@ class Watchdog:
 
     def cancel(self) -> None:
         if self.fires:
-            faulthandler.cancel_dump_traceback_later()
+            self._cancel()
             self.fires = 0.0
 
 

@@ -14,6 +14,7 @@ fixture's ``run``/``call``.
 
 from __future__ import annotations
 
+import faulthandler
 import inspect
 import os
 from collections.abc import Iterator
@@ -162,6 +163,11 @@ def _wants_box(item: pytest.Item) -> bool:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
     if not _wants_box(item):
         return None
+    if boxscope.faulthandler_timeout(item.config) > 0:
+        # pytest's timer for this test (its faulthandler plugin wraps this hook): a box is a
+        # clone, without the timer's thread, and arming its own (the wall time's) would wait
+        # for that thread forever. The box's wall time watches the test instead.
+        faulthandler.cancel_dump_traceback_later()
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     out = boxed.Outcome([])
     scope = "test"
