@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,9 @@ def podman_setup(store: str, drivers: tuple[str, ...] = ("overlay", "vfs")) -> t
         return None, "podman not installed (apt-get install podman runc)"
     why = "no storage driver tried"
     for driver in drivers:
-        base = ["podman", "--root", f"{store}/{driver}", "--runroot", f"{store}/{driver}-run",
+        xdg = f"{store}/{driver}-xdg"  # podman's runtime dir (else /tmp/podman-run-UID, left behind)
+        os.makedirs(xdg, mode=0o700, exist_ok=True)
+        base = ["env", f"XDG_RUNTIME_DIR={xdg}", "podman", "--root", f"{store}/{driver}", "--runroot", f"{store}/{driver}-run",
                 "--storage-driver", driver]
         cmd, why = _podman_try(base)
         if cmd is not None:
@@ -100,14 +103,17 @@ def _podman_try(base: list[str]) -> tuple[list[str] | None, str]:
 
 def podman_cleanup(base: list[str]) -> None:
     """Remove our image and storage (its files belong to the user namespace's uids: removed
-    from inside it), and stop rootless podman's pause process (catatonit) when no container of
-    this user runs, so the bench leaves no process behind."""
+    from inside it), and stop the pause process (catatonit) of our own runtime dir, so the
+    bench leaves no process and no file behind."""
     subprocess.run([*base, "rmi", "-f", IMAGE], capture_output=True)
     root, runroot = base[base.index("--root") + 1], base[base.index("--runroot") + 1]
     subprocess.run([*base, "unshare", "rm", "-rf", root, runroot], capture_output=True)
-    running = subprocess.run(["podman", "ps", "-q"], capture_output=True, text=True).stdout.strip()
-    if not running and os.geteuid() != 0:
-        subprocess.run(["podman", "system", "migrate"], capture_output=True)
+    xdg = base[1].split("=", 1)[1]
+    try:
+        with open(f"{xdg}/libpod/tmp/pause.pid") as f:
+            os.kill(int(f.read().strip()), signal.SIGKILL)
+    except (OSError, ValueError):  # no pause process of ours
+        pass
 
 
 def main() -> None:
