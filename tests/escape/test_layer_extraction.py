@@ -121,10 +121,10 @@ def test_gzip_bomb_stops_at_the_cap(place):
         store.import_archive(arch)
 
 
-def _extract(entries) -> str:
+def _extract(entries, parent) -> str:
     import tempfile
 
-    d = tempfile.mkdtemp()
+    d = tempfile.mkdtemp(dir=parent)  # (in the test's tmp_path: pytest removes it)
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
         _layers.extract(io.BytesIO(layer(entries)), fd)
@@ -133,23 +133,23 @@ def _extract(entries) -> str:
     return d
 
 
-def test_setuid_bits_and_file_capabilities_are_dropped():
+def test_setuid_bits_and_file_capabilities_are_dropped(tmp_path):
     d = _extract([entry("su", data=b"#!", mode=0o6755),
                   entry("cap", data=b"x", pax={"SCHILY.xattr.security.capability": "\x01\x00\x00\x02",
                                                "SCHILY.xattr.user.overlay.redirect": "/etc",
                                                "SCHILY.xattr.user.x": "y"}),
-                  entry("sd", "dir", mode=0o2775)])
+                  entry("sd", "dir", mode=0o2775)], tmp_path)
     assert os.stat(f"{d}/su").st_mode & 0o7777 == 0o755
     assert os.stat(f"{d}/sd").st_mode & 0o7777 == 0o775
     assert os.listxattr(f"{d}/cap") == []
     _layers.remove_tree(os.open(os.path.dirname(d), os.O_RDONLY), os.path.basename(d))
 
 
-def test_whiteouts_become_overlay_xattrs_and_opaque_wins():
+def test_whiteouts_become_overlay_xattrs_and_opaque_wins(tmp_path):
     d = _extract([entry("a", "dir"), entry("a/.wh.x"), entry("b", "dir"), entry("b/.wh.y"),
                   entry("b/.wh..wh..opq"), entry("b/mine", data=b"1"),
                   entry("c", "dir"), entry("c/.wh..wh..opq"), entry("c/.wh.z"), entry("ro", "dir", mode=0o555),
-                  entry("ro/f", data=b"1")])
+                  entry("ro/f", data=b"1")], tmp_path)
     assert os.getxattr(f"{d}/a/x", "user.overlay.whiteout") == b"y"
     assert os.stat(f"{d}/a/x").st_size == 0
     assert os.getxattr(f"{d}/a", "user.overlay.opaque") == b"x"
@@ -161,6 +161,6 @@ def test_whiteouts_become_overlay_xattrs_and_opaque_wins():
     assert not os.path.exists(d)
 
 
-def test_a_hard_link_to_an_earlier_file_of_the_layer_works():
-    d = _extract([entry("f", data=b"hello"), entry("g", "hardlink", link="f")])
+def test_a_hard_link_to_an_earlier_file_of_the_layer_works(tmp_path):
+    d = _extract([entry("f", data=b"hello"), entry("g", "hardlink", link="f")], tmp_path)
     assert os.stat(f"{d}/g").st_nlink == 2 and open(f"{d}/g", "rb").read() == b"hello"
