@@ -148,7 +148,8 @@ def test_supervisor_path_uses_cgroups_too():
             return await sup.run(["python3", "-c", "x = bytearray(200 << 20)"], cfg(memory="64M"))
 
     r = trio.run(main)
-    assert r.status == Status.ML and r.enforcement["memory"] == "cgroup"
+    # (once, in CI, XX instead of ML, not reproduced in 80 runs since: say why, next time)
+    assert r.status == Status.ML and r.enforcement["memory"] == "cgroup", (r.reason, r.error, r.cgroup)
 
 
 def test_doctor_in_the_guest_says_cgroup():
