@@ -186,7 +186,7 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
     seconds = min(x for x in (wall, timeout, float("inf")) if x is not None)
     seconds = 0 if seconds == float("inf") else seconds
     k = index[id(item)]
-    nk = index.get(id(nextitem), -1) if nextitem is not None and continues(item, nextitem) else -1
+    nk = _index_in_box(index, item, nextitem, continues)
     if box is not None and (box.key != key or box.ahead not in (None, (k, nk, seconds))):
         close(config)  # the previous test said it was not the last, or the box ran ahead wrong
         box = None
@@ -278,29 +278,36 @@ def _end_unused(config: pytest.Config, box: ScopeBox, timeout: float | None = No
         config.stash.setdefault(_STALE, []).append(box)
 
 
-def _run(box: ScopeBox, k: int, nk: int, seconds: float) -> bool | None:
-    """Test ``k`` in ``box`` (then its teardown for ``nk``), to its ack (``wait_ack``)."""
+def _index_in_box(index: dict[int, int], item: pytest.Item, nextitem: pytest.Item | None,
+                  continues: Callable[[pytest.Item, pytest.Item | None], bool]) -> int:
+    """``nextitem``'s number when it runs in ``item``'s box after it, else -1."""
+    return index.get(id(nextitem), -1) if nextitem is not None and continues(item, nextitem) else -1
+
+
+def _send(box: ScopeBox, k: int, nk: int, seconds: float) -> bool:
+    """Test ``k``'s command; False when the box had ended (it closed its command pipe, or
+    stopped after the test before: pytest.exit, a shouldstop) and so never reads it."""
     os.ftruncate(box.channel, 0)  # from here on, what the box sends is this test's
     try:
         box.send(k, nk, seconds)
-    except BrokenPipeError:  # it ended between two tests (it closed its command pipe)
+    except BrokenPipeError:
         box.refused = True
         return False
-    return box.wait_ack(k)
+    return True
+
+
+def _run(box: ScopeBox, k: int, nk: int, seconds: float) -> bool | None:
+    """Test ``k`` in ``box`` (then its teardown for ``nk``), to its ack (``wait_ack``)."""
+    return box.wait_ack(k) if _send(box, k, nk, seconds) else False
 
 
 def _run_ahead(box: ScopeBox, nextitem: pytest.Item, nk: int, seconds: float,
                index: dict[int, int], continues: Callable[[pytest.Item, pytest.Item | None], bool]) -> None:
     """Send ``nextitem``'s command now, with the item pytest's default loop runs after it."""
     items = nextitem.session.items
-    after = items[nk + 1] if nk + 1 < len(items) else None
-    nnk = index[id(after)] if after is not None and continues(nextitem, after) else -1
-    os.ftruncate(box.channel, 0)
-    try:
-        box.send(nk, nnk, seconds)
-    except BrokenPipeError:  # the box ended after this test (pytest.exit, a shouldstop)
-        return
-    box.ahead = (nk, nnk, seconds)
+    nnk = _index_in_box(index, nextitem, items[nk + 1] if nk + 1 < len(items) else None, continues)
+    if _send(box, nk, nnk, seconds):
+        box.ahead = (nk, nnk, seconds)
 
 
 def may_run_ahead(item: pytest.Item, nextitem: pytest.Item | None) -> bool:

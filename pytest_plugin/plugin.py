@@ -226,8 +226,7 @@ def _next_box(item: pytest.Item | None) -> boxscope.NextBox | None:
         scope = scope_of(item)
         if scope == "test":
             return None
-        box_config(item, grouped=True)
-        _build_config(item, True, None, 1)
+        box_config(item, grouped=True)  # (validates the marker: the box's config scales it)
     except ConfigError:
         return None
     return scope, lambda n: _build_config(item, True, None, n)
