@@ -323,3 +323,29 @@ def test_tests_run_in_a_plugins_own_loop_are_not_run_ahead(pytester, run, monkey
     guessed = run(src, "--sandbox-all", "--sandbox-scope", "module", "-rf")
     assert outcomes(guessed) == {"passed": 2, "failed": 1}
     guessed.stdout.fnmatch_lines(["FAILED test_it.py::TestX::test_a - AssertionError: assert [] == *"])
+
+
+def test_a_box_that_died_between_two_tests_runs_the_next_in_a_new_one(pytester, run):
+    """A test leaves a thread that ends its box (exit 3) after its turn, before the host sends
+    the next command (``-x``: not sent ahead): that command meets a closed pipe, so the next
+    test never ran there and runs in a new box (not failed with the box's exit)."""
+    pytester.makeconftest("""
+        import time
+
+        def pytest_runtest_logreport(report):  # the box is gone before the host sends more
+            if report.when == "teardown" and "leaves" in report.nodeid:
+                time.sleep(1)
+        """)
+    src = """
+        import os, threading, time
+
+        STATE = []
+
+        def test_leaves_a_killer():
+            STATE.append(1)
+            threading.Thread(target=lambda: (time.sleep(0.2), os._exit(3)), daemon=True).start()
+
+        def test_next():
+            assert STATE == []  # a new box
+        """
+    assert outcomes(run(src, "--sandbox-all", "--sandbox-scope", "module", "-x")) == {"passed": 2}
