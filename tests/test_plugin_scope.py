@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from test_plugin_support import host_pauses_after
 
 from pytest_plugin import boxscope
 
@@ -220,13 +221,7 @@ def test_a_test_that_stops_its_watchdog_is_ended_by_the_boxs_wall_time_and_told_
 
 def test_a_box_that_closed_its_command_pipe_ends_and_the_next_test_runs_in_a_new_one(pytester, run,
                                                                                      no_leftovers):
-    pytester.makeconftest("""
-        import time
-
-        def pytest_runtest_logreport(report):  # the box has ended before the host sends more
-            if report.when == "teardown" and "closes" in report.nodeid:
-                time.sleep(1)
-        """)
+    host_pauses_after(pytester, "closes")
     src = """
         import fcntl, os, stat
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from test_plugin_support import host_pauses_after
 
 from pytest_plugin import boxscope
 
@@ -329,13 +330,7 @@ def test_a_box_that_died_between_two_tests_runs_the_next_in_a_new_one(pytester, 
     """A test leaves a thread that ends its box (exit 3) after its turn, before the host sends
     the next command (``-x``: not sent ahead): that command meets a closed pipe, so the next
     test never ran there and runs in a new box (not failed with the box's exit)."""
-    pytester.makeconftest("""
-        import time
-
-        def pytest_runtest_logreport(report):  # the box is gone before the host sends more
-            if report.when == "teardown" and "leaves" in report.nodeid:
-                time.sleep(1)
-        """)
+    host_pauses_after(pytester, "leaves")
     src = """
         import os, threading, time
 

@@ -18,3 +18,15 @@ def run(pytester: pytest.Pytester):
         pytester.makepyfile(test_it=textwrap.dedent(src))
         return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:pytest_isolate", *args)
     return go
+
+
+def host_pauses_after(pytester: pytest.Pytester, name: str) -> None:
+    """A conftest under which the host waits a second after the teardown report of the test
+    whose id contains ``name``: the box has ended by the time the host sends it more."""
+    pytester.makeconftest(f"""
+        import time
+
+        def pytest_runtest_logreport(report):
+            if report.when == "teardown" and {name!r} in report.nodeid:
+                time.sleep(1)
+        """)
