@@ -45,7 +45,10 @@ PODMAN_WORK = "import solution\n" + "".join(
     f"assert solution.add({i}, 1) == {i + 1}\n" for i in range(5))
 
 
-def podman_setup(store: str, drivers: tuple[str, ...] = ("overlay", "vfs")) -> tuple[list[str] | None, str]:
+PODMAN_DRIVERS = ("overlay", "vfs")  # fastest first
+
+
+def podman_setup(store: str, drivers: tuple[str, ...] = PODMAN_DRIVERS) -> tuple[list[str] | None, str]:
     """→ (podman command prefix, its storage driver) or (None, why podman is not measured).
     ``store``: an empty directory for the storage (``--root``/``--runroot``); ``drivers``: tried
     in turn."""
@@ -89,6 +92,7 @@ def _podman_try(base: list[str]) -> tuple[list[str] | None, str]:
                              capture_output=True, text=True)
         tar.wait()
         if imp.returncode:
+            podman_cleanup(base)  # what the failed import left in our storage
             return None, f"podman import failed: {imp.stderr.strip()[-200:]}"
     why = ""
     for runtime in ([], ["--runtime", "runc"]):
@@ -119,7 +123,7 @@ def podman_cleanup(base: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subs", type=int, default=50)
-    ap.add_argument("--podman-driver", choices=("overlay", "vfs"), default=None,
+    ap.add_argument("--podman-driver", choices=PODMAN_DRIVERS, default=None,
                     help="podman's storage driver (default: overlay where it works, else vfs)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -152,7 +156,7 @@ def main() -> None:
         peer = time.perf_counter() - t
 
         podman, why = podman_setup(str(root / "podman"),
-                                   (a.podman_driver,) if a.podman_driver else ("overlay", "vfs"))
+                                   (a.podman_driver,) if a.podman_driver else PODMAN_DRIVERS)
         pod = None
         if podman is not None:
             def podman_submission(s: Path) -> None:
