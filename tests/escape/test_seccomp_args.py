@@ -147,7 +147,7 @@ def test_prlimit_cannot_lower_inits_limits(no_leftovers):
     flood(4)  # init spends about half of that forwarding: past 1 s, not near 20 s
     raise SystemExit(3)
     """, cpu_time="20s", wall_time="30s")
-    assert (r.status, r.exit_code) == (Status.RE, 3), r
+    assert (r.status, r.exit_code) == (Status.RE, 3), (r.error, r.reason, r.stderr[-500:])
     assert json.loads(r.stdout) == {"init cpu": "EPERM", "init as": "EPERM",
                                     "raw init|high": "EPERM", "getpid": "ok", "child": "ok",
                                     "read init": "ok", "self 0": "ok", "setrlimit": "ok"}
@@ -206,7 +206,7 @@ def test_signals_and_scheduling_aimed_at_init_leave_the_verdict_alone(no_leftove
         print("init", open("/proc/1/status").read().split("State:")[1].split()[0], flush=True)
         raise SystemExit(3)
         """, wall_time="20s")
-    assert (r.status, r.exit_code) == (Status.RE, 3), r
+    assert (r.status, r.exit_code) == (Status.RE, 3), (r.error, r.reason, r.stderr[-500:])
     assert r.stdout.split() == [b"tgkill", b"0", b"sigqueue", b"EPERM", b"init", b"S"], r
     assert r.wall_time < 10, r
 
