@@ -35,7 +35,8 @@ import _signal
 import os
 import select
 
-from sandbox import _payload, _rlimits
+from sandbox import _init_signals as sigs
+from sandbox import _payload, _rlimits, _statusline
 from sandbox import _syscalls as sc
 
 TYPE_CHECKING = False
@@ -128,7 +129,7 @@ class BoxInit:
                            "error": f"{argv[0]}: {os.strerror(no)}"})
                 return
         self.running[pid] = rid
-        self.spawner_peak[pid] = sc.own_peak_rss()
+        self.spawner_peak[pid] = _statusline.own_peak_rss()
         self.send({"op": "started", "id": rid, "pid": pid})
 
     def kill(self, rid: int) -> None:
@@ -142,7 +143,7 @@ class BoxInit:
             rid = self.running.pop(pid, None)
             if rid is not None:
                 _kill_group(pid)
-                peak = sc.program_peak(rss, self.spawner_peak.pop(pid, 0))  # 0: unknown
+                peak = _statusline.program_peak(rss, self.spawner_peak.pop(pid, 0))  # 0: unknown
                 self.send({"op": "exited", "id": rid, "wait_status": status,
                            "cpu_time": cpu, "max_rss": peak})
 
@@ -183,22 +184,15 @@ def serve(prep: Prepared, sock_fd: int, child_limits: _rlimits.Plan) -> int:
 
     sock = socket.socket(fileno=sock_fd)
     box = BoxInit(prep, sock, child_limits)
-    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    _signal.signal(_signal.SIGCHLD, lambda _s, _f: None)
-    _signal.signal(_signal.SIGXCPU, lambda _s, _f: None)
+    sigs.block(sigs.HELD_BOX)  # a handler would nest under a flood of them (``_init_signals``)
+    wake_r = sc.signalfd(sigs.HELD_BOX)
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
         for fd, _ev in poller.poll():
             if fd == wake_r:
-                while True:
-                    try:
-                        if not os.read(wake_r, 256):
-                            break
-                    except BlockingIOError:
-                        break
+                sigs.drain(wake_r)
                 box.reap()
                 continue
             msg, fds = _fdpass.recv(sock, max_fds=3)

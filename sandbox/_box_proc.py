@@ -117,7 +117,7 @@ class Process:
         elif op == "exited":
             self._facts = {"status_line": _statusline.encode_exit(int(m["wait_status"])),
                            "cpu_time": float(m["cpu_time"]), "max_rss": int(m["max_rss"]) or None}
-            if self._facts["max_rss"]:  # (None: no more than init's own, see sc.program_peak)
+            if self._facts["max_rss"]:  # (None: no more than init's own, see _statusline.program_peak)
                 self.box._peak = max(self.box._peak or 0, self._facts["max_rss"])
             self._finish()
         if self.state == "exited" and self._abandoned:

@@ -39,6 +39,7 @@ import _signal  # the C module: signal.py converts to enums (enum costs the CLI 
 import os
 
 from sandbox import _caps, _net, _payload, _rlimits, _rootfs, _scrub, _statusline, _userns
+from sandbox import _init_signals as sigs
 from sandbox import _syscalls as sc
 from sandbox._plan import Prepared, prepare  # noqa: F401 - the parent half, re-exported
 from sandbox._record import replace
@@ -50,9 +51,6 @@ if TYPE_CHECKING:
 
     Target = Sequence[str] | Callable[[], int]  # argv, or (tests, launcher) a function
 
-FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
-                     _signal.SIGUSR1, _signal.SIGUSR2)
-GROUP_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT)  # the payload is a session (and group) leader
 
 
 class StepError(Exception):
@@ -294,22 +292,9 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
 
     ``ahead``: a warm box already applied every step but ``AFTER_REQUEST`` while it waited.
     """
-    # Forward to the payload (our own death would kill the box), from before it starts: a
-    # namespace's init is sent only the signals it has a handler for, so one sent while the
-    # payload started would be lost. Until its pid is known they wait in ``payload["early"]``.
-    payload: dict[str, Any] = {"pid": 0, "early": []}
-
-    def forward(sig: int, _frame: object) -> None:
-        if not payload["pid"]:
-            payload["early"].append(sig)
-            return
-        pid = payload["pid"]  # Ctrl-C and Ctrl-\ to its whole group, as a terminal sends them
-        _payload.kill_quiet(-pid if sig in GROUP_SIGNALS else pid, sig)
-
-    for sig in FORWARDED_SIGNALS:
-        _signal.signal(sig, forward)
-    for sig, then in ((_signal.SIGTSTP, _signal.SIGSTOP), (_signal.SIGCONT, _signal.SIGCONT)):
-        _signal.signal(sig, lambda _s, _f, t=then: _payload.kill_quiet(-1, t))  # Ctrl-Z: stop all of us
+    # Signals for the payload (our own death would kill the box) are blocked from before it
+    # starts, so none is lost, and taken one at a time once it runs (``sandbox._init_signals``).
+    sigs.block()
     if callable(prep.target):
         os.close(parent_pidfd)
         pid, exec_r = _fork_callable(prep, status_fd, pass_fds)
@@ -328,20 +313,10 @@ def _supervise_payload(prep: Prepared, status_fd: int, pass_fds: Sequence[int],
             _report(status_fd, {"ok": False, "step": "exec", "errno": e.errno or 0,
                                 "error": f"{argv[0]}: {e.strerror}"})
             return 1
-    payload["pid"] = pid
-    for sig in payload["early"]:
-        forward(sig, None)
     fork = callable(prep.target)  # fork: its growth past its RSS at the fork is the figure
-    spawner = sc.own_peak_rss(forked=pid if fork else 0)
-    status = peak = 0
-    while True:
-        try:
-            wpid, st, ru = os.wait4(-1, 0)
-        except ChildProcessError:
-            break
-        if wpid == pid:
-            status, peak = st, sc.program_peak(ru.ru_maxrss * 1024, spawner, grown=fork)
-            break
+    spawner = _statusline.own_peak_rss(forked=pid if fork else 0)
+    status, ru = sigs.forward_until_exit(pid)
+    peak = _statusline.program_peak(ru.ru_maxrss * 1024, spawner, grown=fork) if ru else 0
     _payload.end_the_rest()
     exec_err = os.read(exec_r, 4096) if exec_r >= 0 else b""
     if exec_err:
@@ -364,8 +339,9 @@ def _fork_callable(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> t
             os.close(exec_r)
             os.close(status_fd)
             os.setsid()
-            for sig in (*FORWARDED_SIGNALS, _signal.SIGTSTP, _signal.SIGCONT):
+            for sig in sigs.TAKEN:
                 _signal.signal(sig, _signal.SIG_DFL)  # init's forwarding is not the function's
+            sigs.unblock_all()
             plan = _rlimits.on_top_of_current_image(prep.rlimits)
             for name, fn in _hardening_steps(prep, [exec_w, *pass_fds], plan):
                 try:

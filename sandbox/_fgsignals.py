@@ -6,8 +6,8 @@ closes cleanly, a REPL shows a new prompt). Killing the box for them, as a Pytho
 KeyboardInterrupt in the caller did, took that away and cut the program's output short.
 
 How: init, pid 1 of the box's pid namespace, is sent each signal through its pidfd and passes it
-on to the payload (``_contain.FORWARDED_SIGNALS``). A namespace's init is only sent the signals
-it has a handler for (the kernel drops the rest, even from outside), and init has one for each.
+on to the payload (``_init_signals.FORWARDED_SIGNALS``). A namespace's init is only sent the
+signals it handles or blocks (the kernel drops the rest, even from outside); init blocks these.
 
 * After SIGTERM or SIGHUP the program has ``stop_timeout`` seconds to end (docker's grace
   period), then the box is killed; a second SIGTERM kills it at once.
@@ -30,14 +30,14 @@ import os
 import time
 
 from sandbox import _syscalls as sc
-from sandbox._contain import FORWARDED_SIGNALS
+from sandbox._init_signals import FORWARDED_SIGNALS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-FORWARD = FORWARDED_SIGNALS  # what init passes on (its handlers), so what we send it
+FORWARD = FORWARDED_SIGNALS  # what init passes on, so what we send it
 STOPPING = (_signal.SIGTERM, _signal.SIGHUP)  # these start the grace period
 SUSPENDING = (_signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU)  # these stop the box and us
 

@@ -6,7 +6,8 @@ ended (``{"ok": true, "wait_status": N}``) or which setup step failed and why (`
 anything else counts as no report. Neither side imports ``json`` on the normal path: json
 brings ``re`` and ``enum`` (~4 ms of the CLI's start), and inside the box, after pivot_root, a
 Python installed outside the exposed paths has no stdlib left to import — a report that could
-not be written would be a verdict lost.
+not be written would be a verdict lost. The peak memory it carries is worked out here too
+(``own_peak_rss``, ``program_peak``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _PEAK = b', "max_rss": '
 
 def encode_exit(wait_status: int, max_rss: int | None = None) -> bytes:
     """The normal report; ``parse`` reads exactly this shape without json. ``max_rss``: the
-    payload's own peak in bytes as init saw it (0: unknown, see ``_syscalls.program_peak``)."""
+    payload's own peak in bytes as init saw it (0: unknown, see ``program_peak``)."""
     if max_rss is None:
         return _EXIT_HEAD + b"%d}\n" % wait_status
     return _EXIT_HEAD + b"%d%s%d}\n" % (wait_status, _PEAK, max_rss)
@@ -108,3 +109,30 @@ def _uint(v: object, bound: int) -> bool:
     """A JSON integer in [0, bound): never a bool (True is an int to isinstance), a float
     or a string, none of which the verdict's arithmetic and os.WIF* calls accept."""
     return type(v) is int and 0 <= v < bound
+
+
+def own_peak_rss(forked: int = 0) -> int:
+    """Our max RSS (a vfork'd child's exec records it: exec_mmap), or a ``forked`` child's RSS just
+    after the fork, where its high-water mark starts (dup_mm: file pages are not copied), ours if
+    it is a zombie already. A ``ru_maxrss`` at or below this says nothing of the program."""
+    import resource  # loaded already: os.wait4 builds its rusage with it
+
+    for who in [str(forked), "self"] if forked else []:  # (the box's /proc: a payload runs)
+        with open(f"/proc/{who}/statm", "rb") as f:
+            if rss := int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE"):
+                return rss
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def program_peak(max_rss: int, spawner_peak: int, grown: bool = False) -> int:
+    """The program's own peak, or 0 (unknown, at most ``spawner_peak``) when its rusage shows no
+    more than what it inherited from the process that started it (``own_peak_rss``).
+
+    ``grown``: a forked function (the plugin's ``@sandboxed`` test), whose image *is* its
+    caller's: its figure is what it grew beyond that image, which is what its limits hold (its
+    RLIMIT_AS counts on top of the image, ``_rlimits.on_top_of_current_image``; a cgroup leaf is
+    charged only the pages it touches). Its whole RSS made every failing test of a 200 MiB
+    pytest under ``memory=128M`` an ML."""
+    if max_rss <= spawner_peak:
+        return 0
+    return max_rss - spawner_peak if grown else max_rss

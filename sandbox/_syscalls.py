@@ -235,33 +235,6 @@ def reap_ended() -> Iterator[tuple[int, int, float, int]]:
         yield pid, status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
 
 
-def own_peak_rss(forked: int = 0) -> int:
-    """Our max RSS (a vfork'd child's exec records it: exec_mmap), or a ``forked`` child's RSS just
-    after the fork, where its high-water mark starts (dup_mm: file pages are not copied), ours if
-    it is a zombie already. A ``ru_maxrss`` at or below this says nothing of the program."""
-    import resource  # loaded already: os.wait4 builds its rusage with it
-
-    for who in [str(forked), "self"] if forked else []:  # (the box's /proc: a payload runs)
-        with open(f"/proc/{who}/statm", "rb") as f:
-            if rss := int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE"):
-                return rss
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def program_peak(max_rss: int, spawner_peak: int, grown: bool = False) -> int:
-    """The program's own peak, or 0 (unknown, at most ``spawner_peak``) when its rusage shows no
-    more than what it inherited from the process that started it (``own_peak_rss``).
-
-    ``grown``: a forked function (the plugin's ``@sandboxed`` test), whose image *is* its
-    caller's: its figure is what it grew beyond that image, which is what its limits hold (its
-    RLIMIT_AS counts on top of the image, ``_rlimits.on_top_of_current_image``; a cgroup leaf is
-    charged only the pages it touches). Its whole RSS made every failing test of a 200 MiB
-    pytest under ``memory=128M`` an ML."""
-    if max_rss <= spawner_peak:
-        return 0
-    return max_rss - spawner_peak if grown else max_rss
-
-
 class acting_as:
     """``with acting_as(uid, gid):`` file system ids of *this thread* set to another id (setfsuid(2):
     per thread, and no other credential changes). Root writes into a box's tmpfs with it: the tmpfs
@@ -293,6 +266,12 @@ def sethostname(name: str) -> None:
 def close_range(first: int, last: int, flags: int = 0) -> None:
     check(_syscall(_NR["close_range"], ctypes.c_uint(first), ctypes.c_uint(last),
                    ctypes.c_uint(flags)), "close_range")
+
+
+def signalfd(signals: Sequence[int]) -> int:
+    """A non-blocking, close-on-exec signalfd(2) that reads ``signals`` (the caller blocks them)."""
+    mask = ctypes.c_uint64(sum(1 << (sig - 1) for sig in signals))  # glibc passes 8 bytes of a set
+    return check(_libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK | os.O_CLOEXEC), "signalfd")
 
 
 def pidfd_open(pid: int) -> int:
