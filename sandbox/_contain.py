@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     Target = Sequence[str] | Callable[[], int]  # argv, or (tests, launcher) a function
 
 
-
 class StepError(Exception):
     def __init__(self, step: str, err: OSError) -> None:
         super().__init__(step)
@@ -339,7 +338,7 @@ def _fork_callable(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> t
             os.close(exec_r)
             os.close(status_fd)
             os.setsid()
-            for sig in sigs.TAKEN:
+            for sig in (*sigs.FORWARDED_SIGNALS, *sigs.JOB_CONTROL):
                 _signal.signal(sig, _signal.SIG_DFL)  # init's forwarding is not the function's
             sigs.unblock_all()
             plan = _rlimits.on_top_of_current_image(prep.rlimits)
