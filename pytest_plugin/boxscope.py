@@ -12,8 +12,9 @@ pytest hands every test its ``nextitem``. So the box is a loop inside a clone th
 command pipe: "run test K, then tear down for test N (or for none)". It answers on an ack pipe
 once the test's reports are in the channel memfd (the host reads them then: the progress line
 appears as each test ends). When the next test belongs to another group (or there is none), the
-box tears everything down and ends. The clone is made from a thread of ours while the main
-thread waits in ``poll`` (holding no lock), because ``sandbox.run_sync`` blocks until the box ends.
+box tears everything down and ends. The box is forked from a thread of ours (``scopebox``),
+because ``sandbox.run_sync`` blocks until the box ends, and the main thread waits, holding no
+lock, until that fork is made.
 
 The box runs one test ahead: once test K's reports are read, the host sends the command for
 K's ``nextitem`` (with that item's own ``nextitem``, which pytest's default loop takes from
@@ -32,17 +33,13 @@ the watchdog ends, or the kernel stops, fails with that reason; the tests after 
 from __future__ import annotations
 
 import os
-import secrets
-import select
-import threading
 import time
 from collections.abc import Callable
-from functools import partial
 
 import pytest
 
-import sandbox
-from pytest_plugin import boxed, boxrun, boxserve, boxstate, boxtee, boxtimeout, reportcheck
+from pytest_plugin import boxed, boxrun, boxserve, boxtee, boxtimeout, reportcheck
+from pytest_plugin.scopebox import JOIN_TIMEOUT, ScopeBox
 from sandbox import Result, SandboxConfig, Status
 
 SCOPES = ("test", "module", "session")
@@ -52,7 +49,6 @@ _PER_FILE = pytest.StashKey[dict[str, list[pytest.Item]]]()
 _NEXT = pytest.StashKey["ScopeBox | None"]()  # started for the next group, not yet used
 _STALE = pytest.StashKey[list["ScopeBox"]]()  # boxes still ending after a test they failed
 NextBox = tuple[str, Callable[[int], SandboxConfig]]  # a box's scope, and its limits for N tests
-JOIN_TIMEOUT = 10.0  # for a box told to end (its own wall time bounds it in any case)
 
 
 def group_key(item: pytest.Item, scope: str) -> tuple[str, str, str, str]:
@@ -80,92 +76,6 @@ def group_items(item: pytest.Item, scope: str) -> list[pytest.Item]:
 
 
 # ---- on the host ----------------------------------------------------------------------------
-
-class ScopeBox:
-    """A live box of one group, run by ``sandbox.run_sync`` in a thread of ours."""
-
-    def __init__(self, item: pytest.Item, key: tuple[str, ...], group: list[pytest.Item],
-                 total: SandboxConfig, wait: float = 0.0) -> None:
-        """``wait``: the box is started early and may wait that long for its first test (its wall
-        clock runs meanwhile): its wall time is that much longer, and unused after ``deadline``."""
-        self.key, self.first, self.nonce, self.session = key, True, "", item.session
-        self.deadline = time.monotonic() + wait if wait and total.limits.wall_time else None
-        self.ahead: tuple[int, int, float] | None = None  # the command sent ahead (K, N, seconds)
-        self.refused = False  # a command met a closed pipe: the box never read it
-        self.tests, self.wall = len(group), total.limits.wall_time
-        if self.deadline is not None and total.limits.wall_time is not None:
-            total.limits.wall_time += wait
-        share, adopt = boxrun.capture_plan(item.config)
-        self.spools = {fd: boxrun.memfd("sandbox-capture") for fd in share}
-        self.stack, self.channel = boxrun.memfd("sandbox-stack"), boxrun.memfd("sandbox-channel")
-        self.tees = boxtee.make(item.config)
-        cmd_r, self.cmd_w = os.pipe2(os.O_CLOEXEC)
-        self.ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
-        self.done_r, done_w = os.pipe2(os.O_CLOEXEC)
-        self.result: Result | None = None
-        self.error: BaseException | None = None
-        body = partial(boxserve.serve, item.session.items, group, boxstate.capture(), self.tees, adopt,
-                       self.spools, self.stack, self.channel, cmd_r, ack_w)
-        fds = [self.channel, cmd_r, ack_w, *self.spools.values(), self.stack, *self.tees.values()]
-
-        def run() -> None:
-            try:
-                self.result = sandbox.run_sync(body, total, pass_fds=fds,
-                                               on_output=boxrun.echo_output)
-            except BaseException as e:  # noqa: BLE001 - the test that asked fails with it
-                self.error = e
-            finally:
-                for fd in (cmd_r, ack_w):
-                    os.close(fd)
-                os.write(done_w, b"x")
-                os.close(done_w)
-
-        self.thread = threading.Thread(target=run, name="sandbox-scope-box", daemon=True)
-        self.thread.start()
-
-    def send(self, k: int, nk: int, seconds: float) -> None:
-        """The command carries a fresh nonce the box's ack must echo: a test that writes a
-        test number to the pipes it finds cannot end its own turn early (the real ack, arriving
-        later, would otherwise fail the next test)."""
-        self.nonce = secrets.token_hex(8)
-        failed = self.session.testsfailed  # what a box started early has not seen counted
-        boxrun.write_all(self.cmd_w, f"{k} {nk} {seconds:.3f} {failed} {self.nonce}\n".encode())
-
-    def wait_ack(self, k: int) -> bool | None:
-        """True: the box finished test ``k``; None: it answered something else; False: the box
-        ended first."""
-        poller = select.poll()
-        poller.register(self.ack_r, select.POLLIN)
-        poller.register(self.done_r, select.POLLIN)
-        buf = b""
-        while True:
-            ready = dict(poller.poll())
-            if self.ack_r in ready:
-                chunk = os.read(self.ack_r, 64)
-                if not chunk:  # our copy of the box's end is closed once the box ended
-                    return False
-                buf += chunk
-                if b"\n" in buf or len(buf) > 64:
-                    return True if buf == f"{k} {self.nonce}\n".encode() else None
-            elif self.done_r in ready:
-                return False
-
-    def end(self, timeout: float | None = None) -> Result | None:
-        """Let the box end (it ends by itself after its group's last test, or at EOF on its
-        command pipe) and close our ends."""
-        if self.cmd_w >= 0:
-            os.close(self.cmd_w)
-            self.cmd_w = -1
-        self.thread.join(JOIN_TIMEOUT if timeout is None else timeout)
-        return self.result
-
-    def release(self) -> None:
-        """Close our fds once the box is gone (a box that did not end in time is left to its
-        daemon thread and its own wall time, with them, until ``close`` at the session's end)."""
-        if not self.thread.is_alive():
-            for fd in (self.ack_r, self.done_r, self.channel, self.stack,
-                       *self.spools.values(), *self.tees.values()):
-                os.close(fd)
 
 
 def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
@@ -198,12 +108,12 @@ def run_item(item: pytest.Item, scope: str, cfg: SandboxConfig,
             box = ScopeBox(item, key, group, total(len(group)))
             config.stash[_OPEN] = box
         fresh, box.first = box.first, False
+        sent = box.ahead is not None or _send(box, k, nk, seconds)  # (ahead: sent during the replay)
+        _wait_forks(config)
         if nk < 0 and nextitem is not None:
             _start_next(item, nextitem, next_box, seconds)
-        if box.ahead is not None:  # sent while the host replayed the test before
-            box.ahead, acked = None, box.wait_ack(k)
-        else:
-            acked = _run(box, k, nk, seconds)
+        box.ahead, acked = None, box.wait_ack(k) if sent else False
+        _wait_forks(config)  # before we run pytest's code again (see ``scopebox``)
         data = boxrun.read_memfd(box.channel, reportcheck.MAX_CHANNEL)
         if acked is True:
             if nk >= 0 and may_run_ahead(item, nextitem):
@@ -261,6 +171,13 @@ def faulthandler_timeout(config: pytest.Config) -> float:
         return 0.0
 
 
+def _wait_forks(config: pytest.Config) -> None:
+    """Wait (holding no lock) until the boxes we started are forked (``scopebox._note_fork``)."""
+    for box in (config.stash.get(_OPEN, None), config.stash.get(_NEXT, None)):
+        if box is not None:
+            box.forked.wait(JOIN_TIMEOUT)
+
+
 def _started(config: pytest.Config, key: tuple[str, ...]) -> ScopeBox | None:
     """The box started for this test during the one before, if it is this test's group's."""
     box = config.stash.get(_NEXT, None)
@@ -294,11 +211,6 @@ def _send(box: ScopeBox, k: int, nk: int, seconds: float) -> bool:
         box.refused = True
         return False
     return True
-
-
-def _run(box: ScopeBox, k: int, nk: int, seconds: float) -> bool | None:
-    """Test ``k`` in ``box`` (then its teardown for ``nk``), to its ack (``wait_ack``)."""
-    return box.wait_ack(k) if _send(box, k, nk, seconds) else False
 
 
 def _run_ahead(box: ScopeBox, nextitem: pytest.Item, nk: int, seconds: float,

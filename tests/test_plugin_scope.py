@@ -10,7 +10,7 @@ import threading
 import pytest
 from test_plugin_support import host_pauses_after
 
-from pytest_plugin import boxscope
+from pytest_plugin import scopebox
 
 pytest_plugins = ["pytester", "test_plugin_support"]
 
@@ -186,7 +186,7 @@ FORGER = """
 
 def test_a_forged_acknowledgement_fails_the_forger_not_the_next_test(run, monkeypatch, no_leftovers):
     monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setattr(boxscope, "JOIN_TIMEOUT", 1.0)
+    monkeypatch.setattr(scopebox, "JOIN_TIMEOUT", 1.0)
     threads = threading.active_count()
     r = run(FORGER, "--sandbox-all", "--sandbox-scope", "module", "-rA")
     assert outcomes(r) == {"passed": 3, "errors": 2}
@@ -244,3 +244,4 @@ def test_a_box_that_closed_its_command_pipe_ends_and_the_next_test_runs_in_a_new
             pass
         """
     assert outcomes(run(src, "--sandbox-all", "--sandbox-scope", "module")) == {"passed": 3}
+

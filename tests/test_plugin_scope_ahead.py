@@ -5,11 +5,12 @@ next module's box started early, and the one watchdog timer that serves a run of
 from __future__ import annotations
 
 import textwrap
+import time
 
 import pytest
 from test_plugin_support import host_pauses_after
 
-from pytest_plugin import boxscope
+from pytest_plugin import boxscope, scopebox
 
 pytest_plugins = ["pytester", "test_plugin_support"]
 
@@ -344,3 +345,38 @@ def test_a_box_that_died_between_two_tests_runs_the_next_in_a_new_one(pytester, 
             assert STATE == []  # a new box
         """
     assert outcomes(run(src, "--sandbox-all", "--sandbox-scope", "module", "-x")) == {"passed": 2}
+
+
+def test_a_box_started_early_is_forked_before_the_host_runs_pytest_on(pytester, run, monkeypatch):
+    """The next module's box is forked from a thread of ours while the host goes on; a fork
+    copies every lock as it is, so one the host's main thread held then (pytest takes the lock
+    of ``Item.location``'s cached_property for each new test) would be held for ever in the box,
+    and its first test hung to its wall time. The host now waits for that fork before it leaves
+    the test it started it in. Here the fork comes late (0.5 s) and the host holds a lock of the
+    conftest's after each test, which test_b1 then takes in its box."""
+    pytester.makeconftest("""
+        import threading, time
+        LOCK = threading.Lock()
+
+        def pytest_runtest_logfinish(nodeid):
+            with LOCK:
+                time.sleep(1.0)
+        """)
+    pytester.makepyfile(test_a="def test_a1():\n    pass\n")
+    src = "import conftest\ndef test_b1():\n    with conftest.LOCK:\n        pass\n"
+    real_run, real_start, started = scopebox.sandbox.run_sync, boxscope._start_next, []
+
+    def late_run(body, *a, **k):
+        if any(i.name == "test_b1" for i in getattr(body, "args", [[], []])[1]):  # (its group)
+            time.sleep(0.5)
+        return real_run(body, *a, **k)
+
+    def start(item, *a):
+        real_start(item, *a)
+        started.append(item.config.stash.get(boxscope._NEXT, None) is not None)
+
+    monkeypatch.setattr(scopebox.sandbox, "run_sync", late_run)
+    monkeypatch.setattr(boxscope, "_start_next", start)
+    r = run(src, "--sandbox-all", "--sandbox-scope", "module", "--sandbox-wall-time", "10s",
+            "test_a.py", "test_it.py", "-rf")
+    assert started == [True] and outcomes(r) == {"passed": 2}
