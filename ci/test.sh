@@ -35,7 +35,7 @@ status=0
 echo "== tests as unprivileged user '$TEST_USER' =="
 run_pytest runuser -u "$TEST_USER" -- env -u SANDBOX_ROOT_MODE HOME=/tmp .venv/bin/python -m pytest -q "$@" || status=1
 echo "== core tests as root (second supported mode) =="
-run_pytest env SANDBOX_ROOT_MODE=1 .venv/bin/python -m pytest -q tests/test_core.py tests/test_cli.py tests/test_shutdown.py tests/test_warm_pool.py tests/escape/test_host_fds.py tests/test_box.py tests/test_worker.py tests/test_cli_signals.py tests/test_cli_tty.py tests/test_cli_options.py tests/test_images.py tests/test_image_export.py tests/test_image_user.py tests/test_image_zstd.py tests/test_image_fixture.py tests/test_image_layers.py tests/test_image_owners.py tests/test_image_python.py tests/test_network.py tests/test_network_url.py tests/test_network_rate.py tests/test_grade_serve.py || status=1
+run_pytest env SANDBOX_ROOT_MODE=1 .venv/bin/python -m pytest -q tests/test_core.py tests/test_cli.py tests/test_shutdown.py tests/test_warm_pool.py tests/escape/test_host_fds.py tests/escape/test_init_signals.py tests/test_box.py tests/test_worker.py tests/test_cli_signals.py tests/test_cli_tty.py tests/test_cli_options.py tests/test_images.py tests/test_image_export.py tests/test_image_user.py tests/test_image_zstd.py tests/test_image_fixture.py tests/test_image_layers.py tests/test_image_owners.py tests/test_image_python.py tests/test_network.py tests/test_network_url.py tests/test_network_rate.py tests/test_grade_serve.py || status=1
 if [ -f ci/uml-tests.sh ] && [ -z "${SANDBOX_SKIP_UML:-}" ]; then
   echo "== cgroup v2 tests inside a User-Mode Linux guest =="
   run_pytest bash ci/uml-tests.sh || status=1
