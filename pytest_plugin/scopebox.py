@@ -30,7 +30,13 @@ def _note_fork() -> None:
         forked.set()
 
 
-os.register_at_fork(after_in_parent=_note_fork)
+def _forget_fork_event() -> None:
+    """In the fork (and so in the box): the event is the host's, and its lock may be a copy
+    of one the host's main thread held; a fork made in the box must not touch it."""
+    threading.current_thread().__dict__.pop("sandbox_forked", None)
+
+
+os.register_at_fork(after_in_parent=_note_fork, after_in_child=_forget_fork_event)
 
 
 class ScopeBox:

@@ -54,8 +54,8 @@ def split_limits(plan: _rlimits.Plan) -> tuple[_rlimits.Plan, _rlimits.Plan]:
     address-space limit (``_payload.split_as_limit``): a child that must set its own limits is
     a fork of init (a copy of the caller's whole image), where posix_spawn is not.
 
-    init's own CPU time counts against the RLIMIT_CPU it holds. It ignores the soft limit's
-    SIGXCPU, so only the hard limit ends it, and with it the box (a CPU-time verdict: init
+    init's own CPU time counts against the RLIMIT_CPU it holds. It blocks the soft limit's
+    SIGXCPU (``_init_signals.HELD_BOX``), so only the hard limit ends it, and with it the box (a CPU-time verdict: init
     spent that time for the box, reaping and serving it)."""
     return _payload.split_as_limit(plan)
 
@@ -202,7 +202,7 @@ def serve(prep: Prepared, sock_fd: int, child_limits: _rlimits.Plan) -> int:
             op, rid = req.get("op"), int(req.get("id", 0))
             if op == "exec" and len(fds) == 3:
                 box.start(rid, req, fds)
-                box.reap()  # a process that already ended (before our handler saw SIGCHLD)
+                box.reap()  # a process that already ended (before we read its SIGCHLD)
             elif op == "kill":
                 box.kill(rid)
             else:

@@ -339,7 +339,7 @@ def _fork_callable(prep: Prepared, status_fd: int, pass_fds: Sequence[int]) -> t
             os.close(status_fd)
             os.setsid()
             for sig in (*sigs.FORWARDED_SIGNALS, *sigs.JOB_CONTROL):
-                _signal.signal(sig, _signal.SIG_DFL)  # init's forwarding is not the function's
+                _signal.signal(sig, _signal.SIG_DFL)  # whatever init inherited is not the function's
             sigs.unblock_all()
             plan = _rlimits.on_top_of_current_image(prep.rlimits)
             for name, fn in _hardening_steps(prep, [exec_w, *pass_fds], plan):

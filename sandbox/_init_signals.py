@@ -33,7 +33,10 @@ HELD_BOX = (_signal.SIGCHLD, _signal.SIGXCPU)  # SIGXCPU: the soft RLIMIT_CPU mu
 
 
 def block(signals: tuple[int, ...] = TAKEN) -> None:
-    """Before the payload starts: one sent while it starts stays pending until the wait loop."""
+    """Before the payload starts: one sent while it starts stays pending until the wait loop.
+    SIGCHLD's disposition is the default whatever init inherited: ignored, the kernel would
+    reap our children itself and send no SIGCHLD, and the loop would wait for ever."""
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     _signal.pthread_sigmask(_signal.SIG_BLOCK, signals)
 
 

@@ -27,7 +27,7 @@ _syscall_gil = ctypes.Library(None, keep_gil=True, restype=ctypes.c_long).syscal
 # Resolve symbols now, in the long-lived parent: each box's child would otherwise pay a dlsym
 # per function on first use (CDLL caches the lookup as an attribute).
 for _name in ("mount", "umount2", "unshare", "sethostname", "prctl", "capset", "memset",
-              "memcpy", "strlen", "clearenv"):
+              "memcpy", "strlen", "clearenv", "signalfd"):
     getattr(_libc, _name)
 _libc.strlen.restype = ctypes.c_size_t
 

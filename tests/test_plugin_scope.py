@@ -244,4 +244,3 @@ def test_a_box_that_closed_its_command_pipe_ends_and_the_next_test_runs_in_a_new
             pass
         """
     assert outcomes(run(src, "--sandbox-all", "--sandbox-scope", "module")) == {"passed": 3}
-

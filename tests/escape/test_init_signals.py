@@ -64,7 +64,8 @@ def read_masks(stdout: bytes) -> tuple[int, int, int]:
 
 def test_a_one_shot_init_blocks_what_it_forwards_and_its_payload_blocks_nothing(no_leftovers):
     """posix_spawn (the plain path) and fork + exec (a memory limit init does not fit under, the
-    RLIMIT_AS fallback; the same path a tty takes): init has no handler for any signal it passes
+    RLIMIT_AS fallback, which is the mode here; with a memory cgroup it is posix_spawn again;
+    the same path a tty takes): init has no handler for any signal it passes
     on or reaps by (they are blocked, and SIGTERM still reaches the program:
     test_seccomp_args); the program's mask is empty, or it would never see SIGTERM."""
     for limits in ({}, {"memory": "32M"}):
