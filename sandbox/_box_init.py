@@ -55,8 +55,8 @@ def split_limits(plan: _rlimits.Plan) -> tuple[_rlimits.Plan, _rlimits.Plan]:
     a fork of init (a copy of the caller's whole image), where posix_spawn is not.
 
     init's own CPU time counts against the RLIMIT_CPU it holds. It blocks the soft limit's
-    SIGXCPU (``_init_signals.HELD_BOX``), so only the hard limit ends it, and with it the box (a CPU-time verdict: init
-    spent that time for the box, reaping and serving it)."""
+    SIGXCPU (``_init_signals.HELD_BOX``), so only the hard limit ends it, and with it the box
+    (a CPU-time verdict: init spent that time for the box, reaping and serving it)."""
     return _payload.split_as_limit(plan)
 
 

@@ -30,7 +30,7 @@ import os
 import time
 
 from sandbox import _syscalls as sc
-from sandbox._init_signals import FORWARDED_SIGNALS
+from sandbox._init_signals import FORWARDED_SIGNALS, drain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -102,11 +102,7 @@ class Forwarder:
 
     def drain(self) -> None:
         """Empty the wakeup pipe (the poll saw ``fd`` readable: the handlers have run)."""
-        try:
-            while os.read(self.fd, 512):
-                pass
-        except BlockingIOError:
-            pass
+        drain(self.fd)
 
     def close(self) -> None:
         for sig, old in self._old.items():

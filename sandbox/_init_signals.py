@@ -67,7 +67,8 @@ def forward_until_exit(pid: int) -> tuple[int, resource.struct_rusage | None]:
 
 
 def drain(fd: int) -> None:
-    """Empty a non-blocking signalfd (its records say nothing we need: we reap them all)."""
+    """Empty a non-blocking fd whose bytes only say "a signal came" (init's signalfd: we reap
+    every child anyway; the foreground caller's wakeup pipe: its handlers have run)."""
     try:
         while os.read(fd, 4096):
             pass
